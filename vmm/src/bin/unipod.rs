@@ -1,0 +1,40 @@
+//! `unipod`: the command-line front end. All logic lives in the `vmm` library.
+
+use std::io::Write;
+use std::time::Instant;
+
+use clap::Parser;
+use vmm::cli::{self, Cli, Command};
+
+fn main() {
+    let start = Instant::now();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, rec| match rec.level() {
+            log::Level::Info => writeln!(buf, "unipod: {}", rec.args()),
+            level => writeln!(
+                buf,
+                "unipod: {}: {}",
+                level.as_str().to_lowercase(),
+                rec.args()
+            ),
+        })
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Boot(args) => cli::boot(args, start),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("unipod: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                msg.push_str(&format!("\n  caused by: {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{msg}");
+            cli::EXIT_SETUP_ERROR
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,208 @@
+//! The `unipod` command line.
+//!
+//! # Exit codes
+//! - 0: the guest shut down cleanly;
+//! - 1: unipod could not set up or run the VM (bad kernel, no KVM, ...);
+//! - 2: bad command-line usage;
+//! - 3: the guest crashed (kernel panic, triple fault, emulation failure).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig};
+use crate::vmm::{RunReport, Vmm};
+
+/// Exit code: the guest shut down cleanly.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: unipod failed to set up or run the VM.
+pub const EXIT_SETUP_ERROR: i32 = 1;
+/// Exit code: bad usage (clap's own code).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the guest crashed.
+pub const EXIT_GUEST_CRASHED: i32 = 3;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  the guest shut down cleanly (e.g. 'reboot -f' in the guest)
+  1  unipod could not set up or run the VM (bad kernel path, no /dev/kvm, ...)
+  2  bad command-line usage
+  3  the guest crashed: kernel panic, triple fault or KVM emulation failure
+
+Set RUST_LOG=debug for more detail.";
+
+/// Run Kubernetes-style pods in lightweight KVM microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "unipod", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// unipod's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a kernel in a microVM and wait until the guest shuts down.
+    ///
+    /// The guest's serial console goes to stdout (or --console-log). The VM
+    /// ends when the guest reboots or powers off; unipod then reports the
+    /// guest's fate, the boot-timer reading and its own memory use on stderr.
+    #[command(after_help = AFTER_HELP)]
+    Boot(BootArgs),
+}
+
+/// `unipod boot` arguments.
+#[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Guest kernel: an ELF vmlinux (preferred) or a bzImage. 'make kernel'
+    /// builds one at target/guest/vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initramfs (newc cpio) to pass to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel arguments, appended to unipod's defaults
+    /// ("console=ttyS0 reboot=k panic=-1 quiet").
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub mem_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u8,
+    /// Write the guest console to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// CPUID template. 'auto' picks 'nested-pvm' when the kvm_pvm module is
+    /// loaded, else 'host'.
+    #[arg(long, value_enum, default_value_t = TemplateArg::Auto)]
+    pub cpu_template: TemplateArg,
+    /// Kernel entry protocol. 'auto' uses PVH when the kernel has a PVH note.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
+    pub boot_protocol: ProtocolArg,
+}
+
+/// `--cpu-template` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TemplateArg {
+    /// Detect the host.
+    Auto,
+    /// KVM's full CPUID.
+    Host,
+    /// Hide what nested PVM's emulator cannot run.
+    NestedPvm,
+}
+
+/// `--boot-protocol` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ProtocolArg {
+    /// PVH if available, else Linux 64-bit.
+    Auto,
+    /// PVH.
+    Pvh,
+    /// Linux 64-bit boot protocol.
+    Linux64,
+}
+
+impl From<&BootArgs> for VmConfig {
+    fn from(args: &BootArgs) -> Self {
+        VmConfig {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            extra_cmdline: args.cmdline.clone(),
+            mem_mib: args.mem_mib,
+            vcpus: args.vcpus,
+            console: args
+                .console_log
+                .clone()
+                .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+            cpu_template: match args.cpu_template {
+                TemplateArg::Auto => CpuTemplate::Auto,
+                TemplateArg::Host => CpuTemplate::Host,
+                TemplateArg::NestedPvm => CpuTemplate::NestedPvm,
+            },
+            boot_protocol: match args.boot_protocol {
+                ProtocolArg::Auto => BootProtocol::Auto,
+                ProtocolArg::Pvh => BootProtocol::Pvh,
+                ProtocolArg::Linux64 => BootProtocol::Linux64,
+            },
+        }
+    }
+}
+
+/// Runs `unipod boot`; returns the process exit code.
+pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, crate::vmm::VmmError> {
+    let config = VmConfig::from(args);
+    let report = Vmm::new(&config, start)?.run()?;
+    print_report(&report);
+    Ok(if report.exit.is_clean() {
+        EXIT_OK
+    } else {
+        EXIT_GUEST_CRASHED
+    })
+}
+
+fn print_report(r: &RunReport) {
+    let boot = r.boot_time.map_or("not reached".to_string(), |d| {
+        format!("{} ms", d.as_millis())
+    });
+    eprintln!("unipod: {}", r.exit);
+    eprintln!(
+        "unipod: boot-timer {boot}; first KVM_RUN {} us after start; VMM peak RSS {} KiB, of which guest memory {} KiB, VMM overhead {} KiB",
+        r.first_run.as_micros(),
+        r.vmm_hwm_kib,
+        r.guest_resident_kib,
+        r.vmm_hwm_kib.saturating_sub(r.guest_resident_kib)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn boot_args_become_a_config() {
+        let cli = Cli::try_parse_from([
+            "unipod",
+            "boot",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--mem-mib",
+            "256",
+            "--vcpus",
+            "2",
+            "--console-log",
+            "c.log",
+            "--cpu-template",
+            "nested-pvm",
+            "--boot-protocol",
+            "linux64",
+        ])
+        .expect("valid args");
+        let Command::Boot(args) = cli.command;
+        let cfg = VmConfig::from(&args);
+        assert_eq!(cfg.kernel, PathBuf::from("k"));
+        assert_eq!(cfg.initrd, Some(PathBuf::from("i")));
+        assert_eq!((cfg.mem_mib, cfg.vcpus), (256, 2));
+        assert_eq!(cfg.console, ConsoleOutput::File("c.log".into()));
+        assert_eq!(cfg.cpu_template, CpuTemplate::NestedPvm);
+        assert_eq!(cfg.boot_protocol, BootProtocol::Linux64);
+    }
+
+    #[test]
+    fn kernel_is_required() {
+        let err = Cli::try_parse_from(["unipod", "boot"]).expect_err("missing --kernel");
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+    }
+}

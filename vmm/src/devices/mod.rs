@@ -1,0 +1,6 @@
+//! Emulated devices and the buses that route vCPU I/O exits to them.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,17 @@
+//! unipod's VMM: a KVM virtual machine monitor built on the rust-vmm crates.
+//!
+//! # Design
+//! Follows rust-vmm's vmm-reference: [`config::VmConfig`] is plain data,
+//! validated without I/O, and converted once into the live [`vmm::Vmm`],
+//! which owns a [`vstate::vm::Vm`] and a [`device_manager::DeviceManager`].
+//! Architecture-specific code lives behind [`arch`]; nothing else uses
+//! `#[cfg(target_arch)]`.
+
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod device_manager;
+pub mod devices;
+pub mod vmm;
+pub mod vstate;
