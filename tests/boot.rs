@@ -1,0 +1,152 @@
+//! Boots the real guest kernel through `unipod boot` on KVM.
+//!
+//! The cold boots here are the suite's slowest steps (about a minute each on
+//! nested PVM hosts), so there are only two, and they run in parallel.
+
+mod common;
+
+use common::*;
+
+/// The guest's init prints the marker, writes the boot-timer byte and runs
+/// `reboot -f`; the VMM must exit 0 and report both.
+#[test]
+fn guest_reaches_init_and_vmm_exits_cleanly_on_reboot() {
+    if skip_without_kvm("guest_reaches_init_and_vmm_exits_cleanly_on_reboot") {
+        return;
+    }
+    let kernel = guest_artifact("vmlinux");
+    let initrd = guest_artifact("boot-test.cpio");
+    let dir = temp_dir("boot");
+    let console = dir.join("console.log");
+    let out = unipod(&[
+        "boot",
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--initrd",
+        initrd.to_str().expect("utf-8 path"),
+        "--mem-mib",
+        "128",
+        "--console-log",
+        console.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    eprintln!("--- unipod stderr ---\n{stderr}--- guest console ---\n{console_text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "unipod must exit 0 after the guest reboots"
+    );
+    assert!(
+        console_text.contains("hello from the guest"),
+        "init did not print its greeting"
+    );
+    assert!(
+        console_text.contains("UNIPOD_GUEST_MARKER kernel=6.1"),
+        "init did not print the marker"
+    );
+    assert!(
+        stderr.contains("unipod: guest shut down"),
+        "the VMM must report a clean shutdown"
+    );
+
+    let boot_ms = number_after(&stderr, "boot-timer ").expect("the boot-timer marker was reached");
+    let overhead = number_after(&stderr, "VMM overhead ").expect("the VMM reports its memory");
+    let hwm = number_after(&stderr, "VMM peak RSS ").expect("the VMM reports its peak RSS");
+    assert!(
+        overhead > 0 && overhead < hwm,
+        "overhead {overhead} KiB must be part of peak RSS {hwm} KiB"
+    );
+    println!("BOOT_MS={boot_ms}");
+    println!("VMM_RSS_KIB={overhead}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A guest whose init cannot be found panics; the VMM must say so and exit 3.
+#[test]
+fn guest_kernel_panic_is_reported_with_exit_code_3() {
+    if skip_without_kvm("guest_kernel_panic_is_reported_with_exit_code_3") {
+        return;
+    }
+    let kernel = guest_artifact("vmlinux");
+    let initrd = guest_artifact("boot-test.cpio");
+    let out = unipod(&[
+        "boot",
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--initrd",
+        initrd.to_str().expect("utf-8 path"),
+        "--cmdline",
+        "rdinit=/no/such/init init=/no/such/init",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- unipod stderr ---\n{stderr}");
+    assert_eq!(out.status.code(), Some(3), "a guest panic exits 3");
+    assert!(
+        stderr.contains("guest kernel panicked: Kernel panic - not syncing"),
+        "panic not reported"
+    );
+}
+
+/// Bad kernel paths fail fast with a message naming the path and the fix, a
+/// setup-error exit code, and no console log left behind.
+#[test]
+fn missing_or_garbage_kernel_is_a_clear_error_and_leaves_nothing() {
+    if skip_without_kvm("missing_or_garbage_kernel_is_a_clear_error_and_leaves_nothing") {
+        return;
+    }
+    let dir = temp_dir("bad-kernel");
+    let garbage = dir.join("garbage-vmlinux");
+    std::fs::write(&garbage, vec![0x5a; 64 * 1024]).expect("write garbage kernel");
+    let missing = dir.join("no-such-vmlinux");
+    let console = dir.join("console.log");
+    for (kernel, expected) in [
+        (&missing, "cannot read the file"),
+        (&garbage, "not a Linux kernel"),
+    ] {
+        let out = unipod(&[
+            "boot",
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--console-log",
+            console.to_str().expect("utf-8 path"),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&kernel.display().to_string()),
+            "error must name the path: {stderr}"
+        );
+        assert!(stderr.contains(expected), "expected '{expected}': {stderr}");
+        assert!(
+            !console.exists(),
+            "a failed boot must not leave a console log behind"
+        );
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Usage errors exit 2 and `--help` explains the exit codes.
+#[test]
+fn usage_errors_exit_2_and_help_documents_exit_codes() {
+    let out = unipod(&["boot"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kernel"));
+    let help = unipod(&["boot", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Exit codes:") && text.contains("3  the guest crashed"),
+        "{text}"
+    );
+}
+
+/// Out-of-range sizes are rejected before any VM exists.
+#[test]
+fn invalid_sizes_are_rejected_naming_the_flag() {
+    let out = unipod(&["boot", "--kernel", "/dev/null", "--vcpus", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--vcpus 0"));
+    let out = unipod(&["boot", "--kernel", "/dev/null", "--mem-mib", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mem-mib 1"));
+}
