@@ -1,0 +1,53 @@
+# unipod: the two commands a user needs are `make demo` and `make test`.
+# Both install what they need on a fresh Debian 12 machine (as root).
+
+SHELL := /bin/bash
+GUEST := target/guest
+UNIPOD := target/release/unipod
+
+.PHONY: all deps kernel images build demo test check ci clean-cache
+
+all: build kernel images
+
+# Debian packages the build and tests need. Idempotent and quick when present.
+APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio
+deps:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "[deps] installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v cargo >/dev/null || { echo "[deps] cargo not found: install Rust with rustup first"; exit 1; }
+
+# The guest kernel, cached in ~/.cache/unipod/kernel by a hash of its inputs.
+kernel: deps
+	@bash kernel-config/build.sh
+
+# Guest initramfs images.
+images: deps
+	@bash images/build-initramfs.sh boot-test $(GUEST)/boot-test.cpio
+
+build: deps
+	@echo "[build] cargo build --release"
+	@cargo build --release --workspace --quiet
+
+# Boots the guest; its init says hello and powers off.
+demo: build kernel images
+	$(UNIPOD) boot --kernel $(GUEST)/vmlinux --initrd $(GUEST)/boot-test.cpio
+
+# All tests: unit tests and the end-to-end tests that boot real guests.
+test: build kernel images
+	cargo test --release --workspace -- --nocapture --test-threads 4
+
+# The static gates CI runs before `make test`.
+check: deps
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
+	@if ! command -v cargo-deny >/dev/null; then echo "[check] installing cargo-deny"; cargo install --locked --quiet cargo-deny; fi
+	cargo deny --offline check licenses bans sources
+
+ci: check test
+
+clean-cache:
+	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/unipod
