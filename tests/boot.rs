@@ -150,3 +150,30 @@ fn invalid_sizes_are_rejected_naming_the_flag() {
     let out = unipod(&["boot", "--kernel", "/dev/null", "--mem-mib", "1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mem-mib 1"));
 }
+
+/// On nested PVM hosts secondary vCPUs never come up, so asking for them is
+/// an immediate, explained error instead of a guest that hangs.
+#[test]
+fn smp_on_nested_pvm_is_refused_with_the_reason() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("SKIPPED smp_on_nested_pvm_is_refused_with_the_reason: not a nested PVM host");
+        return;
+    }
+    if skip_without_kvm("smp_on_nested_pvm_is_refused_with_the_reason") {
+        return;
+    }
+    let kernel = guest_artifact("vmlinux");
+    let out = unipod(&[
+        "boot",
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--vcpus",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--vcpus 2") && stderr.contains("use --vcpus 1"),
+        "{stderr}"
+    );
+}

@@ -52,6 +52,9 @@ pub enum VmmError {
     /// An eventfd could not be created.
     #[error("cannot create the exit eventfd")]
     EventFd(#[source] std::io::Error),
+    /// SMP guests hang on this host.
+    #[error("--vcpus {0}: nested PVM hosts cannot start secondary vCPUs (the guest hangs at \"Booting SMP configuration\"; see docs/NESTED-KVM.md); use --vcpus 1")]
+    SmpOnNestedPvm(u8),
 }
 
 /// What a finished VM reports.
@@ -85,6 +88,9 @@ impl Vmm {
         config.validate()?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let host = arch::detect_host();
+        if host == arch::HostKind::NestedPvm && config.vcpus > 1 {
+            return Err(VmmError::SmpOnNestedPvm(config.vcpus));
+        }
         let template = config.cpu_template.resolve(host);
         log::info!("host KVM: {host:?}; CPU template: {template:?}");
 
