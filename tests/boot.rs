@@ -6,6 +6,17 @@
 mod common;
 
 use common::*;
+use std::process::Output;
+
+/// Boots the guest kernel with the boot-test initramfs, plus `extra` flags.
+fn boot_test_guest(extra: &[&str]) -> Output {
+    let kernel = guest_artifact("vmlinux");
+    let initrd = guest_artifact("boot-test.cpio");
+    let mut args = vec!["boot", "--kernel", kernel.to_str().expect("utf-8 path")];
+    args.extend(["--initrd", initrd.to_str().expect("utf-8 path")]);
+    args.extend(extra);
+    unipod(&args)
+}
 
 /// The guest's init prints the marker, writes the boot-timer byte and runs
 /// `reboot -f`; the VMM must exit 0 and report both.
@@ -14,21 +25,10 @@ fn guest_reaches_init_and_vmm_exits_cleanly_on_reboot() {
     if skip_without_kvm("guest_reaches_init_and_vmm_exits_cleanly_on_reboot") {
         return;
     }
-    let kernel = guest_artifact("vmlinux");
-    let initrd = guest_artifact("boot-test.cpio");
     let dir = temp_dir("boot");
     let console = dir.join("console.log");
-    let out = unipod(&[
-        "boot",
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
-        "--initrd",
-        initrd.to_str().expect("utf-8 path"),
-        "--mem-mib",
-        "128",
-        "--console-log",
-        console.to_str().expect("utf-8 path"),
-    ]);
+    let console_arg = console.to_str().expect("utf-8 path");
+    let out = boot_test_guest(&["--mem-mib", "128", "--console-log", console_arg]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     eprintln!("--- unipod stderr ---\n{stderr}--- guest console ---\n{console_text}");
@@ -68,17 +68,7 @@ fn guest_kernel_panic_is_reported_with_exit_code_3() {
     if skip_without_kvm("guest_kernel_panic_is_reported_with_exit_code_3") {
         return;
     }
-    let kernel = guest_artifact("vmlinux");
-    let initrd = guest_artifact("boot-test.cpio");
-    let out = unipod(&[
-        "boot",
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
-        "--initrd",
-        initrd.to_str().expect("utf-8 path"),
-        "--cmdline",
-        "rdinit=/no/such/init init=/no/such/init",
-    ]);
+    let out = boot_test_guest(&["--cmdline", "rdinit=/no/such/init init=/no/such/init"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- unipod stderr ---\n{stderr}");
     assert_eq!(out.status.code(), Some(3), "a guest panic exits 3");
