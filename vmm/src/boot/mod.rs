@@ -17,7 +17,9 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use crate::arch::layout::*;
 use crate::arch::BootEntry;
@@ -193,14 +195,11 @@ pub fn load_initrd(
     if addr < kernel_end {
         return Err(too_large());
     }
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).map_err(file_err)?;
-    use vm_memory::Bytes;
-    mem.write_slice(
-        &buf[..usize::try_from(size)
-            .map_err(|_| too_large())?
-            .min(buf.len())],
+    // Reads exactly the size checked above, straight into guest memory.
+    mem.read_exact_volatile_from(
         GuestAddress(addr),
+        &mut file,
+        usize::try_from(size).map_err(|_| too_large())?,
     )
     .map_err(|_| BootError::GuestMemory("the initrd"))?;
     Ok(InitrdRange {
