@@ -18,6 +18,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v cargo >/dev/null || { echo "[deps] cargo not found: install Rust with rustup first"; exit 1; }
+	@if command -v rustup >/dev/null && ! rustup component list --installed | grep -q '^clippy'; then rustup component add clippy rustfmt; fi
 
 # The guest kernel, cached in ~/.cache/unipod/kernel by a hash of its inputs.
 kernel: deps
