@@ -10,12 +10,17 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::layout::DEVICE_MMIO_START;
-use crate::config::ConsoleOutput;
+use crate::arch::layout::{DEVICE_MMIO_START, IRQ_BASE};
+use crate::config::{ConsoleOutput, VsockConfig};
 use crate::devices::legacy::{boot_timer, i8042, serial};
 use crate::devices::legacy::{BootTimer, ConsoleWriter, SerialConsole, I8042};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::vstate::exit::ExitSignal;
 use crate::vstate::vcpu::IoBuses;
@@ -37,14 +42,30 @@ pub enum DeviceError {
     /// Wiring an IRQ failed.
     #[error("cannot connect IRQ {0} to KVM")]
     Irq(u32, #[source] kvm_ioctls::Error),
+    /// Wiring a queue notification failed.
+    #[error("cannot connect a virtio queue notification to KVM")]
+    IoEvent(#[source] kvm_ioctls::Error),
     /// Two devices claim the same addresses (a bug in our layout).
     #[error("device layout conflict")]
     Bus(#[from] BusError),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
+
+/// Where the virtio-mmio windows start: right after the boot timer.
+const VIRTIO_MMIO_START: u64 = DEVICE_MMIO_START + boot_timer::BOOT_TIMER_LEN;
+
+/// A device the VMM's event loop must drive.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// The VM's devices, reachable through its buses.
 pub struct DeviceManager {
     buses: IoBuses,
+    subscribers: Vec<Subscriber>,
+    vsocks: Vec<Arc<Mutex<Vsock>>>,
+    /// `virtio_mmio.device=` announcements for the kernel command line.
+    virtio_cmdline: Vec<String>,
     panic_line: Arc<Mutex<Option<String>>>,
     boot_time: Arc<Mutex<Option<Duration>>>,
 }
@@ -91,9 +112,87 @@ impl DeviceManager {
         )?;
         Ok(DeviceManager {
             buses: IoBuses { pio, mmio },
+            subscribers: Vec::new(),
+            vsocks: Vec::new(),
+            virtio_cmdline: Vec::new(),
             panic_line,
             boot_time,
         })
+    }
+
+    /// Adds the hybrid vsock device.
+    pub fn add_vsock(&mut self, vm: &Vm, config: &VsockConfig) -> Result<(), DeviceError> {
+        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
+        let vsock = Arc::new(Mutex::new(Vsock::new(
+            config.cid,
+            &config.uds,
+            interrupt.clone(),
+        )?));
+        self.add_virtio(vm, vsock.clone(), interrupt, base, irq)?;
+        self.subscribers.push(vsock.clone());
+        self.vsocks.push(vsock);
+        Ok(())
+    }
+
+    /// The MMIO window, IRQ and interrupt of the next virtio device.
+    fn next_virtio_slot(&self, vm: &Vm) -> Result<(Arc<Interrupt>, u64, u32), DeviceError> {
+        let index = self.virtio_cmdline.len();
+        let base = VIRTIO_MMIO_START + MMIO_WINDOW_LEN * index as u64;
+        let irq = IRQ_BASE + u32::try_from(index).expect("a handful of devices");
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.fd()
+            .register_irqfd(&irqfd, irq)
+            .map_err(|e| DeviceError::Irq(irq, e))?;
+        Ok((Arc::new(Interrupt::new(irqfd)), base, irq))
+    }
+
+    /// Puts a virtio device on the MMIO bus and announces it to the kernel.
+    fn add_virtio(
+        &mut self,
+        vm: &Vm,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<Interrupt>,
+        base: u64,
+        irq: u32,
+    ) -> Result<(), DeviceError> {
+        {
+            let dev = device.lock().expect("virtio device lock poisoned");
+            for (i, evt) in dev.queue_events().iter().enumerate() {
+                let queue = u32::try_from(i).expect("a handful of queues");
+                vm.fd()
+                    .register_ioevent(
+                        evt,
+                        &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                        queue,
+                    )
+                    .map_err(DeviceError::IoEvent)?;
+            }
+        }
+        let transport = MmioTransport::new(device, interrupt, vm.memory().clone());
+        self.buses
+            .mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_LEN)?;
+        self.virtio_cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        Ok(())
+    }
+
+    /// What the kernel command line must add so the guest finds the devices.
+    pub fn cmdline_additions(&self) -> String {
+        self.virtio_cmdline.join(" ")
+    }
+
+    /// The devices the event loop drives.
+    pub fn subscribers(&self) -> Vec<Subscriber> {
+        self.subscribers.clone()
+    }
+
+    /// Releases host resources (sockets) before the process ends; vCPU
+    /// threads keep the devices alive, so this cannot wait for Drop.
+    pub fn shutdown(&self) {
+        for vsock in &self.vsocks {
+            vsock.lock().expect("vsock lock poisoned").shutdown();
+        }
     }
 
     /// The buses, for the vCPU threads.

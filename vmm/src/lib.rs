@@ -13,5 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+pub mod pod;
 pub mod vmm;
 pub mod vstate;

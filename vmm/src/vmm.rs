@@ -100,7 +100,20 @@ impl Vmm {
             Some(path) => Some(boot::load_initrd(vm.memory(), path, kernel.end)?),
             None => None,
         };
+        // Devices after the kernel and initrd: the console log file and the
+        // vsock socket are only created once those inputs have been checked,
+        // so a bad kernel leaves nothing behind.
+        let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventFd)?);
+        let mut devices = DeviceManager::new(&vm, &config.console, exit.clone(), vmm_start)?;
+        if let Some(vsock) = &config.vsock {
+            devices.add_vsock(&vm, vsock)?;
+        }
+
         let mut cmdline = config.cmdline();
+        let additions = devices.cmdline_additions();
+        if !additions.is_empty() {
+            cmdline = format!("{cmdline} {additions}");
+        }
         if template == CpuTemplate::NestedPvm {
             cmdline = format!("{cmdline} {NESTED_PVM_CMDLINE}");
         }
@@ -108,10 +121,6 @@ impl Vmm {
         boot::write_boot_info(vm.memory(), &kernel, &boot::cmdline_from(&cmdline)?, initrd)?;
         arch::setup_mptable(vm.memory(), config.vcpus)?;
         log::info!("kernel entry: {:?}", kernel.entry);
-        // Devices last: the console log file is only created once every input
-        // has been checked, so a bad kernel or initrd leaves nothing behind.
-        let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventFd)?);
-        let devices = DeviceManager::new(&vm, &config.console, exit.clone(), vmm_start)?;
 
         let vcpus = (0..config.vcpus)
             .map(|i| Vcpu::new(&kvm, &vm, i, config.vcpus, template, kernel.entry))
@@ -130,6 +139,9 @@ impl Vmm {
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(self.exit.clone()))));
+        for device in self.devices.subscribers() {
+            manager.add_subscriber(device);
+        }
 
         let first_run = self.vmm_start.elapsed();
         let mut threads = Vec::new();
@@ -141,7 +153,10 @@ impl Vmm {
             )?);
         }
         let exit = loop {
-            manager.run().map_err(VmmError::EventLoop)?;
+            if let Err(e) = manager.run() {
+                self.devices.shutdown();
+                return Err(VmmError::EventLoop(e));
+            }
             if let Some(exit) = self.exit.peek() {
                 break exit;
             }
@@ -152,6 +167,7 @@ impl Vmm {
             (GuestExit::Reset, Some(line)) => GuestExit::KernelPanic(line),
             (exit, _) => exit,
         };
+        self.devices.shutdown();
         let (vmm_hwm_kib, guest_resident_kib) = memory_usage(self.vm.memory());
         // vCPU threads still in KVM_RUN end with the process; the VM's memory
         // stays mapped until then because the threads hold clones of it.

@@ -20,21 +20,25 @@ fn main() {
         })
         .init();
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Boot(args) => cli::boot(args, start),
-    };
-    let code = match result {
-        Ok(code) => code,
-        Err(e) => {
-            let mut msg = format!("unipod: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                msg.push_str(&format!("\n  caused by: {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{msg}");
-            cli::EXIT_SETUP_ERROR
+    let code = match &cli.command {
+        Command::Boot(args) => {
+            cli::boot(args, start).unwrap_or_else(|e| report_error(&e, cli::EXIT_SETUP_ERROR))
+        }
+        Command::Run(args) => {
+            cli::run::run(args).unwrap_or_else(|e| report_error(&e, cli::run::EXIT_RUN_ERROR))
         }
     };
     std::process::exit(code);
+}
+
+/// Prints `e` with its cause chain; returns `code`.
+fn report_error(e: &dyn std::error::Error, code: i32) -> i32 {
+    let mut msg = format!("unipod: error: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        msg.push_str(&format!("\n  caused by: {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{msg}");
+    code
 }

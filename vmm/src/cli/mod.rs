@@ -1,6 +1,8 @@
 //! The `unipod` command line.
 //!
 //! # Exit codes
+//! `unipod run` exits with the container's exit code, or 125 when unipod
+//! itself failed and 130 when interrupted (see [`run`]). `unipod boot`:
 //! - 0: the guest shut down cleanly;
 //! - 1: unipod could not set up or run the VM (bad kernel, no KVM, ...);
 //! - 2: bad command-line usage;
@@ -11,7 +13,11 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig};
+pub mod run;
+
+pub use run::RunArgs;
+
+use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig, VsockConfig};
 use crate::vmm::{RunReport, Vmm};
 
 /// Exit code: the guest shut down cleanly.
@@ -51,7 +57,29 @@ pub enum Command {
     /// guest's fate, the boot-timer reading and its own memory use on stderr.
     #[command(after_help = AFTER_HELP)]
     Boot(BootArgs),
+    /// Run one container in a new pod VM and follow it to the end.
+    ///
+    /// Boots the guest (kernel plus the agent initramfs), waits for the guest
+    /// agent, runs CMD, streams its stdout and stderr, and reports the pod's
+    /// Kubernetes phase on stderr as it changes (Pending, Running, Succeeded,
+    /// Failed, Unknown). Ctrl-C sends SIGTERM to the container; a second
+    /// Ctrl-C stops the VM.
+    ///
+    /// Example: unipod run --name hello -- /bin/sh -c 'echo hi'
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
 }
+
+const RUN_AFTER_HELP: &str = "\
+Exit codes:
+  N    the container's exit code (128+N if a signal killed it; 127 command
+       not found, 126 not executable)
+  125  unipod failed: the VM did not boot, the agent did not answer or went
+       silent (pod Unknown, then Failed), or the VMM died
+  130  interrupted (second Ctrl-C)
+  2    bad command-line usage
+
+Set RUST_LOG=debug for more detail.";
 
 /// `unipod boot` arguments.
 #[derive(Debug, clap::Args)]
@@ -83,6 +111,14 @@ pub struct BootArgs {
     /// Kernel entry protocol. 'auto' uses PVH when the kernel has a PVH note.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
     pub boot_protocol: ProtocolArg,
+    /// Add a vsock device. Host clients connect to this Unix socket and write
+    /// "CONNECT <port>\n" (Firecracker's hybrid vsock); guest connections to
+    /// host port P reach a listener at PATH_P. The path must not exist.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID (3 or more); needs --vsock-uds.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
+    pub vsock_cid: u64,
 }
 
 /// `--cpu-template` values.
@@ -129,6 +165,10 @@ impl From<&BootArgs> for VmConfig {
                 ProtocolArg::Pvh => BootProtocol::Pvh,
                 ProtocolArg::Linux64 => BootProtocol::Linux64,
             },
+            vsock: args.vsock_uds.clone().map(|uds| VsockConfig {
+                cid: args.vsock_cid,
+                uds,
+            }),
         }
     }
 }
@@ -190,7 +230,9 @@ mod tests {
             "linux64",
         ])
         .expect("valid args");
-        let Command::Boot(args) = cli.command;
+        let Command::Boot(args) = cli.command else {
+            panic!("parsed as boot")
+        };
         let cfg = VmConfig::from(&args);
         assert_eq!(cfg.kernel, PathBuf::from("k"));
         assert_eq!(cfg.initrd, Some(PathBuf::from("i")));

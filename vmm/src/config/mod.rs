@@ -74,6 +74,17 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplate,
     /// How to enter the kernel.
     pub boot_protocol: BootProtocol,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// A hybrid vsock device: the guest's CID and the host's Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// Guest CID, at least 3.
+    pub cid: u64,
+    /// Host clients connect here; guest connections to port P dial `<uds>_P`.
+    pub uds: PathBuf,
 }
 
 impl Default for VmConfig {
@@ -87,6 +98,7 @@ impl Default for VmConfig {
             console: ConsoleOutput::Stdout,
             cpu_template: CpuTemplate::Auto,
             boot_protocol: BootProtocol::Auto,
+            vsock: None,
         }
     }
 }

@@ -1,0 +1,571 @@
+//! `unipod run`: boot a pod VM, run one container in it, stream its output,
+//! report its phases and exit with its exit code.
+//!
+//! # Design
+//! The VMM runs as a child process (`unipod boot --vsock-uds ...`) so that a
+//! VMM crash is observable and cannot take this supervisor with it. All
+//! per-pod state lives in one runtime directory, removed on every exit path
+//! by [`PodDir`]'s Drop; the VMM child gets PR_SET_PDEATHSIG, so even a
+//! SIGKILLed `unipod run` leaves no VM behind.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use guest_agent::protocol::{
+    AgentMessage, DebugCommand, Event, Reply, Request, RunSpec, Stream, AGENT_VSOCK_PORT,
+};
+
+use crate::pod::agent_client::{AgentError, AgentLink};
+use crate::pod::phase::{PhaseTracker, PodPhase};
+
+/// Exit code: unipod itself failed (VM, agent or setup), as `docker run`.
+pub const EXIT_RUN_ERROR: i32 = 125;
+/// Exit code: interrupted by the user (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+const TICK: Duration = Duration::from_millis(100);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// `unipod run` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Pod name: a DNS label (lowercase letters, digits and '-', at most 63).
+    #[arg(long, value_name = "NAME", default_value = "pod")]
+    pub name: String,
+    /// Guest kernel. Default: guest/vmlinux next to unipod's build directory
+    /// (target/guest/vmlinux, built by 'make kernel').
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs with the agent as /init. Default:
+    /// target/guest/initramfs.cpio (built by 'make images').
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub mem_mib: u32,
+    /// Environment for the container, KEY=VALUE; repeatable. Nothing else is
+    /// inherited except PATH=/usr/local/bin:/usr/bin:/bin.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory of the container.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// How long the guest may take to boot and answer, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub agent_timeout_secs: u64,
+    /// Agent heartbeat period in milliseconds. The pod becomes Unknown after
+    /// three missed heartbeats plus a second.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// How long the pod may stay Unknown before unipod gives up on it,
+    /// stops the VM and reports Failed.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub unknown_timeout_secs: u64,
+    /// Where the pod's runtime directory (vsock socket, console log) goes.
+    /// Default: $UNIPOD_RUNTIME_DIR, else /run/unipod as root, else
+    /// $XDG_RUNTIME_DIR/unipod.
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Debug: ask the agent to stop its heartbeats once the container runs,
+    /// to exercise the Unknown phase.
+    #[arg(long)]
+    pub debug_stop_heartbeat: bool,
+    /// The container's command and arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Errors before the pod could run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad pod name.
+    #[error("--name {0:?}: a pod name is a DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit")]
+    BadName(String),
+    /// Bad env entry.
+    #[error("--env {0:?}: expected KEY=VALUE with a non-empty KEY")]
+    BadEnv(String),
+    /// A guest artifact is missing.
+    #[error("{flag} {}: not found; build it with '{make}' or pass {flag}", .path.display())]
+    MissingArtifact {
+        /// The flag that sets it.
+        flag: &'static str,
+        /// The path looked at.
+        path: PathBuf,
+        /// The make target that builds it.
+        make: &'static str,
+    },
+    /// The pod is already running.
+    #[error("pod {name:?} is already running (VMM pid {pid}); pick another --name")]
+    AlreadyRunning {
+        /// The pod name.
+        name: String,
+        /// Its VMM's pid.
+        pid: i32,
+    },
+    /// The runtime directory cannot be created.
+    #[error("cannot create the runtime directory {}", .0.display())]
+    RuntimeDir(PathBuf, #[source] std::io::Error),
+    /// The VMM could not be started.
+    #[error("cannot start the VMM process")]
+    SpawnVmm(#[source] std::io::Error),
+}
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Runs `unipod run`; returns the exit code.
+pub fn run(args: &RunArgs) -> Result<i32, RunError> {
+    validate_name(&args.name)?;
+    if let Some(bad) = args
+        .env
+        .iter()
+        .find(|e| !e.contains('=') || e.starts_with('='))
+    {
+        return Err(RunError::BadEnv(bad.clone()));
+    }
+    let kernel = artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?;
+    let initrd = artifact(
+        args.initrd.as_deref(),
+        "initramfs.cpio",
+        "--initrd",
+        "make images",
+    )?;
+    install_signal_handlers();
+
+    let pod = Pod {
+        name: args.name.clone(),
+    };
+    pod.report(PodPhase::Pending, Some("booting the VM"));
+    let dir = PodDir::create(&runtime_root(args), &args.name)?;
+    let mut vmm = spawn_vmm(&dir, &kernel, &initrd, args)?;
+    dir.record_pid(vmm.id());
+
+    let code = supervise(&pod, &dir, &mut vmm, args);
+    // Whatever happened, no VM outlives us.
+    stop_vmm(&mut vmm);
+    Ok(code)
+}
+
+struct Pod {
+    name: String,
+}
+
+impl Pod {
+    fn report(&self, phase: PodPhase, reason: Option<&str>) {
+        match reason {
+            Some(r) => eprintln!("unipod: pod {}: {phase} ({r})", self.name),
+            None => eprintln!("unipod: pod {}: {phase}", self.name),
+        }
+    }
+}
+
+/// Boots, runs the container and follows it. Returns the exit code.
+fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
+    let unknown_after = Duration::from_millis(3 * args.heartbeat_ms) + Duration::from_secs(1);
+    let mut phase = PhaseTracker::new(
+        unknown_after,
+        Duration::from_secs(args.unknown_timeout_secs),
+    );
+    let fail = |phase: &mut PhaseTracker, reason: String, code: i32| {
+        phase.failed(reason);
+        pod.report(PodPhase::Failed, phase.reason());
+        if code == EXIT_RUN_ERROR {
+            dir.print_console_tail();
+        }
+        code
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
+    let mut check = || vmm_alive(vmm).and_then(|()| not_interrupted());
+    let mut link = match AgentLink::connect(&dir.vsock(), AGENT_VSOCK_PORT, deadline, &mut check) {
+        Ok(link) => link,
+        Err(e @ AgentError::Aborted(_)) if SIGNALS.load(Ordering::SeqCst) > 0 => {
+            return fail(&mut phase, e.to_string(), EXIT_INTERRUPTED);
+        }
+        Err(e) => return fail(&mut phase, e.to_string(), EXIT_RUN_ERROR),
+    };
+    log::debug!("guest agent {} is ready", link.agent_version);
+    phase.heard_from_agent(Instant::now());
+    let messages = match link.subscribe() {
+        Ok(rx) => rx,
+        Err(e) => return fail(&mut phase, e.to_string(), EXIT_RUN_ERROR),
+    };
+    let spec = RunSpec {
+        name: pod.name.clone(),
+        argv: args.command.clone(),
+        env: container_env(&args.env),
+        cwd: args.workdir.clone(),
+    };
+    let run_id = match link.send(Request::Run(spec)) {
+        Ok(id) => id,
+        Err(e) => return fail(&mut phase, e.to_string(), EXIT_RUN_ERROR),
+    };
+
+    let mut signals_seen = 0;
+    let exit_code = loop {
+        let now = Instant::now();
+        match messages.recv_timeout(TICK) {
+            Ok(Ok(msg)) => {
+                if let Some(p) = phase.heard_from_agent(now) {
+                    pod.report(p, None);
+                }
+                match msg {
+                    AgentMessage::Reply { id, result: Err(e) } if id == run_id => {
+                        log::error!("the agent could not start {:?}: {e}", args.command[0]);
+                    }
+                    AgentMessage::Reply {
+                        id,
+                        result: Ok(Reply::Started { pid }),
+                    } if id == run_id => {
+                        log::debug!("container pid {pid} in the guest");
+                        if args.debug_stop_heartbeat {
+                            let _ = link.send(Request::Debug(DebugCommand::StopHeartbeat));
+                        }
+                    }
+                    AgentMessage::Reply { .. } => {}
+                    AgentMessage::Event(event) => {
+                        if let Some(code) = on_event(pod, &mut phase, event, now) {
+                            break code;
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                // The agent link ended before the container did.
+                let why = vmm_alive(vmm)
+                    .err()
+                    .unwrap_or_else(|| format!("agent link lost: {e}"));
+                return fail(&mut phase, why, EXIT_RUN_ERROR);
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+        }
+        if let Err(why) = vmm_alive(vmm) {
+            return fail(&mut phase, why, EXIT_RUN_ERROR);
+        }
+        let signals = SIGNALS.load(Ordering::SeqCst);
+        if signals > signals_seen {
+            signals_seen = signals;
+            if signals == 1 {
+                eprintln!("unipod: pod {}: stopping the container (SIGTERM); interrupt again to kill the VM", pod.name);
+                let _ = link.send(Request::Signal {
+                    name: pod.name.clone(),
+                    signal: libc::SIGTERM,
+                });
+            } else {
+                return fail(&mut phase, "interrupted".into(), EXIT_INTERRUPTED);
+            }
+        }
+        if let Some(p) = phase.tick(Instant::now()) {
+            pod.report(p, phase.reason());
+            if p == PodPhase::Failed {
+                return EXIT_RUN_ERROR;
+            }
+        }
+    };
+    // The container is done: let the agent power the guest off.
+    let _ = link.send(Request::Shutdown);
+    wait_for_exit(vmm, SHUTDOWN_GRACE);
+    exit_code
+}
+
+/// Handles one agent event; returns the exit code once the container exited.
+fn on_event(pod: &Pod, phase: &mut PhaseTracker, event: Event, now: Instant) -> Option<i32> {
+    match event {
+        Event::ContainerStarted { .. } => {
+            if let Some(p) = phase.container_started(now) {
+                pod.report(p, None);
+            }
+        }
+        Event::Output { stream, data, .. } => {
+            let result = match stream {
+                Stream::Stdout => write_all_flush(&mut std::io::stdout().lock(), &data),
+                Stream::Stderr => write_all_flush(&mut std::io::stderr().lock(), &data),
+            };
+            if let Err(e) = result {
+                log::debug!("cannot forward container output: {e}");
+            }
+        }
+        Event::Oom { name } => {
+            eprintln!("unipod: pod {}: container {name} was OOM-killed", pod.name)
+        }
+        Event::ContainerExited {
+            exit_code, reason, ..
+        } => {
+            if let Some(p) = phase.container_exited(exit_code, &reason) {
+                pod.report(p, phase.reason());
+            }
+            return Some(exit_code);
+        }
+        Event::Ready { .. } | Event::Heartbeat { .. } => {}
+    }
+    None
+}
+
+fn write_all_flush(w: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data)?;
+    w.flush()
+}
+
+fn container_env(user: &[String]) -> Vec<String> {
+    let mut env = Vec::with_capacity(user.len() + 1);
+    if !user.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/bin:/usr/bin:/bin".to_string());
+    }
+    env.extend(user.iter().cloned());
+    env
+}
+
+fn validate_name(name: &str) -> Result<(), RunError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RunError::BadName(name.to_string()))
+    }
+}
+
+/// A guest artifact: the flag's value, else `<exe dir>/../guest/<file>`.
+fn artifact(
+    given: Option<&Path>,
+    file: &str,
+    flag: &'static str,
+    make: &'static str,
+) -> Result<PathBuf, RunError> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("guest").join(file)))
+            .unwrap_or_else(|| PathBuf::from("target/guest").join(file)),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(RunError::MissingArtifact { flag, path, make })
+    }
+}
+
+fn runtime_root(args: &RunArgs) -> PathBuf {
+    if let Some(dir) = &args.runtime_dir {
+        return dir.clone();
+    }
+    if let Some(dir) = std::env::var_os("UNIPOD_RUNTIME_DIR") {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/unipod");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| PathBuf::from(d).join("unipod"))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("unipod-{}", nix::unistd::geteuid())))
+}
+
+/// The pod's runtime directory; removed on drop.
+struct PodDir {
+    path: PathBuf,
+}
+
+impl PodDir {
+    fn create(root: &Path, name: &str) -> Result<PodDir, RunError> {
+        let path = root.join(name);
+        if let Some(pid) = std::fs::read_to_string(path.join("vmm.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // Signal 0 only checks that the process exists.
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+                return Err(RunError::AlreadyRunning {
+                    name: name.to_string(),
+                    pid,
+                });
+            }
+        }
+        // A leftover from a killed run: start clean.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| RunError::RuntimeDir(path.clone(), e))?;
+        Ok(PodDir { path })
+    }
+
+    fn vsock(&self) -> PathBuf {
+        self.path.join("vsock.sock")
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.path.join("console.log")
+    }
+
+    fn record_pid(&self, pid: u32) {
+        let _ = std::fs::write(self.path.join("vmm.pid"), pid.to_string());
+    }
+
+    /// Shows the end of the guest console and VMM log, for failures.
+    fn print_console_tail(&self) {
+        for (what, file) in [
+            ("guest console", self.console_log()),
+            ("VMM", self.path.join("vmm.log")),
+        ] {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                continue;
+            }
+            eprintln!("unipod: last lines of the {what} log:");
+            for line in &lines[lines.len().saturating_sub(10)..] {
+                eprintln!("  | {line}");
+            }
+        }
+    }
+}
+
+impl Drop for PodDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn spawn_vmm(
+    dir: &PodDir,
+    kernel: &Path,
+    initrd: &Path,
+    args: &RunArgs,
+) -> Result<Child, RunError> {
+    let exe = std::env::current_exe().map_err(RunError::SpawnVmm)?;
+    let log = std::fs::File::create(dir.path.join("vmm.log")).map_err(RunError::SpawnVmm)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("boot")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--mem-mib")
+        .arg(args.mem_mib.to_string())
+        .arg("--vsock-uds")
+        .arg(dir.vsock())
+        .arg("--console-log")
+        .arg(dir.console_log())
+        .arg("--cmdline")
+        .arg(format!("unipod.heartbeat_ms={}", args.heartbeat_ms))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        // Ctrl-C in a terminal must reach us, not the VMM: we stop the pod
+        // gracefully first.
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The VMM dies with us, even if we are SIGKILLed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(RunError::SpawnVmm)
+}
+
+/// `Err(reason)` once the VMM process has exited.
+fn vmm_alive(vmm: &mut Child) -> Result<(), String> {
+    match vmm.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => Err(format!("VMM exited ({status}) before the pod finished")),
+        Err(e) => Err(format!("cannot check the VMM process: {e}")),
+    }
+}
+
+fn not_interrupted() -> Result<(), String> {
+    if SIGNALS.load(Ordering::SeqCst) > 0 {
+        Err("interrupted while the VM was booting".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn wait_for_exit(vmm: &mut Child, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !matches!(vmm.try_wait(), Ok(None)) {
+            return true;
+        }
+        std::thread::sleep(TICK);
+    }
+    false
+}
+
+fn stop_vmm(vmm: &mut Child) {
+    if matches!(vmm.try_wait(), Ok(None)) {
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+    }
+}
+
+fn install_signal_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    // No SA_RESTART: a blocking read returns EINTR, so the loops see the flag.
+    let action = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(sig, &action) } {
+            log::warn!("cannot handle {sig}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_are_dns_labels() {
+        for good in ["a", "web-1", "x".repeat(63).as_str()] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Web", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn container_env_gets_a_default_path() {
+        assert_eq!(
+            container_env(&["A=1".into()]),
+            ["PATH=/usr/local/bin:/usr/bin:/bin", "A=1"]
+        );
+        assert_eq!(container_env(&["PATH=/x".into()]), ["PATH=/x"]);
+    }
+
+    #[test]
+    fn a_second_run_of_a_live_pod_is_refused_and_stale_dirs_are_cleared() {
+        let root = std::env::temp_dir().join(format!("unipod-poddir-{}", std::process::id()));
+        let dir = PodDir::create(&root, "p").unwrap();
+        dir.record_pid(std::process::id());
+        let err = PodDir::create(&root, "p").err().expect("live pid");
+        assert!(err.to_string().contains("already running"), "{err}");
+        // A pid that cannot exist: the directory is stale.
+        std::fs::write(dir.path.join("vmm.pid"), i32::MAX.to_string()).unwrap();
+        let again = PodDir::create(&root, "p").expect("stale dir replaced");
+        drop(dir);
+        drop(again);
+        assert!(!root.join("p").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

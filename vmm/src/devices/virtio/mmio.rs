@@ -1,0 +1,304 @@
+//! The virtio-mmio transport, version 2 ("modern"), per virtio 1.2 §4.2.
+//!
+//! # Design
+//! The transport keeps the queue configuration the driver writes and, on
+//! DRIVER_OK, validates every queue against guest memory before handing them
+//! to the device. A driver that writes status 0 resets the device. Queue
+//! notifications normally never reach this code: the device manager registers
+//! an ioeventfd for the QueueNotify register, so KVM signals the device's
+//! eventfd directly; the write path here is the fallback.
+
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+};
+use virtio_bindings::virtio_mmio as reg;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
+
+/// Size of one device's MMIO window.
+pub const MMIO_WINDOW_LEN: u64 = 0x1000;
+/// Offset of the QueueNotify register, for ioeventfd registration.
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const MMIO_VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x554e_4950; // "UNIP"
+
+/// One virtio device as seen through its MMIO window.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    interrupt: Arc<Interrupt>,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    activated: bool,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    /// Puts `device` behind a transport.
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<Interrupt>,
+        mem: GuestMemoryMmap,
+    ) -> MmioTransport {
+        let queues = fresh_queues(&*lock(&device));
+        MmioTransport {
+            device,
+            interrupt,
+            mem,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            activated: false,
+            config_generation: 0,
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        let index = usize::try_from(self.queue_select).ok()?;
+        self.queues.get_mut(index)
+    }
+
+    fn read_register(&self, offset: u32) -> u32 {
+        let device = lock(&self.device);
+        match offset {
+            reg::VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            reg::VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            reg::VIRTIO_MMIO_DEVICE_ID => device.device_type(),
+            reg::VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            reg::VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
+                0 => low_half(device.features()),
+                1 => low_half(device.features() >> 32),
+                _ => 0,
+            },
+            reg::VIRTIO_MMIO_QUEUE_NUM_MAX => usize::try_from(self.queue_select)
+                .ok()
+                .and_then(|i| self.queues.get(i))
+                .map_or(0, |q| u32::from(q.max_size())),
+            reg::VIRTIO_MMIO_QUEUE_READY => usize::try_from(self.queue_select)
+                .ok()
+                .and_then(|i| self.queues.get(i))
+                .map_or(0, |q| u32::from(q.ready())),
+            reg::VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            reg::VIRTIO_MMIO_STATUS => self.status,
+            reg::VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        // Queue layout is frozen once the device runs (virtio 1.2 §2.1.2).
+        let queue_setup_allowed = !self.activated && self.status & VIRTIO_CONFIG_S_DRIVER != 0;
+        match offset {
+            reg::VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            reg::VIRTIO_MMIO_DRIVER_FEATURES => {
+                if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+                    log::warn!("virtio-mmio: driver changed features after FEATURES_OK; ignored");
+                    return;
+                }
+                let offered = lock(&self.device).features();
+                let shift = match self.driver_features_select {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                // Only offered bits can be acked.
+                self.driver_features |= (u64::from(value) << shift) & offered;
+            }
+            reg::VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            reg::VIRTIO_MMIO_QUEUE_NUM if queue_setup_allowed => {
+                if let (Some(q), Ok(size)) = (self.selected_queue(), u16::try_from(value)) {
+                    q.set_size(size);
+                }
+            }
+            reg::VIRTIO_MMIO_QUEUE_READY if queue_setup_allowed => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW if queue_setup_allowed => {
+                self.set_queue_address(|q| q.set_desc_table_address(Some(value), None));
+            }
+            reg::VIRTIO_MMIO_QUEUE_DESC_HIGH if queue_setup_allowed => {
+                self.set_queue_address(|q| q.set_desc_table_address(None, Some(value)));
+            }
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW if queue_setup_allowed => {
+                self.set_queue_address(|q| q.set_avail_ring_address(Some(value), None));
+            }
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH if queue_setup_allowed => {
+                self.set_queue_address(|q| q.set_avail_ring_address(None, Some(value)));
+            }
+            reg::VIRTIO_MMIO_QUEUE_USED_LOW if queue_setup_allowed => {
+                self.set_queue_address(|q| q.set_used_ring_address(Some(value), None));
+            }
+            reg::VIRTIO_MMIO_QUEUE_USED_HIGH if queue_setup_allowed => {
+                self.set_queue_address(|q| q.set_used_ring_address(None, Some(value)));
+            }
+            reg::VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
+            reg::VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            reg::VIRTIO_MMIO_STATUS => self.set_status(value),
+            _ => log::debug!("virtio-mmio: ignored write of {value:#x} to register {offset:#x}"),
+        }
+    }
+
+    fn set_queue_address(&mut self, set: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected_queue() {
+            set(q);
+        }
+    }
+
+    fn notify(&self, queue: u32) {
+        let device = lock(&self.device);
+        let evt = usize::try_from(queue)
+            .ok()
+            .and_then(|i| device.queue_events().get(i));
+        match evt {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    log::error!("virtio-mmio: cannot signal queue {queue}: {e}");
+                }
+            }
+            None => log::warn!("virtio-mmio: notify for nonexistent queue {queue}"),
+        }
+    }
+
+    fn set_status(&mut self, status: u32) {
+        if status == 0 {
+            self.reset();
+            return;
+        }
+        // The driver may only add bits (virtio 1.2 §3.1.1), except FAILED.
+        if status & self.status != self.status {
+            log::warn!(
+                "virtio-mmio: driver cleared status bits ({:#x} -> {status:#x}); ignored",
+                self.status
+            );
+            return;
+        }
+        let added = status & !self.status;
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && self.driver_features & VIRTIO_F_VERSION_1 == 0
+        {
+            // Leaving FEATURES_OK unset tells the driver we refuse (§3.1.1 step 6).
+            log::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1; refusing");
+            self.status = status & !VIRTIO_CONFIG_S_FEATURES_OK;
+            return;
+        }
+        self.status = status;
+        let ready_bits = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK;
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 && status & ready_bits == ready_bits {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        if self.activated {
+            return;
+        }
+        if let Some(bad) = self
+            .queues
+            .iter()
+            .position(|q| !q.ready() || !q.is_valid(&self.mem))
+        {
+            log::error!("virtio-mmio: queue {bad} is not ready or not valid; device failed");
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        let queues = std::mem::take(&mut self.queues);
+        let result = lock(&self.device).activate(self.mem.clone(), queues);
+        self.queues = fresh_queues(&*lock(&self.device));
+        match result {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                log::error!("virtio-mmio: device activation failed: {e}");
+                self.status |= VIRTIO_CONFIG_S_FAILED;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            lock(&self.device).reset();
+        }
+        self.activated = false;
+        self.status = 0;
+        self.driver_features = 0;
+        self.queue_select = 0;
+        self.interrupt.ack(u32::MAX);
+        self.queues = fresh_queues(&*lock(&self.device));
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(reg::VIRTIO_MMIO_CONFIG) {
+            let config_offset = offset - u64::from(reg::VIRTIO_MMIO_CONFIG);
+            lock(&self.device).read_config(config_offset, data);
+            return;
+        }
+        let value = match (u32::try_from(offset), data.len()) {
+            (Ok(offset), 4) => self.read_register(offset),
+            _ => {
+                log::warn!(
+                    "virtio-mmio: {}-byte read at {offset:#x}; registers are 32-bit",
+                    data.len()
+                );
+                0
+            }
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= u64::from(reg::VIRTIO_MMIO_CONFIG) {
+            log::debug!("virtio-mmio: config space is read-only for this device");
+            return;
+        }
+        match (u32::try_from(offset), <[u8; 4]>::try_from(data)) {
+            (Ok(offset), Ok(bytes)) => self.write_register(offset, u32::from_le_bytes(bytes)),
+            _ => log::warn!(
+                "virtio-mmio: {}-byte write at {offset:#x}; registers are 32-bit",
+                data.len()
+            ),
+        }
+    }
+}
+
+fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+    device
+        .queue_max_sizes()
+        .iter()
+        .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
+        .collect()
+}
+
+fn low_half(v: u64) -> u32 {
+    u32::try_from(v & u64::from(u32::MAX)).expect("masked to 32 bits")
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("virtio device lock poisoned")
+}

@@ -1,0 +1,94 @@
+//! Virtio devices and the virtio-mmio transport they share.
+//!
+//! # Design
+//! A device ([`VirtioDevice`]) knows its queues and its config space; the
+//! [`mmio::MmioTransport`] owns the register file the driver programs and
+//! hands the device its queues when the driver sets DRIVER_OK. Queue
+//! notifications reach the device as eventfds, so its work runs on the VMM's
+//! event-loop thread, never on a vCPU thread; interrupts leave through an
+//! irqfd ([`Interrupt`]).
+
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Virtio 1.0 ("modern") devices, the only kind we offer.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Errors while activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver gave a queue the device cannot use.
+    #[error("queue {0} is not valid (size or ring addresses)")]
+    BadQueue(usize),
+    /// The device cannot signal its event loop.
+    #[error("cannot wake the device's event loop")]
+    Wake(#[source] std::io::Error),
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (e.g. 19 for vsock).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue; the length is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Reads the device-specific config space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The eventfds the transport signals on a queue notification, one per queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    /// Returns the device to its pre-activation state (driver wrote status 0).
+    fn reset(&mut self);
+}
+
+/// A device's interrupt line: the ISR status bits plus the irqfd that raises it.
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// Wraps an irqfd already registered with KVM.
+    pub fn new(irqfd: EventFd) -> Interrupt {
+        Interrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Tells the driver that a queue has new used buffers.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tells the driver that the config space changed.
+    pub fn signal_config_change(&self) {
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            log::error!("cannot raise a virtio interrupt: {e}");
+        }
+    }
+
+    /// The pending ISR bits, as the InterruptStatus register shows them.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears the bits the driver acknowledged.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
