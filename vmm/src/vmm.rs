@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::arch;
@@ -52,6 +54,9 @@ pub enum VmmError {
     /// An eventfd could not be created.
     #[error("cannot create the exit eventfd")]
     EventFd(#[source] std::io::Error),
+    /// SIGINT/SIGTERM handling could not be set up.
+    #[error("cannot set up SIGINT/SIGTERM handling")]
+    Signals(#[source] nix::Error),
     /// SMP guests hang on this host.
     #[error("--vcpus {0}: nested PVM hosts cannot start secondary vCPUs (the guest hangs at \"Booting SMP configuration\"; see docs/NESTED-KVM.md); use --vcpus 1")]
     SmpOnNestedPvm(u8),
@@ -139,6 +144,10 @@ impl Vmm {
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(self.exit.clone()))));
+        // Before the vCPU threads exist, so they inherit the blocked mask and
+        // SIGINT/SIGTERM arrive only through the signalfd.
+        let stop = StopSignals::new(self.exit.clone()).map_err(VmmError::Signals)?;
+        manager.add_subscriber(Arc::new(Mutex::new(stop)));
         for device in self.devices.subscribers() {
             manager.add_subscriber(device);
         }
@@ -195,6 +204,39 @@ impl MutEventSubscriber for ExitWatcher {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         // Drain the counter; the reason itself is read by the loop.
         let _ = self.0.eventfd().read();
+    }
+}
+
+/// Turns SIGINT and SIGTERM into an orderly stop, so devices can clean up
+/// (the vsock socket file) before the process ends.
+struct StopSignals {
+    fd: SignalFd,
+    exit: Arc<ExitSignal>,
+}
+
+impl StopSignals {
+    fn new(exit: Arc<ExitSignal>) -> nix::Result<StopSignals> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGTERM);
+        mask.thread_block()?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(StopSignals { fd, exit })
+    }
+}
+
+impl MutEventSubscriber for StopSignals {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch for SIGINT/SIGTERM: {e}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        if let Ok(Some(info)) = self.fd.read_signal() {
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM);
+            self.exit.report(GuestExit::Stopped(signo));
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub use run::RunArgs;
 
 use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig, VsockConfig};
 use crate::vmm::{RunReport, Vmm};
+use crate::vstate::exit::GuestExit;
 
 /// Exit code: the guest shut down cleanly.
 pub const EXIT_OK: i32 = 0;
@@ -35,6 +36,7 @@ Exit codes:
   1  unipod could not set up or run the VM (bad kernel path, no /dev/kvm, ...)
   2  bad command-line usage
   3  the guest crashed: kernel panic, triple fault or KVM emulation failure
+  130, 143  stopped by SIGINT or SIGTERM (the VM is torn down cleanly)
 
 Set RUST_LOG=debug for more detail.";
 
@@ -178,10 +180,10 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, crate::vmm::VmmError
     let config = VmConfig::from(args);
     let report = Vmm::new(&config, start)?.run()?;
     print_report(&report);
-    Ok(if report.exit.is_clean() {
-        EXIT_OK
-    } else {
-        EXIT_GUEST_CRASHED
+    Ok(match report.exit {
+        GuestExit::Reset => EXIT_OK,
+        GuestExit::Stopped(signo) => 128 + signo,
+        _ => EXIT_GUEST_CRASHED,
     })
 }
 

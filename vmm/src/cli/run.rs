@@ -239,7 +239,9 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
                 }
             }
             Ok(Err(e)) => {
-                // The agent link ended before the container did.
+                // The agent link ended before the container did. If the VMM
+                // died, its exit may lag its sockets closing by a moment.
+                wait_for_exit(vmm, Duration::from_secs(2));
                 let why = vmm_alive(vmm)
                     .err()
                     .unwrap_or_else(|| format!("agent link lost: {e}"));

@@ -26,6 +26,8 @@ pub enum GuestExit {
     },
     /// KVM failed or returned an exit we cannot handle.
     VcpuError(String),
+    /// The VMM was asked to stop (SIGINT or SIGTERM, by number).
+    Stopped(i32),
 }
 
 impl GuestExit {
@@ -52,6 +54,7 @@ impl std::fmt::Display for GuestExit {
                 write!(f, "]; on nested PVM hosts see docs/NESTED-KVM.md")
             }
             GuestExit::VcpuError(msg) => write!(f, "vCPU error: {msg}"),
+            GuestExit::Stopped(signo) => write!(f, "VM stopped by signal {signo}"),
         }
     }
 }

@@ -302,3 +302,188 @@ fn low_half(v: u64) -> u32 {
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().expect("virtio device lock poisoned")
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::devices::virtio::ActivateError;
+
+    struct FakeDevice {
+        events: Vec<EventFd>,
+        activated_with: Option<usize>,
+        resets: usize,
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(u8::try_from(offset).unwrap_or(0xff));
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.events
+        }
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            queues: Vec<Queue>,
+        ) -> Result<(), ActivateError> {
+            self.activated_with = Some(queues.len());
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let device = Arc::new(Mutex::new(FakeDevice {
+            events: vec![
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ],
+            activated_with: None,
+            resets: 0,
+        }));
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        (MmioTransport::new(device.clone(), irq, mem), device)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(u64::from(offset), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    /// Runs the driver side of virtio 1.2 §3.1.1 with valid queues.
+    fn negotiate(t: &mut MmioTransport, features_hi: u32) {
+        write(t, reg::VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(
+            t,
+            reg::VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        write(t, reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(t, reg::VIRTIO_MMIO_DRIVER_FEATURES, features_hi);
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        write(t, reg::VIRTIO_MMIO_STATUS, s);
+        for q in 0..2u32 {
+            write(t, reg::VIRTIO_MMIO_QUEUE_SEL, q);
+            write(t, reg::VIRTIO_MMIO_QUEUE_NUM, 16);
+            write(t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000 * (q + 1));
+            write(
+                t,
+                reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                0x1000 * (q + 1) + 0x100,
+            );
+            write(t, reg::VIRTIO_MMIO_QUEUE_USED_LOW, 0x1000 * (q + 1) + 0x200);
+            write(t, reg::VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+    }
+
+    #[test]
+    fn identifies_as_a_modern_virtio_device() {
+        let (mut t, _) = setup();
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_MAGIC_VALUE), MAGIC);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_DEVICE_ID), 42);
+        write(&mut t, reg::VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read(&mut t, reg::VIRTIO_MMIO_DEVICE_FEATURES),
+            1,
+            "VERSION_1 is bit 32"
+        );
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 2);
+        assert_eq!(
+            read(&mut t, reg::VIRTIO_MMIO_QUEUE_NUM_MAX),
+            0,
+            "no third queue"
+        );
+        let mut cfg = [0u8; 2];
+        t.read(u64::from(reg::VIRTIO_MMIO_CONFIG) + 3, &mut cfg);
+        assert_eq!(cfg, [3, 3], "config reads go to the device at their offset");
+    }
+
+    #[test]
+    fn driver_ok_activates_with_all_queues() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t, 1);
+        let s = read(&mut t, reg::VIRTIO_MMIO_STATUS) | VIRTIO_CONFIG_S_DRIVER_OK;
+        write(&mut t, reg::VIRTIO_MMIO_STATUS, s);
+        assert_eq!(dev.lock().unwrap().activated_with, Some(2));
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_STATUS), s);
+        // Writing 0 resets the device.
+        write(&mut t, reg::VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(dev.lock().unwrap().resets, 1);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_STATUS), 0);
+    }
+
+    #[test]
+    fn a_driver_without_version_1_is_refused() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t, 0);
+        let status = read(&mut t, reg::VIRTIO_MMIO_STATUS);
+        assert_eq!(
+            status & VIRTIO_CONFIG_S_FEATURES_OK,
+            0,
+            "FEATURES_OK not accepted"
+        );
+        assert_eq!(dev.lock().unwrap().activated_with, None);
+    }
+
+    #[test]
+    fn queues_outside_guest_memory_fail_the_device() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t, 1);
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 0);
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_READY, 0);
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_HIGH, 0xffff);
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_READY, 1);
+        let s = read(&mut t, reg::VIRTIO_MMIO_STATUS) | VIRTIO_CONFIG_S_DRIVER_OK;
+        write(&mut t, reg::VIRTIO_MMIO_STATUS, s);
+        assert_eq!(dev.lock().unwrap().activated_with, None);
+        assert_ne!(
+            read(&mut t, reg::VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FAILED,
+            0
+        );
+    }
+
+    #[test]
+    fn notify_signals_the_queue_eventfd_and_ack_clears_interrupts() {
+        let (mut t, dev) = setup();
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        assert_eq!(dev.lock().unwrap().events[1].read().unwrap(), 1);
+        write(&mut t, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 9); // no such queue: ignored
+        t.interrupt.signal_used_queue();
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+        write(&mut t, reg::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn odd_sized_register_accesses_are_ignored() {
+        let (mut t, _) = setup();
+        let mut b = [0xaau8; 2];
+        t.read(u64::from(reg::VIRTIO_MMIO_MAGIC_VALUE), &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(u64::from(reg::VIRTIO_MMIO_STATUS), &[1]);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_STATUS), 0);
+    }
+}
