@@ -4,8 +4,11 @@
 SHELL := /bin/bash
 GUEST := target/guest
 UNIPOD := target/release/unipod
+# The guest agent (the guest's /init) is a static musl binary.
+AGENT_TARGET := x86_64-unknown-linux-musl
+AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 
-.PHONY: all deps kernel images build demo test check ci clean-cache
+.PHONY: all deps kernel agent images build demo test check ci clean-cache
 
 all: build kernel images
 
@@ -19,22 +22,31 @@ deps:
 	fi
 	@command -v cargo >/dev/null || { echo "[deps] cargo not found: install Rust with rustup first"; exit 1; }
 	@if command -v rustup >/dev/null && ! rustup component list --installed | grep -q '^clippy'; then rustup component add clippy rustfmt; fi
+	@if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx '$(AGENT_TARGET)'; then \
+	  echo "[deps] adding the $(AGENT_TARGET) target"; rustup target add $(AGENT_TARGET); fi
 
 # The guest kernel, cached in ~/.cache/unipod/kernel by a hash of its inputs.
 kernel: deps
 	@bash kernel-config/build.sh
 
-# Guest initramfs images.
-images: deps
+# The guest agent, static (musl) so it runs as /init with no loader.
+agent: deps
+	@echo "[agent] cargo build --release -p guest-agent --target $(AGENT_TARGET)"
+	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --bin unipod-agent
+
+# Guest initramfs images (cached in ~/.cache/unipod/initramfs).
+images: deps agent
 	@bash images/build-initramfs.sh boot-test $(GUEST)/boot-test.cpio
+	@bash images/build-initramfs.sh agent $(GUEST)/initramfs.cpio $(AGENT)
 
 build: deps
 	@echo "[build] cargo build --release"
 	@cargo build --release --workspace --quiet
 
-# Boots the guest; its init says hello and powers off.
+# Runs a one-container demo pod: boots a VM, the guest agent runs the
+# command, and unipod streams its output and reports the pod's phases.
 demo: build kernel images
-	$(UNIPOD) boot --kernel $(GUEST)/vmlinux --initrd $(GUEST)/boot-test.cpio
+	$(UNIPOD) run --name demo -- /bin/sh -c 'echo "hello from a unipod pod: $$(uname -sr), pid $$$$"'
 
 # All tests: unit tests and the end-to-end tests that boot real guests.
 test: build kernel images

@@ -114,7 +114,7 @@ pub struct BootArgs {
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
     pub boot_protocol: ProtocolArg,
     /// Add a vsock device. Host clients connect to this Unix socket and write
-    /// "CONNECT <port>\n" (Firecracker's hybrid vsock); guest connections to
+    /// "CONNECT PORT" and a newline (Firecracker's hybrid vsock); guest connections to
     /// host port P reach a listener at PATH_P. The path must not exist.
     #[arg(long, value_name = "PATH")]
     pub vsock_uds: Option<PathBuf>,

@@ -5,7 +5,7 @@
 //! The VMM runs as a child process (`unipod boot --vsock-uds ...`) so that a
 //! VMM crash is observable and cannot take this supervisor with it. All
 //! per-pod state lives in one runtime directory, removed on every exit path
-//! by [`PodDir`]'s Drop; the VMM child gets PR_SET_PDEATHSIG, so even a
+//! by `PodDir`'s Drop; the VMM child gets PR_SET_PDEATHSIG, so even a
 //! SIGKILLed `unipod run` leaves no VM behind.
 
 use std::io::Write;

@@ -1,0 +1,683 @@
+//! The agent proper: PID-1 setup, then one single-threaded poll loop over the
+//! vsock listener, the host connection, the container's output pipes, a
+//! signalfd and the heartbeat timerfd.
+//!
+//! # Design
+//!
+//! One thread and one `poll` keep the ordering questions simple: output is
+//! forwarded in the order it is read, `ContainerExited` is queued only after
+//! the process is reaped *and* both pipes hit EOF, and the reaper
+//! (`waitpid(-1, WNOHANG)` on SIGCHLD) is the only place exit statuses come
+//! from. Nothing blocks: host writes go through a bounded [`host::Outbox`].
+//!
+//! Lifecycle rules:
+//! - One host connection at a time; a new connection replaces the current
+//!   one (a host that reconnects wins over a stale socket). A dropped host
+//!   leaves the container running.
+//! - SIGTERM/SIGINT: SIGTERM the container, SIGKILL it after [`TERM_GRACE`],
+//!   power off once it is reported (or [`KILL_WAIT`] later regardless).
+//!   `Shutdown` does the same with [`SHUTDOWN_GRACE`].
+//! - After `ContainerExited`, the pod is finished: power off when the host
+//!   sends `Shutdown`, when it hangs up after receiving `ContainerExited`, or
+//!   when no host has been connected for [`LINGER`]. A new `Run` un-finishes it.
+//!
+//! # Limitations
+//!
+//! One container per pod for now; a second `Run` while it runs is refused.
+
+pub mod cgroup;
+pub mod container;
+pub mod host;
+pub mod init;
+pub mod logger;
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use guest_agent::protocol::{
+    AgentMessage, DebugCommand, Event, HostMessage, ProtocolError, Reply, Request, RunSpec, Stream,
+    AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION, REASON_ERROR, REASON_OOM_KILLED,
+};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timer::Expiration;
+use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+use self::cgroup::{Cgroups, CGROUP_MOUNT};
+use self::container::{Container, PipeRead, Termination};
+use self::host::{FrameKind, HostConn, HostError, Incoming, Listener, Outbox};
+use self::logger::Chain;
+
+/// Grace between SIGTERM and SIGKILL when PID 1 gets SIGTERM/SIGINT.
+pub const TERM_GRACE: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL on a `Shutdown` request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// After SIGKILL: time to reap, drain and flush before powering off anyway.
+pub const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long a finished pod waits for a host before powering off.
+pub const LINGER: Duration = Duration::from_secs(30);
+/// Above this many unsent bytes, the container's pipes are not read.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Above this many unsent bytes, the host's requests are not read.
+const OUTBOX_LIMIT: usize = 1024 * 1024;
+
+/// Errors that stop the agent (which then powers the guest off).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The host link failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The signalfd could not be set up.
+    #[error("cannot set up signal handling")]
+    Signals(#[source] Errno),
+    /// The heartbeat timerfd could not be created.
+    #[error("cannot create the heartbeat timer")]
+    Timer(#[source] Errno),
+    /// poll(2) failed.
+    #[error("poll failed")]
+    Poll(#[source] Errno),
+}
+
+/// Does the PID-1 setup and serves the host until it is time to power off.
+/// Returns `Ok` for an orderly power-off.
+pub fn run() -> Result<(), AgentError> {
+    init::mount_filesystems();
+    init::ensure_stdio();
+    init::route_ctrl_alt_del_to_sigint();
+    log::info!(
+        "unipod-agent {} (protocol {PROTOCOL_VERSION}) starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let default = Duration::from_millis(DEFAULT_HEARTBEAT_MS);
+    let period = init::heartbeat_period(&init::read_cmdline(), default).unwrap_or_else(|e| {
+        log::warn!("{e}; using {DEFAULT_HEARTBEAT_MS} ms");
+        default
+    });
+    let cgroups = Cgroups::setup(Path::new(CGROUP_MOUNT))
+        .inspect_err(|e| {
+            log::warn!(
+                "cgroups unavailable ({}); running containers without",
+                Chain(e)
+            )
+        })
+        .ok();
+    let mut agent = Agent::new(period, cgroups)?;
+    log::info!("listening on vsock port {AGENT_VSOCK_PORT}");
+    while !agent.power_off {
+        agent.poll_once()?;
+    }
+    Ok(())
+}
+
+/// The periodic heartbeat, armed while a host is connected.
+struct Heartbeat {
+    timer: TimerFd,
+    period: Duration,
+    /// Set by `Debug(StopHeartbeat)`, for good.
+    stopped: bool,
+    seq: u64,
+}
+
+impl Heartbeat {
+    fn arm(&self) {
+        if self.stopped {
+            return;
+        }
+        let every = TimeSpec::from_duration(self.period);
+        if let Err(e) = self
+            .timer
+            .set(Expiration::Interval(every), TimerSetTimeFlags::empty())
+        {
+            log::warn!("cannot arm the heartbeat timer: {e}");
+        }
+    }
+
+    fn disarm(&self) {
+        let _ = self.timer.unset();
+    }
+
+    /// Consumes a timer expiry; the next sequence number, unless stopped.
+    fn tick(&mut self) -> Option<u64> {
+        let _ = self.timer.wait(); // nonblocking: clears the expiry count
+        if self.stopped {
+            return None;
+        }
+        self.seq += 1;
+        Some(self.seq)
+    }
+}
+
+/// A stop in progress (SIGTERM or `Shutdown`).
+struct Stopping {
+    kill_at: Instant,
+    killed: bool,
+    give_up_at: Instant,
+}
+
+/// Which polled fds were ready, copied out so the handlers can borrow `self`.
+#[derive(Default)]
+struct Ready {
+    signal: bool,
+    timer: bool,
+    listener: bool,
+    host: Option<PollFlags>,
+    pipes: Vec<Stream>,
+}
+
+/// The agent's state.
+struct Agent {
+    listener: Listener,
+    host: Option<HostConn>,
+    outbox: Outbox,
+    signals: SignalFd,
+    heartbeat: Heartbeat,
+    cgroups: Option<Cgroups>,
+    container: Option<Container>,
+    /// `ContainerExited` frames queued and written, to know when the last one
+    /// reached a host.
+    exits_queued: u64,
+    exits_written: u64,
+    /// Set while the pod is finished: when to give up waiting for a host.
+    finished: Option<Option<Instant>>,
+    stopping: Option<Stopping>,
+    power_off: bool,
+}
+
+impl Agent {
+    fn new(period: Duration, cgroups: Option<Cgroups>) -> Result<Self, AgentError> {
+        let mut mask = SigSet::empty();
+        for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+            mask.add(sig);
+        }
+        // Blocked so they queue on the signalfd. std passes the mask on to
+        // children; the container's pre_exec clears it (container.rs).
+        mask.thread_block().map_err(AgentError::Signals)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(AgentError::Signals)?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .map_err(AgentError::Timer)?;
+        Ok(Self {
+            listener: Listener::bind(AGENT_VSOCK_PORT)?,
+            host: None,
+            outbox: Outbox::default(),
+            signals,
+            heartbeat: Heartbeat {
+                timer,
+                period,
+                stopped: false,
+                seq: 0,
+            },
+            cgroups,
+            container: None,
+            exits_queued: 0,
+            exits_written: 0,
+            finished: None,
+            stopping: None,
+            power_off: false,
+        })
+    }
+
+    /// One round: wait for readiness or the next deadline, then handle
+    /// everything that is ready.
+    fn poll_once(&mut self) -> Result<(), AgentError> {
+        let now = Instant::now();
+        let read_pipes = self.outbox.pending_bytes() < OUTPUT_HIGH_WATER;
+        let read_host = self.outbox.pending_bytes() < OUTBOX_LIMIT;
+        if let Some(c) = &mut self.container {
+            if !read_pipes {
+                // Output waits for the host, not for a background process.
+                c.note_activity(now);
+            }
+        }
+        let timeout = match self.next_deadline() {
+            Some(d) => {
+                // Round up so we do not wake a hair early and spin.
+                let ms = d.saturating_duration_since(now).as_millis() + 1;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let ready = self.wait(timeout, read_pipes, read_host)?;
+
+        let now = Instant::now();
+        if ready.signal {
+            self.handle_signals(now);
+        }
+        for stream in ready.pipes {
+            self.read_pipe(stream, now);
+        }
+        if let Some(flags) = ready.host {
+            // HUP/ERR are reported unasked; reading is how we see the EOF.
+            if flags.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+                || (read_host && flags.intersects(PollFlags::POLLIN))
+            {
+                self.read_host(now);
+            }
+        }
+        if ready.listener {
+            self.accept()?;
+        }
+        if ready.timer {
+            if let Some(seq) = self.heartbeat.tick() {
+                if self.host.is_some() {
+                    self.queue(FrameKind::Heartbeat, Event::Heartbeat { seq });
+                }
+            }
+        }
+        self.check_deadlines(now);
+        self.flush_host(now);
+        self.check_stop_complete();
+        Ok(())
+    }
+
+    /// Polls the fds of interest; returns which were ready.
+    fn wait(
+        &self,
+        timeout: PollTimeout,
+        read_pipes: bool,
+        read_host: bool,
+    ) -> Result<Ready, AgentError> {
+        let input = PollFlags::POLLIN;
+        let mut fds = vec![
+            PollFd::new(self.signals.as_fd(), input),
+            PollFd::new(self.heartbeat.timer.as_fd(), input),
+            PollFd::new(self.listener.as_fd(), input),
+        ];
+        let mut host_slot = None;
+        if let Some(h) = &self.host {
+            let mut events = PollFlags::empty();
+            if read_host {
+                events |= input;
+            }
+            if !self.outbox.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            host_slot = Some(fds.len());
+            fds.push(PollFd::new(h.as_fd(), events));
+        }
+        let mut pipe_slots = Vec::new();
+        if let (true, Some(c)) = (read_pipes, &self.container) {
+            for (stream, fd) in c.pipes() {
+                pipe_slots.push((stream, fds.len()));
+                fds.push(PollFd::new(fd, input));
+            }
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(Ready::default()),
+            Err(e) => return Err(AgentError::Poll(e)),
+        }
+        // Unknown revent bits count as "ready": the handlers cope with
+        // spurious wakeups, not with missed ones.
+        let flags = |i: usize| fds[i].revents().unwrap_or(PollFlags::all());
+        Ok(Ready {
+            signal: !flags(0).is_empty(),
+            timer: !flags(1).is_empty(),
+            listener: !flags(2).is_empty(),
+            host: host_slot.map(flags).filter(|f| !f.is_empty()),
+            pipes: pipe_slots
+                .into_iter()
+                .filter(|&(_, i)| !flags(i).is_empty())
+                .map(|(s, _)| s)
+                .collect(),
+        })
+    }
+
+    /// The earliest time-based action.
+    fn next_deadline(&self) -> Option<Instant> {
+        let stop = self.stopping.as_ref().map(|s| {
+            if s.killed {
+                s.give_up_at
+            } else {
+                s.kill_at.min(s.give_up_at)
+            }
+        });
+        let drain = self.container.as_ref().and_then(Container::drain_deadline);
+        let linger = self.finished.flatten();
+        [stop, drain, linger].into_iter().flatten().min()
+    }
+
+    // ---- signals and the reaper ----
+
+    fn handle_signals(&mut self, now: Instant) {
+        let mut reap = false;
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => {
+                    let sig = i32::try_from(info.ssi_signo)
+                        .ok()
+                        .and_then(|n| Signal::try_from(n).ok());
+                    match sig {
+                        Some(Signal::SIGCHLD) => reap = true,
+                        Some(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                            log::info!("got {sig}: stopping the pod");
+                            self.begin_stop(TERM_GRACE, now);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(None) => break,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log::warn!("reading the signalfd: {e}");
+                    break;
+                }
+            }
+        }
+        if reap {
+            self.reap(now);
+        }
+    }
+
+    /// Collects every exited child: the container's status, and orphans
+    /// reparented to PID 1.
+    fn reap(&mut self, now: Instant) {
+        loop {
+            let (pid, t) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Termination::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Termination::Signaled(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waitpid: {e}");
+                    break;
+                }
+            };
+            if let Some(c) = &mut self.container {
+                if c.is_running() && i64::from(c.pid()) == i64::from(pid.as_raw()) {
+                    log::info!("{}: process {pid} ended: {t:?}", c.name());
+                    c.on_reaped(t, now);
+                }
+            }
+        }
+    }
+
+    // ---- the container ----
+
+    fn run_container(&mut self, id: u64, spec: RunSpec, now: Instant) {
+        if self.stopping.is_some() {
+            return self.reply(id, Err("the agent is shutting down".into()));
+        }
+        if let Some(c) = &self.container {
+            let msg = format!(
+                "container {:?} is still running; only one container per pod is supported",
+                c.name()
+            );
+            return self.reply(id, Err(msg));
+        }
+        if let Err(e) = container::validate(&spec) {
+            return self.reply(id, Err(Chain(&e).to_string()));
+        }
+        self.finished = None;
+        match Container::start(&spec, self.cgroups.as_ref()) {
+            Ok(c) => {
+                let (name, pid) = (c.name().to_string(), c.pid());
+                log::info!("{name}: started {:?} as pid {pid}", spec.argv);
+                self.container = Some(c);
+                self.reply(id, Ok(Reply::Started { pid }));
+                self.queue(FrameKind::Event, Event::ContainerStarted { name, pid });
+            }
+            Err(e) => {
+                let msg = Chain(&e).to_string();
+                log::warn!("{}: {msg}", spec.name);
+                self.reply(id, Err(msg));
+                self.queue_exit(Event::ContainerExited {
+                    name: spec.name,
+                    exit_code: e.start_exit_code(),
+                    reason: REASON_ERROR.into(),
+                    signal: None,
+                });
+                self.on_finished(now);
+            }
+        }
+    }
+
+    fn read_pipe(&mut self, stream: Stream, now: Instant) {
+        let Some(c) = &mut self.container else { return };
+        if let PipeRead::Data(data) = c.read(stream, now) {
+            let name = c.name().to_string();
+            self.queue(FrameKind::Event, Event::Output { name, stream, data });
+        }
+    }
+
+    /// Reports a done container: `Oom` if its cgroup saw one, then
+    /// `ContainerExited`.
+    fn finish_container(&mut self, now: Instant) {
+        if !self.container.as_ref().is_some_and(Container::is_done) {
+            return;
+        }
+        let Some(c) = self.container.take() else {
+            return;
+        };
+        let report = c.finish();
+        let name = c.name().to_string();
+        log::info!("{name}: exit code {} ({})", report.exit_code, report.reason);
+        if report.reason == REASON_OOM_KILLED {
+            self.queue(FrameKind::Event, Event::Oom { name: name.clone() });
+        }
+        self.queue_exit(Event::ContainerExited {
+            name,
+            exit_code: report.exit_code,
+            reason: report.reason.into(),
+            signal: report.signal,
+        });
+        self.on_finished(now);
+    }
+
+    fn on_finished(&mut self, now: Instant) {
+        self.finished = Some(self.host.is_none().then_some(now + LINGER));
+    }
+
+    // ---- stopping ----
+
+    fn begin_stop(&mut self, grace: Duration, now: Instant) {
+        let (kill_at, give_up_at) = (now + grace, now + grace + KILL_WAIT);
+        if let Some(s) = &mut self.stopping {
+            // Already stopping: a shorter grace may hurry it, never delay it.
+            s.kill_at = s.kill_at.min(kill_at);
+            s.give_up_at = s.give_up_at.min(give_up_at);
+            return;
+        }
+        if let Some(c) = self.container.as_ref().filter(|c| c.is_running()) {
+            log::info!("{}: sending SIGTERM, SIGKILL in {grace:?}", c.name());
+            if let Err(e) = c.signal(Signal::SIGTERM as i32) {
+                log::warn!("{}", Chain(&e));
+            }
+        }
+        self.stopping = Some(Stopping {
+            kill_at,
+            killed: false,
+            give_up_at,
+        });
+    }
+
+    fn check_deadlines(&mut self, now: Instant) {
+        if let Some(s) = &mut self.stopping {
+            if !s.killed && now >= s.kill_at {
+                s.killed = true;
+                if let Some(c) = &self.container {
+                    log::info!("{}: grace period over, sending SIGKILL", c.name());
+                    c.kill_all();
+                }
+            }
+            if now >= s.give_up_at {
+                log::warn!("stop: container or host still busy; powering off anyway");
+                self.power_off = true;
+                // Report an exited container even if something still holds
+                // its pipes; the flush that follows sends it if it can.
+                if let Some(c) = self.container.as_mut().filter(|c| !c.is_running()) {
+                    c.close_pipes();
+                }
+            }
+        }
+        if let Some(c) = &mut self.container {
+            c.check_drain(now);
+        }
+        self.finish_container(now);
+        if self.finished.flatten().is_some_and(|t| now >= t) {
+            log::info!("pod finished and no host for {LINGER:?}: powering off");
+            self.power_off = true;
+        }
+    }
+
+    /// During a stop: power off once the container is reported and the host
+    /// has everything (or is gone).
+    fn check_stop_complete(&mut self) {
+        if self.stopping.is_some()
+            && self.container.is_none()
+            && (self.host.is_none() || self.outbox.is_empty())
+        {
+            self.power_off = true;
+        }
+    }
+
+    // ---- the host ----
+
+    fn accept(&mut self) -> Result<(), AgentError> {
+        let Some(conn) = self.listener.accept()? else {
+            return Ok(());
+        };
+        if self.host.take().is_some() {
+            log::warn!("a new host connection replaces the current one");
+            self.outbox.on_disconnect();
+        }
+        log::info!("host connected");
+        self.host = Some(conn);
+        let ready = Event::Ready {
+            version: PROTOCOL_VERSION,
+            agent: env!("CARGO_PKG_VERSION").into(),
+        };
+        self.queue(FrameKind::Ready, ready);
+        self.heartbeat.arm();
+        if let Some(linger) = &mut self.finished {
+            *linger = None;
+        }
+        Ok(())
+    }
+
+    fn read_host(&mut self, now: Instant) {
+        let Some(h) = &mut self.host else { return };
+        let read_err = h.read_available().err();
+        let mut messages = Vec::new();
+        // Handle complete frames even if the stream ended right after them.
+        let frame_err = loop {
+            match h.next_message() {
+                Ok(Some(m)) => messages.push(m),
+                Ok(None) => break None,
+                Err(ProtocolError::Decode(e)) => log::warn!("ignoring a malformed frame: {e}"),
+                Err(e) => break Some(e),
+            }
+        };
+        for m in messages {
+            match m {
+                Incoming::Request(msg) => self.handle_request(msg, now),
+                Incoming::Unsupported { id, error } => {
+                    log::warn!("{error}");
+                    if let Some(id) = id {
+                        self.reply(id, Err(error));
+                    }
+                }
+            }
+        }
+        match frame_err.or(read_err) {
+            None => {}
+            Some(ProtocolError::Closed) => {
+                log::info!("host closed the connection");
+                self.disconnect(now);
+            }
+            Some(e) => {
+                log::warn!("dropping the host connection: {}", Chain(&e));
+                self.disconnect(now);
+            }
+        }
+    }
+
+    fn handle_request(&mut self, msg: HostMessage, now: Instant) {
+        let HostMessage { id, request } = msg;
+        match request {
+            Request::Run(spec) => self.run_container(id, spec, now),
+            Request::Ping => self.reply(id, Ok(Reply::Pong)),
+            Request::Signal { name, signal } => {
+                let result = match &self.container {
+                    Some(c) if c.name() == name => c
+                        .signal(signal)
+                        .map(|()| Reply::Ok)
+                        .map_err(|e| Chain(&e).to_string()),
+                    _ => Err(format!("no running container named {name:?}")),
+                };
+                self.reply(id, result);
+            }
+            Request::Shutdown => {
+                log::info!("shutdown requested by the host");
+                self.reply(id, Ok(Reply::Ok));
+                self.begin_stop(SHUTDOWN_GRACE, now);
+            }
+            Request::Debug(DebugCommand::StopHeartbeat) => {
+                log::info!("debug: heartbeats stopped");
+                self.heartbeat.stopped = true;
+                self.heartbeat.disarm();
+                self.reply(id, Ok(Reply::Ok));
+            }
+        }
+    }
+
+    fn flush_host(&mut self, now: Instant) {
+        let Some(h) = &self.host else { return };
+        if self.outbox.is_empty() {
+            return;
+        }
+        match self.outbox.write_to(&mut h.writer()) {
+            Ok(exits) => self.exits_written += exits,
+            Err(e) => {
+                log::warn!("writing to the host failed: {e}; dropping the connection");
+                self.disconnect(now);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, now: Instant) {
+        self.host = None;
+        self.outbox.on_disconnect();
+        self.heartbeat.disarm();
+        if let Some(linger) = &mut self.finished {
+            if self.exits_written == self.exits_queued {
+                log::info!("pod finished and the host hung up: powering off");
+                self.power_off = true;
+            } else {
+                *linger = Some(now + LINGER);
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u64, result: Result<Reply, String>) {
+        let msg = AgentMessage::Reply { id, result };
+        self.push(FrameKind::Reply, &msg);
+    }
+
+    fn queue(&mut self, kind: FrameKind, event: Event) {
+        self.push(kind, &AgentMessage::Event(event));
+    }
+
+    fn queue_exit(&mut self, event: Event) {
+        if self.push(FrameKind::Exit, &AgentMessage::Event(event)) {
+            self.exits_queued += 1;
+        }
+    }
+
+    /// Queues a message; false if it could not be encoded.
+    fn push(&mut self, kind: FrameKind, msg: &AgentMessage) -> bool {
+        // Only an absurdly long name or error could make a frame too large.
+        self.outbox
+            .push(kind, msg)
+            .inspect_err(|e| log::warn!("dropping a message for the host: {}", Chain(e)))
+            .is_ok()
+    }
+}

@@ -1,0 +1,805 @@
+//! The host<->agent protocol: messages and their framing on the vsock stream.
+//!
+//! The host (VMM or CLI) connects to the agent on vsock port
+//! [`AGENT_VSOCK_PORT`]. The agent speaks first with [`Event::Ready`]; then the
+//! host sends [`HostMessage`]s and the agent answers each with an
+//! [`AgentMessage::Reply`] carrying the same `id`, interleaved with
+//! [`AgentMessage::Event`]s (heartbeats, container output and lifecycle).
+//!
+//! # Design
+//!
+//! A frame is `[u32 BE N][u16 BE version][N - 2 bytes of JSON]`: `N` counts
+//! everything after the length word, so a reader can skip or reject a frame
+//! before parsing it. JSON keeps the protocol debuggable with `socat` and easy
+//! to evolve; the version word lets either side refuse a peer it does not
+//! understand instead of misparsing it. Enums are externally tagged with
+//! snake_case names (`{"run": {...}}`, `"ping"`).
+//!
+//! Unknown fields are ignored, so a newer peer may add optional fields without
+//! a version bump; new variants need one (or a reply error: see below).
+//!
+//! Both codecs bound memory: a frame longer than [`MAX_FRAME_LEN`] is rejected
+//! from its header, before any of its body is buffered.
+//!
+//! # Limitations
+//!
+//! [`Event::Output`] data is a JSON array of numbers: simple and lossless for
+//! arbitrary bytes, but up to 4x larger than the raw output. The agent sends
+//! output in chunks of at most a few KiB, far below [`MAX_FRAME_LEN`].
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Version word carried by every frame; a peer with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The vsock port the agent listens on (any CID).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Largest accepted value of a frame's length word (version word + JSON).
+pub const MAX_FRAME_LEN: u32 = 1 << 20;
+/// Heartbeat period when the kernel command line has no `unipod.heartbeat_ms=`.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
+/// Bytes before the JSON body: the length word and the version word.
+pub const HEADER_LEN: usize = 6;
+/// Most bytes a [`FrameDecoder`] buffers: one largest frame plus as much again
+/// of pushed-but-not-yet-decoded input.
+pub const DECODER_CAPACITY: usize = 2 * (MAX_FRAME_LEN as usize + 4);
+
+/// [`Event::ContainerExited`] reason for exit code 0.
+pub const REASON_COMPLETED: &str = "Completed";
+/// [`Event::ContainerExited`] reason for a non-zero exit or a failed start.
+pub const REASON_ERROR: &str = "Error";
+/// [`Event::ContainerExited`] reason when the container's cgroup saw an OOM kill.
+pub const REASON_OOM_KILLED: &str = "OOMKilled";
+/// [`Event::ContainerExited`] reason for death by a signal (not OOM).
+pub const REASON_SIGNALED: &str = "Signaled";
+/// Exit code of a container whose program was not found (ENOENT), as in shells.
+pub const EXIT_CODE_NOT_FOUND: i32 = 127;
+/// Exit code of a container whose program could not be started for another
+/// reason (EACCES, ENOEXEC, a bad cwd, ...), as in shells.
+pub const EXIT_CODE_CANNOT_EXECUTE: i32 = 126;
+
+/// A request from the host, tagged with an id the reply echoes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostMessage {
+    /// Chosen by the host; echoed in [`AgentMessage::Reply::id`].
+    pub id: u64,
+    /// What the host asks for.
+    pub request: Request,
+}
+
+/// What the host can ask the agent to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Start a container process; replies [`Reply::Started`].
+    Run(RunSpec),
+    /// Send `signal` (a Linux signal number) to the container `name`.
+    Signal {
+        /// The container's name, as in its [`RunSpec`].
+        name: String,
+        /// Linux signal number, e.g. 15 for SIGTERM.
+        signal: i32,
+    },
+    /// Stop the container (SIGTERM, then SIGKILL after a short grace) and
+    /// power the guest off; replies [`Reply::Ok`] first.
+    Shutdown,
+    /// Liveness check; replies [`Reply::Pong`].
+    Ping,
+    /// Fault injection for tests.
+    Debug(DebugCommand),
+}
+
+/// The process to run as a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Container name: 1-63 characters of `[A-Za-z0-9_.-]`, not starting with
+    /// `.` (it names a cgroup directory).
+    pub name: String,
+    /// Program and arguments; `argv[0]` is looked up in the spec's `PATH`
+    /// (or `/usr/local/bin:/bin:/usr/bin`) when it has no `/`.
+    pub argv: Vec<String>,
+    /// The whole environment, as `KEY=VALUE` strings; nothing is inherited.
+    pub env: Vec<String>,
+    /// Working directory; the agent's (`/`) when `None`.
+    pub cwd: Option<String>,
+}
+
+/// Test-only behaviours the host can switch on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebugCommand {
+    /// Stop sending heartbeats for the rest of the agent's life, to simulate a
+    /// hung agent.
+    StopHeartbeat,
+}
+
+/// A message from the agent to the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// The answer to the [`HostMessage`] with the same `id`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The outcome; the error is a human-readable message.
+        #[serde(with = "snake_case_result")]
+        result: Result<Reply, String>,
+    },
+    /// Something that happened, not tied to a request.
+    Event(Event),
+}
+
+/// A successful answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// The container process was started (answer to [`Request::Run`]).
+    Started {
+        /// The process id inside the guest.
+        pid: u32,
+    },
+    /// Done (answer to [`Request::Signal`], [`Request::Shutdown`],
+    /// [`Request::Debug`]).
+    Ok,
+    /// Answer to [`Request::Ping`].
+    Pong,
+}
+
+/// Which output stream an [`Event::Output`] chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// The container's standard output.
+    Stdout,
+    /// The container's standard error.
+    Stderr,
+}
+
+/// Unsolicited news from the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// First message on every connection.
+    Ready {
+        /// The agent's [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The agent's crate version.
+        agent: String,
+    },
+    /// Sent every heartbeat period while a host is connected.
+    Heartbeat {
+        /// Increases by one per heartbeat over the agent's life.
+        seq: u64,
+    },
+    /// The container process is running.
+    ContainerStarted {
+        /// The container's name.
+        name: String,
+        /// Its process id inside the guest.
+        pid: u32,
+    },
+    /// A chunk of container output, in the order the agent read it.
+    Output {
+        /// The container's name.
+        name: String,
+        /// The stream it was written to.
+        stream: Stream,
+        /// The raw bytes.
+        data: Vec<u8>,
+    },
+    /// The container process exited and its output is fully forwarded.
+    ContainerExited {
+        /// The container's name.
+        name: String,
+        /// Kubernetes-style: the exit status, or 128 + N when killed by signal N.
+        exit_code: i32,
+        /// [`REASON_COMPLETED`], [`REASON_ERROR`], [`REASON_OOM_KILLED`] or
+        /// [`REASON_SIGNALED`].
+        reason: String,
+        /// The signal that killed the process, if one did.
+        signal: Option<i32>,
+    },
+    /// The container's cgroup saw an OOM kill (sent before `ContainerExited`).
+    Oom {
+        /// The container's name.
+        name: String,
+    },
+}
+
+/// Serde for `Result<Reply, String>` as `{"ok": ...}` / `{"err": "..."}`, in
+/// line with the other snake_case tags (serde's default is `Ok`/`Err`).
+mod snake_case_result {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Reply;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Ser<'a> {
+        Ok(&'a Reply),
+        Err(&'a str),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum De {
+        Ok(Reply),
+        Err(String),
+    }
+
+    pub fn serialize<S: Serializer>(r: &Result<Reply, String>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Ok(reply) => Ser::Ok(reply),
+            Err(e) => Ser::Err(e),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Result<Reply, String>, D::Error> {
+        Ok(match De::deserialize(d)? {
+            De::Ok(reply) => Ok(reply),
+            De::Err(e) => Err(e),
+        })
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The stream ended cleanly, between two frames.
+    #[error("connection closed")]
+    Closed,
+    /// The stream ended inside a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    /// The length word exceeds [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(u32),
+    /// The length word is below 2, too short for the version word.
+    #[error("frame too short to hold the version word")]
+    TooShort,
+    /// The peer speaks another protocol version.
+    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u16),
+    /// The frame body is not the expected JSON message. The stream is still in
+    /// sync: the next frame can be read.
+    #[error("malformed message")]
+    Decode(#[source] serde_json::Error),
+    /// The message could not be serialised.
+    #[error("cannot encode message")]
+    Encode(#[source] serde_json::Error),
+    /// A [`FrameDecoder`] was pushed more than [`DECODER_CAPACITY`] bytes
+    /// without them being taken out with [`FrameDecoder::next_frame`].
+    #[error("frame decoder buffer full: call next_frame before pushing more")]
+    BufferFull,
+    /// Reading or writing the stream failed.
+    #[error("I/O error on the agent connection")]
+    Io(#[from] io::Error),
+}
+
+/// Checks a frame's length word.
+fn check_len(n: u32) -> Result<usize, ProtocolError> {
+    if n < 2 {
+        return Err(ProtocolError::TooShort);
+    }
+    if n > MAX_FRAME_LEN {
+        return Err(ProtocolError::TooLarge(n));
+    }
+    usize::try_from(n).map_err(|_| ProtocolError::TooLarge(n))
+}
+
+/// Checks a frame's version word.
+fn check_version(v: u16) -> Result<(), ProtocolError> {
+    if v == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::UnsupportedVersion(v))
+    }
+}
+
+/// Serialises `msg` into one complete frame.
+///
+/// Fails with [`ProtocolError::TooLarge`] if the frame would exceed
+/// [`MAX_FRAME_LEN`] (the peer would refuse it).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    let mut frame = Vec::with_capacity(128);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    serde_json::to_writer(&mut frame, msg).map_err(ProtocolError::Encode)?;
+    let n = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
+    if n > MAX_FRAME_LEN {
+        return Err(ProtocolError::TooLarge(n));
+    }
+    frame[..4].copy_from_slice(&n.to_be_bytes());
+    Ok(frame)
+}
+
+/// Writes `msg` as one frame and flushes `w`.
+pub fn write_frame<W: Write + ?Sized, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), ProtocolError> {
+    let frame = encode_frame(msg)?;
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads into `buf` until it is full or the stream ends; returns the count.
+fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads one frame from a blocking stream and decodes it.
+///
+/// Returns [`ProtocolError::Closed`] at a clean end of stream and
+/// [`ProtocolError::Truncated`] if it ends inside a frame. A bad header is
+/// rejected before the body is read, so the allocation is bounded by
+/// [`MAX_FRAME_LEN`]. After [`ProtocolError::Decode`] the next frame can still
+/// be read; after any other error the stream is out of sync.
+pub fn read_frame<R: Read + ?Sized, T: DeserializeOwned>(r: &mut R) -> Result<T, ProtocolError> {
+    let mut len = [0; 4];
+    match read_full(r, &mut len)? {
+        0 => return Err(ProtocolError::Closed),
+        4 => {}
+        _ => return Err(ProtocolError::Truncated),
+    }
+    let n = check_len(u32::from_be_bytes(len))?;
+    let mut version = [0; 2];
+    if read_full(r, &mut version)? != 2 {
+        return Err(ProtocolError::Truncated);
+    }
+    check_version(u16::from_be_bytes(version))?;
+    let mut body = vec![0; n - 2];
+    if read_full(r, &mut body)? != body.len() {
+        return Err(ProtocolError::Truncated);
+    }
+    serde_json::from_slice(&body).map_err(ProtocolError::Decode)
+}
+
+/// A framing error after which a [`FrameDecoder`] cannot resynchronise.
+#[derive(Debug, Clone, Copy)]
+enum Fatal {
+    TooLarge(u32),
+    TooShort,
+    Version(u16),
+    BufferFull,
+}
+
+impl From<Fatal> for ProtocolError {
+    fn from(f: Fatal) -> Self {
+        match f {
+            Fatal::TooLarge(n) => ProtocolError::TooLarge(n),
+            Fatal::TooShort => ProtocolError::TooShort,
+            Fatal::Version(v) => ProtocolError::UnsupportedVersion(v),
+            Fatal::BufferFull => ProtocolError::BufferFull,
+        }
+    }
+}
+
+/// Incremental frame decoder for nonblocking streams.
+///
+/// Push whatever bytes the stream yields with [`push`](Self::push), then call
+/// [`next_frame`](Self::next_frame) until it returns `Ok(None)`. When the
+/// stream reports end of file, [`end_of_stream`](Self::end_of_stream) says
+/// whether that was clean.
+///
+/// # Design
+///
+/// The header of the first buffered frame is checked as soon as it arrives, so
+/// an oversized or foreign frame is refused without buffering its body. The
+/// buffer never holds more than [`DECODER_CAPACITY`] bytes: pushing past that
+/// fails the decoder with [`ProtocolError::BufferFull`]. Framing errors are
+/// sticky (the stream cannot be resynchronised); a [`ProtocolError::Decode`]
+/// error consumes only its own frame.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out as frames.
+    start: usize,
+    failed: Option<Fatal>,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes read from the stream. Errors surface in
+    /// [`next_frame`](Self::next_frame); after one, pushed bytes are dropped.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.len() + bytes.len() > DECODER_CAPACITY {
+            self.fail(Fatal::BufferFull);
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        // Refuse a bad header now rather than buffer up to its claimed length.
+        if let Err(f) = self.check_header() {
+            self.fail(f);
+        }
+    }
+
+    /// Bytes pushed but not yet returned as frames.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The error to report when the stream hits end of file:
+    /// [`ProtocolError::Closed`] between frames, [`ProtocolError::Truncated`]
+    /// inside one.
+    pub fn end_of_stream(&self) -> ProtocolError {
+        if self.buffered_len() == 0 {
+            ProtocolError::Closed
+        } else {
+            ProtocolError::Truncated
+        }
+    }
+
+    /// Decodes the next complete frame, if one is buffered.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
+        if let Some(f) = self.failed {
+            return Err(f.into());
+        }
+        let Some(total) = self.check_header().inspect_err(|f| self.fail(*f))? else {
+            return Ok(None);
+        };
+        if self.buffered_len() < total {
+            return Ok(None);
+        }
+        let body = &self.buf[self.start + HEADER_LEN..self.start + total];
+        let msg = serde_json::from_slice(body).map_err(ProtocolError::Decode);
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        msg.map(Some)
+    }
+
+    /// Validates the first buffered header; returns the frame's total size
+    /// once the whole header is buffered.
+    fn check_header(&self) -> Result<Option<usize>, Fatal> {
+        let avail = &self.buf[self.start..];
+        let Some(len) = avail.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let n = check_len(u32::from_be_bytes(*len)).map_err(|e| match e {
+            ProtocolError::TooShort => Fatal::TooShort,
+            _ => Fatal::TooLarge(u32::from_be_bytes(*len)),
+        })?;
+        let Some(version) = avail.get(4..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let v = u16::from_be_bytes([version[0], version[1]]);
+        check_version(v).map_err(|_| Fatal::Version(v))?;
+        Ok(Some(4 + n))
+    }
+
+    fn fail(&mut self, f: Fatal) {
+        self.failed = Some(f);
+        self.buf = Vec::new();
+        self.start = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_messages() -> Vec<HostMessage> {
+        let requests = vec![
+            Request::Run(RunSpec {
+                name: "web".into(),
+                argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+                env: vec!["PATH=/bin".into(), "EMPTY=".into()],
+                cwd: Some("/tmp".into()),
+            }),
+            Request::Run(RunSpec {
+                name: "x".into(),
+                argv: vec![],
+                env: vec![],
+                cwd: None,
+            }),
+            Request::Signal {
+                name: "web".into(),
+                signal: 15,
+            },
+            Request::Shutdown,
+            Request::Ping,
+            Request::Debug(DebugCommand::StopHeartbeat),
+        ];
+        requests
+            .into_iter()
+            .zip(0..)
+            .map(|(request, id)| HostMessage {
+                id: u64::MAX - id,
+                request,
+            })
+            .collect()
+    }
+
+    fn agent_messages() -> Vec<AgentMessage> {
+        let events = vec![
+            Event::Ready {
+                version: PROTOCOL_VERSION,
+                agent: "0.1.0".into(),
+            },
+            Event::Heartbeat { seq: 7 },
+            Event::ContainerStarted {
+                name: "web".into(),
+                pid: 42,
+            },
+            Event::Output {
+                name: "web".into(),
+                stream: Stream::Stdout,
+                data: b"hi\n".to_vec(),
+            },
+            Event::Output {
+                name: "web".into(),
+                stream: Stream::Stderr,
+                data: (0..=255).collect(),
+            },
+            Event::ContainerExited {
+                name: "web".into(),
+                exit_code: 137,
+                reason: REASON_OOM_KILLED.into(),
+                signal: Some(9),
+            },
+            Event::ContainerExited {
+                name: "web".into(),
+                exit_code: 0,
+                reason: REASON_COMPLETED.into(),
+                signal: None,
+            },
+            Event::Oom { name: "web".into() },
+        ];
+        let replies = vec![
+            Ok(Reply::Started { pid: 1 }),
+            Ok(Reply::Ok),
+            Ok(Reply::Pong),
+            Err("start /nope: No such file or directory".to_string()),
+        ];
+        events
+            .into_iter()
+            .map(AgentMessage::Event)
+            .chain(
+                replies
+                    .into_iter()
+                    .zip(1..)
+                    .map(|(result, id)| AgentMessage::Reply { id, result }),
+            )
+            .collect()
+    }
+
+    fn frame_with_header(n: u32, version: u16, body: &[u8]) -> Vec<u8> {
+        let mut f = n.to_be_bytes().to_vec();
+        f.extend_from_slice(&version.to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_through_read_and_write() {
+        let mut wire = Vec::new();
+        for m in host_messages() {
+            write_frame(&mut wire, &m).unwrap();
+        }
+        for m in agent_messages() {
+            write_frame(&mut wire, &m).unwrap();
+        }
+        let mut r = wire.as_slice();
+        for m in host_messages() {
+            assert_eq!(read_frame::<_, HostMessage>(&mut r).unwrap(), m);
+        }
+        for m in agent_messages() {
+            assert_eq!(read_frame::<_, AgentMessage>(&mut r).unwrap(), m);
+        }
+        assert!(matches!(
+            read_frame::<_, HostMessage>(&mut r),
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[test]
+    fn wire_format_is_length_version_json() {
+        let frame = encode_frame(&HostMessage {
+            id: 3,
+            request: Request::Ping,
+        })
+        .unwrap();
+        let json = br#"{"id":3,"request":"ping"}"#;
+        assert_eq!(frame, frame_with_header(2 + 25, 1, json));
+        let reply = encode_frame(&AgentMessage::Reply {
+            id: 3,
+            result: Err("no".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            &reply[HEADER_LEN..],
+            br#"{"reply":{"id":3,"result":{"err":"no"}}}"#
+        );
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_truncated_not_closed() {
+        let frame = encode_frame(&HostMessage {
+            id: 1,
+            request: Request::Ping,
+        })
+        .unwrap();
+        for cut in 1..frame.len() {
+            let mut r = &frame[..cut];
+            let err = read_frame::<_, HostMessage>(&mut r).unwrap_err();
+            assert!(
+                matches!(err, ProtocolError::Truncated),
+                "cut {cut}: {err:?}"
+            );
+
+            let mut d = FrameDecoder::new();
+            d.push(&frame[..cut]);
+            assert!(d.next_frame::<HostMessage>().unwrap().is_none());
+            assert!(matches!(d.end_of_stream(), ProtocolError::Truncated));
+        }
+        assert!(matches!(
+            FrameDecoder::new().end_of_stream(),
+            ProtocolError::Closed
+        ));
+    }
+
+    #[test]
+    fn unknown_version_is_rejected() {
+        let frame = frame_with_header(4, 2, b"{}");
+        let err = read_frame::<_, HostMessage>(&mut frame.as_slice()).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::UnsupportedVersion(2)),
+            "{err:?}"
+        );
+        let mut d = FrameDecoder::new();
+        d.push(&frame[..HEADER_LEN]);
+        let err = d.next_frame::<HostMessage>().unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::UnsupportedVersion(2)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_and_undersized_lengths_are_rejected_from_the_header() {
+        let big = frame_with_header(MAX_FRAME_LEN + 1, 1, b"");
+        let err = read_frame::<_, HostMessage>(&mut big.as_slice()).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::TooLarge(n) if n == MAX_FRAME_LEN + 1),
+            "{err:?}"
+        );
+        let mut d = FrameDecoder::new();
+        d.push(&big[..4]);
+        let err = d.next_frame::<HostMessage>().unwrap_err();
+        assert!(matches!(err, ProtocolError::TooLarge(_)), "{err:?}");
+        // Sticky: the stream cannot be resynchronised.
+        d.push(&encode_frame(&Request::Ping).unwrap());
+        assert!(d.next_frame::<Request>().is_err());
+
+        for n in [0, 1] {
+            let short = frame_with_header(n, 1, b"");
+            let err = read_frame::<_, HostMessage>(&mut short.as_slice()).unwrap_err();
+            assert!(matches!(err, ProtocolError::TooShort), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn encode_refuses_frames_over_the_limit() {
+        let msg = Event::Output {
+            name: "big".into(),
+            stream: Stream::Stdout,
+            data: vec![255; MAX_FRAME_LEN as usize / 4],
+        };
+        assert!(matches!(
+            encode_frame(&msg),
+            Err(ProtocolError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_json_is_a_decode_error_and_the_stream_stays_in_sync() {
+        let mut wire = frame_with_header(2 + 9, 1, b"not json!");
+        wire.extend(
+            encode_frame(&HostMessage {
+                id: 9,
+                request: Request::Ping,
+            })
+            .unwrap(),
+        );
+        let mut r = wire.as_slice();
+        let err = read_frame::<_, HostMessage>(&mut r).unwrap_err();
+        assert!(matches!(err, ProtocolError::Decode(_)), "{err:?}");
+        assert_eq!(read_frame::<_, HostMessage>(&mut r).unwrap().id, 9);
+
+        let mut d = FrameDecoder::new();
+        d.push(&wire);
+        assert!(matches!(
+            d.next_frame::<HostMessage>(),
+            Err(ProtocolError::Decode(_))
+        ));
+        assert_eq!(d.next_frame::<HostMessage>().unwrap().unwrap().id, 9);
+        assert_eq!(d.buffered_len(), 0);
+    }
+
+    #[test]
+    fn unknown_request_variant_is_a_decode_error() {
+        let body = br#"{"id":1,"request":"self_destruct"}"#;
+        let wire = frame_with_header(2 + u32::try_from(body.len()).unwrap(), 1, body);
+        assert!(matches!(
+            read_frame::<_, HostMessage>(&mut wire.as_slice()),
+            Err(ProtocolError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn decoder_fed_one_byte_at_a_time_yields_the_same_frames() {
+        let mut wire = Vec::new();
+        for m in agent_messages() {
+            wire.extend(encode_frame(&m).unwrap());
+        }
+        let mut d = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in &wire {
+            d.push(std::slice::from_ref(b));
+            while let Some(m) = d.next_frame::<AgentMessage>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, agent_messages());
+        assert_eq!(d.buffered_len(), 0);
+        assert!(matches!(d.end_of_stream(), ProtocolError::Closed));
+    }
+
+    #[test]
+    fn decoder_handles_many_frames_in_one_push() {
+        let mut wire = Vec::new();
+        for m in host_messages() {
+            wire.extend(encode_frame(&m).unwrap());
+        }
+        let mut d = FrameDecoder::new();
+        d.push(&wire);
+        let mut got = Vec::new();
+        while let Some(m) = d.next_frame::<HostMessage>().unwrap() {
+            got.push(m);
+        }
+        assert_eq!(got, host_messages());
+    }
+
+    #[test]
+    fn decoder_buffer_is_bounded() {
+        let frame = encode_frame(&Request::Ping).unwrap();
+        let mut d = FrameDecoder::new();
+        let mut pushed = 0;
+        while pushed <= DECODER_CAPACITY {
+            d.push(&frame);
+            pushed += frame.len();
+        }
+        assert!(matches!(
+            d.next_frame::<Request>(),
+            Err(ProtocolError::BufferFull)
+        ));
+        assert_eq!(d.buffered_len(), 0);
+    }
+}
