@@ -19,7 +19,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::log_limit::LogLimiter;
 use crate::devices::BusDevice;
+use crate::guest_warn;
 
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW_LEN: u64 = 0x1000;
@@ -43,6 +45,7 @@ pub struct MmioTransport {
     status: u32,
     activated: bool,
     config_generation: u32,
+    log_limit: LogLimiter,
 }
 
 impl MmioTransport {
@@ -65,6 +68,7 @@ impl MmioTransport {
             status: 0,
             activated: false,
             config_generation: 0,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -111,7 +115,10 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
             reg::VIRTIO_MMIO_DRIVER_FEATURES => {
                 if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-                    log::warn!("virtio-mmio: driver changed features after FEATURES_OK; ignored");
+                    guest_warn!(
+                        self.log_limit,
+                        "virtio-mmio: driver changed features after FEATURES_OK; ignored"
+                    );
                     return;
                 }
                 let offered = lock(&self.device).features();
@@ -165,7 +172,7 @@ impl MmioTransport {
         }
     }
 
-    fn notify(&self, queue: u32) {
+    fn notify(&mut self, queue: u32) {
         let device = lock(&self.device);
         let evt = usize::try_from(queue)
             .ok()
@@ -173,10 +180,16 @@ impl MmioTransport {
         match evt {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::error!("virtio-mmio: cannot signal queue {queue}: {e}");
+                    guest_warn!(
+                        self.log_limit,
+                        "virtio-mmio: cannot signal queue {queue}: {e}"
+                    );
                 }
             }
-            None => log::warn!("virtio-mmio: notify for nonexistent queue {queue}"),
+            None => guest_warn!(
+                self.log_limit,
+                "virtio-mmio: notify for nonexistent queue {queue}"
+            ),
         }
     }
 
@@ -187,7 +200,8 @@ impl MmioTransport {
         }
         // The driver may only add bits (virtio 1.2 §3.1.1), except FAILED.
         if status & self.status != self.status {
-            log::warn!(
+            guest_warn!(
+                self.log_limit,
                 "virtio-mmio: driver cleared status bits ({:#x} -> {status:#x}); ignored",
                 self.status
             );
@@ -198,7 +212,10 @@ impl MmioTransport {
             && self.driver_features & VIRTIO_F_VERSION_1 == 0
         {
             // Leaving FEATURES_OK unset tells the driver we refuse (§3.1.1 step 6).
-            log::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1; refusing");
+            guest_warn!(
+                self.log_limit,
+                "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1; refusing"
+            );
             self.status = status & !VIRTIO_CONFIG_S_FEATURES_OK;
             return;
         }
@@ -221,7 +238,10 @@ impl MmioTransport {
             .iter()
             .position(|q| !q.ready() || !q.is_valid(&self.mem))
         {
-            log::error!("virtio-mmio: queue {bad} is not ready or not valid; device failed");
+            guest_warn!(
+                self.log_limit,
+                "virtio-mmio: queue {bad} is not ready or not valid; device failed"
+            );
             self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
         }
@@ -231,7 +251,7 @@ impl MmioTransport {
         match result {
             Ok(()) => self.activated = true,
             Err(e) => {
-                log::error!("virtio-mmio: device activation failed: {e}");
+                guest_warn!(self.log_limit, "virtio-mmio: device activation failed: {e}");
                 self.status |= VIRTIO_CONFIG_S_FAILED;
             }
         }
@@ -260,7 +280,8 @@ impl BusDevice for MmioTransport {
         let value = match (u32::try_from(offset), data.len()) {
             (Ok(offset), 4) => self.read_register(offset),
             _ => {
-                log::warn!(
+                guest_warn!(
+                    self.log_limit,
                     "virtio-mmio: {}-byte read at {offset:#x}; registers are 32-bit",
                     data.len()
                 );
@@ -279,7 +300,8 @@ impl BusDevice for MmioTransport {
         }
         match (u32::try_from(offset), <[u8; 4]>::try_from(data)) {
             (Ok(offset), Ok(bytes)) => self.write_register(offset, u32::from_le_bytes(bytes)),
-            _ => log::warn!(
+            _ => guest_warn!(
+                self.log_limit,
                 "virtio-mmio: {}-byte write at {offset:#x}; registers are 32-bit",
                 data.len()
             ),

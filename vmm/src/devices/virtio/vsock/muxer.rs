@@ -28,6 +28,8 @@ use super::packet::{
     Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
     OP_SHUTDOWN, SHUTDOWN_RECV, SHUTDOWN_SEND,
 };
+use crate::devices::log_limit::LogLimiter;
+use crate::guest_warn;
 
 /// Open host sockets (connections, handshakes, draining) at most.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -181,6 +183,7 @@ pub struct Muxer {
     control: VecDeque<Header>,
     next_local_port: u32,
     last_served: Option<ConnKey>,
+    log_limit: LogLimiter,
 }
 
 impl Muxer {
@@ -201,6 +204,7 @@ impl Muxer {
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             last_served: None,
+            log_limit: LogLimiter::default(),
             listener,
         };
         // From here on, Drop removes the socket file.
@@ -462,7 +466,8 @@ impl Muxer {
     /// A guest `connect()` to host port `key.local`: dial `<uds>_<port>`.
     fn connect_to_host_listener(&mut self, key: ConnKey, hdr: &Header) {
         if self.socket_count() >= MAX_CONNECTIONS {
-            log::warn!(
+            guest_warn!(
+                self.log_limit,
                 "vsock: {MAX_CONNECTIONS} connections open; refusing guest port {}",
                 key.peer
             );
@@ -524,7 +529,10 @@ impl Muxer {
 
     fn push_control(&mut self, hdr: Header) {
         if self.control.len() >= MAX_CONTROL_PACKETS {
-            log::warn!("vsock: control queue full; dropping {hdr:?}");
+            guest_warn!(
+                self.log_limit,
+                "vsock: control queue full; dropping {hdr:?}"
+            );
             return;
         }
         self.control.push_back(hdr);

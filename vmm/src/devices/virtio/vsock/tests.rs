@@ -16,6 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::{CONN_BUF_SIZE, MAX_CONNECTIONS};
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use virtio_vsock::packet::PKT_HEADER_SIZE;
 
 const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 64;

@@ -1,0 +1,220 @@
+//! The vsock device: its virtio side and the packet moves between the
+//! queues and the [`Muxer`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::Muxer;
+use super::packet::{Header, HOST_CID, OP_RST, TYPE_STREAM};
+use super::{VsockError, MAX_PKT_DATA, QUEUE_SIZES, RX, TX, VIRTIO_ID_VSOCK};
+use crate::devices::log_limit::LogLimiter;
+use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::guest_warn;
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+}
+
+/// The vsock device.
+pub struct Vsock {
+    cid: u64,
+    pub(super) queue_events: Vec<EventFd>,
+    pub(super) activate_evt: EventFd,
+    interrupt: Arc<Interrupt>,
+    active: Option<Active>,
+    pub(super) muxer: Muxer,
+    rx_buf: Vec<u8>,
+    log_limit: LogLimiter,
+}
+
+impl Vsock {
+    /// A device for guest `cid`, listening for host clients on `uds_path`.
+    pub fn new(cid: u64, uds_path: &Path, interrupt: Arc<Interrupt>) -> Result<Vsock, VsockError> {
+        if cid <= HOST_CID || cid > u64::from(u32::MAX) {
+            return Err(VsockError::ReservedCid(cid));
+        }
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        Ok(Vsock {
+            cid,
+            queue_events: vec![eventfd()?, eventfd()?, eventfd()?],
+            activate_evt: eventfd()?,
+            interrupt,
+            active: None,
+            muxer: Muxer::new(uds_path)?,
+            rx_buf: vec![0; MAX_PKT_DATA as usize],
+            log_limit: LogLimiter::default(),
+        })
+    }
+
+    /// Closes every host connection and removes the socket file. The VM is
+    /// ending; vCPU threads may still hold the device, so Drop may never run.
+    pub fn shutdown(&mut self) {
+        self.active = None;
+        self.muxer.reset_all();
+        self.muxer.remove_socket_file();
+    }
+
+    /// Moves every packet both ways until neither side can make progress.
+    pub fn process(&mut self) {
+        self.muxer.handle_host_events();
+        let used = self.process_tx() | self.process_rx();
+        if used {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Guest → host. Returns whether any buffer was used.
+    fn process_tx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(mut chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(&active.mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => {
+                    let mut data = vec![0u8; pkt.len() as usize];
+                    if let Some(slice) = pkt.data_slice() {
+                        slice.copy_to(&mut data);
+                    }
+                    if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
+                        guest_warn!(
+                            self.log_limit,
+                            "vsock: dropping a packet from CID {} to CID {}",
+                            pkt.src_cid(),
+                            pkt.dst_cid()
+                        );
+                    } else {
+                        let hdr = Header {
+                            src_port: pkt.src_port(),
+                            dst_port: pkt.dst_port(),
+                            op: pkt.op(),
+                            flags: pkt.flags(),
+                            len: pkt.len(),
+                            buf_alloc: pkt.buf_alloc(),
+                            fwd_cnt: pkt.fwd_cnt(),
+                        };
+                        if pkt.type_() == TYPE_STREAM {
+                            self.muxer.on_guest_packet(&hdr, &data);
+                        } else if hdr.op != OP_RST {
+                            // Unsupported type (e.g. seqpacket).
+                            self.muxer.refuse(&hdr);
+                        }
+                    }
+                }
+                Err(e) => guest_warn!(self.log_limit, "vsock: malformed tx descriptor chain: {e}"),
+            }
+            if let Err(e) = active.queues[TX].add_used(&active.mem, head, 0) {
+                guest_warn!(self.log_limit, "vsock: cannot return a tx buffer: {e}");
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Host → guest. Returns whether any buffer was used.
+    fn process_rx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        while self.muxer.has_rx() {
+            let Some(mut chain) = active.queues[RX].pop_descriptor_chain(&active.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut pkt =
+                match VsockPacket::from_rx_virtq_chain(&active.mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(pkt) => pkt,
+                    Err(e) => {
+                        guest_warn!(self.log_limit, "vsock: malformed rx descriptor chain: {e}");
+                        if let Err(e) = active.queues[RX].add_used(&active.mem, head, 0) {
+                            guest_warn!(self.log_limit, "vsock: cannot return an rx buffer: {e}");
+                        }
+                        used = true;
+                        continue;
+                    }
+                };
+            let room = pkt
+                .data_slice()
+                .map_or(0, |s| s.len())
+                .min(MAX_PKT_DATA as usize);
+            let Some(hdr) = self.muxer.next_rx(&mut self.rx_buf[..room]) else {
+                // Nothing after all; give the buffer back for later.
+                active.queues[RX].go_to_previous_position();
+                break;
+            };
+            let len = hdr.len as usize;
+            if let (Some(slice), true) = (pkt.data_slice(), len > 0) {
+                slice.copy_from(&self.rx_buf[..len]);
+            }
+            pkt.set_src_cid(HOST_CID)
+                .set_dst_cid(self.cid)
+                .set_src_port(hdr.src_port)
+                .set_dst_port(hdr.dst_port)
+                .set_type(TYPE_STREAM)
+                .set_op(hdr.op)
+                .set_flags(hdr.flags)
+                .set_len(hdr.len)
+                .set_buf_alloc(hdr.buf_alloc)
+                .set_fwd_cnt(hdr.fwd_cnt);
+            let written = u32::try_from(PKT_HEADER_SIZE).expect("44 bytes") + hdr.len;
+            if let Err(e) = active.queues[RX].add_used(&active.mem, head, written) {
+                guest_warn!(self.log_limit, "vsock: cannot return an rx buffer: {e}");
+            }
+            used = true;
+        }
+        used
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // Config space: le64 guest_cid.
+        let config = self.cid.to_le_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = start
+                .checked_add(i)
+                .and_then(|at| config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::BadQueue(queues.len()));
+        }
+        self.active = Some(Active { mem, queues });
+        // Host clients may be waiting already; the event loop picks them up.
+        self.activate_evt.write(1).map_err(ActivateError::Wake)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.muxer.reset_all();
+    }
+}
