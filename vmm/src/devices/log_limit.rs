@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 const LINES_PER_WINDOW: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(1);
 
-/// Allows [`LINES_PER_WINDOW`] lines a second, then counts what it drops and
+/// Allows ten lines a second, then counts what it drops and
 /// says how many when the next window opens.
 #[derive(Debug, Default)]
 pub struct LogLimiter {
