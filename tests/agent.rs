@@ -73,6 +73,7 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
         ],
     );
     assert!(!runtime.join("streams").exists(), "runtime dir removed");
+    let _ = std::fs::remove_dir_all(&runtime);
 }
 
 #[test]
@@ -113,6 +114,7 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
         "gave up instead of waiting for sleep 600"
     );
     assert!(!runtime.join("silent").exists(), "runtime dir removed");
+    let _ = std::fs::remove_dir_all(&runtime);
 }
 
 #[test]
@@ -158,6 +160,7 @@ fn a_dead_vmm_fails_the_pod_with_a_reason() {
     assert_eq!(status.code(), Some(125));
     assert_in_order(&seen, &["pod doomed: Failed (VMM exited (signal: 9"]);
     assert!(!runtime.join("doomed").exists(), "runtime dir removed");
+    let _ = std::fs::remove_dir_all(&runtime);
 }
 
 /// Raw bytes only: no unipod code on the host side of this conversation.
@@ -225,6 +228,7 @@ fn a_plain_unix_socket_client_speaks_connect_and_the_agent_protocol() {
     assert!(status.success(), "clean shutdown: {status}\n{stderr}");
     assert!(stderr.contains("guest shut down"), "{stderr}");
     assert!(!uds.exists(), "the VMM removes its socket");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Kills the VMM if a test fails midway.
