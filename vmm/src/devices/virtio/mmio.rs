@@ -44,7 +44,6 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     activated: bool,
-    config_generation: u32,
     log_limit: LogLimiter,
 }
 
@@ -67,7 +66,6 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             activated: false,
-            config_generation: 0,
             log_limit: LogLimiter::default(),
         }
     }
@@ -99,7 +97,8 @@ impl MmioTransport {
                 .map_or(0, |q| u32::from(q.ready())),
             reg::VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
             reg::VIRTIO_MMIO_STATUS => self.status,
-            reg::VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            // No device changes its config space at run time.
+            reg::VIRTIO_MMIO_CONFIG_GENERATION => 0,
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0

@@ -13,7 +13,7 @@ pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -68,11 +68,6 @@ impl Interrupt {
     /// Tells the driver that a queue has new used buffers.
     pub fn signal_used_queue(&self) {
         self.raise(VIRTIO_MMIO_INT_VRING);
-    }
-
-    /// Tells the driver that the config space changed.
-    pub fn signal_config_change(&self) {
-        self.raise(VIRTIO_MMIO_INT_CONFIG);
     }
 
     fn raise(&self, bit: u32) {

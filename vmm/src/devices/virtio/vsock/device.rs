@@ -29,7 +29,8 @@ pub struct Vsock {
     interrupt: Arc<Interrupt>,
     active: Option<Active>,
     pub(super) muxer: Muxer,
-    rx_buf: Vec<u8>,
+    /// Packet data on its way between guest memory and a host socket.
+    scratch: Vec<u8>,
     log_limit: LogLimiter,
 }
 
@@ -47,7 +48,7 @@ impl Vsock {
             interrupt,
             active: None,
             muxer: Muxer::new(uds_path)?,
-            rx_buf: vec![0; MAX_PKT_DATA as usize],
+            scratch: vec![0; MAX_PKT_DATA as usize],
             log_limit: LogLimiter::default(),
         })
     }
@@ -78,34 +79,34 @@ impl Vsock {
         while let Some(mut chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&active.mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID => {
+                    guest_warn!(
+                        self.log_limit,
+                        "vsock: dropping a packet from CID {} to CID {}",
+                        pkt.src_cid(),
+                        pkt.dst_cid()
+                    );
+                }
                 Ok(pkt) => {
-                    let mut data = vec![0u8; pkt.len() as usize];
+                    // The parser bounded len by MAX_PKT_DATA, the scratch size.
+                    let data = &mut self.scratch[..pkt.len() as usize];
                     if let Some(slice) = pkt.data_slice() {
-                        slice.copy_to(&mut data);
+                        slice.copy_to(data);
                     }
-                    if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
-                        guest_warn!(
-                            self.log_limit,
-                            "vsock: dropping a packet from CID {} to CID {}",
-                            pkt.src_cid(),
-                            pkt.dst_cid()
-                        );
-                    } else {
-                        let hdr = Header {
-                            src_port: pkt.src_port(),
-                            dst_port: pkt.dst_port(),
-                            op: pkt.op(),
-                            flags: pkt.flags(),
-                            len: pkt.len(),
-                            buf_alloc: pkt.buf_alloc(),
-                            fwd_cnt: pkt.fwd_cnt(),
-                        };
-                        if pkt.type_() == TYPE_STREAM {
-                            self.muxer.on_guest_packet(&hdr, &data);
-                        } else if hdr.op != OP_RST {
-                            // Unsupported type (e.g. seqpacket).
-                            self.muxer.refuse(&hdr);
-                        }
+                    let hdr = Header {
+                        src_port: pkt.src_port(),
+                        dst_port: pkt.dst_port(),
+                        op: pkt.op(),
+                        flags: pkt.flags(),
+                        len: pkt.len(),
+                        buf_alloc: pkt.buf_alloc(),
+                        fwd_cnt: pkt.fwd_cnt(),
+                    };
+                    if pkt.type_() == TYPE_STREAM {
+                        self.muxer.on_guest_packet(&hdr, data);
+                    } else if hdr.op != OP_RST {
+                        // Unsupported type (e.g. seqpacket).
+                        self.muxer.refuse(&hdr);
                     }
                 }
                 Err(e) => guest_warn!(self.log_limit, "vsock: malformed tx descriptor chain: {e}"),
@@ -145,14 +146,14 @@ impl Vsock {
                 .data_slice()
                 .map_or(0, |s| s.len())
                 .min(MAX_PKT_DATA as usize);
-            let Some(hdr) = self.muxer.next_rx(&mut self.rx_buf[..room]) else {
+            let Some(hdr) = self.muxer.next_rx(&mut self.scratch[..room]) else {
                 // Nothing after all; give the buffer back for later.
                 active.queues[RX].go_to_previous_position();
                 break;
             };
             let len = hdr.len as usize;
             if let (Some(slice), true) = (pkt.data_slice(), len > 0) {
-                slice.copy_from(&self.rx_buf[..len]);
+                slice.copy_from(&self.scratch[..len]);
             }
             pkt.set_src_cid(HOST_CID)
                 .set_dst_cid(self.cid)

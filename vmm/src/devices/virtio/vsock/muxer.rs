@@ -450,7 +450,9 @@ impl Muxer {
                     }
                 }
             }
-            (OP_RST, _) => self.forget(key),
+            (OP_RST, _) => {
+                self.take(key);
+            }
             _ => self.reset(key),
         }
     }
@@ -510,12 +512,8 @@ impl Muxer {
 
     /// Drops a connection and tells the guest.
     fn reset(&mut self, key: ConnKey) {
-        self.forget(key);
-        self.push_control(rst_for(key));
-    }
-
-    fn forget(&mut self, key: ConnKey) {
         self.take(key);
+        self.push_control(rst_for(key));
     }
 
     fn take(&mut self, key: ConnKey) -> Option<Connection> {
@@ -575,7 +573,7 @@ impl Muxer {
                 Ok(0) => {
                     // The host closed: tell the guest; its RST finds nothing.
                     let shutdown = conn.header(OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RECV);
-                    self.forget(key);
+                    self.take(key);
                     return Some(shutdown);
                 }
                 Ok(n) => {
@@ -590,7 +588,7 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("vsock: host socket for {key:?}: {e}");
-                    self.forget(key);
+                    self.take(key);
                     return Some(rst_for(key));
                 }
             }
