@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
+use std::ops::Bound;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -143,6 +144,10 @@ impl Connection {
             self.stream.shutdown(std::net::Shutdown::Write)?;
         }
         Ok(())
+    }
+
+    fn can_send_to_guest(&self) -> bool {
+        self.state == State::Established && self.readable && self.peer_free() > 0
     }
 
     fn needs_credit_update(&self) -> bool {
@@ -538,11 +543,18 @@ impl Muxer {
 
     /// Whether [`Muxer::next_rx`] may have something for the guest.
     pub fn has_rx(&self) -> bool {
-        !self.control.is_empty()
-            || self
-                .conns
-                .values()
-                .any(|c| c.state == State::Established && c.readable && c.peer_free() > 0)
+        !self.control.is_empty() || self.conns.values().any(Connection::can_send_to_guest)
+    }
+
+    /// The first connection after the one served last that has data and
+    /// credit for the guest (round-robin, without allocating).
+    fn next_sender(&self) -> Option<ConnKey> {
+        let after = self.last_served.map_or(Bound::Unbounded, Bound::Excluded);
+        self.conns
+            .range((after, Bound::Unbounded))
+            .chain(self.conns.iter())
+            .find(|(_, c)| c.can_send_to_guest())
+            .map(|(k, _)| *k)
     }
 
     /// The next packet for the guest. Data goes into `buf` (whose length is
@@ -554,20 +566,9 @@ impl Muxer {
         if buf.is_empty() {
             return None;
         }
-        // Round-robin from the connection after the one served last.
-        let after = self.last_served;
-        let mut keys: Vec<ConnKey> = self.conns.keys().copied().collect();
-        if let Some(last) = after {
-            let split = keys.partition_point(|k| *k <= last);
-            keys.rotate_left(split);
-        }
-        for key in keys {
-            let Some(conn) = self.conns.get_mut(&key) else {
-                continue;
-            };
-            if conn.state != State::Established || !conn.readable || conn.peer_free() == 0 {
-                continue;
-            }
+        // Each pass either returns or clears `readable`, so this ends.
+        while let Some(key) = self.next_sender() {
+            let conn = self.conns.get_mut(&key).expect("next_sender found it");
             let room = buf.len().min(conn.peer_free() as usize);
             match conn.stream.read(&mut buf[..room]) {
                 Ok(0) => {

@@ -577,3 +577,22 @@ fn reserved_cids_and_taken_paths_are_refused() {
     let err = Vsock::new(3, &h.uds, irq).err().expect("path in use");
     assert!(err.to_string().contains("already exists"), "{err}");
 }
+
+#[test]
+fn connections_with_data_take_turns() {
+    let mut h = Harness::new();
+    let (mut a, port_a) = h.established(1024, 65536);
+    let (mut b, port_b) = h.established(1025, 65536);
+    a.write_all(b"aaaa").unwrap();
+    b.write_all(b"bbbb").unwrap();
+    // Two-byte rx buffers: each connection needs two packets.
+    h.give_rx_buffers(4, 2);
+    let order: Vec<u32> = h.guest_receive().iter().map(|p| p.src_port).collect();
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert_ne!(
+        order[0], order[1],
+        "round-robin, not one connection first: {order:?}"
+    );
+    assert_eq!((order[2], order[3]), (order[0], order[1]), "{order:?}");
+    assert!(order.contains(&port_a) && order.contains(&port_b));
+}
