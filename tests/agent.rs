@@ -14,15 +14,19 @@ use common::{guest_artifact, skip_without_kvm, temp_dir};
 /// Cold boots here take about a minute; leave room for a loaded CI machine.
 const BOOT_BUDGET: Duration = Duration::from_secs(400);
 
-fn unipod_run(runtime: &Path, args: &[&str]) -> std::process::Output {
-    let kernel = guest_artifact("vmlinux");
-    let initrd = guest_artifact("initramfs.cpio");
-    Command::new(env!("CARGO_BIN_EXE_unipod"))
-        .arg("run")
+/// `unipod <subcommand>` with the agent guest's kernel and initramfs.
+fn unipod_with_agent_guest(subcommand: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unipod"));
+    cmd.arg(subcommand)
         .arg("--kernel")
-        .arg(&kernel)
+        .arg(guest_artifact("vmlinux"))
         .arg("--initrd")
-        .arg(&initrd)
+        .arg(guest_artifact("initramfs.cpio"));
+    cmd
+}
+
+fn unipod_run(runtime: &Path, args: &[&str]) -> std::process::Output {
+    unipod_with_agent_guest("run")
         .arg("--runtime-dir")
         .arg(runtime)
         .args(args)
@@ -124,12 +128,8 @@ fn a_dead_vmm_fails_the_pod_with_a_reason() {
     }
     let runtime = temp_dir("agent-vmm-dies");
     let mut run = VmmProcess(
-        Command::new(env!("CARGO_BIN_EXE_unipod"))
-            .args(["run", "--name", "doomed", "--kernel"])
-            .arg(guest_artifact("vmlinux"))
-            .arg("--initrd")
-            .arg(guest_artifact("initramfs.cpio"))
-            .arg("--runtime-dir")
+        unipod_with_agent_guest("run")
+            .args(["--name", "doomed", "--runtime-dir"])
             .arg(&runtime)
             .args(["--", "sleep", "600"])
             .stdout(Stdio::null())
@@ -172,12 +172,7 @@ fn a_plain_unix_socket_client_speaks_connect_and_the_agent_protocol() {
     let dir = temp_dir("agent-raw");
     let uds = dir.join("v.sock");
     let mut vmm = VmmProcess(
-        Command::new(env!("CARGO_BIN_EXE_unipod"))
-            .arg("boot")
-            .arg("--kernel")
-            .arg(guest_artifact("vmlinux"))
-            .arg("--initrd")
-            .arg(guest_artifact("initramfs.cpio"))
+        unipod_with_agent_guest("boot")
             .arg("--vsock-uds")
             .arg(&uds)
             .arg("--console-log")
@@ -193,7 +188,10 @@ fn a_plain_unix_socket_client_speaks_connect_and_the_agent_protocol() {
         .strip_prefix("OK ")
         .and_then(|p| p.trim_end().parse().ok())
         .unwrap_or_else(|| panic!("bad OK line {ok:?}"));
-    assert!(host_port > 0);
+    assert!(
+        host_port >= 1 << 30,
+        "host-initiated ports start at 2^30: {host_port}"
+    );
 
     // Frame: u32 BE length, u16 BE version, JSON.
     let (version, ready) = read_raw_frame(&mut s);
