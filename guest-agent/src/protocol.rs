@@ -27,6 +27,7 @@
 //! arbitrary bytes, but up to 4x larger than the raw output. The agent sends
 //! output in chunks of at most a few KiB, far below [`MAX_FRAME_LEN`].
 
+use std::fmt;
 use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
@@ -89,6 +90,11 @@ pub enum Request {
     Ping,
     /// Fault injection for tests.
     Debug(DebugCommand),
+    /// Give the guest its pod identity and fresh host facts (clock, entropy);
+    /// sent once right after [`Event::Ready`], to cold-booted and
+    /// snapshot-restored guests alike. Replies [`Reply::Ok`], or an error
+    /// naming the invalid field or the step that failed.
+    Configure(PodConfig),
 }
 
 /// The process to run as a container.
@@ -104,6 +110,45 @@ pub struct RunSpec {
     pub env: Vec<String>,
     /// Working directory; the agent's (`/`) when `None`.
     pub cwd: Option<String>,
+}
+
+/// The pod's identity and the host facts a restored guest must not reuse.
+///
+/// Every guest restored from one snapshot starts with the same RNG state, a
+/// stale wall clock and the same hostname; this is what makes it a distinct
+/// pod. `Debug` prints the length of `entropy`, not its bytes: they are the
+/// only secret that tells the clones' RNGs apart.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodConfig {
+    /// Kubernetes pod UID (a UUID string): 1-64 characters of `[A-Za-z0-9-]`.
+    pub pod_uid: String,
+    /// Pod hostname: a DNS label, 1-63 characters of `[a-z0-9-]`, not
+    /// starting or ending with `-`.
+    pub hostname: String,
+    /// Host wall clock when the request was sent: seconds since the Unix
+    /// epoch.
+    pub unix_secs: i64,
+    /// Host wall clock when the request was sent: nanoseconds within the
+    /// second (below 1,000,000,000).
+    pub unix_nanos: u32,
+    /// Fresh host entropy (32 to 512 bytes) to reseed the guest RNG.
+    pub entropy: Vec<u8>,
+    /// Heartbeat period in milliseconds (at least 10); `None` keeps the
+    /// current one.
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl fmt::Debug for PodConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PodConfig")
+            .field("pod_uid", &self.pod_uid)
+            .field("hostname", &self.hostname)
+            .field("unix_secs", &self.unix_secs)
+            .field("unix_nanos", &self.unix_nanos)
+            .field("entropy", &format_args!("<{} bytes>", self.entropy.len()))
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .finish()
+    }
 }
 
 /// Test-only behaviours the host can switch on.
@@ -141,7 +186,7 @@ pub enum Reply {
         pid: u32,
     },
     /// Done (answer to [`Request::Signal`], [`Request::Shutdown`],
-    /// [`Request::Debug`]).
+    /// [`Request::Debug`], [`Request::Configure`]).
     Ok,
     /// Answer to [`Request::Ping`].
     Pong,
@@ -505,6 +550,17 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
+    fn pod_config() -> PodConfig {
+        PodConfig {
+            pod_uid: "0f3c2a9e-5b1d-4c7e-9a8f-1e2d3c4b5a69".into(),
+            hostname: "web-0".into(),
+            unix_secs: 1_700_000_000,
+            unix_nanos: 999_999_999,
+            entropy: (0..=255).chain(0..32).collect(),
+            heartbeat_ms: Some(250),
+        }
+    }
+
     fn host_messages() -> Vec<HostMessage> {
         let requests = vec![
             Request::Run(RunSpec {
@@ -526,6 +582,12 @@ mod tests {
             Request::Shutdown,
             Request::Ping,
             Request::Debug(DebugCommand::StopHeartbeat),
+            Request::Configure(pod_config()),
+            Request::Configure(PodConfig {
+                heartbeat_ms: None,
+                unix_secs: -1,
+                ..pod_config()
+            }),
         ];
         requests
             .into_iter()
@@ -637,6 +699,45 @@ mod tests {
             &reply[HEADER_LEN..],
             br#"{"reply":{"id":3,"result":{"err":"no"}}}"#
         );
+    }
+
+    #[test]
+    fn configure_wire_format_is_snake_case_and_heartbeat_is_optional() {
+        let config = PodConfig {
+            entropy: vec![1, 2, 3],
+            ..pod_config()
+        };
+        let frame = encode_frame(&HostMessage {
+            id: 1,
+            request: Request::Configure(config.clone()),
+        })
+        .unwrap();
+        let json = concat!(
+            r#"{"id":1,"request":{"configure":{"pod_uid":"0f3c2a9e-5b1d-4c7e-9a8f-1e2d3c4b5a69","#,
+            r#""hostname":"web-0","unix_secs":1700000000,"unix_nanos":999999999,"#,
+            r#""entropy":[1,2,3],"heartbeat_ms":250}}}"#
+        );
+        assert_eq!(std::str::from_utf8(&frame[HEADER_LEN..]).unwrap(), json);
+
+        let without = json.replace(r#","heartbeat_ms":250"#, "");
+        let msg: HostMessage = serde_json::from_str(&without).unwrap();
+        let expected = PodConfig {
+            heartbeat_ms: None,
+            ..config
+        };
+        assert_eq!(msg.request, Request::Configure(expected));
+    }
+
+    #[test]
+    fn pod_config_debug_hides_the_entropy_bytes() {
+        let config = PodConfig {
+            entropy: vec![0xab; 40],
+            ..pod_config()
+        };
+        let debug = format!("{config:?}");
+        assert!(debug.contains("<40 bytes>"), "{debug}");
+        assert!(!debug.contains("171"), "{debug}");
+        assert!(debug.contains("web-0"), "{debug}");
     }
 
     #[test]

@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::IoEventAddress;
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{DEVICE_MMIO_START, IRQ_BASE};
 use crate::config::{ConsoleOutput, VsockConfig};
+use crate::devices::legacy::serial::SavedSerial;
 use crate::devices::legacy::{boot_timer, i8042, serial};
 use crate::devices::legacy::{BootTimer, ConsoleWriter, SerialConsole, I8042};
-use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::mmio::{
+    MmioRestoreError, MmioState, MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET,
+};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
@@ -51,6 +55,22 @@ pub enum DeviceError {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A saved virtio device cannot be restored.
+    #[error("cannot restore the {0} device from the snapshot")]
+    Restore(&'static str, #[source] MmioRestoreError),
+    /// The snapshot and the configuration disagree about a device.
+    #[error("the snapshot {0}")]
+    Mismatch(&'static str),
+}
+
+/// Device state saved in a snapshot. Legacy devices other than the UART
+/// (i8042, boot timer) have none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    /// The serial console's registers.
+    pub serial: SavedSerial,
+    /// The vsock transport, if the VM had one.
+    pub vsock: Option<MmioState>,
 }
 
 /// Where the virtio-mmio windows start: right after the boot timer.
@@ -59,11 +79,15 @@ const VIRTIO_MMIO_START: u64 = DEVICE_MMIO_START + boot_timer::BOOT_TIMER_LEN;
 /// A device the VMM's event loop must drive.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
+/// The vsock device and its transport, kept for shutdown and snapshots.
+type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
+
 /// The VM's devices, reachable through its buses.
 pub struct DeviceManager {
     buses: IoBuses,
     subscribers: Vec<Subscriber>,
-    vsocks: Vec<Arc<Mutex<Vsock>>>,
+    serial: Arc<Mutex<SerialConsole>>,
+    vsock: Option<VsockHandles>,
     /// `virtio_mmio.device=` announcements for the kernel command line.
     virtio_cmdline: Vec<String>,
     panic_line: Arc<Mutex<Option<String>>>,
@@ -71,12 +95,14 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices: serial console, i8042 and boot timer.
+    /// Creates the legacy devices: serial console (with its `saved`
+    /// registers, after a restore), i8042 and boot timer.
     pub fn new(
         vm: &Vm,
         console: &ConsoleOutput,
         exit: Arc<ExitSignal>,
         vmm_start: Instant,
+        saved: Option<&DevicesState>,
     ) -> Result<DeviceManager, DeviceError> {
         let out: Box<dyn Write + Send> = match console {
             ConsoleOutput::Stdout => Box::new(std::io::stdout()),
@@ -93,12 +119,13 @@ impl DeviceManager {
         let timer = BootTimer::new(vmm_start);
         let boot_time = timer.reached();
 
+        let serial_console = Arc::new(Mutex::new(SerialConsole::new(
+            irq_evt,
+            writer,
+            saved.map(|s| &s.serial),
+        )));
         let mut pio = Bus::default();
-        pio.insert(
-            Arc::new(Mutex::new(SerialConsole::new(irq_evt, writer))),
-            serial::COM1_BASE,
-            serial::COM1_LEN,
-        )?;
+        pio.insert(serial_console.clone(), serial::COM1_BASE, serial::COM1_LEN)?;
         pio.insert(
             Arc::new(Mutex::new(I8042::new(exit))),
             i8042::I8042_BASE,
@@ -113,25 +140,63 @@ impl DeviceManager {
         Ok(DeviceManager {
             buses: IoBuses { pio, mmio },
             subscribers: Vec::new(),
-            vsocks: Vec::new(),
+            serial: serial_console,
+            vsock: None,
             virtio_cmdline: Vec::new(),
             panic_line,
             boot_time,
         })
     }
 
-    /// Adds the hybrid vsock device.
-    pub fn add_vsock(&mut self, vm: &Vm, config: &VsockConfig) -> Result<(), DeviceError> {
+    /// Adds the hybrid vsock device; with `saved` transport state (after a
+    /// restore) it resumes where the snapshot left it and tells the guest
+    /// that its old connections are gone.
+    pub fn add_vsock(
+        &mut self,
+        vm: &Vm,
+        config: &VsockConfig,
+        saved: Option<&MmioState>,
+    ) -> Result<(), DeviceError> {
         let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
         let vsock = Arc::new(Mutex::new(Vsock::new(
             config.cid,
             &config.uds,
             interrupt.clone(),
         )?));
-        self.add_virtio(vm, vsock.clone(), interrupt, base, irq)?;
+        let transport = match saved {
+            None => MmioTransport::new(vsock.clone(), interrupt, vm.memory().clone()),
+            Some(state) => {
+                MmioTransport::restore(vsock.clone(), interrupt, vm.memory().clone(), state)
+                    .map_err(|e| DeviceError::Restore("vsock", e))?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        self.add_virtio(vm, vsock.clone(), transport.clone(), base, irq)?;
+        if saved.is_some_and(|s| s.activated) {
+            let mut dev = vsock.lock().expect("vsock lock poisoned");
+            if !dev.reset_transport() {
+                log::warn!("the guest left no vsock event buffer; old connections linger");
+            }
+        }
         self.subscribers.push(vsock.clone());
-        self.vsocks.push(vsock);
+        self.vsock = Some((vsock, transport));
         Ok(())
+    }
+
+    /// Saves the device state; the vCPUs must be paused and the event loop
+    /// idle.
+    pub fn save_state(&self) -> DevicesState {
+        DevicesState {
+            serial: self
+                .serial
+                .lock()
+                .expect("serial lock poisoned")
+                .save_state(),
+            vsock: self
+                .vsock
+                .as_ref()
+                .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state()),
+        }
     }
 
     /// The MMIO window, IRQ and interrupt of the next virtio device.
@@ -146,12 +211,13 @@ impl DeviceManager {
         Ok((Arc::new(Interrupt::new(irqfd)), base, irq))
     }
 
-    /// Puts a virtio device on the MMIO bus and announces it to the kernel.
+    /// Puts a virtio device's transport on the MMIO bus and announces it to
+    /// the kernel.
     fn add_virtio(
         &mut self,
         vm: &Vm,
         device: Arc<Mutex<dyn VirtioDevice>>,
-        interrupt: Arc<Interrupt>,
+        transport: Arc<Mutex<MmioTransport>>,
         base: u64,
         irq: u32,
     ) -> Result<(), DeviceError> {
@@ -168,10 +234,7 @@ impl DeviceManager {
                     .map_err(DeviceError::IoEvent)?;
             }
         }
-        let transport = MmioTransport::new(device, interrupt, vm.memory().clone());
-        self.buses
-            .mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_LEN)?;
+        self.buses.mmio.insert(transport, base, MMIO_WINDOW_LEN)?;
         self.virtio_cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         Ok(())
@@ -190,7 +253,7 @@ impl DeviceManager {
     /// Releases host resources (sockets) before the process ends; vCPU
     /// threads keep the devices alive, so this cannot wait for Drop.
     pub fn shutdown(&self) {
-        for vsock in &self.vsocks {
+        if let Some((vsock, _)) = &self.vsock {
             vsock.lock().expect("vsock lock poisoned").shutdown();
         }
     }

@@ -14,5 +14,6 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod pod;
+pub mod snapshot;
 pub mod vmm;
 pub mod vstate;

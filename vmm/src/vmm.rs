@@ -1,5 +1,7 @@
 //! The live VMM: built once from a [`VmConfig`], then run until the guest ends.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,10 @@ use crate::arch;
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, CpuTemplate, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu::{self, Pause, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Kernel switches for nested PVM hosts. The CPUID template alone is not
@@ -57,6 +60,30 @@ pub enum VmmError {
     /// SIGINT/SIGTERM handling could not be set up.
     #[error("cannot set up SIGINT/SIGTERM handling")]
     Signals(#[source] nix::Error),
+    /// A snapshot cannot be read or does not fit this VM.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Restoring from a snapshot failed; the snapshot is unusable here.
+    #[error("cannot restore from the snapshot in {}", .dir.display())]
+    Restore {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<VmmError>,
+    },
+    /// Saving a snapshot failed.
+    #[error("cannot save a snapshot to {}", .dir.display())]
+    SaveSnapshot {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<VmmError>,
+    },
+    /// SIGUSR1 arrived but no snapshot directory was given.
+    #[error("the kick signal handler cannot be installed")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
     /// SMP guests hang on this host.
     #[error("--vcpus {0}: nested PVM hosts cannot start secondary vCPUs (the guest hangs at \"Booting SMP configuration\"; see docs/NESTED-KVM.md); use --vcpus 1")]
     SmpOnNestedPvm(u8),
@@ -79,6 +106,9 @@ pub struct RunReport {
 
 /// A VM ready to run.
 pub struct Vmm {
+    kvm: Kvm,
+    config: VmConfig,
+    template: CpuTemplate,
     vm: Vm,
     devices: DeviceManager,
     vcpus: Vec<Vcpu>,
@@ -86,18 +116,24 @@ pub struct Vmm {
     vmm_start: Instant,
 }
 
+/// KVM and the CPU template for `config`, after the checks every VM needs.
+fn open_kvm(config: &VmConfig) -> Result<(Kvm, CpuTemplate), VmmError> {
+    config.validate()?;
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let host = arch::detect_host();
+    if host == arch::HostKind::NestedPvm && config.vcpus > 1 {
+        return Err(VmmError::SmpOnNestedPvm(config.vcpus));
+    }
+    let template = config.cpu_template.resolve(host);
+    log::info!("host KVM: {host:?}; CPU template: {template:?}");
+    Ok((kvm, template))
+}
+
 impl Vmm {
     /// Builds the VM described by `config`. `vmm_start` is when the process
     /// started, for the boot timer.
     pub fn new(config: &VmConfig, vmm_start: Instant) -> Result<Vmm, VmmError> {
-        config.validate()?;
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let host = arch::detect_host();
-        if host == arch::HostKind::NestedPvm && config.vcpus > 1 {
-            return Err(VmmError::SmpOnNestedPvm(config.vcpus));
-        }
-        let template = config.cpu_template.resolve(host);
-        log::info!("host KVM: {host:?}; CPU template: {template:?}");
+        let (kvm, template) = open_kvm(config)?;
 
         let vm = Vm::new(&kvm, memory::create_guest_memory(config.mem_bytes())?)?;
         let kernel = boot::load_kernel(vm.memory(), &config.kernel, config.boot_protocol)?;
@@ -109,9 +145,9 @@ impl Vmm {
         // vsock socket are only created once those inputs have been checked,
         // so a bad kernel leaves nothing behind.
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventFd)?);
-        let mut devices = DeviceManager::new(&vm, &config.console, exit.clone(), vmm_start)?;
+        let mut devices = DeviceManager::new(&vm, &config.console, exit.clone(), vmm_start, None)?;
         if let Some(vsock) = &config.vsock {
-            devices.add_vsock(&vm, vsock)?;
+            devices.add_vsock(&vm, vsock, None)?;
         }
 
         let mut cmdline = config.cmdline();
@@ -131,6 +167,9 @@ impl Vmm {
             .map(|i| Vcpu::new(&kvm, &vm, i, config.vcpus, template, kernel.entry))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Vmm {
+            kvm,
+            config: config.clone(),
+            template,
             vm,
             devices,
             vcpus,
@@ -139,26 +178,94 @@ impl Vmm {
         })
     }
 
-    /// Runs the guest until it ends, and reports how.
-    pub fn run(self) -> Result<RunReport, VmmError> {
+    /// Builds the VM described by `config` from the snapshot in `dir`
+    /// instead of booting it. The snapshot must have been taken with the
+    /// same inputs (see [`snapshot::key`]).
+    pub fn restore(config: &VmConfig, dir: &Path, vmm_start: Instant) -> Result<Vmm, VmmError> {
+        Vmm::restore_inner(config, dir, vmm_start).map_err(|e| VmmError::Restore {
+            dir: dir.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    fn restore_inner(config: &VmConfig, dir: &Path, vmm_start: Instant) -> Result<Vmm, VmmError> {
+        let (kvm, template) = open_kvm(config)?;
+        let key = snapshot::key(config, template)?;
+        let (saved, memory_file) = Snapshot::open(dir, &key)?;
+        let vm = Vm::new(&kvm, memory::restore(&memory_file, &saved.memory)?)?;
+        vm.restore_state(&saved.vm)?;
+        let vcpus = saved
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, state)| Vcpu::restore(&vm, u8::try_from(i).unwrap_or(u8::MAX), state))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Devices last: a restored vsock device raises its interrupt at once,
+        // and that must land in the restored interrupt controllers.
+        let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventFd)?);
+        let mut devices = DeviceManager::new(
+            &vm,
+            &config.console,
+            exit.clone(),
+            vmm_start,
+            Some(&saved.devices),
+        )?;
+        match (&config.vsock, &saved.devices.vsock) {
+            (Some(vsock), Some(state)) => devices.add_vsock(&vm, vsock, Some(state))?,
+            (None, None) => {}
+            (Some(_), None) => return Err(DeviceError::Mismatch("has no vsock device").into()),
+            (None, Some(_)) => {
+                return Err(DeviceError::Mismatch("has a vsock device; pass --vsock-uds").into())
+            }
+        }
+        log::info!("restored {} vCPU(s) from {}", vcpus.len(), dir.display());
+        Ok(Vmm {
+            kvm,
+            config: config.clone(),
+            template,
+            vm,
+            devices,
+            vcpus,
+            exit,
+            vmm_start,
+        })
+    }
+
+    /// Runs the guest until it ends, and reports how. With `snapshot_to`,
+    /// SIGUSR1 pauses the VM, saves it there and ends it
+    /// ([`GuestExit::Snapshotted`]).
+    pub fn run(mut self, snapshot_to: Option<&Path>) -> Result<RunReport, VmmError> {
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(self.exit.clone()))));
         // Before the vCPU threads exist, so they inherit the blocked mask and
-        // SIGINT/SIGTERM arrive only through the signalfd.
+        // the signals arrive only through the signalfd.
         let stop = StopSignals::new(self.exit.clone()).map_err(VmmError::Signals)?;
+        let snapshot_requested = stop.snapshot_requested.clone();
         manager.add_subscriber(Arc::new(Mutex::new(stop)));
         for device in self.devices.subscribers() {
             manager.add_subscriber(device);
         }
+        vcpu::install_kick_handler().map_err(VmmError::KickHandler)?;
+        let msr_indices = match snapshot_to {
+            Some(_) => self
+                .kvm
+                .get_msr_index_list()
+                .map_err(|e| VmError::Kvm("list the MSRs to save", e))?
+                .as_slice()
+                .to_vec(),
+            None => Vec::new(),
+        };
+        let pause = Arc::new(Pause::new(self.vcpus.len(), msr_indices));
 
         let first_run = self.vmm_start.elapsed();
         let mut threads = Vec::new();
-        for vcpu in self.vcpus {
+        for vcpu in std::mem::take(&mut self.vcpus) {
             threads.push(vcpu.start(
                 self.devices.buses(),
                 self.vm.memory().clone(),
                 self.exit.clone(),
+                pause.clone(),
             )?);
         }
         let exit = loop {
@@ -168,6 +275,19 @@ impl Vmm {
             }
             if let Some(exit) = self.exit.peek() {
                 break exit;
+            }
+            if snapshot_requested.swap(false, Ordering::SeqCst) {
+                let Some(dir) = snapshot_to else {
+                    log::warn!("SIGUSR1 ignored: no snapshot directory was given");
+                    continue;
+                };
+                let saved = self.save_snapshot(&pause, &threads, dir);
+                self.devices.shutdown();
+                saved.map_err(|e| VmmError::SaveSnapshot {
+                    dir: dir.to_path_buf(),
+                    source: Box::new(e),
+                })?;
+                break GuestExit::Snapshotted;
             }
         };
         // A panicking guest reboots (panic=-1), so a reset after a panic line
@@ -191,6 +311,63 @@ impl Vmm {
     }
 }
 
+impl Vmm {
+    /// Pauses the vCPUs and writes the whole VM to `dir`.
+    fn save_snapshot(
+        &self,
+        pause: &Pause,
+        threads: &[std::thread::JoinHandle<()>],
+        dir: &Path,
+    ) -> Result<(), VmmError> {
+        let started = Instant::now();
+        let vcpus = pause.pause_all(threads, Duration::from_secs(5))?;
+        let vm = self.vm.save_state()?;
+        let devices = self.devices.save_state();
+        let path = dir.join(MEMORY_FILE);
+        let io = |what| {
+            let path = path.clone();
+            move |source| SnapshotError::Io { path, what, source }
+        };
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io("cannot create"))?;
+        let regions = memory::save(self.vm.memory(), &file)?;
+        let memory_len = file.metadata().map_err(io("cannot stat"))?.len();
+        let memory_hash = snapshot::hash_file(&file).map_err(io("cannot read"))?;
+        file.sync_all().map_err(io("cannot sync"))?;
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Snapshot {
+            key: snapshot::key(&self.config, self.template)?,
+            info: SnapshotInfo {
+                kernel: self.config.kernel.clone(),
+                initrd: self.config.initrd.clone(),
+                mem_mib: self.config.mem_mib,
+                vcpus: self.config.vcpus,
+                created_unix,
+            },
+            vm,
+            vcpus,
+            devices,
+            memory: regions,
+            memory_len,
+            memory_hash,
+        }
+        .write_state(dir)?;
+        log::info!(
+            "snapshot saved to {} in {:?}",
+            dir.display(),
+            started.elapsed()
+        );
+        Ok(())
+    }
+}
+
 /// Wakes the event loop when the guest ends.
 struct ExitWatcher(Arc<ExitSignal>);
 
@@ -208,10 +385,12 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 /// Turns SIGINT and SIGTERM into an orderly stop, so devices can clean up
-/// (the vsock socket file) before the process ends.
+/// (the vsock socket file) before the process ends, and SIGUSR1 into a
+/// snapshot request.
 struct StopSignals {
     fd: SignalFd,
     exit: Arc<ExitSignal>,
+    snapshot_requested: Arc<AtomicBool>,
 }
 
 impl StopSignals {
@@ -219,9 +398,14 @@ impl StopSignals {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGUSR1);
         mask.thread_block()?;
         let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        Ok(StopSignals { fd, exit })
+        Ok(StopSignals {
+            fd,
+            exit,
+            snapshot_requested: Arc::default(),
+        })
     }
 }
 
@@ -233,9 +417,14 @@ impl MutEventSubscriber for StopSignals {
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        if let Ok(Some(info)) = self.fd.read_signal() {
+        while let Ok(Some(info)) = self.fd.read_signal() {
             let signo = i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM);
-            self.exit.report(GuestExit::Stopped(signo));
+            if signo == libc::SIGUSR1 {
+                // The loop checks the flag after this returns.
+                self.snapshot_requested.store(true, Ordering::SeqCst);
+            } else {
+                self.exit.report(GuestExit::Stopped(signo));
+            }
         }
     }
 }

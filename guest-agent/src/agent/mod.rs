@@ -21,6 +21,14 @@
 //!   sends `Shutdown`, when it hangs up after receiving `ContainerExited`, or
 //!   when no host has been connected for [`LINGER`]. A new `Run` un-finishes it.
 //!
+//! Requests: `Run` starts the container, `Signal` signals it, `Shutdown` stops
+//! the pod, `Ping` answers `Pong`, `Debug(StopHeartbeat)` silences the
+//! heartbeat, and `Configure` gives the guest its pod identity (clock, RNG,
+//! hostname, `/etc/podinfo`, heartbeat period; see [`identity`]). The host
+//! sends `Configure` right after `Ready`, also to guests restored from a
+//! snapshot, which is why the heartbeat period can change after boot (the
+//! kernel command line's `unipod.heartbeat_ms` only sets the initial one).
+//!
 //! # Limitations
 //!
 //! One container per pod for now; a second `Run` while it runs is refused.
@@ -28,6 +36,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod host;
+pub mod identity;
 pub mod init;
 pub mod logger;
 
@@ -36,8 +45,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, HostMessage, ProtocolError, Reply, Request, RunSpec, Stream,
-    AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION, REASON_ERROR, REASON_OOM_KILLED,
+    AgentMessage, DebugCommand, Event, HostMessage, PodConfig, ProtocolError, Reply, Request,
+    RunSpec, Stream, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION, REASON_ERROR,
+    REASON_OOM_KILLED,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -626,7 +636,31 @@ impl Agent {
                 self.heartbeat.disarm();
                 self.reply(id, Ok(Reply::Ok));
             }
+            Request::Configure(config) => self.configure(id, &config),
         }
+    }
+
+    /// Applies the pod identity, then the heartbeat period (validated with
+    /// the rest, so an invalid request changes nothing).
+    fn configure(&mut self, id: u64, config: &PodConfig) {
+        if let Err(e) = identity::apply(config) {
+            let msg = Chain(&e).to_string();
+            log::warn!("configure: {msg}");
+            return self.reply(id, Err(msg));
+        }
+        if let Some(ms) = config.heartbeat_ms {
+            self.heartbeat.period = Duration::from_millis(ms);
+            if self.host.is_some() {
+                // A no-op once heartbeats are stopped.
+                self.heartbeat.arm();
+            }
+        }
+        log::info!(
+            "configured pod {} (hostname {})",
+            config.pod_uid,
+            config.hostname
+        );
+        self.reply(id, Ok(Reply::Ok));
     }
 
     fn flush_host(&mut self, now: Instant) {

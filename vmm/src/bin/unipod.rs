@@ -22,7 +22,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Boot(args) => {
-            cli::boot(args, start).unwrap_or_else(|e| report_error(&e, cli::EXIT_SETUP_ERROR))
+            cli::boot(args, start).unwrap_or_else(|e| report_error(&e, cli::boot_error_code(&e)))
         }
         Command::Run(args) => {
             cli::run::run(args).unwrap_or_else(|e| report_error(&e, cli::run::EXIT_RUN_ERROR))

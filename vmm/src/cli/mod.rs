@@ -6,7 +6,9 @@
 //! - 0: the guest shut down cleanly;
 //! - 1: unipod could not set up or run the VM (bad kernel, no KVM, ...);
 //! - 2: bad command-line usage;
-//! - 3: the guest crashed (kernel panic, triple fault, emulation failure).
+//! - 3: the guest crashed (kernel panic, triple fault, emulation failure);
+//! - 4: `--restore` refused the snapshot (corrupt, other version, other
+//!   inputs) or KVM refused its state; nothing was started.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,7 +20,7 @@ pub mod run;
 pub use run::RunArgs;
 
 use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig, VsockConfig};
-use crate::vmm::{RunReport, Vmm};
+use crate::vmm::{RunReport, Vmm, VmmError};
 use crate::vstate::exit::GuestExit;
 
 /// Exit code: the guest shut down cleanly.
@@ -29,6 +31,8 @@ pub const EXIT_SETUP_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code: the guest crashed.
 pub const EXIT_GUEST_CRASHED: i32 = 3;
+/// Exit code: the snapshot given to `--restore` cannot be used.
+pub const EXIT_SNAPSHOT_REJECTED: i32 = 4;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -36,6 +40,8 @@ Exit codes:
   1  unipod could not set up or run the VM (bad kernel path, no /dev/kvm, ...)
   2  bad command-line usage
   3  the guest crashed: kernel panic, triple fault or KVM emulation failure
+  4  --restore: the snapshot is unusable (corrupt, truncated, other format
+     version, taken from another kernel/initrd/memory size); nothing started
   130, 143  stopped by SIGINT or SIGTERM (the VM is torn down cleanly)
 
 Set RUST_LOG=debug for more detail.";
@@ -121,6 +127,16 @@ pub struct BootArgs {
     /// The guest's vsock CID (3 or more); needs --vsock-uds.
     #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
     pub vsock_cid: u64,
+    /// On SIGUSR1, pause the VM, save it as a snapshot into DIR (an
+    /// existing, empty directory) and exit 0. 'unipod run' uses this to
+    /// build its warm-start cache.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    pub snapshot_to: Option<PathBuf>,
+    /// Resume the snapshot in DIR instead of booting. The kernel, initrd,
+    /// memory, vCPUs, CPU template and command line must be the ones it was
+    /// taken with (exit code 4 otherwise).
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
 }
 
 /// `--cpu-template` values.
@@ -176,15 +192,27 @@ impl From<&BootArgs> for VmConfig {
 }
 
 /// Runs `unipod boot`; returns the process exit code.
-pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, crate::vmm::VmmError> {
+pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
     let config = VmConfig::from(args);
-    let report = Vmm::new(&config, start)?.run()?;
+    let vmm = match &args.restore {
+        Some(dir) => Vmm::restore(&config, dir, start)?,
+        None => Vmm::new(&config, start)?,
+    };
+    let report = vmm.run(args.snapshot_to.as_deref())?;
     print_report(&report);
     Ok(match report.exit {
-        GuestExit::Reset => EXIT_OK,
+        GuestExit::Reset | GuestExit::Snapshotted => EXIT_OK,
         GuestExit::Stopped(signo) => 128 + signo,
         _ => EXIT_GUEST_CRASHED,
     })
+}
+
+/// The exit code for a `unipod boot` that failed with `e`.
+pub fn boot_error_code(e: &VmmError) -> i32 {
+    match e {
+        VmmError::Restore { .. } => EXIT_SNAPSHOT_REJECTED,
+        _ => EXIT_SETUP_ERROR,
+    }
 }
 
 fn print_report(r: &RunReport) {

@@ -28,6 +28,8 @@ pub enum GuestExit {
     VcpuError(String),
     /// The VMM was asked to stop (SIGINT or SIGTERM, by number).
     Stopped(i32),
+    /// The VM was paused and saved as a snapshot (SIGUSR1).
+    Snapshotted,
 }
 
 impl GuestExit {
@@ -55,6 +57,7 @@ impl std::fmt::Display for GuestExit {
             }
             GuestExit::VcpuError(msg) => write!(f, "vCPU error: {msg}"),
             GuestExit::Stopped(signo) => write!(f, "VM stopped by signal {signo}"),
+            GuestExit::Snapshotted => write!(f, "VM paused and saved as a snapshot"),
         }
     }
 }

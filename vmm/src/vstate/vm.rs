@@ -1,7 +1,12 @@
 //! The KVM VM: its fd, guest memory, in-kernel irqchip and PIT.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 /// Errors while creating the VM.
@@ -14,6 +19,23 @@ pub enum VmError {
     #[error("cannot {0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
 }
+
+/// The VM-wide state KVM keeps: interrupt controllers, PIT and kvmclock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmState {
+    /// The two 8259 PICs and the IOAPIC, in that order.
+    pub irqchips: Vec<kvm_irqchip>,
+    /// The 8254 PIT.
+    pub pit: kvm_pit_state2,
+    /// The kvmclock value when the VM was paused.
+    pub clock: kvm_clock_data,
+}
+
+const IRQCHIPS: [u32; 3] = [
+    KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQCHIP_IOAPIC,
+];
 
 /// TSS location for Intel VMX; inside the MMIO gap, below the IOAPIC.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -61,6 +83,57 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))?;
         Ok(Vm { fd, memory })
+    }
+
+    /// Reads the VM-wide state; the vCPUs must be paused.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let irqchips = IRQCHIPS
+            .iter()
+            .map(|&chip_id| {
+                let mut chip = kvm_irqchip {
+                    chip_id,
+                    ..Default::default()
+                };
+                self.fd
+                    .get_irqchip(&mut chip)
+                    .map(|()| chip)
+                    .map_err(|e| VmError::Kvm("read the irqchip state", e))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut clock = self
+            .fd
+            .get_clock()
+            .map_err(|e| VmError::Kvm("read the kvmclock", e))?;
+        // Only the clock value carries over; the flags describe this host.
+        clock.flags &= !KVM_CLOCK_TSC_STABLE;
+        Ok(VmState {
+            irqchips,
+            pit: self
+                .fd
+                .get_pit2()
+                .map_err(|e| VmError::Kvm("read the PIT state", e))?,
+            clock,
+        })
+    }
+
+    /// Gives a new VM a saved state.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(|e| VmError::Kvm("restore the PIT state", e))?;
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(|e| VmError::Kvm("restore the kvmclock", e))?;
+        for chip in &state.irqchips {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(|e| VmError::Kvm("restore the irqchip state", e))?;
+        }
+        Ok(())
     }
 
     /// The VM fd.

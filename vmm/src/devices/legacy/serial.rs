@@ -7,6 +7,8 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -86,17 +88,57 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// The UART's registers, saved in a snapshot (vm-superio's `SerialState`
+/// has no serde support).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSerial(#[serde(with = "SerialStateDef")] pub SerialState);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
 /// The UART on the port I/O bus.
 pub struct SerialConsole {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleWriter>,
 }
 
 impl SerialConsole {
-    /// A UART raising `irq_evt` and writing to `out`.
-    pub fn new(irq_evt: EventFd, out: ConsoleWriter) -> Self {
-        SerialConsole {
-            uart: Serial::new(IrqTrigger(irq_evt), out),
-        }
+    /// A UART raising `irq_evt` and writing to `out`, with its registers
+    /// from a snapshot or at their power-on values.
+    pub fn new(irq_evt: EventFd, out: ConsoleWriter, saved: Option<&SavedSerial>) -> Self {
+        let trigger = IrqTrigger(irq_evt);
+        let uart = match saved {
+            // from_state only fails on an oversized input buffer; drop the
+            // buffered input rather than the whole restore.
+            Some(SavedSerial(state)) => Serial::from_state(
+                &SerialState {
+                    in_buffer: Vec::new(),
+                    ..state.clone()
+                },
+                trigger,
+                vm_superio::serial::NoEvents,
+                out,
+            )
+            .expect("an empty input buffer always fits"),
+            None => Serial::new(trigger, out),
+        };
+        SerialConsole { uart }
+    }
+
+    /// The registers to save.
+    pub fn save_state(&self) -> SavedSerial {
+        SavedSerial(self.uart.state())
     }
 }
 
@@ -161,10 +203,29 @@ mod tests {
     fn uart_transmit_reaches_the_writer() {
         let sink = Sink::default();
         let evt = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-        let mut uart = SerialConsole::new(evt, ConsoleWriter::new(Box::new(sink.clone())));
+        let mut uart = SerialConsole::new(evt, ConsoleWriter::new(Box::new(sink.clone())), None);
         for b in b"hi\n" {
             uart.write(0, &[*b]);
         }
         assert_eq!(sink.0.lock().expect("lock").as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn uart_registers_survive_save_and_restore() {
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let out = || ConsoleWriter::new(Box::new(Sink::default()));
+        let mut uart = SerialConsole::new(evt(), out(), None);
+        uart.write(1, &[0x03]); // IER: THR empty + data ready
+        uart.write(7, &[0x5a]); // scratch
+        let saved = uart.save_state();
+        let json = serde_json::to_string(&saved).expect("serialize");
+        let back: SavedSerial = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, saved);
+        let mut restored = SerialConsole::new(evt(), out(), Some(&back));
+        let mut b = [0u8];
+        restored.read(1, &mut b);
+        assert_eq!(b[0], 0x03);
+        restored.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
     }
 }

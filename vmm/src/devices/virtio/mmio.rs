@@ -10,12 +10,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_mmio as reg;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -31,6 +32,64 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = reg::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x554e_4950; // "UNIP"
+
+/// The transport's registers and queues, saved in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioState {
+    /// The device status register.
+    pub status: u32,
+    /// Features the driver acknowledged.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_select: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_select: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_select: u32,
+    /// Whether the device was running.
+    pub activated: bool,
+    /// Pending InterruptStatus bits.
+    pub interrupt_status: u32,
+    /// Every queue's configuration and ring positions.
+    pub queues: Vec<SavedQueue>,
+}
+
+/// A queue's state; virtio-queue's `QueueState` has no serde support.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue(#[serde(with = "QueueStateDef")] pub QueueState);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+/// Why a saved transport cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioRestoreError {
+    /// The snapshot has a different queue count than the device.
+    #[error("the snapshot has {saved} queues; the device has {device}")]
+    QueueCount {
+        /// In the snapshot.
+        saved: usize,
+        /// On the device.
+        device: usize,
+    },
+    /// A saved queue is invalid for this guest memory.
+    #[error("saved queue {0} is invalid")]
+    BadQueue(usize),
+    /// The device refused its queues.
+    #[error("the device cannot be activated")]
+    Activate(#[source] super::ActivateError),
+}
 
 /// One virtio device as seen through its MMIO window.
 pub struct MmioTransport {
@@ -67,6 +126,67 @@ impl MmioTransport {
             status: 0,
             activated: false,
             log_limit: LogLimiter::default(),
+        }
+    }
+
+    /// Rebuilds a transport from `state`; an activated device gets its
+    /// queues back and resumes where it stopped.
+    pub fn restore(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<Interrupt>,
+        mem: GuestMemoryMmap,
+        state: &MmioState,
+    ) -> Result<MmioTransport, MmioRestoreError> {
+        let count = lock(&device).queue_max_sizes().len();
+        if state.queues.len() != count {
+            return Err(MmioRestoreError::QueueCount {
+                saved: state.queues.len(),
+                device: count,
+            });
+        }
+        let queues = state
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Queue::try_from(q.0).map_err(|_| MmioRestoreError::BadQueue(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut transport = MmioTransport::new(device, interrupt, mem);
+        transport.status = state.status;
+        transport.driver_features = state.driver_features;
+        transport.queue_select = state.queue_select;
+        transport.device_features_select = state.device_features_select;
+        transport.driver_features_select = state.driver_features_select;
+        if state.activated {
+            if let Some(bad) = queues.iter().position(|q| !q.is_valid(&transport.mem)) {
+                return Err(MmioRestoreError::BadQueue(bad));
+            }
+            lock(&transport.device)
+                .activate(transport.mem.clone(), queues)
+                .map_err(MmioRestoreError::Activate)?;
+            transport.activated = true;
+        } else {
+            transport.queues = queues;
+        }
+        transport.interrupt.restore(state.interrupt_status);
+        Ok(transport)
+    }
+
+    /// The state to save; the device must not be processing queues.
+    pub fn save_state(&self) -> MmioState {
+        let queues = if self.activated {
+            lock(&self.device).active_queues()
+        } else {
+            self.queues.iter().map(Queue::state).collect()
+        };
+        MmioState {
+            status: self.status,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues: queues.into_iter().map(SavedQueue).collect(),
         }
     }
 
@@ -331,10 +451,12 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::ActivateError;
+    use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 
     struct FakeDevice {
         events: Vec<EventFd>,
         activated_with: Option<usize>,
+        queues: Vec<QueueState>,
         resets: usize,
     }
 
@@ -360,25 +482,98 @@ mod tests {
             queues: Vec<Queue>,
         ) -> Result<(), ActivateError> {
             self.activated_with = Some(queues.len());
+            self.queues = queues.iter().map(Queue::state).collect();
             Ok(())
         }
         fn reset(&mut self) {
             self.resets += 1;
         }
+        fn active_queues(&self) -> Vec<QueueState> {
+            self.queues.clone()
+        }
     }
 
-    fn setup() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let device = Arc::new(Mutex::new(FakeDevice {
+    fn fake_device() -> Arc<Mutex<FakeDevice>> {
+        Arc::new(Mutex::new(FakeDevice {
             events: vec![
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ],
             activated_with: None,
+            queues: Vec::new(),
             resets: 0,
-        }));
+        }))
+    }
+
+    fn fake_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
+        let device = fake_device();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        (MmioTransport::new(device.clone(), irq, mem), device)
+        (
+            MmioTransport::new(device.clone(), irq, fake_memory()),
+            device,
+        )
+    }
+
+    fn restore(
+        state: &MmioState,
+    ) -> Result<(MmioTransport, Arc<Mutex<FakeDevice>>), MmioRestoreError> {
+        let device = fake_device();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        MmioTransport::restore(device.clone(), irq, fake_memory(), state).map(|t| (t, device))
+    }
+
+    #[test]
+    fn an_active_transport_survives_save_and_restore() {
+        let (mut t, _) = setup();
+        negotiate(&mut t, 1);
+        let s = read(&mut t, reg::VIRTIO_MMIO_STATUS) | VIRTIO_CONFIG_S_DRIVER_OK;
+        write(&mut t, reg::VIRTIO_MMIO_STATUS, s);
+        t.interrupt.raise(VIRTIO_MMIO_INT_VRING);
+        let saved = t.save_state();
+        assert!(saved.activated);
+        assert_eq!(saved.queues[1].0.desc_table, 0x2000);
+
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: MmioState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, saved);
+        let (mut restored, dev) = restore(&back).expect("restored");
+        assert_eq!(
+            dev.lock().unwrap().activated_with,
+            Some(2),
+            "device resumed"
+        );
+        assert_eq!(restored.save_state(), saved);
+        assert_eq!(read(&mut restored, reg::VIRTIO_MMIO_STATUS), s);
+        assert_eq!(
+            read(&mut restored, reg::VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_VRING
+        );
+    }
+
+    #[test]
+    fn a_saved_queue_outside_guest_memory_is_refused() {
+        let (mut t, _) = setup();
+        negotiate(&mut t, 1);
+        let s = read(&mut t, reg::VIRTIO_MMIO_STATUS) | VIRTIO_CONFIG_S_DRIVER_OK;
+        write(&mut t, reg::VIRTIO_MMIO_STATUS, s);
+        let mut saved = t.save_state();
+        saved.queues[0].0.used_ring = 1 << 40;
+        assert!(matches!(
+            restore(&saved),
+            Err(MmioRestoreError::BadQueue(0))
+        ));
+        saved.queues.pop();
+        assert!(matches!(
+            restore(&saved),
+            Err(MmioRestoreError::QueueCount {
+                saved: 1,
+                device: 2
+            })
+        ));
     }
 
     fn read(t: &mut MmioTransport, offset: u32) -> u32 {

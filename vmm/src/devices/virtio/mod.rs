@@ -14,7 +14,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -48,6 +48,8 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
     /// Returns the device to its pre-activation state (driver wrote status 0).
     fn reset(&mut self);
+    /// The state of the queues an activated device holds, for a snapshot.
+    fn active_queues(&self) -> Vec<QueueState>;
 }
 
 /// A device's interrupt line: the ISR status bits plus the irqfd that raises it.
@@ -80,6 +82,15 @@ impl Interrupt {
     /// The pending ISR bits, as the InterruptStatus register shows them.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Sets the ISR bits of a restored device and raises the line again if
+    /// any was pending, since the interrupt may not have reached the guest.
+    pub fn restore(&self, bits: u32) {
+        self.status.store(0, Ordering::SeqCst);
+        if bits != 0 {
+            self.raise(bits);
+        }
     }
 
     /// Clears the bits the driver acknowledged.

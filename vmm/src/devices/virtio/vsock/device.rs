@@ -4,14 +4,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
 use super::packet::{Header, HOST_CID, OP_RST, TYPE_STREAM};
-use super::{VsockError, MAX_PKT_DATA, QUEUE_SIZES, RX, TX, VIRTIO_ID_VSOCK};
+use super::{VsockError, EVENT, MAX_PKT_DATA, QUEUE_SIZES, RX, TX, VIRTIO_ID_VSOCK};
+
+/// The only vsock event: `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 use crate::devices::log_limit::LogLimiter;
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::guest_warn;
@@ -59,6 +63,35 @@ impl Vsock {
         self.active = None;
         self.muxer.reset_all();
         self.muxer.remove_socket_file();
+    }
+
+    /// Tells the guest that every connection it had is gone (virtio 1.2
+    /// §5.10.6.7): after a snapshot restore, the host side of those
+    /// connections no longer exists. The guest then resets its sockets and
+    /// rereads its CID. Returns false if the guest left no event buffer.
+    pub fn reset_transport(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let Some(mut chain) = active.queues[EVENT].pop_descriptor_chain(&active.mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let written = match chain.next() {
+            Some(desc) if desc.is_write_only() && desc.len() >= 4 => {
+                let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+                match active.mem.write_slice(&id, GuestAddress(desc.addr().0)) {
+                    Ok(()) => 4,
+                    Err(_) => 0,
+                }
+            }
+            _ => 0,
+        };
+        if let Err(e) = active.queues[EVENT].add_used(&active.mem, head, written) {
+            guest_warn!(self.log_limit, "vsock: cannot return an event buffer: {e}");
+        }
+        self.interrupt.signal_used_queue();
+        written == 4
     }
 
     /// Moves every packet both ways until neither side can make progress.
@@ -217,5 +250,12 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset_all();
+    }
+
+    fn active_queues(&self) -> Vec<QueueState> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(Queue::state).collect())
+            .unwrap_or_default()
     }
 }
