@@ -191,7 +191,9 @@ impl Vmm {
     fn restore_inner(config: &VmConfig, dir: &Path, vmm_start: Instant) -> Result<Vmm, VmmError> {
         let (kvm, template) = open_kvm(config)?;
         let key = snapshot::key(config, template)?;
+        log::debug!("snapshot key {key} after {:?}", vmm_start.elapsed());
         let (saved, memory_file) = Snapshot::open(dir, &key)?;
+        log::debug!("snapshot read and checked after {:?}", vmm_start.elapsed());
         let vm = Vm::new(&kvm, memory::restore(&memory_file, &saved.memory)?)?;
         vm.restore_state(&saved.vm)?;
         let vcpus = saved
@@ -218,7 +220,12 @@ impl Vmm {
                 return Err(DeviceError::Mismatch("has a vsock device; pass --vsock-uds").into())
             }
         }
-        log::info!("restored {} vCPU(s) from {}", vcpus.len(), dir.display());
+        log::info!(
+            "restored {} vCPU(s) from {} in {:?}",
+            vcpus.len(),
+            dir.display(),
+            vmm_start.elapsed()
+        );
         Ok(Vmm {
             kvm,
             config: config.clone(),

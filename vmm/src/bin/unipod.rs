@@ -27,6 +27,8 @@ fn main() {
         Command::Run(args) => {
             cli::run::run(args).unwrap_or_else(|e| report_error(&e, cli::run::EXIT_RUN_ERROR))
         }
+        Command::Snapshot(args) => cli::snapshot::snapshot(args)
+            .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
     };
     std::process::exit(code);
 }

@@ -16,8 +16,10 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod run;
+pub mod snapshot;
 
 pub use run::RunArgs;
+pub use snapshot::SnapshotArgs;
 
 use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig, VsockConfig};
 use crate::vmm::{RunReport, Vmm, VmmError};
@@ -76,6 +78,13 @@ pub enum Command {
     /// Example: unipod run --name hello -- /bin/sh -c 'echo hi'
     #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// Manage the warm-start snapshots 'unipod run' restores pods from.
+    ///
+    /// The first 'unipod run' for a kernel, initramfs and memory size boots
+    /// a template VM, saves it once its agent is ready, and every later run
+    /// restores that snapshot instead of booting. Snapshots live in the
+    /// state directory's snapshots/, keyed by a hash of those inputs.
+    Snapshot(SnapshotArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -83,7 +92,9 @@ Exit codes:
   N    the container's exit code (128+N if a signal killed it; 127 command
        not found, 126 not executable)
   125  unipod failed: the VM did not boot, the agent did not answer or went
-       silent (pod Unknown, then Failed), or the VMM died
+       silent (pod Unknown, then Failed), or the VMM died (an unusable
+       warm-start snapshot is not a failure: it is removed and the pod
+       boots cold)
   130  interrupted (second Ctrl-C)
   2    bad command-line usage
 

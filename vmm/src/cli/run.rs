@@ -4,24 +4,34 @@
 //! # Design
 //! The VMM runs as a child process (`unipod boot --vsock-uds ...`) so that a
 //! VMM crash is observable and cannot take this supervisor with it. All
-//! per-pod state lives in one runtime directory, removed on every exit path
-//! by `PodDir`'s Drop; the VMM child gets PR_SET_PDEATHSIG, so even a
-//! SIGKILLed `unipod run` leaves no VM behind.
+//! per-pod state lives in one directory under the state dir, removed on
+//! every exit path by `PodDir`'s Drop; the VMM child gets PR_SET_PDEATHSIG,
+//! so even a SIGKILLed `unipod run` leaves no VM behind.
+//!
+//! The VM is restored from the warm-start snapshot of its kernel, initramfs
+//! and memory size (made on first use, see [`crate::pod::warm_start`]);
+//! `--cold` boots it instead. A snapshot the VMM refuses is removed and the
+//! pod boots cold. Either way the agent then gets the pod's identity
+//! (`Configure`: UID, hostname, clock, fresh entropy) before the container.
 
-use std::io::Write;
-use std::os::unix::process::CommandExt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, Reply, Request, RunSpec, Stream, AGENT_VSOCK_PORT,
+    AgentMessage, DebugCommand, Event, PodConfig, Reply, Request, RunSpec, Stream,
+    AGENT_VSOCK_PORT,
 };
 
+use crate::cli::EXIT_SNAPSHOT_REJECTED;
 use crate::pod::agent_client::{AgentError, AgentLink};
 use crate::pod::phase::{PhaseTracker, PodPhase};
+use crate::pod::vmm_process::{self, BootMode, GuestInputs, VmmFiles};
+use crate::pod::warm_start::{self, WarmStartError};
+use crate::snapshot::cache::SnapshotCache;
 
 /// Exit code: unipod itself failed (VM, agent or setup), as `docker run`.
 pub const EXIT_RUN_ERROR: i32 = 125;
@@ -66,11 +76,15 @@ pub struct RunArgs {
     /// stops the VM and reports Failed.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub unknown_timeout_secs: u64,
-    /// Where the pod's runtime directory (vsock socket, console log) goes.
-    /// Default: $UNIPOD_RUNTIME_DIR, else /run/unipod as root, else
+    /// Boot the guest from scratch instead of restoring the warm-start
+    /// snapshot.
+    #[arg(long)]
+    pub cold: bool,
+    /// unipod's state: pods/<name>/ (vsock socket, logs) and snapshots/.
+    /// Default: $UNIPOD_STATE_DIR, else /run/unipod as root, else
     /// $XDG_RUNTIME_DIR/unipod.
     #[arg(long, value_name = "DIR")]
-    pub runtime_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     /// Debug: ask the agent to stop its heartbeats once the container runs,
     /// to exercise the Unknown phase.
     #[arg(long)]
@@ -107,12 +121,9 @@ pub enum RunError {
         /// Its VMM's pid.
         pid: i32,
     },
-    /// The runtime directory cannot be created.
-    #[error("cannot create the runtime directory {}", .0.display())]
-    RuntimeDir(PathBuf, #[source] std::io::Error),
-    /// The VMM could not be started.
-    #[error("cannot start the VMM process")]
-    SpawnVmm(#[source] std::io::Error),
+    /// The pod directory cannot be created.
+    #[error("cannot create the pod directory {}", .0.display())]
+    PodDir(PathBuf, #[source] std::io::Error),
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -131,26 +142,35 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     {
         return Err(RunError::BadEnv(bad.clone()));
     }
-    let kernel = artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?;
-    let initrd = artifact(
-        args.initrd.as_deref(),
-        "initramfs.cpio",
-        "--initrd",
-        "make images",
-    )?;
+    let inputs = GuestInputs {
+        kernel: artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
+        initrd: artifact(
+            args.initrd.as_deref(),
+            "initramfs.cpio",
+            "--initrd",
+            "make images",
+        )?,
+        mem_mib: args.mem_mib,
+    };
     install_signal_handlers();
 
     let pod = Pod {
         name: args.name.clone(),
     };
-    pod.report(PodPhase::Pending, Some("booting the VM"));
-    let dir = PodDir::create(&runtime_root(args), &args.name)?;
-    let mut vmm = spawn_vmm(&dir, &kernel, &initrd, args)?;
-    dir.record_pid(vmm.id());
-
-    let code = supervise(&pod, &dir, &mut vmm, args);
+    let state = state_root(args.state_dir.as_deref());
+    let dir = PodDir::create(&state.join("pods"), &args.name)?;
+    let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
+    let mut phase = PhaseTracker::new(
+        Duration::from_millis(3 * args.heartbeat_ms) + Duration::from_secs(1),
+        Duration::from_secs(args.unknown_timeout_secs),
+    );
+    let (mut vmm, link) = match start_vm(&pod, &dir, &inputs, &state, args.cold, deadline) {
+        Ok(started) => started,
+        Err(failure) => return Ok(pod.fail(&mut phase, &dir, failure.reason, failure.code)),
+    };
+    let code = supervise(&pod, &dir, &mut vmm, link, &mut phase, args);
     // Whatever happened, no VM outlives us.
-    stop_vmm(&mut vmm);
+    vmm_process::stop(&mut vmm);
     Ok(code)
 }
 
@@ -165,38 +185,197 @@ impl Pod {
             None => eprintln!("unipod: pod {}: {phase}", self.name),
         }
     }
-}
 
-/// Boots, runs the container and follows it. Returns the exit code.
-fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
-    let unknown_after = Duration::from_millis(3 * args.heartbeat_ms) + Duration::from_secs(1);
-    let mut phase = PhaseTracker::new(
-        unknown_after,
-        Duration::from_secs(args.unknown_timeout_secs),
-    );
-    let fail = |phase: &mut PhaseTracker, reason: String, code: i32| {
+    /// Reports Failed with `reason`; returns `code`.
+    fn fail(&self, phase: &mut PhaseTracker, dir: &PodDir, reason: String, code: i32) -> i32 {
         phase.failed(reason);
-        pod.report(PodPhase::Failed, phase.reason());
+        self.report(PodPhase::Failed, phase.reason());
         if code == EXIT_RUN_ERROR {
             dir.print_console_tail();
         }
         code
-    };
+    }
+}
 
-    let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
-    let mut check = || vmm_alive(vmm).and_then(|()| not_interrupted());
-    let mut link = match AgentLink::connect(&dir.vsock(), AGENT_VSOCK_PORT, deadline, &mut check) {
-        Ok(link) => link,
-        Err(e @ AgentError::Aborted(_)) if SIGNALS.load(Ordering::SeqCst) > 0 => {
-            return fail(&mut phase, e.to_string(), EXIT_INTERRUPTED);
+/// Why the VM never reached a ready agent.
+struct StartFailure {
+    reason: String,
+    code: i32,
+}
+
+/// Restores (or boots) the pod VM and connects to its agent.
+fn start_vm(
+    pod: &Pod,
+    dir: &PodDir,
+    inputs: &GuestInputs,
+    state: &Path,
+    cold: bool,
+    deadline: Instant,
+) -> Result<(Child, AgentLink), StartFailure> {
+    let cache = SnapshotCache::new(state);
+    if !cold {
+        match find_snapshot(&cache, inputs, deadline) {
+            Ok((key, snapshot)) => {
+                pod.report(
+                    PodPhase::Pending,
+                    Some(&format!("restoring the VM from snapshot {key}")),
+                );
+                match launch(dir, inputs, BootMode::Restore(&snapshot), deadline) {
+                    Err(StartFailure {
+                        reason,
+                        code: EXIT_SNAPSHOT_REJECTED,
+                    }) => {
+                        eprintln!("unipod: warning: snapshot {key} is unusable: {reason}");
+                        eprintln!("unipod: removing it and booting cold; the next run makes a new one");
+                        let _ = cache.remove(&key);
+                    }
+                    started => return started,
+                }
+            }
+            Err(_) if SIGNALS.load(Ordering::SeqCst) > 0 => {
+                return Err(StartFailure {
+                    reason: "interrupted while making the snapshot".into(),
+                    code: EXIT_INTERRUPTED,
+                })
+            }
+            Err(e) => eprintln!(
+                "unipod: warning: no warm start ({}); booting cold",
+                error_chain(&e)
+            ),
         }
-        Err(e) => return fail(&mut phase, e.to_string(), EXIT_RUN_ERROR),
+    }
+    pod.report(PodPhase::Pending, Some("booting the VM"));
+    launch(dir, inputs, BootMode::Cold, deadline)
+}
+
+fn find_snapshot(
+    cache: &SnapshotCache,
+    inputs: &GuestInputs,
+    deadline: Instant,
+) -> Result<(String, PathBuf), WarmStartError> {
+    let key = warm_start::key(inputs)?;
+    let dir = warm_start::snapshot_for(cache, &key, inputs, deadline, &mut not_interrupted)?;
+    Ok((key, dir))
+}
+
+/// Starts the VMM child and connects to the agent. A VMM that refused its
+/// snapshot fails with [`EXIT_SNAPSHOT_REJECTED`] as the code.
+fn launch(
+    dir: &PodDir,
+    inputs: &GuestInputs,
+    mode: BootMode,
+    deadline: Instant,
+) -> Result<(Child, AgentLink), StartFailure> {
+    // A refused restore may have left its socket behind.
+    let _ = std::fs::remove_file(dir.vsock());
+    let files = VmmFiles {
+        vsock: &dir.vsock(),
+        console_log: &dir.console_log(),
+        vmm_log: &dir.vmm_log(),
     };
-    log::debug!("guest agent {} is ready", link.agent_version);
+    let mut vmm = vmm_process::spawn(inputs, &files, mode).map_err(|e| StartFailure {
+        reason: format!("cannot start the VMM process: {e}"),
+        code: EXIT_RUN_ERROR,
+    })?;
+    dir.record_pid(vmm.id());
+    let mut check = || vmm_process::alive(&mut vmm).and_then(|()| not_interrupted());
+    let connected = AgentLink::connect(&dir.vsock(), AGENT_VSOCK_PORT, deadline, &mut check);
+    match connected {
+        Ok(link) => {
+            log::debug!("guest agent {} is ready", link.agent_version);
+            Ok((vmm, link))
+        }
+        Err(e) => {
+            let code = match (&e, vmm.try_wait()) {
+                (AgentError::Aborted(_), _) if SIGNALS.load(Ordering::SeqCst) > 0 => {
+                    EXIT_INTERRUPTED
+                }
+                (_, Ok(Some(status))) if status.code() == Some(EXIT_SNAPSHOT_REJECTED) => {
+                    let why = vmm_process::log_tail(&dir.vmm_log(), 3).join("\n");
+                    vmm_process::stop(&mut vmm);
+                    return Err(StartFailure {
+                        reason: format!("the VMM refused it:\n{why}"),
+                        code: EXIT_SNAPSHOT_REJECTED,
+                    });
+                }
+                _ => EXIT_RUN_ERROR,
+            };
+            vmm_process::stop(&mut vmm);
+            Err(StartFailure {
+                reason: e.to_string(),
+                code,
+            })
+        }
+    }
+}
+
+/// The pod's identity and what a restored guest must not reuse.
+fn pod_config(name: &str, heartbeat_ms: u64) -> std::io::Result<PodConfig> {
+    let mut entropy = vec![0u8; 64];
+    let mut uid = [0u8; 16];
+    let mut urandom = std::fs::File::open("/dev/urandom")?;
+    urandom.read_exact(&mut entropy)?;
+    urandom.read_exact(&mut uid)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(PodConfig {
+        pod_uid: uuid_v4(uid),
+        hostname: name.to_string(),
+        unix_secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+        unix_nanos: now.subsec_nanos(),
+        entropy,
+        heartbeat_ms: Some(heartbeat_ms),
+    })
+}
+
+/// Formats random bytes as an RFC 9562 version-4 UUID.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        msg.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    msg
+}
+
+/// Configures the pod, runs the container and follows it. Returns the exit
+/// code.
+fn supervise(
+    pod: &Pod,
+    dir: &PodDir,
+    vmm: &mut Child,
+    mut link: AgentLink,
+    phase: &mut PhaseTracker,
+    args: &RunArgs,
+) -> i32 {
     phase.heard_from_agent(Instant::now());
     let messages = match link.subscribe() {
         Ok(rx) => rx,
-        Err(e) => return fail(&mut phase, e.to_string(), EXIT_RUN_ERROR),
+        Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
+    };
+    let config = match pod_config(&pod.name, args.heartbeat_ms) {
+        Ok(c) => c,
+        Err(e) => return pod.fail(phase, dir, format!("cannot read host entropy: {e}"), EXIT_RUN_ERROR),
+    };
+    let configure_id = match link.send(Request::Configure(config)) {
+        Ok(id) => id,
+        Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
     };
     let spec = RunSpec {
         name: pod.name.clone(),
@@ -206,7 +385,7 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
     };
     let run_id = match link.send(Request::Run(spec)) {
         Ok(id) => id,
-        Err(e) => return fail(&mut phase, e.to_string(), EXIT_RUN_ERROR),
+        Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
     };
 
     let mut signals_seen = 0;
@@ -218,6 +397,10 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
                     pod.report(p, None);
                 }
                 match msg {
+                    AgentMessage::Reply { id, result: Err(e) } if id == configure_id => {
+                        let why = format!("the agent could not configure the pod: {e}");
+                        return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
+                    }
                     AgentMessage::Reply { id, result: Err(e) } if id == run_id => {
                         log::error!("the agent could not start {:?}: {e}", args.command[0]);
                     }
@@ -232,7 +415,7 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
                     }
                     AgentMessage::Reply { .. } => {}
                     AgentMessage::Event(event) => {
-                        if let Some(code) = on_event(pod, &mut phase, event, now) {
+                        if let Some(code) = on_event(pod, phase, event, now) {
                             break code;
                         }
                     }
@@ -241,16 +424,16 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
             Ok(Err(e)) => {
                 // The agent link ended before the container did. If the VMM
                 // died, its exit may lag its sockets closing by a moment.
-                wait_for_exit(vmm, Duration::from_secs(2));
-                let why = vmm_alive(vmm)
+                vmm_process::wait_for_exit(vmm, Duration::from_secs(2));
+                let why = vmm_process::alive(vmm)
                     .err()
                     .unwrap_or_else(|| format!("agent link lost: {e}"));
-                return fail(&mut phase, why, EXIT_RUN_ERROR);
+                return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
-        if let Err(why) = vmm_alive(vmm) {
-            return fail(&mut phase, why, EXIT_RUN_ERROR);
+        if let Err(why) = vmm_process::alive(vmm) {
+            return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
         }
         let signals = SIGNALS.load(Ordering::SeqCst);
         if signals > signals_seen {
@@ -262,7 +445,7 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
                     signal: libc::SIGTERM,
                 });
             } else {
-                return fail(&mut phase, "interrupted".into(), EXIT_INTERRUPTED);
+                return pod.fail(phase, dir, "interrupted".into(), EXIT_INTERRUPTED);
             }
         }
         if let Some(p) = phase.tick(Instant::now()) {
@@ -274,7 +457,7 @@ fn supervise(pod: &Pod, dir: &PodDir, vmm: &mut Child, args: &RunArgs) -> i32 {
     };
     // The container is done: let the agent power the guest off.
     let _ = link.send(Request::Shutdown);
-    wait_for_exit(vmm, SHUTDOWN_GRACE);
+    vmm_process::wait_for_exit(vmm, SHUTDOWN_GRACE);
     exit_code
 }
 
@@ -341,7 +524,7 @@ fn validate_name(name: &str) -> Result<(), RunError> {
 }
 
 /// A guest artifact: the flag's value, else `<exe dir>/../guest/<file>`.
-fn artifact(
+pub fn artifact(
     given: Option<&Path>,
     file: &str,
     flag: &'static str,
@@ -361,11 +544,13 @@ fn artifact(
     }
 }
 
-fn runtime_root(args: &RunArgs) -> PathBuf {
-    if let Some(dir) = &args.runtime_dir {
-        return dir.clone();
+/// unipod's state directory: `given`, else $UNIPOD_STATE_DIR, else
+/// /run/unipod as root, else $XDG_RUNTIME_DIR/unipod.
+pub fn state_root(given: Option<&Path>) -> PathBuf {
+    if let Some(dir) = given {
+        return dir.to_path_buf();
     }
-    if let Some(dir) = std::env::var_os("UNIPOD_RUNTIME_DIR") {
+    if let Some(dir) = std::env::var_os("UNIPOD_STATE_DIR") {
         return PathBuf::from(dir);
     }
     if nix::unistd::geteuid().is_root() {
@@ -398,7 +583,7 @@ impl PodDir {
         }
         // A leftover from a killed run: start clean.
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).map_err(|e| RunError::RuntimeDir(path.clone(), e))?;
+        std::fs::create_dir_all(&path).map_err(|e| RunError::PodDir(path.clone(), e))?;
         Ok(PodDir { path })
     }
 
@@ -410,6 +595,10 @@ impl PodDir {
         self.path.join("console.log")
     }
 
+    fn vmm_log(&self) -> PathBuf {
+        self.path.join("vmm.log")
+    }
+
     fn record_pid(&self, pid: u32) {
         let _ = std::fs::write(self.path.join("vmm.pid"), pid.to_string());
     }
@@ -418,16 +607,15 @@ impl PodDir {
     fn print_console_tail(&self) {
         for (what, file) in [
             ("guest console", self.console_log()),
-            ("VMM", self.path.join("vmm.log")),
+            ("VMM", self.vmm_log()),
         ] {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let lines = vmm_process::log_tail(&file, 10);
             if lines.is_empty() {
                 continue;
             }
             eprintln!("unipod: last lines of the {what} log:");
-            for line in &lines[lines.len().saturating_sub(10)..] {
-                eprintln!("  | {line}");
+            for line in lines {
+                eprintln!("{line}");
             }
         }
     }
@@ -439,80 +627,11 @@ impl Drop for PodDir {
     }
 }
 
-fn spawn_vmm(
-    dir: &PodDir,
-    kernel: &Path,
-    initrd: &Path,
-    args: &RunArgs,
-) -> Result<Child, RunError> {
-    let exe = std::env::current_exe().map_err(RunError::SpawnVmm)?;
-    let log = std::fs::File::create(dir.path.join("vmm.log")).map_err(RunError::SpawnVmm)?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("boot")
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .arg("--mem-mib")
-        .arg(args.mem_mib.to_string())
-        .arg("--vsock-uds")
-        .arg(dir.vsock())
-        .arg("--console-log")
-        .arg(dir.console_log())
-        .arg("--cmdline")
-        .arg(format!("unipod.heartbeat_ms={}", args.heartbeat_ms))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        // Ctrl-C in a terminal must reach us, not the VMM: we stop the pod
-        // gracefully first.
-        .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // prctl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The VMM dies with us, even if we are SIGKILLed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(RunError::SpawnVmm)
-}
-
-/// `Err(reason)` once the VMM process has exited.
-fn vmm_alive(vmm: &mut Child) -> Result<(), String> {
-    match vmm.try_wait() {
-        Ok(None) => Ok(()),
-        Ok(Some(status)) => Err(format!("VMM exited ({status}) before the pod finished")),
-        Err(e) => Err(format!("cannot check the VMM process: {e}")),
-    }
-}
-
 fn not_interrupted() -> Result<(), String> {
     if SIGNALS.load(Ordering::SeqCst) > 0 {
-        Err("interrupted while the VM was booting".into())
+        Err("interrupted while the VM was starting".into())
     } else {
         Ok(())
-    }
-}
-
-fn wait_for_exit(vmm: &mut Child, grace: Duration) -> bool {
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if !matches!(vmm.try_wait(), Ok(None)) {
-            return true;
-        }
-        std::thread::sleep(TICK);
-    }
-    false
-}
-
-fn stop_vmm(vmm: &mut Child) {
-    if matches!(vmm.try_wait(), Ok(None)) {
-        let _ = vmm.kill();
-        let _ = vmm.wait();
     }
 }
 
@@ -544,6 +663,14 @@ mod tests {
         for bad in ["", "Web", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pod_uids_are_version_4_uuids() {
+        let uid = uuid_v4([0xff; 16]);
+        assert_eq!(uid, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let uid = uuid_v4([0; 16]);
+        assert_eq!(uid, "00000000-0000-4000-8000-000000000000");
     }
 
     #[test]

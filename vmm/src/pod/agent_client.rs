@@ -19,6 +19,10 @@ use guest_agent::protocol::{
     PROTOCOL_VERSION,
 };
 
+/// Retry quickly at first (a restored guest answers within milliseconds),
+/// then back off for a booting one.
+const FAST_RETRY_INTERVAL: Duration = Duration::from_millis(5);
+const FAST_RETRIES_FOR: Duration = Duration::from_secs(2);
 const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the guest has to answer CONNECT once its vsock driver is up.
 const CONNECT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +72,7 @@ impl AgentLink {
         check: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<AgentLink, AgentError> {
         let total = deadline.saturating_duration_since(Instant::now()).as_secs();
+        let started = Instant::now();
         loop {
             check().map_err(AgentError::Aborted)?;
             if Instant::now() >= deadline {
@@ -78,7 +83,11 @@ impl AgentLink {
                 Ok(None) => {}
                 Err(e) => log::debug!("agent connect attempt: {e}"),
             }
-            std::thread::sleep(RETRY_INTERVAL);
+            std::thread::sleep(if started.elapsed() < FAST_RETRIES_FOR {
+                FAST_RETRY_INTERVAL
+            } else {
+                RETRY_INTERVAL
+            });
         }
     }
 

@@ -9,3 +9,5 @@
 
 pub mod agent_client;
 pub mod phase;
+pub mod vmm_process;
+pub mod warm_start;

@@ -35,6 +35,10 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     /// Packet data on its way between guest memory and a host socket.
     scratch: Vec<u8>,
+    /// A transport reset was posted and the guest has not handled it yet;
+    /// nothing goes to the guest until it has, or the reset would also
+    /// kill connections made after the restore.
+    reset_pending: bool,
     log_limit: LogLimiter,
 }
 
@@ -53,6 +57,7 @@ impl Vsock {
             active: None,
             muxer: Muxer::new(uds_path)?,
             scratch: vec![0; MAX_PKT_DATA as usize],
+            reset_pending: false,
             log_limit: LogLimiter::default(),
         })
     }
@@ -91,7 +96,18 @@ impl Vsock {
             guest_warn!(self.log_limit, "vsock: cannot return an event buffer: {e}");
         }
         self.interrupt.signal_used_queue();
-        written == 4
+        // The guest refills the event queue and kicks it once it has reset
+        // its sockets; `event_queue_kicked` ends the wait.
+        self.reset_pending = written == 4;
+        self.reset_pending
+    }
+
+    /// The guest kicked the event queue: a posted transport reset, if any,
+    /// has been handled.
+    pub(super) fn event_queue_kicked(&mut self) {
+        if std::mem::take(&mut self.reset_pending) {
+            self.process();
+        }
     }
 
     /// Moves every packet both ways until neither side can make progress.
@@ -154,6 +170,9 @@ impl Vsock {
 
     /// Host → guest. Returns whether any buffer was used.
     fn process_rx(&mut self) -> bool {
+        if self.reset_pending {
+            return false;
+        }
         let Some(active) = self.active.as_mut() else {
             return false;
         };
@@ -249,6 +268,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.reset_pending = false;
         self.muxer.reset_all();
     }
 

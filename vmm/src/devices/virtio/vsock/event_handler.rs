@@ -63,7 +63,7 @@ impl MutEventSubscriber for Vsock {
             let _ = evt.read();
         }
         if token == Self::EVENT_TOKEN {
-            // We never post events (no live migration), so there is nothing to do.
+            self.event_queue_kicked();
             return;
         }
         self.process();

@@ -1,0 +1,130 @@
+//! The VMM child process: `unipod boot`, started by `unipod run` and by the
+//! warm-start cache.
+//!
+//! The child runs in its own process group (a terminal's Ctrl-C reaches only
+//! the supervisor, which stops the pod gracefully first) and gets
+//! PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no VM behind.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// How the VM starts.
+#[derive(Clone, Copy, Debug)]
+pub enum BootMode<'a> {
+    /// A full boot.
+    Cold,
+    /// Resume this snapshot directory.
+    Restore(&'a Path),
+    /// A full boot; SIGUSR1 saves the VM into this directory and ends it.
+    SnapshotTo(&'a Path),
+}
+
+/// The guest artifacts a pod VM is made from. Together with the CPU
+/// template they decide which snapshot fits.
+#[derive(Clone, Debug)]
+pub struct GuestInputs {
+    /// Guest kernel.
+    pub kernel: std::path::PathBuf,
+    /// Initramfs with the agent as /init.
+    pub initrd: std::path::PathBuf,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+}
+
+/// Where one VMM child keeps its files.
+pub struct VmmFiles<'a> {
+    /// The hybrid-vsock socket.
+    pub vsock: &'a Path,
+    /// The guest console.
+    pub console_log: &'a Path,
+    /// The VMM's own stderr.
+    pub vmm_log: &'a Path,
+}
+
+/// Starts `unipod boot` for `inputs`.
+pub fn spawn(inputs: &GuestInputs, files: &VmmFiles, mode: BootMode) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::create(files.vmm_log)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("boot")
+        .arg("--kernel")
+        .arg(&inputs.kernel)
+        .arg("--initrd")
+        .arg(&inputs.initrd)
+        .arg("--mem-mib")
+        .arg(inputs.mem_mib.to_string())
+        .arg("--vsock-uds")
+        .arg(files.vsock)
+        .arg("--console-log")
+        .arg(files.console_log);
+    match mode {
+        BootMode::Cold => {}
+        BootMode::Restore(dir) => {
+            cmd.arg("--restore").arg(dir);
+        }
+        BootMode::SnapshotTo(dir) => {
+            cmd.arg("--snapshot-to").arg(dir);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// `Err(reason)` once the VMM process has exited.
+pub fn alive(vmm: &mut Child) -> Result<(), String> {
+    match vmm.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => Err(format!("VMM exited ({status}) before the pod finished")),
+        Err(e) => Err(format!("cannot check the VMM process: {e}")),
+    }
+}
+
+/// Waits up to `grace` for the VMM to exit; its exit code if it did (`-1`
+/// for a signal).
+pub fn wait_for_exit(vmm: &mut Child, grace: Duration) -> Option<i32> {
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Ok(Some(status)) = vmm.try_wait() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Kills the VMM if it still runs, and reaps it.
+pub fn stop(vmm: &mut Child) {
+    if matches!(vmm.try_wait(), Ok(None)) {
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+    }
+}
+
+/// The last `n` non-empty lines of a log file, indented for stderr.
+pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect()
+}
