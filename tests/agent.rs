@@ -1,5 +1,7 @@
-//! End-to-end tests of the guest agent over hybrid vsock: each boots a real
-//! guest with the agent initramfs (`make images`), so there are only three.
+//! End-to-end tests of the guest agent over hybrid vsock, on real guests
+//! with the agent initramfs (`make images`). The `unipod run` tests restore
+//! the shared warm-start snapshot (the first one to run makes it); the raw
+//! socket test boots cold, so both paths stay covered.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest_artifact, skip_without_kvm, temp_dir};
+use common::{guest_artifact, shared_state_dir, skip_without_kvm, temp_dir};
 
 /// Cold boots here take about a minute; leave room for a loaded CI machine.
 const BOOT_BUDGET: Duration = Duration::from_secs(400);
@@ -25,10 +27,10 @@ fn unipod_with_agent_guest(subcommand: &str) -> Command {
     cmd
 }
 
-fn unipod_run(runtime: &Path, args: &[&str]) -> std::process::Output {
+fn unipod_run(state: &Path, args: &[&str]) -> std::process::Output {
     unipod_with_agent_guest("run")
-        .arg("--runtime-dir")
-        .arg(runtime)
+        .arg("--state-dir")
+        .arg(state)
         .args(args)
         .output()
         .expect("unipod runs")
@@ -50,9 +52,9 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
     if skip_without_kvm("run_streams_both_outputs_and_exits_with_the_container_code") {
         return;
     }
-    let runtime = temp_dir("agent-run");
+    let state = shared_state_dir();
     let out = unipod_run(
-        &runtime,
+        &state,
         &[
             "--name",
             "streams",
@@ -76,8 +78,7 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
             "pod streams: Failed (Error, exit code 3)",
         ],
     );
-    assert!(!runtime.join("streams").exists(), "runtime dir removed");
-    let _ = std::fs::remove_dir_all(&runtime);
+    assert!(!state.join("pods/streams").exists(), "pod dir removed");
 }
 
 #[test]
@@ -85,10 +86,10 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     if skip_without_kvm("a_silent_agent_makes_the_pod_unknown_then_failed") {
         return;
     }
-    let runtime = temp_dir("agent-unknown");
+    let state = shared_state_dir();
     let started = Instant::now();
     let out = unipod_run(
-        &runtime,
+        &state,
         &[
             "--name",
             "silent",
@@ -117,8 +118,7 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
         started.elapsed() < BOOT_BUDGET + Duration::from_secs(60),
         "gave up instead of waiting for sleep 600"
     );
-    assert!(!runtime.join("silent").exists(), "runtime dir removed");
-    let _ = std::fs::remove_dir_all(&runtime);
+    assert!(!state.join("pods/silent").exists(), "pod dir removed");
 }
 
 #[test]
@@ -126,11 +126,11 @@ fn a_dead_vmm_fails_the_pod_with_a_reason() {
     if skip_without_kvm("a_dead_vmm_fails_the_pod_with_a_reason") {
         return;
     }
-    let runtime = temp_dir("agent-vmm-dies");
+    let state = shared_state_dir();
     let mut run = VmmProcess(
         unipod_with_agent_guest("run")
-            .args(["--name", "doomed", "--runtime-dir"])
-            .arg(&runtime)
+            .args(["--name", "doomed", "--state-dir"])
+            .arg(&state)
             .args(["--", "sleep", "600"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -147,7 +147,7 @@ fn a_dead_vmm_fails_the_pod_with_a_reason() {
         assert!(n > 0, "unipod run ended early:\n{seen}");
         seen.push_str(&line);
     }
-    let pid: i32 = std::fs::read_to_string(runtime.join("doomed/vmm.pid"))
+    let pid: i32 = std::fs::read_to_string(state.join("pods/doomed/vmm.pid"))
         .expect("the VMM pid is recorded")
         .trim()
         .parse()
@@ -159,8 +159,7 @@ fn a_dead_vmm_fails_the_pod_with_a_reason() {
     eprintln!("--- unipod run stderr ---\n{seen}");
     assert_eq!(status.code(), Some(125));
     assert_in_order(&seen, &["pod doomed: Failed (VMM exited (signal: 9"]);
-    assert!(!runtime.join("doomed").exists(), "runtime dir removed");
-    let _ = std::fs::remove_dir_all(&runtime);
+    assert!(!state.join("pods/doomed").exists(), "pod dir removed");
 }
 
 /// Raw bytes only: no unipod code on the host side of this conversation.

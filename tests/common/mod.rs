@@ -64,6 +64,15 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The state dir the e2e tests share, so they share one warm-start
+/// snapshot (keyed by its inputs, so reusing it across runs is safe). Each
+/// test uses its own pod names.
+pub fn shared_state_dir() -> PathBuf {
+    let dir = workspace().join("target/test-state");
+    std::fs::create_dir_all(&dir).expect("create the shared state dir");
+    dir
+}
+
 /// Finds `prefix<digits>` in `text` and returns the number.
 pub fn number_after(text: &str, prefix: &str) -> Option<u64> {
     let rest = &text[text.find(prefix)? + prefix.len()..];

@@ -22,8 +22,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, PodConfig, Reply, Request, RunSpec, Stream,
-    AGENT_VSOCK_PORT,
+    AgentMessage, DebugCommand, Event, PodConfig, Reply, Request, RunSpec, Stream, AGENT_VSOCK_PORT,
 };
 
 use crate::cli::EXIT_SNAPSHOT_REJECTED;
@@ -226,7 +225,9 @@ fn start_vm(
                         code: EXIT_SNAPSHOT_REJECTED,
                     }) => {
                         eprintln!("unipod: warning: snapshot {key} is unusable: {reason}");
-                        eprintln!("unipod: removing it and booting cold; the next run makes a new one");
+                        eprintln!(
+                            "unipod: removing it and booting cold; the next run makes a new one"
+                        );
                         let _ = cache.remove(&key);
                     }
                     started => return started,
@@ -371,7 +372,14 @@ fn supervise(
     };
     let config = match pod_config(&pod.name, args.heartbeat_ms) {
         Ok(c) => c,
-        Err(e) => return pod.fail(phase, dir, format!("cannot read host entropy: {e}"), EXIT_RUN_ERROR),
+        Err(e) => {
+            return pod.fail(
+                phase,
+                dir,
+                format!("cannot read host entropy: {e}"),
+                EXIT_RUN_ERROR,
+            )
+        }
     };
     let configure_id = match link.send(Request::Configure(config)) {
         Ok(id) => id,

@@ -137,7 +137,12 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
         } => {
             let inputs = GuestInputs {
                 kernel: artifact(kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-                initrd: artifact(initrd.as_deref(), "initramfs.cpio", "--initrd", "make images")?,
+                initrd: artifact(
+                    initrd.as_deref(),
+                    "initramfs.cpio",
+                    "--initrd",
+                    "make images",
+                )?,
                 mem_mib: *mem_mib,
             };
             let key = warm_start::key(&inputs).map_err(WarmStartError::from)?;
@@ -151,7 +156,10 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
 
 fn list(cache: &SnapshotCache) {
     let entries = cache.list();
-    println!("{:<18} {:>9} {:>8} {:>9}  INPUTS", "KEY", "DISK", "MEM", "AGE");
+    println!(
+        "{:<18} {:>9} {:>8} {:>9}  INPUTS",
+        "KEY", "DISK", "MEM", "AGE"
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -180,7 +188,11 @@ fn list(cache: &SnapshotCache) {
             ),
         }
     }
-    println!("{} snapshot(s), {} on disk", entries.len(), human_bytes(total));
+    println!(
+        "{} snapshot(s), {} on disk",
+        entries.len(),
+        human_bytes(total)
+    );
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -48,7 +48,10 @@ pub enum WarmStartError {
 /// The snapshot key for a pod VM with `inputs`, as `unipod boot` will
 /// compute it.
 pub fn key(inputs: &GuestInputs) -> Result<String, SnapshotError> {
-    snapshot::key(&boot_config(inputs), CpuTemplate::Auto.resolve(arch::detect_host()))
+    snapshot::key(
+        &boot_config(inputs),
+        CpuTemplate::Auto.resolve(arch::detect_host()),
+    )
 }
 
 /// The configuration `unipod boot` builds from the arguments
