@@ -175,14 +175,14 @@ fn restore(snapshot: &Path, kernel: &Path, sock: &Path) -> Output {
 }
 
 /// Flips one byte in place (the memory file stays sparse).
-fn flip_byte(path: &Path, at_fraction: f64) {
+fn flip_byte(path: &Path, per_mille: u64) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::options()
         .read(true)
         .write(true)
         .open(path)
         .unwrap();
-    let at = (file.metadata().unwrap().len() as f64 * at_fraction) as u64;
+    let at = file.metadata().unwrap().len() * per_mille / 1000;
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, at).unwrap();
     file.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
@@ -231,7 +231,7 @@ fn unusable_snapshots_are_refused_with_a_reason() {
 
     let state_file = copy.join("state");
     let good_state = std::fs::read(&state_file).unwrap();
-    flip_byte(&state_file, 0.5);
+    flip_byte(&state_file, 500);
     expect_refusal(
         "corrupted state",
         &restore(&copy, &kernel, &sock),
@@ -272,7 +272,7 @@ fn a_corrupted_snapshot_falls_back_to_a_cold_boot() {
         return;
     }
     let (state, copy) = copy_of_snapshot("fallback");
-    flip_byte(&copy.join("memory"), 0.3);
+    flip_byte(&copy.join("memory"), 300);
     let out = guest_args(unipod().arg("run").arg("--state-dir").arg(&state))
         .args(["--name", "fallback", "--", "/bin/echo", "cold and well"])
         .output()

@@ -79,7 +79,7 @@ pub struct RunArgs {
     /// snapshot.
     #[arg(long)]
     pub cold: bool,
-    /// unipod's state: pods/<name>/ (vsock socket, logs) and snapshots/.
+    /// unipod's state: pods/NAME/ (vsock socket, logs) and snapshots/.
     /// Default: $UNIPOD_STATE_DIR, else /run/unipod as root, else
     /// $XDG_RUNTIME_DIR/unipod.
     #[arg(long, value_name = "DIR")]
