@@ -174,6 +174,13 @@ fn restore(snapshot: &Path, kernel: &Path, sock: &Path) -> Output {
         .expect("unipod boot runs")
 }
 
+/// `unipod snapshot SUBCOMMAND --state-dir STATE`, ready for more args.
+fn snapshot_cmd(subcommand: &str, state: &Path) -> Command {
+    let mut cmd = unipod();
+    cmd.args(["snapshot", subcommand, "--state-dir"]).arg(state);
+    cmd
+}
+
 /// Flips one byte in place (the memory file stays sparse).
 fn flip_byte(path: &Path, per_mille: u64) {
     use std::os::unix::fs::FileExt;
@@ -248,18 +255,10 @@ fn unusable_snapshots_are_refused_with_a_reason() {
     );
 
     // The cache sees it as unusable too; prune removes it.
-    let ls = unipod()
-        .args(["snapshot", "ls", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let ls = snapshot_cmd("ls", &state).output().unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
     assert!(listing.contains("unusable"), "{listing}");
-    let prune = unipod()
-        .args(["snapshot", "prune", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let prune = snapshot_cmd("prune", &state).output().unwrap();
     assert!(prune.status.success());
     assert!(!copy.exists(), "prune removed the broken snapshot");
     let _ = std::fs::remove_dir_all(&state);
@@ -301,11 +300,7 @@ fn snapshot_ls_shows_and_rm_removes() {
     }
     let (state, copy) = copy_of_snapshot("ls-rm");
     let key = copy.file_name().unwrap().to_string_lossy().into_owned();
-    let ls = unipod()
-        .args(["snapshot", "ls", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let ls = snapshot_cmd("ls", &state).output().unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
     eprintln!("{listing}");
     assert!(
@@ -313,24 +308,14 @@ fn snapshot_ls_shows_and_rm_removes() {
         "{listing}"
     );
     assert!(listing.contains("1 snapshot(s)"), "{listing}");
-    let rm = unipod()
-        .args(["snapshot", "rm", "--state-dir"])
-        .arg(&state)
-        .arg(&key)
-        .output()
-        .unwrap();
+    let rm = snapshot_cmd("rm", &state).arg(&key).output().unwrap();
     assert!(
         rm.status.success(),
         "{}",
         String::from_utf8_lossy(&rm.stderr)
     );
     assert!(!copy.exists());
-    let again = unipod()
-        .args(["snapshot", "rm", "--state-dir"])
-        .arg(&state)
-        .arg(&key)
-        .output()
-        .unwrap();
+    let again = snapshot_cmd("rm", &state).arg(&key).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("no snapshot"));
     let _ = std::fs::remove_dir_all(&state);

@@ -63,6 +63,15 @@ pub enum VcpuError {
     EndedBeforePause(usize),
 }
 
+/// Maps a failed vCPU ioctl to an error naming the vCPU and the step.
+fn kvm_error(index: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Kvm {
+        index,
+        what,
+        source,
+    }
+}
+
 /// Everything KVM keeps for one vCPU, saved while it is paused.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {
@@ -116,13 +125,7 @@ impl Vcpu {
         template: CpuTemplate,
         entry: BootEntry,
     ) -> Result<Vcpu, VcpuError> {
-        let err = |what| {
-            move |source| VcpuError::Kvm {
-                index,
-                what,
-                source,
-            }
-        };
+        let err = |what| kvm_error(index, what);
         let fd = vm
             .fd()
             .create_vcpu(u64::from(index))
@@ -139,13 +142,7 @@ impl Vcpu {
 
     /// Creates vCPU `index` and gives it a saved `state`.
     pub fn restore(vm: &Vm, index: u8, state: &VcpuState) -> Result<Vcpu, VcpuError> {
-        let err = |what| {
-            move |source| VcpuError::Kvm {
-                index,
-                what,
-                source,
-            }
-        };
+        let err = |what| kvm_error(index, what);
         let fd = vm
             .fd()
             .create_vcpu(u64::from(index))
@@ -190,13 +187,7 @@ impl Vcpu {
     /// Reads the vCPU's state. Only valid while it is out of `KVM_RUN`.
     fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, VcpuError> {
         let index = self.index;
-        let err = |what| {
-            move |source| VcpuError::Kvm {
-                index,
-                what,
-                source,
-            }
-        };
+        let err = |what| kvm_error(index, what);
         // KVM_GET_MP_STATE may deliver pending LAPIC events, so it goes first
         // and the LAPIC is read after it.
         let mp_state = self.fd.get_mp_state().map_err(err("read the MP state"))?;
