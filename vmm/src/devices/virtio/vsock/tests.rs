@@ -122,6 +122,7 @@ struct Harness {
     mem: &'static GuestMemoryMmap,
     rx: MockQueue,
     tx: MockQueue,
+    ev: MockQueue,
     vsock: Vsock,
     uds: PathBuf,
     irq: Arc<Interrupt>,
@@ -162,6 +163,7 @@ impl Harness {
             mem,
             rx,
             tx,
+            ev,
             vsock,
             uds,
             irq,
@@ -595,4 +597,43 @@ fn connections_with_data_take_turns() {
     );
     assert_eq!((order[2], order[3]), (order[0], order[1]), "{order:?}");
     assert!(order.contains(&port_a) && order.contains(&port_b));
+}
+
+#[test]
+fn a_transport_reset_holds_host_packets_until_the_guest_handled_it() {
+    let mut h = Harness::new();
+    let addr = h.ev.buffer(4);
+    h.mem.write_slice(&[0xff; 4], GuestAddress(addr)).unwrap();
+    h.ev.add_chain(&[(addr, 4, VRING_DESC_F_WRITE)]);
+    assert!(h.vsock.reset_transport());
+    assert_eq!(h.ev.take_used(), vec![(0, 4)]);
+    let mut id = [0u8; 4];
+    h.mem.read_slice(&mut id, GuestAddress(addr)).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0,
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    assert_ne!(h.irq.status(), 0, "the guest is interrupted");
+
+    let _client = h.host_connect(b"CONNECT 1024\n");
+    h.give_rx_buffers(1, 4096);
+    assert!(
+        h.guest_receive().is_empty(),
+        "nothing reaches the guest before it handled the reset"
+    );
+    h.vsock.event_queue_kicked();
+    let req = h.rx.take_used();
+    assert_eq!(req.len(), 1, "the held CONNECT is delivered on the kick");
+}
+
+#[test]
+fn without_an_event_buffer_the_reset_holds_nothing() {
+    let mut h = Harness::new();
+    assert!(!h.vsock.reset_transport());
+    let _client = h.host_connect(b"CONNECT 1024\n");
+    h.give_rx_buffers(1, 4096);
+    let req = h.guest_receive();
+    assert_eq!(req.len(), 1, "{req:?}");
+    assert_eq!(req[0].op, OP_REQUEST);
 }
