@@ -81,7 +81,7 @@ pub enum VmmError {
         #[source]
         source: Box<VmmError>,
     },
-    /// SIGUSR1 arrived but no snapshot directory was given.
+    /// The signal that pauses vCPUs for a snapshot cannot be handled.
     #[error("the kick signal handler cannot be installed")]
     KickHandler(#[source] vmm_sys_util::errno::Error),
     /// SMP guests hang on this host.

@@ -281,33 +281,33 @@ fn launch(
     dir.record_pid(vmm.id());
     let mut check = || vmm_process::alive(&mut vmm).and_then(|()| not_interrupted());
     let connected = AgentLink::connect(&dir.vsock(), AGENT_VSOCK_PORT, deadline, &mut check);
-    match connected {
+    let e = match connected {
         Ok(link) => {
             log::debug!("guest agent {} is ready", link.agent_version);
-            Ok((vmm, link))
+            return Ok((vmm, link));
         }
-        Err(e) => {
-            let code = match (&e, vmm.try_wait()) {
-                (AgentError::Aborted(_), _) if SIGNALS.load(Ordering::SeqCst) > 0 => {
-                    EXIT_INTERRUPTED
-                }
-                (_, Ok(Some(status))) if status.code() == Some(EXIT_SNAPSHOT_REJECTED) => {
-                    let why = vmm_process::log_tail(&dir.vmm_log(), 3).join("\n");
-                    vmm_process::stop(&mut vmm);
-                    return Err(StartFailure {
-                        reason: format!("the VMM refused it:\n{why}"),
-                        code: EXIT_SNAPSHOT_REJECTED,
-                    });
-                }
-                _ => EXIT_RUN_ERROR,
-            };
-            vmm_process::stop(&mut vmm);
-            Err(StartFailure {
-                reason: e.to_string(),
-                code,
-            })
-        }
-    }
+        Err(e) => e,
+    };
+    let interrupted = matches!(e, AgentError::Aborted(_)) && SIGNALS.load(Ordering::SeqCst) > 0;
+    let exit = vmm.try_wait().ok().flatten().and_then(|s| s.code());
+    vmm_process::stop(&mut vmm);
+    Err(match (interrupted, exit) {
+        (true, _) => StartFailure {
+            reason: e.to_string(),
+            code: EXIT_INTERRUPTED,
+        },
+        (false, Some(EXIT_SNAPSHOT_REJECTED)) => StartFailure {
+            reason: format!(
+                "the VMM refused it:\n{}",
+                vmm_process::log_tail(&dir.vmm_log(), 3).join("\n")
+            ),
+            code: EXIT_SNAPSHOT_REJECTED,
+        },
+        (false, _) => StartFailure {
+            reason: e.to_string(),
+            code: EXIT_RUN_ERROR,
+        },
+    })
 }
 
 /// The pod's identity and what a restored guest must not reuse.

@@ -6,7 +6,7 @@
 //! PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no VM behind.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,9 @@ pub enum BootMode<'a> {
 #[derive(Clone, Debug)]
 pub struct GuestInputs {
     /// Guest kernel.
-    pub kernel: std::path::PathBuf,
+    pub kernel: PathBuf,
     /// Initramfs with the agent as /init.
-    pub initrd: std::path::PathBuf,
+    pub initrd: PathBuf,
     /// Guest memory in MiB.
     pub mem_mib: u32,
 }
