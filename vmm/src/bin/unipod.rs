@@ -35,12 +35,6 @@ fn main() {
 
 /// Prints `e` with its cause chain; returns `code`.
 fn report_error(e: &dyn std::error::Error, code: i32) -> i32 {
-    let mut msg = format!("unipod: error: {e}");
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("unipod: error: {}", cli::error_chain(e, "\n  caused by: "));
     code
 }

@@ -218,6 +218,18 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
     })
 }
 
+/// `e` followed by each of its causes, joined by `separator`.
+pub fn error_chain(e: &dyn std::error::Error, separator: &str) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        msg.push_str(separator);
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    msg
+}
+
 /// The exit code for a `unipod boot` that failed with `e`.
 pub fn boot_error_code(e: &VmmError) -> i32 {
     match e {

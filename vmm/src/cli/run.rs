@@ -241,7 +241,7 @@ fn start_vm(
             }
             Err(e) => eprintln!(
                 "unipod: warning: no warm start ({}); booting cold",
-                error_chain(&e)
+                crate::cli::error_chain(&e, ": ")
             ),
         }
     }
@@ -343,16 +343,6 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
         &hex[16..20],
         &hex[20..32]
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    msg
 }
 
 /// Configures the pod, runs the container and follows it. Returns the exit
