@@ -16,13 +16,14 @@ use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{DEVICE_MMIO_START, IRQ_BASE};
-use crate::config::{ConsoleOutput, VsockConfig};
+use crate::config::{ConsoleOutput, NetConfig, TapFd, VsockConfig};
 use crate::devices::legacy::serial::SavedSerial;
 use crate::devices::legacy::{boot_timer, i8042, serial};
 use crate::devices::legacy::{BootTimer, ConsoleWriter, SerialConsole, I8042};
 use crate::devices::virtio::mmio::{
     MmioRestoreError, MmioState, MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET,
 };
+use crate::devices::virtio::net::{Net, NetError, NetMetrics};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
@@ -55,6 +56,12 @@ pub enum DeviceError {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// The net device or its tap.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The tap fd cannot be duplicated for the device.
+    #[error("cannot duplicate the tap fd for the net device")]
+    TapDup(#[source] std::io::Error),
     /// A saved virtio device cannot be restored.
     #[error("cannot restore the {0} device from the snapshot")]
     Restore(&'static str, #[source] MmioRestoreError),
@@ -71,6 +78,9 @@ pub struct DevicesState {
     pub serial: SavedSerial,
     /// The vsock transport, if the VM had one.
     pub vsock: Option<MmioState>,
+    /// The net transport, if the VM had one (absent in older snapshots).
+    #[serde(default)]
+    pub net: Option<MmioState>,
 }
 
 /// Where the virtio-mmio windows start: right after the boot timer.
@@ -81,6 +91,8 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// The vsock device and its transport, kept for shutdown and snapshots.
 type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
+/// The net device and its transport, kept for metrics and snapshots.
+type NetHandles = (Arc<Mutex<Net>>, Arc<Mutex<MmioTransport>>);
 
 /// The VM's devices, reachable through its buses.
 pub struct DeviceManager {
@@ -88,6 +100,7 @@ pub struct DeviceManager {
     subscribers: Vec<Subscriber>,
     serial: Arc<Mutex<SerialConsole>>,
     vsock: Option<VsockHandles>,
+    net: Option<NetHandles>,
     /// `virtio_mmio.device=` announcements for the kernel command line.
     virtio_cmdline: Vec<String>,
     panic_line: Arc<Mutex<Option<String>>>,
@@ -142,6 +155,7 @@ impl DeviceManager {
             subscribers: Vec::new(),
             serial: serial_console,
             vsock: None,
+            net: None,
             virtio_cmdline: Vec::new(),
             panic_line,
             boot_time,
@@ -183,6 +197,44 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Adds the virtio-net device on `config`'s tap (or detached). With
+    /// `saved` transport state (after a restore) it resumes where the
+    /// snapshot left it; the tap may be another one than at snapshot time.
+    pub fn add_net(
+        &mut self,
+        vm: &Vm,
+        config: &NetConfig,
+        saved: Option<&MmioState>,
+    ) -> Result<(), DeviceError> {
+        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
+        let tap = config
+            .tap
+            .as_ref()
+            .map(TapFd::try_clone_owned)
+            .transpose()
+            .map_err(DeviceError::TapDup)?;
+        let net = Arc::new(Mutex::new(Net::new(config.mac.0, tap, interrupt.clone())?));
+        let transport = match saved {
+            None => MmioTransport::new(net.clone(), interrupt, vm.memory().clone()),
+            Some(state) => {
+                MmioTransport::restore(net.clone(), interrupt, vm.memory().clone(), state)
+                    .map_err(|e| DeviceError::Restore("net", e))?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        self.add_virtio(vm, net.clone(), transport.clone(), base, irq)?;
+        self.subscribers.push(net.clone());
+        self.net = Some((net, transport));
+        Ok(())
+    }
+
+    /// The net device's counters, if the VM has one.
+    pub fn net_metrics(&self) -> Option<NetMetrics> {
+        self.net
+            .as_ref()
+            .map(|(net, _)| net.lock().expect("net lock poisoned").metrics())
+    }
+
     /// Saves the device state; the vCPUs must be paused and the event loop
     /// idle.
     pub fn save_state(&self) -> DevicesState {
@@ -194,6 +246,10 @@ impl DeviceManager {
                 .save_state(),
             vsock: self
                 .vsock
+                .as_ref()
+                .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state()),
+            net: self
+                .net
                 .as_ref()
                 .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state()),
         }
@@ -274,5 +330,54 @@ impl DeviceManager {
     /// When the guest wrote the boot-timer marker, after VMM start.
     pub fn boot_time(&self) -> Option<Duration> {
         *self.boot_time.lock().expect("boot-timer lock poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::mmio::SavedQueue;
+    use virtio_queue::{Queue, QueueT};
+
+    fn transport_state(queues: usize) -> MmioState {
+        let queue = Queue::new(256).expect("power of two").state();
+        MmioState {
+            status: 0xf,
+            driver_features: 1 << 32,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            activated: true,
+            interrupt_status: 0,
+            queues: vec![SavedQueue(queue); queues],
+        }
+    }
+
+    #[test]
+    fn devices_state_with_a_net_device_survives_json() {
+        let state = DevicesState {
+            serial: SavedSerial(vm_superio::serial::SerialState::default()),
+            vsock: Some(transport_state(3)),
+            net: Some(transport_state(2)),
+        };
+        let json = serde_json::to_string(&state).expect("serializable");
+        let back: DevicesState = serde_json::from_str(&json).expect("deserializable");
+        assert_eq!(back, state);
+    }
+
+    #[test]
+    fn devices_state_from_before_the_net_device_still_loads() {
+        let state = DevicesState {
+            serial: SavedSerial(vm_superio::serial::SerialState::default()),
+            vsock: Some(transport_state(3)),
+            net: None,
+        };
+        let mut json = serde_json::to_value(&state).expect("serializable");
+        json.as_object_mut()
+            .expect("a JSON object")
+            .remove("net")
+            .expect("net was serialized");
+        let back: DevicesState = serde_json::from_value(json).expect("old state loads");
+        assert_eq!(back, state);
     }
 }

@@ -149,6 +149,9 @@ impl Vmm {
         if let Some(vsock) = &config.vsock {
             devices.add_vsock(&vm, vsock, None)?;
         }
+        if let Some(net) = &config.net {
+            devices.add_net(&vm, net, None)?;
+        }
 
         let mut cmdline = config.cmdline();
         let additions = devices.cmdline_additions();
@@ -218,6 +221,18 @@ impl Vmm {
             (Some(_), None) => return Err(DeviceError::Mismatch("has no vsock device").into()),
             (None, Some(_)) => {
                 return Err(DeviceError::Mismatch("has a vsock device; pass --vsock-uds").into())
+            }
+        }
+        // The same order as at boot: each device gets the MMIO slot it had.
+        match (&config.net, &saved.devices.net) {
+            (Some(net), Some(state)) => devices.add_net(&vm, net, Some(state))?,
+            (None, None) => {}
+            (Some(_), None) => return Err(DeviceError::Mismatch("has no net device").into()),
+            (None, Some(_)) => {
+                return Err(DeviceError::Mismatch(
+                    "has a net device; pass --net-tap-fd or --net-detached",
+                )
+                .into())
             }
         }
         log::info!(

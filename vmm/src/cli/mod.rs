@@ -21,7 +21,12 @@ pub mod snapshot;
 pub use run::RunArgs;
 pub use snapshot::SnapshotArgs;
 
-use crate::config::{BootProtocol, ConsoleOutput, CpuTemplate, VmConfig, VsockConfig};
+use crate::config::{
+    BootProtocol, ConsoleOutput, CpuTemplate, MacAddr, NetConfig, TapFd, VmConfig, VsockConfig,
+    DEFAULT_MAC,
+};
+use crate::device_manager::DeviceError;
+use crate::devices::virtio::net::{self, NetError};
 use crate::vmm::{RunReport, Vmm, VmmError};
 use crate::vstate::exit::GuestExit;
 
@@ -138,6 +143,30 @@ pub struct BootArgs {
     /// The guest's vsock CID (3 or more); needs --vsock-uds.
     #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
     pub vsock_cid: u64,
+    /// Add a virtio-net device whose frames go through the tap open at file
+    /// descriptor FD. unipod inherits it from its parent and takes it over
+    /// (it closes when the VM ends). The parent opens /dev/net/tun, attaches
+    /// it with TUNSETIFF and IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, and passes
+    /// it as fd 3 or above; unipod sets the 12-byte vnet header size,
+    /// nonblocking mode and the offloads the guest accepts.
+    #[arg(
+        long,
+        value_name = "FD",
+        value_parser = clap::value_parser!(i32).range(3..),
+        group = "net"
+    )]
+    pub net_tap_fd: Option<i32>,
+    /// Add the virtio-net device with no tap: what the guest sends is
+    /// dropped and nothing arrives. A warm-start template boots like this,
+    /// so that the guest has the device when a pod restores the snapshot
+    /// with --net-tap-fd.
+    #[arg(long, group = "net")]
+    pub net_detached: bool,
+    /// The virtio-net device's MAC address, as six hex bytes separated by
+    /// colons; needs --net-tap-fd or --net-detached. After --restore the
+    /// guest keeps the address it read at boot.
+    #[arg(long, value_name = "MAC", default_value_t = DEFAULT_MAC, requires = "net")]
+    pub net_mac: MacAddr,
     /// On SIGUSR1, pause the VM, save it as a snapshot into DIR (an
     /// existing, empty directory) and exit 0. 'unipod run' uses this to
     /// build its warm-start cache.
@@ -198,13 +227,38 @@ impl From<&BootArgs> for VmConfig {
                 cid: args.vsock_cid,
                 uds,
             }),
+            // The tap fd, if any, is taken by `net_config`.
+            net: args.net_detached.then_some(NetConfig {
+                mac: args.net_mac,
+                tap: None,
+            }),
         }
     }
 }
 
+/// The net device `args` ask for, with the inherited tap fd taken over.
+/// Runs once per process, before unipod opens any file of its own.
+fn net_config(args: &BootArgs) -> Result<Option<NetConfig>, NetError> {
+    let tap = match args.net_tap_fd {
+        // SAFETY: the fd was inherited from our parent to be the tap; clap
+        // accepts --net-tap-fd once, `boot` calls this once, and nothing in
+        // this process has opened or claimed that fd number before.
+        Some(fd) => Some(TapFd::new(unsafe { net::take_inherited_fd(fd) }?)),
+        None if args.net_detached => None,
+        None => return Ok(None),
+    };
+    Ok(Some(NetConfig {
+        mac: args.net_mac,
+        tap,
+    }))
+}
+
 /// Runs `unipod boot`; returns the process exit code.
 pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
-    let config = VmConfig::from(args);
+    let config = VmConfig {
+        net: net_config(args).map_err(|e| VmmError::Devices(DeviceError::Net(e)))?,
+        ..VmConfig::from(args)
+    };
     let vmm = match &args.restore {
         Some(dir) => Vmm::restore(&config, dir, start)?,
         None => Vmm::new(&config, start)?,
@@ -293,6 +347,72 @@ mod tests {
         assert_eq!(cfg.console, ConsoleOutput::File("c.log".into()));
         assert_eq!(cfg.cpu_template, CpuTemplate::NestedPvm);
         assert_eq!(cfg.boot_protocol, BootProtocol::Linux64);
+    }
+
+    fn parse_boot(extra: &[&str]) -> Result<BootArgs, clap::Error> {
+        let args = ["unipod", "boot", "--kernel", "k"].iter().chain(extra);
+        Cli::try_parse_from(args).map(|cli| match cli.command {
+            Command::Boot(args) => args,
+            _ => panic!("parsed as boot"),
+        })
+    }
+
+    #[test]
+    fn net_flags_choose_a_detached_device_and_its_mac() {
+        let args = parse_boot(&[]).expect("valid");
+        assert_eq!(net_config(&args).expect("no fd to take"), None);
+        let args = parse_boot(&["--net-detached"]).expect("valid");
+        assert_eq!(
+            net_config(&args).expect("no fd to take"),
+            Some(NetConfig {
+                mac: DEFAULT_MAC,
+                tap: None
+            })
+        );
+        let args =
+            parse_boot(&["--net-detached", "--net-mac", "02:00:00:00:00:09"]).expect("valid");
+        let net = VmConfig::from(&args).net.expect("a net device");
+        assert_eq!(net.mac.to_string(), "02:00:00:00:00:09");
+    }
+
+    #[test]
+    fn bad_net_flags_are_usage_errors_naming_the_flag() {
+        for (extra, flag) in [
+            (
+                &["--net-detached", "--net-mac", "02:00:00:00:00"][..],
+                "--net-mac",
+            ),
+            (&["--net-mac", "02:00:00:00:00:01"], "--net-mac"),
+            (&["--net-tap-fd", "2"], "--net-tap-fd"),
+            (&["--net-tap-fd", "3", "--net-detached"], "--net-tap-fd"),
+        ] {
+            let err = parse_boot(extra).expect_err("refused");
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{extra:?}");
+            assert!(err.to_string().contains(flag), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_inherited_tap_fd_is_taken_over() {
+        use std::os::fd::IntoRawFd;
+        let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = ours.into_raw_fd().to_string();
+        let args =
+            parse_boot(&["--net-tap-fd", &fd, "--net-mac", "02:00:00:00:00:07"]).expect("valid");
+        let net = net_config(&args).expect("fd taken").expect("a net device");
+        assert_eq!(net.mac.to_string(), "02:00:00:00:00:07");
+        let tap = net.tap.expect("a tap");
+        nix::unistd::write(&tap, b"frame").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(peer.recv(&mut buf).unwrap(), 5, "the fd reaches the peer");
+
+        let args = parse_boot(&["--net-tap-fd", &i32::MAX.to_string()]).expect("valid");
+        let err = net_config(&args).expect_err("not open");
+        assert!(
+            err.to_string()
+                .starts_with("--net-tap-fd 2147483647: not an open"),
+            "{err}"
+        );
     }
 
     #[test]

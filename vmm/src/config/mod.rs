@@ -6,7 +6,11 @@
 //! exist, is it an ELF) is checked when the [`crate::vmm::Vmm`] is built, so
 //! that the error can name the file and the fix.
 
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
 
 pub use crate::boot::BootProtocol;
 
@@ -32,6 +36,14 @@ pub enum ConfigError {
     /// Command line too long once our defaults are added.
     #[error("--cmdline: {0} bytes with unipod's defaults; the guest kernel accepts at most {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
+    /// Text that is not a MAC address (clap names the flag).
+    #[error(
+        "{0:?} is not a MAC address; write six hex bytes separated by colons, e.g. {DEFAULT_MAC}"
+    )]
+    BadMac(String),
+    /// A MAC address no network card can have.
+    #[error("--net-mac {0}: a multicast or all-zero address cannot be a NIC's; use a unicast one such as {DEFAULT_MAC}")]
+    NotUnicastMac(MacAddr),
 }
 
 /// Where the guest's serial console goes.
@@ -76,6 +88,8 @@ pub struct VmConfig {
     pub boot_protocol: BootProtocol,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The virtio-net device, if any.
+    pub net: Option<NetConfig>,
 }
 
 /// A hybrid vsock device: the guest's CID and the host's Unix socket.
@@ -86,6 +100,95 @@ pub struct VsockConfig {
     /// Host clients connect here; guest connections to port P dial `<uds>_P`.
     pub uds: PathBuf,
 }
+
+/// A virtio-net device: the MAC address the guest reads and the tap behind
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The address in the device's config space. After a restore the guest
+    /// keeps the one it read at boot.
+    pub mac: MacAddr,
+    /// The tap, or `None` for a detached device, which drops what the guest
+    /// sends and receives nothing (the warm-start template runs like this).
+    pub tap: Option<TapFd>,
+}
+
+/// The MAC address `--net-mac` defaults to: locally administered ("02"),
+/// then "unip" in ASCII and 1.
+pub const DEFAULT_MAC: MacAddr = MacAddr([0x02, 0x75, 0x6e, 0x69, 0x70, 0x01]);
+
+/// An Ethernet MAC address; parses from and prints as `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Whether a network card may have this address: not multicast (the low
+    /// bit of the first byte) and not all zeros.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<MacAddr, ConfigError> {
+        let bad = || ConfigError::BadMac(s.to_string());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            Some(_) => Err(bad()),
+            None => Ok(MacAddr(mac)),
+        }
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// An open tap fd. Copies of a [`VmConfig`] share it; the device manager
+/// gives the device a duplicate ([`TapFd::try_clone_owned`]), so the config
+/// stays plain, clonable data.
+#[derive(Clone, Debug)]
+pub struct TapFd(Arc<OwnedFd>);
+
+impl TapFd {
+    /// Wraps an fd this process owns.
+    pub fn new(fd: OwnedFd) -> TapFd {
+        TapFd(Arc::new(fd))
+    }
+
+    /// A new fd for the same tap.
+    pub fn try_clone_owned(&self) -> std::io::Result<OwnedFd> {
+        self.0.try_clone()
+    }
+}
+
+impl AsFd for TapFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// The same fd, not merely the same number.
+impl PartialEq for TapFd {
+    fn eq(&self, other: &TapFd) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TapFd {}
 
 impl Default for VmConfig {
     fn default() -> Self {
@@ -99,6 +202,7 @@ impl Default for VmConfig {
             cpu_template: CpuTemplate::Auto,
             boot_protocol: BootProtocol::Auto,
             vsock: None,
+            net: None,
         }
     }
 }
@@ -133,6 +237,9 @@ impl VmConfig {
         let len = self.cmdline().len() + crate::device_manager::CMDLINE_RESERVE;
         if len > MAX_CMDLINE_LEN {
             return Err(ConfigError::CmdlineTooLong(len));
+        }
+        if let Some(net) = self.net.as_ref().filter(|n| !n.mac.is_unicast()) {
+            return Err(ConfigError::NotUnicastMac(net.mac));
         }
         Ok(())
     }
@@ -188,6 +295,56 @@ mod tests {
         };
         assert_eq!(cfg.cmdline(), format!("{BASE_CMDLINE} init=/bin/sh"));
         assert_eq!(VmConfig::default().cmdline(), BASE_CMDLINE);
+    }
+
+    #[test]
+    fn mac_addresses_parse_print_and_must_be_unicast() {
+        let mac: MacAddr = "02:aB:00:10:ff:09".parse().expect("valid");
+        assert_eq!(mac, MacAddr([0x02, 0xab, 0x00, 0x10, 0xff, 0x09]));
+        assert_eq!(mac.to_string(), "02:ab:00:10:ff:09");
+        assert_eq!(DEFAULT_MAC.to_string().parse::<MacAddr>(), Ok(DEFAULT_MAC));
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "2:00:00:00:00:00",
+            "02-00-00-00-00-01",
+            "02:00:00:00:00:0g",
+            "+2:00:00:00:00:01",
+        ] {
+            assert_eq!(
+                bad.parse::<MacAddr>(),
+                Err(ConfigError::BadMac(bad.into())),
+                "{bad:?}"
+            );
+        }
+        let net = |mac| VmConfig {
+            net: Some(NetConfig { mac, tap: None }),
+            ..Default::default()
+        };
+        assert_eq!(net(DEFAULT_MAC).validate(), Ok(()));
+        let multicast = MacAddr([0x03, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            net(multicast).validate(),
+            Err(ConfigError::NotUnicastMac(multicast))
+        );
+        assert_eq!(
+            net(MacAddr([0; 6])).validate(),
+            Err(ConfigError::NotUnicastMac(MacAddr([0; 6])))
+        );
+    }
+
+    #[test]
+    fn config_copies_share_one_tap_fd() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let tap = TapFd::new(a.into());
+        let copy = tap.clone();
+        assert_eq!(tap, copy);
+        assert_ne!(
+            tap,
+            TapFd::new(copy.try_clone_owned().unwrap()),
+            "a duplicate is another fd"
+        );
     }
 
     #[test]

@@ -283,8 +283,9 @@ pub fn key(config: &VmConfig, template: CpuTemplate) -> Result<String, SnapshotE
     }
     hasher.update(
         format!(
-            "initrd={} vcpus={} mem={} template={template:?} cmdline={}\n",
+            "initrd={} net={} vcpus={} mem={} template={template:?} cmdline={}\n",
             config.initrd.is_some(),
+            config.net.is_some(),
             config.vcpus,
             config.mem_mib,
             config.cmdline()

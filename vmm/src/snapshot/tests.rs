@@ -100,6 +100,7 @@ fn sample(dir: &Path) -> Snapshot {
                 interrupt_status: 1,
                 queues: vec![SavedQueue(queue); 3],
             }),
+            net: None,
         },
         memory: vec![RegionState {
             guest_addr: 0,

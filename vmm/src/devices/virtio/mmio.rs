@@ -160,9 +160,13 @@ impl MmioTransport {
             if let Some(bad) = queues.iter().position(|q| !q.is_valid(&transport.mem)) {
                 return Err(MmioRestoreError::BadQueue(bad));
             }
-            lock(&transport.device)
-                .activate(transport.mem.clone(), queues)
-                .map_err(MmioRestoreError::Activate)?;
+            {
+                let mut device = lock(&transport.device);
+                device.set_acked_features(state.driver_features);
+                device
+                    .activate(transport.mem.clone(), queues)
+                    .map_err(MmioRestoreError::Activate)?;
+            }
             transport.activated = true;
         } else {
             transport.queues = queues;
@@ -365,7 +369,11 @@ impl MmioTransport {
             return;
         }
         let queues = std::mem::take(&mut self.queues);
-        let result = lock(&self.device).activate(self.mem.clone(), queues);
+        let result = {
+            let mut device = lock(&self.device);
+            device.set_acked_features(self.driver_features);
+            device.activate(self.mem.clone(), queues)
+        };
         self.queues = fresh_queues(&*lock(&self.device));
         match result {
             Ok(()) => self.activated = true,
@@ -458,6 +466,7 @@ mod tests {
         activated_with: Option<usize>,
         queues: Vec<QueueState>,
         resets: usize,
+        acked: u64,
     }
 
     impl VirtioDevice for FakeDevice {
@@ -469,6 +478,9 @@ mod tests {
         }
         fn features(&self) -> u64 {
             VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked = features;
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(u8::try_from(offset).unwrap_or(0xff));
@@ -502,6 +514,7 @@ mod tests {
             activated_with: None,
             queues: Vec::new(),
             resets: 0,
+            acked: 0,
         }))
     }
 
@@ -546,6 +559,7 @@ mod tests {
             Some(2),
             "device resumed"
         );
+        assert_eq!(dev.lock().unwrap().acked, VIRTIO_F_VERSION_1);
         assert_eq!(restored.save_state(), saved);
         assert_eq!(read(&mut restored, reg::VIRTIO_MMIO_STATUS), s);
         assert_eq!(
@@ -644,6 +658,11 @@ mod tests {
         let s = read(&mut t, reg::VIRTIO_MMIO_STATUS) | VIRTIO_CONFIG_S_DRIVER_OK;
         write(&mut t, reg::VIRTIO_MMIO_STATUS, s);
         assert_eq!(dev.lock().unwrap().activated_with, Some(2));
+        assert_eq!(
+            dev.lock().unwrap().acked,
+            VIRTIO_F_VERSION_1,
+            "told what was acked"
+        );
         assert_eq!(read(&mut t, reg::VIRTIO_MMIO_STATUS), s);
         // Writing 0 resets the device.
         write(&mut t, reg::VIRTIO_MMIO_STATUS, 0);

@@ -9,6 +9,7 @@
 //! irqfd ([`Interrupt`]).
 
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,6 +41,8 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// The feature bits the device offers.
     fn features(&self) -> u64;
+    /// The features the driver accepted, before [`VirtioDevice::activate`].
+    fn set_acked_features(&mut self, _features: u64) {}
     /// Reads the device-specific config space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The eventfds the transport signals on a queue notification, one per queue.
