@@ -29,7 +29,7 @@ fn unipod_with_agent_guest(subcommand: &str) -> Command {
 
 fn unipod_run(state: &Path, args: &[&str]) -> std::process::Output {
     unipod_with_agent_guest("run")
-        .arg("--state-dir")
+        .args(["--network", "none", "--state-dir"])
         .arg(state)
         .args(args)
         .output()
@@ -129,7 +129,7 @@ fn a_dead_vmm_fails_the_pod_with_a_reason() {
     let state = shared_state_dir();
     let mut run = VmmProcess(
         unipod_with_agent_guest("run")
-            .args(["--name", "doomed", "--state-dir"])
+            .args(["--network", "none", "--name", "doomed", "--state-dir"])
             .arg(&state)
             .args(["--", "sleep", "600"])
             .stdout(Stdio::null())

@@ -6,10 +6,12 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{guest_artifact, shared_state_dir, skip_without_kvm, temp_dir};
+use common::{
+    guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir, Netns,
+};
 
 fn unipod() -> Command {
     Command::new(env!("CARGO_BIN_EXE_unipod"))
@@ -49,26 +51,43 @@ struct Identity {
     random: String,
     /// Guest wall clock minus host wall clock when the line arrived, in s.
     clock_skew: i64,
+    mac: String,
+    /// `ip -o -4 addr show dev eth0`.
+    address: String,
 }
 
-fn identity_of(name: &str) -> Identity {
+/// Starts pod `name` in `ns`; it prints its identity, then lingers (so that
+/// the next pod cannot get its IP) until `stop_pod`.
+fn identity_of(ns: &Netns, name: &str) -> (Identity, Child) {
     let mut child = guest_args(
-        unipod()
+        ns.command(env!("CARGO_BIN_EXE_unipod"))
             .arg("run")
             .arg("--state-dir")
             .arg(shared_state_dir()),
     )
+    .args(["--bridge", "upt-ident", "--pod-cidr", "10.231.6.0/24"])
     .args(["--name", name, "--", "/bin/sh", "-c"])
     // No pipelines: concurrent guest processes can hit the AVX-state
     // hazard described in docs/NESTED-KVM.md.
-    .arg("hostname; cat /etc/podinfo/uid; echo; od -An -tx1 -N16 /dev/urandom; date +%s")
+    .arg(
+        "hostname; cat /etc/podinfo/uid; echo; od -An -tx1 -N16 /dev/urandom; date +%s; \
+         cat /sys/class/net/eth0/address; ip -o -4 addr show dev eth0; exec sleep 600",
+    )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
     .expect("unipod run starts");
     let mut lines = Vec::new();
     let mut skew = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    while lines.len() < 6 {
+        let Some(line) = stdout.next() else {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "pod {name} ended early; printed {lines:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         let line = line.unwrap();
         if lines.len() == 3 {
             let host = SystemTime::now()
@@ -80,30 +99,47 @@ fn identity_of(name: &str) -> Identity {
         }
         lines.push(line);
     }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- {name} ---\n{}\n{stderr}", lines.join("\n"));
-    assert!(out.status.success(), "pod {name} failed");
-    assert!(
-        stderr.contains("restoring the VM from snapshot"),
-        "{stderr}"
-    );
-    Identity {
+    eprintln!("--- {name} ---\n{}", lines.join("\n"));
+    let id = Identity {
         hostname: lines[0].clone(),
         uid: lines[1].clone(),
         random: lines[2].split_whitespace().collect(),
         clock_skew: skew.expect("the pod printed its clock"),
-    }
+        mac: lines[4].trim().to_string(),
+        address: lines[5].clone(),
+    };
+    (id, child)
+}
+
+/// Stops a lingering pod with Ctrl-C and checks it was restored.
+fn stop_pod(child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().try_into().unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        stderr.contains("restoring the VM from snapshot"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn pods_restored_from_one_snapshot_get_distinct_identities() {
-    if skip_without_kvm("pods_restored_from_one_snapshot_get_distinct_identities") {
+    if skip_without_kvm("pods_restored_from_one_snapshot_get_distinct_identities")
+        || skip_without_root("pods_restored_from_one_snapshot_get_distinct_identities")
+    {
         return;
     }
     let snapshot = shared_snapshot();
-    let a = identity_of("ident-a");
-    let b = identity_of("ident-b");
+    let ns = Netns::new("ident");
+    let (a, pod_a) = identity_of(&ns, "ident-a");
+    let (b, pod_b) = identity_of(&ns, "ident-b");
+    stop_pod(pod_a);
+    stop_pod(pod_b);
     assert_eq!(
         (a.hostname.as_str(), b.hostname.as_str()),
         ("ident-a", "ident-b")
@@ -118,6 +154,12 @@ fn pods_restored_from_one_snapshot_get_distinct_identities() {
             id.clock_skew
         );
     }
+    // The pods' own view of eth0: the leased IPs and the MACs derived
+    // from them, not the template's.
+    assert_eq!(a.mac, "02:75:0a:e7:06:02");
+    assert_eq!(b.mac, "02:75:0a:e7:06:03");
+    assert!(a.address.contains("inet 10.231.6.2/24"), "{}", a.address);
+    assert!(b.address.contains("inet 10.231.6.3/24"), "{}", b.address);
     assert_ne!(a.uid, b.uid, "pod UIDs");
     assert_ne!(
         a.random, b.random,
@@ -273,7 +315,15 @@ fn a_corrupted_snapshot_falls_back_to_a_cold_boot() {
     let (state, copy) = copy_of_snapshot("fallback");
     flip_byte(&copy.join("memory"), 300);
     let out = guest_args(unipod().arg("run").arg("--state-dir").arg(&state))
-        .args(["--name", "fallback", "--", "/bin/echo", "cold and well"])
+        .args([
+            "--network",
+            "none",
+            "--name",
+            "fallback",
+            "--",
+            "/bin/echo",
+            "cold and well",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -81,3 +81,90 @@ pub fn number_after(text: &str, prefix: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Prints a loud skip notice and returns true when not root (network tests
+/// create namespaces, bridges and taps).
+pub fn skip_without_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED {test}: needs root to create network namespaces, bridges and taps");
+    true
+}
+
+/// A network namespace owned by one test: created empty (with `lo` up) and
+/// deleted on drop, even when the test fails. Pods started inside it keep
+/// their taps and bridges inside it, and nothing it does reaches the host's
+/// own network.
+pub struct Netns {
+    /// The name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `unipod-e2e-<tag>`, replacing a stale one left by a killed run.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("unipod-e2e-{tag}");
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ns = Netns { name };
+        run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n <ns> args...`, asserting success; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that entered the namespace (`setns` changes only
+    /// the calling thread), so test code can open sockets inside it.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+        })
+    }
+
+    /// Names of the links in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        self.ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs `cmd`, panicking with its output unless it succeeds; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

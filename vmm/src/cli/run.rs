@@ -12,7 +12,13 @@
 //! and memory size (made on first use, see [`crate::pod::warm_start`]);
 //! `--cold` boots it instead. A snapshot the VMM refuses is removed and the
 //! pod boots cold. Either way the agent then gets the pod's identity
-//! (`Configure`: UID, hostname, clock, fresh entropy) before the container.
+//! (`Configure`: UID, hostname, clock, fresh entropy, network) before the
+//! container.
+//!
+//! With `--network bridge` (the default) the pod first gets an IP, a tap on
+//! the bridge and its port forwards ([`crate::net::Attachment`]); the VMM
+//! inherits the tap fd. All of it is undone when the pod ends (see
+//! docs/NETWORK.md).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,13 +28,18 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, PodConfig, Reply, Request, RunSpec, Stream, AGENT_VSOCK_PORT,
+    AgentMessage, DebugCommand, Event, NetworkConfig, PodConfig, Reply, Request, RunSpec, Stream,
+    AGENT_VSOCK_PORT,
 };
 
 use crate::cli::EXIT_SNAPSHOT_REJECTED;
+use crate::net::attachment::AttachRequest;
+use crate::net::{
+    Attachment, Ipv4Cidr, NetError, PodNetwork, PublishedPort, DEFAULT_BRIDGE, DEFAULT_POD_CIDR,
+};
 use crate::pod::agent_client::{AgentError, AgentLink};
 use crate::pod::phase::{PhaseTracker, PodPhase};
-use crate::pod::vmm_process::{self, BootMode, GuestInputs, VmmFiles};
+use crate::pod::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles};
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;
 
@@ -84,6 +95,33 @@ pub struct RunArgs {
     /// $XDG_RUNTIME_DIR/unipod.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The pod's network: "bridge" gives it an IP on --pod-cidr and a tap on
+    /// --bridge (created if missing); "none" leaves it only loopback.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Bridge)]
+    pub network: NetworkMode,
+    /// The host bridge of the pod network; its address is the pods'
+    /// gateway.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The pod network. Every pod on one bridge must use the same one.
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR)]
+    pub pod_cidr: Ipv4Cidr,
+    /// The gateway (the bridge's address). Default: the CIDR's first address.
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Forward a host port to the pod (nftables DNAT), as a manifest's
+    /// hostPort does: HOST_PORT:POD_PORT[/tcp|/udp]; repeatable.
+    #[arg(long, short = 'p', value_name = "HOST:POD")]
+    pub publish: Vec<PublishedPort>,
+    /// Masquerade the pod network's traffic to the outside (off by default:
+    /// pods reach the host and each other only). The rule stays for the
+    /// bridge; 'nft delete table ip unipod' removes it.
+    #[arg(long)]
+    pub nat: bool,
+    /// A DNS server for the pod's /etc/resolv.conf; repeatable (at most 3).
+    /// Default: the host's non-loopback nameservers.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<std::net::Ipv4Addr>,
     /// Debug: ask the agent to stop its heartbeats once the container runs,
     /// to exercise the Unknown phase.
     #[arg(long)]
@@ -91,6 +129,15 @@ pub struct RunArgs {
     /// The container's command and arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--network`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// A tap on the host bridge, and a pod IP.
+    Bridge,
+    /// Loopback only.
+    None,
 }
 
 /// Errors before the pod could run.
@@ -123,6 +170,12 @@ pub enum RunError {
     /// The pod directory cannot be created.
     #[error("cannot create the pod directory {}", .0.display())]
     PodDir(PathBuf, #[source] std::io::Error),
+    /// The pod network could not be set up; nothing of it was left behind.
+    #[error(transparent)]
+    Network(#[from] NetError),
+    /// Too many --dns servers.
+    #[error("--dns: {0} servers given; the guest resolver reads at most 3")]
+    TooManyDns(usize),
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -158,19 +211,80 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     };
     let state = state_root(args.state_dir.as_deref());
     let dir = PodDir::create(&state.join("pods"), &args.name)?;
+    let net = attach_network(args, &state)?;
+    if let Some(net) = &net {
+        dir.record_network(net, &args.bridge);
+        let lease = net.lease();
+        eprintln!(
+            "unipod: pod {}: IP {}/{} on bridge {} (tap {})",
+            args.name,
+            lease.ip,
+            lease.prefix_len,
+            args.bridge,
+            net.tap_name()
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
     let mut phase = PhaseTracker::new(
         Duration::from_millis(3 * args.heartbeat_ms) + Duration::from_secs(1),
         Duration::from_secs(args.unknown_timeout_secs),
     );
-    let (mut vmm, link) = match start_vm(&pod, &dir, &inputs, &state, args.cold, deadline) {
+    let backend = match &net {
+        Some(net) => NetBackend::Tap {
+            fd: net.tap_fd(),
+            mac: net.lease().mac,
+        },
+        None => NetBackend::Detached,
+    };
+    let (mut vmm, link) = match start_vm(&pod, &dir, &inputs, &state, backend, args.cold, deadline)
+    {
         Ok(started) => started,
         Err(failure) => return Ok(pod.fail(&mut phase, &dir, failure.reason, failure.code)),
     };
-    let code = supervise(&pod, &dir, &mut vmm, link, &mut phase, args);
+    let network = net
+        .as_ref()
+        .map(|n| n.guest_config(dns_servers(args), host_dns_search()));
+    let code = supervise(&pod, &dir, &mut vmm, link, &mut phase, args, network);
     // Whatever happened, no VM outlives us.
     vmm_process::stop(&mut vmm);
     Ok(code)
+}
+
+/// Sets up the pod's network, unless `--network none`.
+fn attach_network(args: &RunArgs, state: &Path) -> Result<Option<Attachment>, RunError> {
+    if args.network == NetworkMode::None {
+        return Ok(None);
+    }
+    if args.dns.len() > 3 {
+        return Err(RunError::TooManyDns(args.dns.len()));
+    }
+    let mut network = PodNetwork::new(args.bridge.clone(), args.pod_cidr);
+    if let Some(gateway) = args.gateway {
+        network.gateway = gateway;
+    }
+    let request = AttachRequest {
+        state_dir: state,
+        network: &network,
+        pod: &args.name,
+        ports: &args.publish,
+        egress_nat: args.nat,
+    };
+    Ok(Some(Attachment::create(&request)?))
+}
+
+/// `--dns`, else the host's nameservers that a pod can reach (not loopback).
+fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
+    if !args.dns.is_empty() {
+        return args.dns.clone();
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    crate::net::attachment::resolv_conf_servers(&text)
+}
+
+/// The host's `search` domains.
+fn host_dns_search() -> Vec<String> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    crate::net::attachment::resolv_conf_search(&text)
 }
 
 struct Pod {
@@ -208,6 +322,7 @@ fn start_vm(
     dir: &PodDir,
     inputs: &GuestInputs,
     state: &Path,
+    net: NetBackend,
     cold: bool,
     deadline: Instant,
 ) -> Result<(Child, AgentLink), StartFailure> {
@@ -219,7 +334,7 @@ fn start_vm(
                     PodPhase::Pending,
                     Some(&format!("restoring the VM from snapshot {key}")),
                 );
-                match launch(dir, inputs, BootMode::Restore(&snapshot), deadline) {
+                match launch(dir, inputs, BootMode::Restore(&snapshot), net, deadline) {
                     Err(StartFailure {
                         reason,
                         code: EXIT_SNAPSHOT_REJECTED,
@@ -246,7 +361,7 @@ fn start_vm(
         }
     }
     pod.report(PodPhase::Pending, Some("booting the VM"));
-    launch(dir, inputs, BootMode::Cold, deadline)
+    launch(dir, inputs, BootMode::Cold, net, deadline)
 }
 
 fn find_snapshot(
@@ -265,6 +380,7 @@ fn launch(
     dir: &PodDir,
     inputs: &GuestInputs,
     mode: BootMode,
+    net: NetBackend,
     deadline: Instant,
 ) -> Result<(Child, AgentLink), StartFailure> {
     // A refused restore may have left its socket behind.
@@ -274,7 +390,7 @@ fn launch(
         console_log: &dir.console_log(),
         vmm_log: &dir.vmm_log(),
     };
-    let mut vmm = vmm_process::spawn(inputs, &files, mode).map_err(|e| StartFailure {
+    let mut vmm = vmm_process::spawn(inputs, &files, mode, net).map_err(|e| StartFailure {
         reason: format!("cannot start the VMM process: {e}"),
         code: EXIT_RUN_ERROR,
     })?;
@@ -311,7 +427,11 @@ fn launch(
 }
 
 /// The pod's identity and what a restored guest must not reuse.
-fn pod_config(name: &str, heartbeat_ms: u64) -> std::io::Result<PodConfig> {
+fn pod_config(
+    name: &str,
+    heartbeat_ms: u64,
+    network: Option<NetworkConfig>,
+) -> std::io::Result<PodConfig> {
     let mut entropy = vec![0u8; 64];
     let mut uid = [0u8; 16];
     let mut urandom = std::fs::File::open("/dev/urandom")?;
@@ -327,6 +447,7 @@ fn pod_config(name: &str, heartbeat_ms: u64) -> std::io::Result<PodConfig> {
         unix_nanos: now.subsec_nanos(),
         entropy,
         heartbeat_ms: Some(heartbeat_ms),
+        network,
     })
 }
 
@@ -354,13 +475,14 @@ fn supervise(
     mut link: AgentLink,
     phase: &mut PhaseTracker,
     args: &RunArgs,
+    network: Option<NetworkConfig>,
 ) -> i32 {
     phase.heard_from_agent(Instant::now());
     let messages = match link.subscribe() {
         Ok(rx) => rx,
         Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
     };
-    let config = match pod_config(&pod.name, args.heartbeat_ms) {
+    let config = match pod_config(&pod.name, args.heartbeat_ms, network) {
         Ok(c) => c,
         Err(e) => {
             return pod.fail(
@@ -595,6 +717,20 @@ impl PodDir {
 
     fn vmm_log(&self) -> PathBuf {
         self.path.join("vmm.log")
+    }
+
+    /// Writes `network.json`: where to find the pod on the network.
+    fn record_network(&self, net: &Attachment, bridge: &str) {
+        let lease = net.lease();
+        let info = serde_json::json!({
+            "ip": lease.ip.to_string(),
+            "prefix_len": lease.prefix_len,
+            "gateway": lease.gateway.to_string(),
+            "mac": crate::config::MacAddr(lease.mac).to_string(),
+            "bridge": bridge,
+            "tap": net.tap_name(),
+        });
+        let _ = std::fs::write(self.path.join("network.json"), info.to_string());
     }
 
     fn record_pid(&self, pid: u32) {

@@ -209,8 +209,7 @@ pub fn resolv_conf_servers(text: &str) -> Vec<Ipv4Addr> {
 pub fn resolv_conf_search(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("search"))
-        .filter(|rest| rest.starts_with([' ', '\t']))
-        .last()
+        .rfind(|rest| rest.starts_with([' ', '\t']))
         .map(|rest| rest.split_whitespace().take(6).map(String::from).collect())
         .unwrap_or_default()
 }
@@ -220,11 +219,6 @@ fn resolv_conf_values<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &
         let mut words = line.split_whitespace();
         (words.next() == Some(key)).then(|| words.next()).flatten()
     })
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 #[cfg(test)]
@@ -242,11 +236,6 @@ mod tests {
         );
         assert_eq!(resolv_conf_search(text), ["a.example", "b.example"]);
         assert!(resolv_conf_search("searchdomain x\n").is_empty());
-    }
-
-    #[test]
-    fn mac_is_colon_hex() {
-        assert_eq!(format_mac([2, 0x75, 10, 211, 0, 2]), "02:75:0a:d3:00:02");
     }
 
     #[test]

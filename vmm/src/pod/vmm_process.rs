@@ -5,6 +5,7 @@
 //! the supervisor, which stops the pod gracefully first) and gets
 //! PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no VM behind.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +22,25 @@ pub enum BootMode<'a> {
     Restore(&'a Path),
     /// A full boot; SIGUSR1 saves the VM into this directory and ends it.
     SnapshotTo(&'a Path),
+}
+
+/// The fd number the VMM child finds its tap on.
+const CHILD_TAP_FD: i32 = 3;
+
+/// The backend of the VM's virtio-net device. Every pod VM has the device,
+/// so that cold, template and restored VMs have the same devices.
+#[derive(Clone, Copy, Debug)]
+pub enum NetBackend<'a> {
+    /// No tap: the guest's frames are dropped (`--network none`, and the
+    /// warm-start template).
+    Detached,
+    /// The pod's tap (the child inherits it as fd 3) and MAC.
+    Tap {
+        /// The open tap.
+        fd: BorrowedFd<'a>,
+        /// The pod's MAC.
+        mac: [u8; 6],
+    },
 }
 
 /// The guest artifacts a pod VM is made from. Together with the CPU
@@ -46,7 +66,12 @@ pub struct VmmFiles<'a> {
 }
 
 /// Starts `unipod boot` for `inputs`.
-pub fn spawn(inputs: &GuestInputs, files: &VmmFiles, mode: BootMode) -> std::io::Result<Child> {
+pub fn spawn(
+    inputs: &GuestInputs,
+    files: &VmmFiles,
+    mode: BootMode,
+    net: NetBackend,
+) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(files.vmm_log)?;
     let mut cmd = Command::new(exe);
@@ -70,16 +95,40 @@ pub fn spawn(inputs: &GuestInputs, files: &VmmFiles, mode: BootMode) -> std::io:
             cmd.arg("--snapshot-to").arg(dir);
         }
     }
+    let tap_fd = match net {
+        NetBackend::Detached => {
+            cmd.arg("--net-detached");
+            None
+        }
+        NetBackend::Tap { fd, mac } => {
+            cmd.arg("--net-tap-fd")
+                .arg(CHILD_TAP_FD.to_string())
+                .arg("--net-mac")
+                .arg(crate::config::MacAddr(mac).to_string());
+            Some(fd.as_raw_fd())
+        }
+    };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // prctl, which is async-signal-safe.
+    // prctl, dup2 and fcntl, which are async-signal-safe; `tap_fd` is open
+    // in the parent (borrowed for this call), hence in the forked child.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = tap_fd {
+                // dup2 onto itself keeps FD_CLOEXEC, so clear it explicitly.
+                if fd == CHILD_TAP_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, CHILD_TAP_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -16,9 +16,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::agent_client::{AgentError, AgentLink};
-use super::vmm_process::{self, BootMode, GuestInputs, VmmFiles};
+use super::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles};
 use crate::arch;
-use crate::config::{CpuTemplate, VmConfig};
+use crate::config::{CpuTemplate, NetConfig, VmConfig, DEFAULT_MAC};
 use crate::snapshot::cache::{disk_usage, SnapshotCache};
 use crate::snapshot::{self, SnapshotError};
 
@@ -55,12 +55,17 @@ pub fn key(inputs: &GuestInputs) -> Result<String, SnapshotError> {
 }
 
 /// The configuration `unipod boot` builds from the arguments
-/// [`vmm_process::spawn`] passes (the vsock device does not enter the key).
+/// [`vmm_process::spawn`] passes (the vsock device does not enter the key;
+/// the net device does, though not its MAC or tap).
 fn boot_config(inputs: &GuestInputs) -> VmConfig {
     VmConfig {
         kernel: inputs.kernel.clone(),
         initrd: Some(inputs.initrd.clone()),
         mem_mib: inputs.mem_mib,
+        net: Some(NetConfig {
+            mac: DEFAULT_MAC,
+            tap: None,
+        }),
         ..VmConfig::default()
     }
 }
@@ -116,8 +121,15 @@ fn boot_and_save(
         console_log: &staging.join("console.log"),
         vmm_log: &vmm_log,
     };
-    let mut vmm = vmm_process::spawn(inputs, &files, BootMode::SnapshotTo(staging))
-        .map_err(WarmStartError::Spawn)?;
+    // The template's virtio-net device has no tap; each restored pod
+    // brings its own.
+    let mut vmm = vmm_process::spawn(
+        inputs,
+        &files,
+        BootMode::SnapshotTo(staging),
+        NetBackend::Detached,
+    )
+    .map_err(WarmStartError::Spawn)?;
     let result = (|| {
         let mut checks = || vmm_process::alive(&mut vmm).and_then(|()| check());
         let link = AgentLink::connect(&vsock, AGENT_VSOCK_PORT, deadline, &mut checks)
