@@ -449,3 +449,91 @@ fn host_port_forwards_to_the_pod() {
     let rules = run_ok(node.command("nft").args(["list", "ruleset"]));
     assert!(!rules.contains("net-hostport"), "forward removed:\n{rules}");
 }
+
+#[test]
+fn containers_in_one_pod_share_localhost() {
+    if skip("containers_in_one_pod_share_localhost") {
+        return;
+    }
+    let ns = Netns::new("localhost");
+    // The sidecar listens on the pod's loopback only; the main container
+    // reaches it there, so the two share one network namespace.
+    let out = unipod_run(
+        &ns,
+        "upt-lo",
+        "10.231.7.0/24",
+        "net-localhost",
+        &[
+            "--sidecar",
+            "server=nc -l -s 127.0.0.1 -p 6060 -e echo hello from the sidecar",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 60); do nc 127.0.0.1 6060 && exit 0; sleep 1; done; exit 1",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the client reached the sidecar");
+    assert!(stdout.contains("hello from the sidecar"), "{stdout}");
+}
+
+#[test]
+fn egress_nat_lets_pods_reach_past_the_node() {
+    if skip("egress_nat_lets_pods_reach_past_the_node") {
+        return;
+    }
+    // "outside" has no route back to the pod CIDR: only masquerading on the
+    // node lets a pod's connection complete, and then it comes from the
+    // node's address.
+    let node = Netns::new("nat");
+    let outside = Netns::new("nat-outside");
+    node.ip(&[
+        "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-o",
+    ]);
+    node.ip(&["link", "set", "uplink-o", "netns", &outside.name]);
+    node.ip(&["addr", "add", "192.168.233.1/24", "dev", "uplink"]);
+    outside.ip(&["addr", "add", "192.168.233.2/24", "dev", "uplink-o"]);
+    node.ip(&["link", "set", "uplink", "up"]);
+    outside.ip(&["link", "set", "uplink-o", "up"]);
+    run_ok(
+        node.command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"]),
+    );
+    let listener = outside.enter(|| std::net::TcpListener::bind("192.168.233.2:7070").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    // The guest kernel has no POSIX timers (so no `nc -w` or `timeout`):
+    // the pod gives its client a few seconds, then ends.
+    let connect = |name: &str, nat: bool| {
+        let mut extra = vec![];
+        if nat {
+            extra.push("--nat");
+        }
+        extra.extend([
+            "--",
+            "sh",
+            "-c",
+            "nc 192.168.233.2 7070 </dev/null & sleep 5; kill $! 2>/dev/null; true",
+        ]);
+        let out = unipod_run(&node, "upt-nat", "10.231.8.0/24", name, &extra)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0));
+        match listener.accept() {
+            Ok((_, peer)) => Some(peer.ip()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    assert_eq!(connect("net-nat-off", false), None, "no NAT: no connection");
+    assert_eq!(
+        connect("net-nat-on", true),
+        Some(std::net::IpAddr::from([192, 168, 233, 1])),
+        "NAT: connected, from the node's address"
+    );
+    let rules = run_ok(node.command("nft").args(["list", "table", "ip", "unipod"]));
+    assert!(rules.contains("masquerade"), "{rules}");
+}

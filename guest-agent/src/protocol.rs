@@ -29,6 +29,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -74,17 +75,22 @@ pub struct HostMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    /// Start a container process; replies [`Reply::Started`].
+    /// Start a container process; replies [`Reply::Started`]. Several
+    /// containers may run at once: a `Run` is refused only while a container
+    /// of the same name is running or its [`Event::ContainerExited`] is not
+    /// yet sent; after that the name may be run again.
     Run(RunSpec),
-    /// Send `signal` (a Linux signal number) to the container `name`.
+    /// Send `signal` (a Linux signal number) to the main process of the
+    /// container `name`, and to no other container.
     Signal {
         /// The container's name, as in its [`RunSpec`].
         name: String,
         /// Linux signal number, e.g. 15 for SIGTERM.
         signal: i32,
     },
-    /// Stop the container (SIGTERM, then SIGKILL after a short grace) and
-    /// power the guest off; replies [`Reply::Ok`] first.
+    /// Stop every running container (SIGTERM, then SIGKILL after a short
+    /// grace), report each one's exit and power the guest off; replies
+    /// [`Reply::Ok`] first.
     Shutdown,
     /// Liveness check; replies [`Reply::Pong`].
     Ping,
@@ -101,7 +107,8 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Container name: 1-63 characters of `[A-Za-z0-9_.-]`, not starting with
-    /// `.` (it names a cgroup directory).
+    /// `.` (it names a cgroup directory); unique among the pod's running
+    /// containers, and carried by every event about this one.
     pub name: String,
     /// Program and arguments; `argv[0]` is looked up in the spec's `PATH`
     /// (or `/usr/local/bin:/bin:/usr/bin`) when it has no `/`.
@@ -136,6 +143,31 @@ pub struct PodConfig {
     /// Heartbeat period in milliseconds (at least 10); `None` keeps the
     /// current one.
     pub heartbeat_ms: Option<u64>,
+    /// The pod's network interface; `None` leaves the guest with `lo` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+}
+
+/// How the agent sets up the pod's `eth0` (the virtio-net device), `lo`,
+/// `/etc/hosts` and `/etc/resolv.conf`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// The interface's MAC address (unicast).
+    pub mac: [u8; 6],
+    /// The pod IP.
+    pub address: Ipv4Addr,
+    /// The pod network's prefix length (8 to 30).
+    pub prefix_len: u8,
+    /// The default gateway: the host bridge, inside the pod network.
+    pub gateway: Ipv4Addr,
+    /// The interface MTU (68 to 65535).
+    pub mtu: u32,
+    /// `nameserver` lines of `/etc/resolv.conf`, at most 3.
+    #[serde(default)]
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// `search` domains of `/etc/resolv.conf`, at most 6.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
 }
 
 impl fmt::Debug for PodConfig {
@@ -147,6 +179,7 @@ impl fmt::Debug for PodConfig {
             .field("unix_nanos", &self.unix_nanos)
             .field("entropy", &format_args!("<{} bytes>", self.entropy.len()))
             .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -225,7 +258,8 @@ pub enum Event {
         /// Its process id inside the guest.
         pid: u32,
     },
-    /// A chunk of container output, in the order the agent read it.
+    /// A chunk of container output, in the order the agent read it; chunks
+    /// of different containers interleave.
     Output {
         /// The container's name.
         name: String,
@@ -234,7 +268,8 @@ pub enum Event {
         /// The raw bytes.
         data: Vec<u8>,
     },
-    /// The container process exited and its output is fully forwarded.
+    /// The container process exited and its output is fully forwarded: this
+    /// follows the container's last [`Event::Output`].
     ContainerExited {
         /// The container's name.
         name: String,
@@ -246,7 +281,8 @@ pub enum Event {
         /// The signal that killed the process, if one did.
         signal: Option<i32>,
     },
-    /// The container's cgroup saw an OOM kill (sent before `ContainerExited`).
+    /// The container's cgroup saw an OOM kill (sent just before its
+    /// [`Event::ContainerExited`]).
     Oom {
         /// The container's name.
         name: String,
@@ -558,6 +594,19 @@ mod tests {
             unix_nanos: 999_999_999,
             entropy: (0..=255).chain(0..32).collect(),
             heartbeat_ms: Some(250),
+            network: None,
+        }
+    }
+
+    fn network_config() -> NetworkConfig {
+        NetworkConfig {
+            mac: [0x02, 0x75, 10, 211, 0, 2],
+            address: Ipv4Addr::new(10, 211, 0, 2),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(10, 211, 0, 1),
+            mtu: 1500,
+            dns_servers: vec![Ipv4Addr::new(10, 0, 0, 53)],
+            dns_search: vec!["cluster.local".into()],
         }
     }
 
@@ -586,6 +635,10 @@ mod tests {
             Request::Configure(PodConfig {
                 heartbeat_ms: None,
                 unix_secs: -1,
+                ..pod_config()
+            }),
+            Request::Configure(PodConfig {
+                network: Some(network_config()),
                 ..pod_config()
             }),
         ];
@@ -726,6 +779,22 @@ mod tests {
             ..config
         };
         assert_eq!(msg.request, Request::Configure(expected));
+    }
+
+    #[test]
+    fn network_config_wire_format_uses_dotted_quads() {
+        let json = serde_json::to_string(&network_config()).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"mac":[2,117,10,211,0,2],"address":"10.211.0.2","prefix_len":16,"#,
+                r#""gateway":"10.211.0.1","mtu":1500,"dns_servers":["10.0.0.53"],"#,
+                r#""dns_search":["cluster.local"]}"#
+            )
+        );
+        let minimal = r#"{"mac":[2,0,0,0,0,1],"address":"10.0.0.2","prefix_len":24,"gateway":"10.0.0.1","mtu":1500}"#;
+        let parsed: NetworkConfig = serde_json::from_str(minimal).unwrap();
+        assert!(parsed.dns_servers.is_empty() && parsed.dns_search.is_empty());
     }
 
     #[test]

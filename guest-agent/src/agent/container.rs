@@ -1,4 +1,5 @@
 //! One container process: validation, spawn, output pipes and exit status.
+//! The agent runs several of these at once, independently (see `agent`).
 //!
 //! # Design
 //!
@@ -183,8 +184,8 @@ pub struct Container {
 }
 
 impl Container {
-    /// Starts `spec` (already [`validate`]d), in a fresh cgroup when `cgroups`
-    /// is available.
+    /// Starts `spec` (already [`validate`]d), in its own cgroup when `cgroups`
+    /// is available (reusing a leftover one of the same name).
     pub fn start(spec: &RunSpec, cgroups: Option<&Cgroups>) -> Result<Self, ContainerError> {
         let (argv0, args) = spec.argv.split_first().ok_or(ContainerError::EmptyArgv)?;
         // Checked here because a bad cwd would otherwise surface as a
@@ -198,7 +199,6 @@ impl Container {
             }
         }
         let cgroup = cgroups.and_then(|c| {
-            c.remove_leftovers();
             c.create(&spec.name)
                 .inspect_err(|e| {
                     log::warn!("{}: running without a cgroup: {}", spec.name, Chain(e))
@@ -410,13 +410,35 @@ impl Container {
         let oom = self.cgroup.as_ref().is_some_and(|cg| {
             let oom = cg.oom_killed();
             if let Err(e) = cg.remove() {
-                // Usually EBUSY: killed processes still exiting. The next
-                // start removes it.
+                // Usually EBUSY: killed processes still exiting. The agent
+                // removes leftovers when it next starts a container in an
+                // otherwise empty pod, and a start of the same name reuses
+                // it.
                 log::debug!("{}: cgroup not removed yet: {}", self.name, Chain(&e));
             }
             oom
         });
         exit_report(t, oom)
+    }
+
+    /// A running container without a process or cgroup whose stdout is a
+    /// fresh nonblocking pipe (stderr closed), for tests of the agent's
+    /// bookkeeping; also returns the pipe's write end. Give a `pid` above
+    /// the kernel's limit (2^22): [`Container::on_reaped`] signals its group.
+    #[cfg(test)]
+    pub fn stub(name: &str, pid: u32) -> (Self, OwnedFd) {
+        let (read, write) = nix::unistd::pipe().expect("pipe(2) for a test stub");
+        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK on a pipe");
+        let c = Self {
+            name: name.into(),
+            pid,
+            stdout: Some(read),
+            stderr: None,
+            termination: None,
+            cgroup: None,
+            drain_deadline: None,
+        };
+        (c, write)
     }
 }
 

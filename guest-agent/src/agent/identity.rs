@@ -5,7 +5,9 @@
 //! host's `Configure` (sent to cold-booted guests too, so there is one code
 //! path) fixes that: [`validate`] checks the whole [`PodConfig`] without side
 //! effects, then [`apply`] sets the clock, reseeds the kernel RNG, sets the
-//! hostname and publishes the pod's UID and hostname under [`PODINFO_DIR`].
+//! hostname, sets up the network ([`super::network`]: `lo`, `eth0`,
+//! `/etc/hosts`, `/etc/resolv.conf`) and publishes the pod's UID and hostname
+//! under [`PODINFO_DIR`].
 //!
 //! # Design
 //!
@@ -44,7 +46,10 @@ use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 
 use super::init::is_pid1;
+use super::network::{self, NetworkError};
 
+/// Where `hosts` and `resolv.conf` go.
+const ETC_DIR: &str = "/etc";
 /// Where the pod's downward-API style files go.
 pub const PODINFO_DIR: &str = "/etc/podinfo";
 /// Accepted lengths of [`PodConfig::entropy`], in bytes.
@@ -129,6 +134,9 @@ pub enum IdentityError {
     /// `sethostname` failed.
     #[error("set the hostname")]
     Hostname(#[source] Errno),
+    /// The network, `/etc/hosts` or `/etc/resolv.conf` could not be set up.
+    #[error("configure the network")]
+    Network(#[source] NetworkError),
     /// A pod info file or its directory could not be written.
     #[error("write {path}")]
     Podinfo {
@@ -155,6 +163,12 @@ pub fn validate(config: &PodConfig) -> Result<(), IdentityError> {
         ));
     }
     check_entropy_len(config.entropy.len())?;
+    if let Some(net) = &config.network {
+        network::validate(net).map_err(|e| match e {
+            NetworkError::Invalid { field, problem } => invalid(field, problem),
+            other => IdentityError::Network(other),
+        })?;
+    }
     match config.heartbeat_ms {
         Some(ms) if ms < MIN_HEARTBEAT_MS => Err(invalid(
             "heartbeat_ms",
@@ -222,7 +236,22 @@ pub fn apply(config: &PodConfig) -> Result<(), IdentityError> {
     clock_settime(ClockId::CLOCK_REALTIME, now).map_err(IdentityError::Clock)?;
     reseed_rng(&config.entropy)?;
     nix::unistd::sethostname(&config.hostname).map_err(IdentityError::Hostname)?;
+    apply_network(config).map_err(IdentityError::Network)?;
     write_podinfo(Path::new(PODINFO_DIR), &config.pod_uid, &config.hostname)
+}
+
+/// `lo` up, `eth0` and the default route if the pod has a network, then
+/// `/etc/hosts` and `/etc/resolv.conf`.
+fn apply_network(config: &PodConfig) -> Result<(), NetworkError> {
+    network::loopback_up()?;
+    if let Some(net) = &config.network {
+        network::configure_interface(net)?;
+    }
+    network::write_files(
+        Path::new(ETC_DIR),
+        &config.hostname,
+        config.network.as_ref(),
+    )
 }
 
 /// A `struct rand_pool_info` (include/uapi/linux/random.h) as native-endian
@@ -285,11 +314,18 @@ pub fn write_podinfo(dir: &Path, uid: &str, hostname: &str) -> Result<(), Identi
     fs::create_dir_all(dir).map_err(err(dir))?;
     for (name, value) in [("uid", uid), ("hostname", hostname)] {
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, value).map_err(err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(err(&path))?;
+        write_atomic(&path, value).map_err(err(&path))?;
     }
     Ok(())
+}
+
+/// Replaces `path` with `contents` atomically: a reader sees the old file or
+/// the new one, never half of it. The temporary file is `.NAME.tmp` beside it.
+pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    fs::write(&tmp, contents)?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -304,6 +340,7 @@ mod tests {
             unix_nanos: 0,
             entropy: vec![7; 32],
             heartbeat_ms: None,
+            network: None,
         }
     }
 
@@ -326,6 +363,7 @@ mod tests {
             unix_nanos: 999_999_999,
             entropy: vec![0; *ENTROPY_LEN.end()],
             heartbeat_ms: Some(MIN_HEARTBEAT_MS),
+            network: None,
         };
         assert_eq!(rejected_field(&edge), None);
     }

@@ -1,37 +1,51 @@
 //! The agent proper: PID-1 setup, then one single-threaded poll loop over the
-//! vsock listener, the host connection, the container's output pipes, a
+//! vsock listener, the host connection, every container's output pipes, a
 //! signalfd and the heartbeat timerfd.
 //!
 //! # Design
 //!
 //! One thread and one `poll` keep the ordering questions simple: output is
-//! forwarded in the order it is read, `ContainerExited` is queued only after
-//! the process is reaped *and* both pipes hit EOF, and the reaper
+//! forwarded in the order it is read, a container's `ContainerExited` is
+//! queued only after its process is reaped *and* both its pipes hit EOF (so it
+//! follows that container's last `Output`), and the reaper
 //! (`waitpid(-1, WNOHANG)` on SIGCHLD) is the only place exit statuses come
-//! from. Nothing blocks: host writes go through a bounded [`host::Outbox`].
+//! from; it hands each to the container with that pid and drops the orphans'.
+//! Nothing blocks: host writes go through a bounded [`host::Outbox`], and
+//! while it is over `OUTPUT_HIGH_WATER` no container's pipes are read.
+//!
+//! The pod's containers live in [`Containers`], by name, from `Run` until
+//! their `ContainerExited` is queued; several run at once, each in its own
+//! cgroup, process group and pipes, and every event names its container.
 //!
 //! Lifecycle rules:
+//! - `Run` starts a container unless one of that name is still running or
+//!   draining; a name may be run again once its exit was reported.
 //! - One host connection at a time; a new connection replaces the current
 //!   one (a host that reconnects wins over a stale socket). A dropped host
-//!   leaves the container running.
-//! - SIGTERM/SIGINT: SIGTERM the container, SIGKILL it after [`TERM_GRACE`],
-//!   power off once it is reported (or [`KILL_WAIT`] later regardless).
-//!   `Shutdown` does the same with [`SHUTDOWN_GRACE`].
-//! - After `ContainerExited`, the pod is finished: power off when the host
-//!   sends `Shutdown`, when it hangs up after receiving `ContainerExited`, or
-//!   when no host has been connected for [`LINGER`]. A new `Run` un-finishes it.
+//!   leaves the containers running.
+//! - SIGTERM/SIGINT: SIGTERM every running container, SIGKILL them all after
+//!   [`TERM_GRACE`], power off once every exit is reported (or [`KILL_WAIT`]
+//!   later regardless). `Shutdown` does the same with [`SHUTDOWN_GRACE`].
+//! - The pod is *finished* once at least one container ran and none is still
+//!   running or draining. A finished pod powers off when the host sends
+//!   `Shutdown`, when it hangs up after receiving every `ContainerExited`, or
+//!   when no host has been connected for [`LINGER`]. A new `Run` un-finishes
+//!   it.
 //!
-//! Requests: `Run` starts the container, `Signal` signals it, `Shutdown` stops
-//! the pod, `Ping` answers `Pong`, `Debug(StopHeartbeat)` silences the
-//! heartbeat, and `Configure` gives the guest its pod identity (clock, RNG,
-//! hostname, `/etc/podinfo`, heartbeat period; see [`identity`]). The host
-//! sends `Configure` right after `Ready`, also to guests restored from a
-//! snapshot, which is why the heartbeat period can change after boot (the
-//! kernel command line's `unipod.heartbeat_ms` only sets the initial one).
+//! Requests: `Run` starts a container, `Signal` signals the one it names,
+//! `Shutdown` stops the pod, `Ping` answers `Pong`, `Debug(StopHeartbeat)`
+//! silences the heartbeat, and `Configure` gives the guest its pod identity
+//! (clock, RNG, hostname, `/etc/podinfo`, heartbeat period; see
+//! [`identity`]). The host sends `Configure` right after `Ready`, also to
+//! guests restored from a snapshot, which is why the heartbeat period can
+//! change after boot (the kernel command line's `unipod.heartbeat_ms` only
+//! sets the initial one).
 //!
 //! # Limitations
 //!
-//! One container per pod for now; a second `Run` while it runs is refused.
+//! Containers are independent processes: no start order, init containers or
+//! restart policy (the host decides when to `Run` a name again), and they
+//! share the guest's file system, network and RAM.
 
 pub mod cgroup;
 pub mod container;
@@ -39,8 +53,10 @@ pub mod host;
 pub mod identity;
 pub mod init;
 pub mod logger;
+pub mod network;
 
-use std::os::fd::AsFd;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -71,7 +87,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long a finished pod waits for a host before powering off.
 pub const LINGER: Duration = Duration::from_secs(30);
-/// Above this many unsent bytes, the container's pipes are not read.
+/// Above this many unsent bytes, no container's pipes are read.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Above this many unsent bytes, the host's requests are not read.
 const OUTBOX_LIMIT: usize = 1024 * 1024;
@@ -176,7 +192,121 @@ struct Ready {
     timer: bool,
     listener: bool,
     host: Option<PollFlags>,
-    pipes: Vec<Stream>,
+    /// Container name and stream of each ready pipe.
+    pipes: Vec<(String, Stream)>,
+}
+
+/// The pod's containers that are running or still draining their output,
+/// by name. A container is inserted when it starts and taken out once it is
+/// done, to be reported; its name is then free for another `Run`.
+#[derive(Debug, Default)]
+struct Containers {
+    live: BTreeMap<String, Container>,
+    /// Containers reported as exited (or failed to start) so far.
+    ended: u64,
+}
+
+impl Containers {
+    /// Why a `Run` of `name` must be refused now, if it must.
+    fn refuse_run(&self, name: &str) -> Option<String> {
+        let c = self.live.get(name)?;
+        Some(if c.is_running() {
+            format!(
+                "container {name:?} is still running (pid {}); run it again after its \
+                 container_exited, or signal it to stop",
+                c.pid()
+            )
+        } else {
+            format!(
+                "container {name:?} has exited but its output is still being forwarded; \
+                 run it again after its container_exited"
+            )
+        })
+    }
+
+    /// Adds a started container; its name must not be live (see
+    /// [`Containers::refuse_run`]).
+    fn insert(&mut self, c: Container) {
+        let replaced = self.live.insert(c.name().to_string(), c);
+        debug_assert!(replaced.is_none(), "a live container was replaced");
+    }
+
+    /// The live container called `name`.
+    fn get(&self, name: &str) -> Option<&Container> {
+        self.live.get(name)
+    }
+
+    /// The live container called `name`, mutably.
+    fn get_mut(&mut self, name: &str) -> Option<&mut Container> {
+        self.live.get_mut(name)
+    }
+
+    /// The running container whose main process is `pid`. Exited ones are
+    /// skipped: the kernel may already have reused their pid.
+    fn running_by_pid(&mut self, pid: i32) -> Option<&mut Container> {
+        self.live
+            .values_mut()
+            .find(|c| c.is_running() && i64::from(c.pid()) == i64::from(pid))
+    }
+
+    /// The names of the running containers, for error messages.
+    fn running_names(&self) -> Vec<&str> {
+        let running = self.live.values().filter(|c| c.is_running());
+        running.map(Container::name).collect()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Container> {
+        self.live.values()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Container> {
+        self.live.values_mut()
+    }
+
+    /// Every open output pipe, with its container's name, for polling.
+    fn pipes(&self) -> impl Iterator<Item = (&str, Stream, BorrowedFd<'_>)> {
+        self.live
+            .iter()
+            .flat_map(|(name, c)| c.pipes().map(move |(s, fd)| (name.as_str(), s, fd)))
+    }
+
+    /// The earliest drain deadline of an exited container.
+    fn drain_deadline(&self) -> Option<Instant> {
+        self.iter().filter_map(Container::drain_deadline).min()
+    }
+
+    /// Takes out the done containers (in name order) and counts them as
+    /// ended.
+    fn take_done(&mut self) -> Vec<Container> {
+        let names: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, c)| c.is_done())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let done: Vec<Container> = names
+            .iter()
+            .filter_map(|name| self.live.remove(name))
+            .collect();
+        self.ended += done.len() as u64;
+        done
+    }
+
+    /// Counts a container that failed to start (reported, never live).
+    fn note_failed_start(&mut self) {
+        self.ended += 1;
+    }
+
+    /// True when no container is running or draining.
+    fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The pod is finished once at least one container ran (or failed to
+    /// start) and none is still running or draining.
+    fn pod_finished(&self) -> bool {
+        self.ended > 0 && self.live.is_empty()
+    }
 }
 
 /// The agent's state.
@@ -187,7 +317,7 @@ struct Agent {
     signals: SignalFd,
     heartbeat: Heartbeat,
     cgroups: Option<Cgroups>,
-    container: Option<Container>,
+    containers: Containers,
     /// `ContainerExited` frames queued and written, to know when the last one
     /// reached a host.
     exits_queued: u64,
@@ -226,7 +356,7 @@ impl Agent {
                 seq: 0,
             },
             cgroups,
-            container: None,
+            containers: Containers::default(),
             exits_queued: 0,
             exits_written: 0,
             finished: None,
@@ -241,9 +371,9 @@ impl Agent {
         let now = Instant::now();
         let read_pipes = self.outbox.pending_bytes() < OUTPUT_HIGH_WATER;
         let read_host = self.outbox.pending_bytes() < OUTBOX_LIMIT;
-        if let Some(c) = &mut self.container {
-            if !read_pipes {
-                // Output waits for the host, not for a background process.
+        if !read_pipes {
+            // Output waits for the host, not for a background process.
+            for c in self.containers.iter_mut() {
                 c.note_activity(now);
             }
         }
@@ -261,8 +391,8 @@ impl Agent {
         if ready.signal {
             self.handle_signals(now);
         }
-        for stream in ready.pipes {
-            self.read_pipe(stream, now);
+        for (name, stream) in ready.pipes {
+            self.read_pipe(&name, stream, now);
         }
         if let Some(flags) = ready.host {
             // HUP/ERR are reported unasked; reading is how we see the EOF.
@@ -314,9 +444,9 @@ impl Agent {
             fds.push(PollFd::new(h.as_fd(), events));
         }
         let mut pipe_slots = Vec::new();
-        if let (true, Some(c)) = (read_pipes, &self.container) {
-            for (stream, fd) in c.pipes() {
-                pipe_slots.push((stream, fds.len()));
+        if read_pipes {
+            for (name, stream, fd) in self.containers.pipes() {
+                pipe_slots.push((name, stream, fds.len()));
                 fds.push(PollFd::new(fd, input));
             }
         }
@@ -335,8 +465,8 @@ impl Agent {
             host: host_slot.map(flags).filter(|f| !f.is_empty()),
             pipes: pipe_slots
                 .into_iter()
-                .filter(|&(_, i)| !flags(i).is_empty())
-                .map(|(s, _)| s)
+                .filter(|&(_, _, i)| !flags(i).is_empty())
+                .map(|(name, s, _)| (name.to_string(), s))
                 .collect(),
         })
     }
@@ -350,7 +480,7 @@ impl Agent {
                 s.kill_at.min(s.give_up_at)
             }
         });
-        let drain = self.container.as_ref().and_then(Container::drain_deadline);
+        let drain = self.containers.drain_deadline();
         let linger = self.finished.flatten();
         [stop, drain, linger].into_iter().flatten().min()
     }
@@ -387,8 +517,8 @@ impl Agent {
         }
     }
 
-    /// Collects every exited child: the container's status, and orphans
-    /// reparented to PID 1.
+    /// Collects every exited child: the containers' main processes (routed
+    /// by pid), and orphans reparented to PID 1.
     fn reap(&mut self, now: Instant) {
         loop {
             let (pid, t) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -401,37 +531,42 @@ impl Agent {
                     break;
                 }
             };
-            if let Some(c) = &mut self.container {
-                if c.is_running() && i64::from(c.pid()) == i64::from(pid.as_raw()) {
+            match self.containers.running_by_pid(pid.as_raw()) {
+                Some(c) => {
                     log::info!("{}: process {pid} ended: {t:?}", c.name());
                     c.on_reaped(t, now);
                 }
+                None => log::debug!("reaped orphan {pid}: {t:?}"),
             }
         }
     }
 
-    // ---- the container ----
+    // ---- the containers ----
 
     fn run_container(&mut self, id: u64, spec: RunSpec, now: Instant) {
         if self.stopping.is_some() {
             return self.reply(id, Err("the agent is shutting down".into()));
         }
-        if let Some(c) = &self.container {
-            let msg = format!(
-                "container {:?} is still running; only one container per pod is supported",
-                c.name()
-            );
+        // A container that became done this round is reported before its
+        // name is checked, and before the new container's events.
+        self.report_done(now);
+        if let Some(msg) = self.containers.refuse_run(&spec.name) {
             return self.reply(id, Err(msg));
         }
         if let Err(e) = container::validate(&spec) {
             return self.reply(id, Err(Chain(&e).to_string()));
         }
         self.finished = None;
+        if let Some(cgroups) = self.cgroups.as_ref().filter(|_| self.containers.is_empty()) {
+            // Only in an empty pod: the cgroup of a live container, even one
+            // emptied by its exit, still holds its OOM count.
+            cgroups.remove_leftovers();
+        }
         match Container::start(&spec, self.cgroups.as_ref()) {
             Ok(c) => {
                 let (name, pid) = (c.name().to_string(), c.pid());
                 log::info!("{name}: started {:?} as pid {pid}", spec.argv);
-                self.container = Some(c);
+                self.containers.insert(c);
                 self.reply(id, Ok(Reply::Started { pid }));
                 self.queue(FrameKind::Event, Event::ContainerStarted { name, pid });
             }
@@ -445,45 +580,53 @@ impl Agent {
                     reason: REASON_ERROR.into(),
                     signal: None,
                 });
-                self.on_finished(now);
+                self.containers.note_failed_start();
+                self.check_finished(now);
             }
         }
     }
 
-    fn read_pipe(&mut self, stream: Stream, now: Instant) {
-        let Some(c) = &mut self.container else { return };
+    fn read_pipe(&mut self, name: &str, stream: Stream, now: Instant) {
+        let Some(c) = self.containers.get_mut(name) else {
+            return;
+        };
         if let PipeRead::Data(data) = c.read(stream, now) {
-            let name = c.name().to_string();
+            let name = name.to_string();
             self.queue(FrameKind::Event, Event::Output { name, stream, data });
         }
     }
 
-    /// Reports a done container: `Oom` if its cgroup saw one, then
+    /// Reports each done container: `Oom` if its cgroup saw one, then
     /// `ContainerExited`.
-    fn finish_container(&mut self, now: Instant) {
-        if !self.container.as_ref().is_some_and(Container::is_done) {
+    fn report_done(&mut self, now: Instant) {
+        let done = self.containers.take_done();
+        if done.is_empty() {
             return;
         }
-        let Some(c) = self.container.take() else {
-            return;
-        };
-        let report = c.finish();
-        let name = c.name().to_string();
-        log::info!("{name}: exit code {} ({})", report.exit_code, report.reason);
-        if report.reason == REASON_OOM_KILLED {
-            self.queue(FrameKind::Event, Event::Oom { name: name.clone() });
+        for c in done {
+            let report = c.finish();
+            let name = c.name().to_string();
+            log::info!("{name}: exit code {} ({})", report.exit_code, report.reason);
+            if report.reason == REASON_OOM_KILLED {
+                self.queue(FrameKind::Event, Event::Oom { name: name.clone() });
+            }
+            self.queue_exit(Event::ContainerExited {
+                name,
+                exit_code: report.exit_code,
+                reason: report.reason.into(),
+                signal: report.signal,
+            });
         }
-        self.queue_exit(Event::ContainerExited {
-            name,
-            exit_code: report.exit_code,
-            reason: report.reason.into(),
-            signal: report.signal,
-        });
-        self.on_finished(now);
+        self.check_finished(now);
     }
 
-    fn on_finished(&mut self, now: Instant) {
-        self.finished = Some(self.host.is_none().then_some(now + LINGER));
+    /// After a report: if that was the last live container, the pod is
+    /// finished and the wait for a host (re)starts.
+    fn check_finished(&mut self, now: Instant) {
+        if self.containers.pod_finished() {
+            log::info!("pod finished: no container is running");
+            self.finished = Some(self.host.is_none().then_some(now + LINGER));
+        }
     }
 
     // ---- stopping ----
@@ -496,7 +639,7 @@ impl Agent {
             s.give_up_at = s.give_up_at.min(give_up_at);
             return;
         }
-        if let Some(c) = self.container.as_ref().filter(|c| c.is_running()) {
+        for c in self.containers.iter().filter(|c| c.is_running()) {
             log::info!("{}: sending SIGTERM, SIGKILL in {grace:?}", c.name());
             if let Err(e) = c.signal(Signal::SIGTERM as i32) {
                 log::warn!("{}", Chain(&e));
@@ -513,36 +656,36 @@ impl Agent {
         if let Some(s) = &mut self.stopping {
             if !s.killed && now >= s.kill_at {
                 s.killed = true;
-                if let Some(c) = &self.container {
+                for c in self.containers.iter() {
                     log::info!("{}: grace period over, sending SIGKILL", c.name());
                     c.kill_all();
                 }
             }
             if now >= s.give_up_at {
-                log::warn!("stop: container or host still busy; powering off anyway");
+                log::warn!("stop: a container or the host is still busy; powering off anyway");
                 self.power_off = true;
-                // Report an exited container even if something still holds
-                // its pipes; the flush that follows sends it if it can.
-                if let Some(c) = self.container.as_mut().filter(|c| !c.is_running()) {
+                // Report exited containers even if something still holds
+                // their pipes; the flush that follows sends them if it can.
+                for c in self.containers.iter_mut().filter(|c| !c.is_running()) {
                     c.close_pipes();
                 }
             }
         }
-        if let Some(c) = &mut self.container {
+        for c in self.containers.iter_mut() {
             c.check_drain(now);
         }
-        self.finish_container(now);
+        self.report_done(now);
         if self.finished.flatten().is_some_and(|t| now >= t) {
             log::info!("pod finished and no host for {LINGER:?}: powering off");
             self.power_off = true;
         }
     }
 
-    /// During a stop: power off once the container is reported and the host
-    /// has everything (or is gone).
+    /// During a stop: power off once every container is reported and the
+    /// host has everything (or is gone).
     fn check_stop_complete(&mut self) {
         if self.stopping.is_some()
-            && self.container.is_none()
+            && self.containers.is_empty()
             && (self.host.is_none() || self.outbox.is_empty())
         {
             self.power_off = true;
@@ -616,12 +759,15 @@ impl Agent {
             Request::Run(spec) => self.run_container(id, spec, now),
             Request::Ping => self.reply(id, Ok(Reply::Pong)),
             Request::Signal { name, signal } => {
-                let result = match &self.container {
-                    Some(c) if c.name() == name => c
+                let result = match self.containers.get(&name) {
+                    Some(c) => c
                         .signal(signal)
                         .map(|()| Reply::Ok)
                         .map_err(|e| Chain(&e).to_string()),
-                    _ => Err(format!("no running container named {name:?}")),
+                    None => Err(format!(
+                        "no running container named {name:?} (running: {:?})",
+                        self.containers.running_names()
+                    )),
                 };
                 self.reply(id, result);
             }
@@ -713,5 +859,133 @@ impl Agent {
             .push(kind, msg)
             .inspect_err(|e| log::warn!("dropping a message for the host: {}", Chain(e)))
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+
+    /// Pids above the kernel's limit (2^22), so no real process is touched.
+    const PID_A: u32 = 5_000_001;
+    const PID_B: u32 = 5_000_002;
+
+    fn live(containers: &mut Containers, name: &str, pid: u32) -> OwnedFd {
+        let (c, writer) = Container::stub(name, pid);
+        containers.insert(c);
+        writer
+    }
+
+    /// What the reaper does for `name`'s main process.
+    fn reap(containers: &mut Containers, name: &str, now: Instant) {
+        let c = containers.get_mut(name).unwrap();
+        c.on_reaped(Termination::Exited(0), now);
+    }
+
+    /// Reaps `name` and closes its output: done, as far as the agent knows.
+    fn end(containers: &mut Containers, name: &str, writer: OwnedFd) {
+        let now = Instant::now();
+        reap(containers, name, now);
+        drop(writer);
+        let c = containers.get_mut(name).unwrap();
+        assert!(matches!(c.read(Stream::Stdout, now), PipeRead::Nothing));
+        assert!(c.is_done(), "{name} should be done after exit and EOF");
+    }
+
+    #[test]
+    fn a_live_name_is_refused_until_its_exit_is_reported() {
+        let mut cs = Containers::default();
+        let writer = live(&mut cs, "web", PID_A);
+        let running = cs.refuse_run("web").expect("a running name is refused");
+        assert!(
+            running.contains("\"web\"") && running.contains("still running"),
+            "{running}"
+        );
+        assert_eq!(cs.refuse_run("db"), None, "other names may run");
+
+        reap(&mut cs, "web", Instant::now());
+        let draining = cs.refuse_run("web").expect("a draining name is refused");
+        assert!(draining.contains("still being forwarded"), "{draining}");
+
+        end(&mut cs, "web", writer);
+        let done = cs.take_done();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].name(), "web");
+        assert_eq!(cs.refuse_run("web"), None, "a reported name may run again");
+        let _writer = live(&mut cs, "web", PID_B);
+        assert_eq!(cs.get("web").map(Container::pid), Some(PID_B));
+    }
+
+    #[test]
+    fn exit_statuses_go_to_the_running_container_with_that_pid() {
+        let mut cs = Containers::default();
+        let _a = live(&mut cs, "a", PID_A);
+        let _b = live(&mut cs, "b", PID_B);
+        let pid = |p: u32| i32::try_from(p).unwrap();
+        assert_eq!(cs.running_by_pid(pid(PID_B)).map(|c| c.name()), Some("b"));
+        assert_eq!(cs.running_by_pid(pid(PID_A)).map(|c| c.name()), Some("a"));
+        assert!(cs.running_by_pid(42).is_none(), "an orphan is nobody's");
+
+        reap(&mut cs, "a", Instant::now());
+        assert!(
+            cs.running_by_pid(pid(PID_A)).is_none(),
+            "an exited container's pid may belong to someone else by now"
+        );
+        assert_eq!(cs.running_names(), ["b"]);
+    }
+
+    #[test]
+    fn the_pod_is_finished_once_one_ran_and_none_is_live() {
+        let mut cs = Containers::default();
+        assert!(!cs.pod_finished(), "nothing ran yet");
+        let a = live(&mut cs, "a", PID_A);
+        let b = live(&mut cs, "b", PID_B);
+        assert!(!cs.pod_finished());
+
+        end(&mut cs, "a", a);
+        assert_eq!(cs.take_done().len(), 1);
+        assert!(!cs.pod_finished(), "b still runs");
+
+        end(&mut cs, "b", b);
+        assert_eq!(cs.take_done().len(), 1);
+        assert!(cs.pod_finished());
+
+        let _c = live(&mut cs, "c", PID_A);
+        assert!(!cs.pod_finished(), "a new container un-finishes the pod");
+
+        let mut failed = Containers::default();
+        failed.note_failed_start();
+        assert!(failed.pod_finished(), "a failed start counts as ran");
+    }
+
+    #[test]
+    fn only_done_containers_are_taken_out() {
+        let mut cs = Containers::default();
+        let _a = live(&mut cs, "a", PID_A);
+        let b = live(&mut cs, "b", PID_B);
+        reap(&mut cs, "a", Instant::now());
+        assert!(cs.take_done().is_empty(), "a still has an open pipe");
+        end(&mut cs, "b", b);
+        let done: Vec<_> = cs.take_done().iter().map(|c| c.name().to_owned()).collect();
+        assert_eq!(done, ["b"]);
+        assert!(cs.get("a").is_some() && cs.get("b").is_none());
+    }
+
+    #[test]
+    fn every_container_s_pipes_are_polled_and_drained_by_deadline() {
+        let mut cs = Containers::default();
+        let _a = live(&mut cs, "a", PID_A);
+        let _b = live(&mut cs, "b", PID_B);
+        let pipes: Vec<_> = cs.pipes().map(|(n, s, _)| (n, s)).collect();
+        assert_eq!(pipes, [("a", Stream::Stdout), ("b", Stream::Stdout)]);
+        assert_eq!(cs.drain_deadline(), None, "nothing exited yet");
+
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        reap(&mut cs, "b", later);
+        reap(&mut cs, "a", t0);
+        assert_eq!(cs.drain_deadline(), Some(t0 + container::DRAIN_IDLE));
     }
 }

@@ -122,6 +122,12 @@ pub struct RunArgs {
     /// Default: the host's non-loopback nameservers.
     #[arg(long, value_name = "IP")]
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// Another container in the pod, started before the main one:
+    /// NAME=COMMAND, where COMMAND runs under /bin/sh -c; repeatable. It
+    /// shares the pod's network (localhost), env and working directory; the
+    /// pod ends when the main container (CMD) does.
+    #[arg(long, value_name = "NAME=COMMAND")]
+    pub sidecar: Vec<Sidecar>,
     /// Debug: ask the agent to stop its heartbeats once the container runs,
     /// to exercise the Unknown phase.
     #[arg(long)]
@@ -129,6 +135,37 @@ pub struct RunArgs {
     /// The container's command and arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A `--sidecar NAME=COMMAND`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sidecar {
+    /// The container name (a DNS label).
+    pub name: String,
+    /// The shell command it runs.
+    pub command: String,
+}
+
+impl std::str::FromStr for Sidecar {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let (name, command) = value
+            .split_once('=')
+            .ok_or("expected NAME=COMMAND, e.g. web='nc -l -p 80 -e echo hi'")?;
+        if !is_dns_label(name) {
+            return Err(format!(
+                "{name:?}: a container name is a DNS label: 1-63 lowercase letters, digits or '-'"
+            ));
+        }
+        if command.trim().is_empty() {
+            return Err(format!("{name}: the command is empty"));
+        }
+        Ok(Sidecar {
+            name: name.to_string(),
+            command: command.to_string(),
+        })
+    }
 }
 
 /// `--network`.
@@ -173,6 +210,9 @@ pub enum RunError {
     /// The pod network could not be set up; nothing of it was left behind.
     #[error(transparent)]
     Network(#[from] NetError),
+    /// Two containers with one name.
+    #[error("--sidecar {0:?}: the name is taken (by the pod or another sidecar); container names must be unique")]
+    DuplicateContainer(String),
     /// Too many --dns servers.
     #[error("--dns: {0} servers given; the guest resolver reads at most 3")]
     TooManyDns(usize),
@@ -187,6 +227,7 @@ extern "C" fn count_signal(_: libc::c_int) {
 /// Runs `unipod run`; returns the exit code.
 pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     validate_name(&args.name)?;
+    validate_sidecars(&args.name, &args.sidecar)?;
     if let Some(bad) = args
         .env
         .iter()
@@ -497,6 +538,19 @@ fn supervise(
         Ok(id) => id,
         Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
     };
+    let mut sidecar_ids = Vec::new();
+    for sidecar in &args.sidecar {
+        let spec = RunSpec {
+            name: sidecar.name.clone(),
+            argv: vec!["/bin/sh".into(), "-c".into(), sidecar.command.clone()],
+            env: container_env(&args.env),
+            cwd: args.workdir.clone(),
+        };
+        match link.send(Request::Run(spec)) {
+            Ok(id) => sidecar_ids.push((id, &sidecar.name)),
+            Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
+        }
+    }
     let spec = RunSpec {
         name: pod.name.clone(),
         argv: args.command.clone(),
@@ -523,6 +577,12 @@ fn supervise(
                     }
                     AgentMessage::Reply { id, result: Err(e) } if id == run_id => {
                         log::error!("the agent could not start {:?}: {e}", args.command[0]);
+                    }
+                    AgentMessage::Reply { id, result: Err(e) } => {
+                        if let Some((_, name)) = sidecar_ids.iter().find(|(s, _)| *s == id) {
+                            let why = format!("sidecar {name} could not start: {e}");
+                            return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
+                        }
                     }
                     AgentMessage::Reply {
                         id,
@@ -602,6 +662,17 @@ fn on_event(pod: &Pod, phase: &mut PhaseTracker, event: Event, now: Instant) -> 
             eprintln!("unipod: pod {}: container {name} was OOM-killed", pod.name)
         }
         Event::ContainerExited {
+            name,
+            exit_code,
+            reason,
+            ..
+        } if name != pod.name => {
+            eprintln!(
+                "unipod: pod {}: sidecar {name} exited ({reason}, exit code {exit_code})",
+                pod.name
+            );
+        }
+        Event::ContainerExited {
             exit_code, reason, ..
         } => {
             if let Some(p) = phase.container_exited(exit_code, &reason) {
@@ -628,18 +699,31 @@ fn container_env(user: &[String]) -> Vec<String> {
     env
 }
 
-fn validate_name(name: &str) -> Result<(), RunError> {
-    let ok = !name.is_empty()
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+        && !name.ends_with('-')
+}
+
+fn validate_name(name: &str) -> Result<(), RunError> {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(RunError::BadName(name.to_string()))
+    }
+}
+
+/// Sidecar names must differ from the pod's (the main container's) and
+/// from each other.
+fn validate_sidecars(pod: &str, sidecars: &[Sidecar]) -> Result<(), RunError> {
+    let mut seen = std::collections::HashSet::from([pod]);
+    match sidecars.iter().find(|s| !seen.insert(&s.name)) {
+        Some(dup) => Err(RunError::DuplicateContainer(dup.name.clone())),
+        None => Ok(()),
     }
 }
 
@@ -797,6 +881,24 @@ mod tests {
         for bad in ["", "Web", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sidecars_parse_and_need_unique_names() {
+        let s: Sidecar = "web=nc -l -p 80 -e echo a=b".parse().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.command.as_str()),
+            ("web", "nc -l -p 80 -e echo a=b")
+        );
+        for bad in ["web", "Web=x", "=x", "web=", "web=  "] {
+            assert!(bad.parse::<Sidecar>().is_err(), "{bad:?}");
+        }
+        let sidecars: Vec<Sidecar> = ["a=x", "b=y"].iter().map(|s| s.parse().unwrap()).collect();
+        assert!(validate_sidecars("pod", &sidecars).is_ok());
+        let err = validate_sidecars("a", &sidecars).unwrap_err().to_string();
+        assert!(err.contains("\"a\""), "{err}");
+        let twice: Vec<Sidecar> = ["a=x", "a=y"].iter().map(|s| s.parse().unwrap()).collect();
+        assert!(validate_sidecars("pod", &twice).is_err());
     }
 
     #[test]

@@ -1,0 +1,418 @@
+//! The pod's network, as a `Configure` request gives it: `lo` and `eth0`
+//! (the virtio-net device) over rtnetlink, then `/etc/hosts` and
+//! `/etc/resolv.conf`.
+//!
+//! # Design
+//!
+//! As in [`super::identity`], [`validate`] checks everything first, so an
+//! invalid request changes nothing; [`configure_interface`] then runs the steps in order and
+//! stops at the first failure, whose error names the step.
+//!
+//! `eth0` is configured while it is down: the MAC first (a guest restored from
+//! a snapshot still has the template's MAC; with no control queue, virtio-net
+//! takes the new one in software, which is all a tap needs), then the MTU and
+//! the address, then the link goes up and the default route goes via the
+//! gateway (a route needs its link up). Netlink comes from the
+//! `unipod-netlink` crate, the same client the host uses for bridges and taps,
+//! rather than busybox `ip`: the agent must not depend on the rootfs' tools.
+//!
+//! The files follow the kubelet's shape: `/etc/hosts` maps `localhost` and the
+//! pod's hostname to its IP; `/etc/resolv.conf` lists the nameservers and
+//! search domains. Each is replaced atomically. Containers share the guest's
+//! root file system for now, so writing them once serves every container.
+//!
+//! # Limitations
+//!
+//! IPv4 only (the guest kernel has no IPv6). One interface, named `eth0`.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use guest_agent::protocol::NetworkConfig;
+use unipod_netlink::{Netlink, NetlinkError};
+
+use super::identity::write_atomic;
+
+/// The virtio-net interface in the guest.
+pub const POD_INTERFACE: &str = "eth0";
+/// Accepted prefix lengths of the pod network.
+pub const PREFIX_LEN: std::ops::RangeInclusive<u8> = 8..=30;
+/// Accepted MTUs (IPv4's minimum to the largest a tap carries).
+pub const MTU: std::ops::RangeInclusive<u32> = 68..=65535;
+/// `nameserver` lines the resolver reads (glibc's and musl's MAXNS).
+pub const MAX_DNS_SERVERS: usize = 3;
+/// `search` domains the resolver reads (glibc's MAXDNSRCH).
+pub const MAX_DNS_SEARCH: usize = 6;
+
+/// Why the network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A field of the request is out of range; nothing was applied.
+    #[error("invalid network.{field}: {problem}")]
+    Invalid {
+        /// The [`NetworkConfig`] field.
+        field: &'static str,
+        /// What is wrong and what is accepted.
+        problem: String,
+    },
+    /// The guest has no such interface (for `eth0`: no virtio-net device).
+    #[error("no interface {0} in the guest")]
+    NoInterface(&'static str),
+    /// A netlink step failed.
+    #[error("{step}")]
+    Netlink {
+        /// What was being done.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: NetlinkError,
+    },
+    /// `/etc/hosts` or `/etc/resolv.conf` could not be written.
+    #[error("write {}", .path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(field: &'static str, problem: String) -> NetworkError {
+    NetworkError::Invalid { field, problem }
+}
+
+/// Checks every field of `config`, with no side effects.
+pub fn validate(config: &NetworkConfig) -> Result<(), NetworkError> {
+    let mac = config.mac;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(invalid(
+            "mac",
+            format!("{} is not a unicast address", format_mac(mac)),
+        ));
+    }
+    if !PREFIX_LEN.contains(&config.prefix_len) {
+        return Err(invalid(
+            "prefix_len",
+            format!(
+                "/{} is outside /{} to /{}",
+                config.prefix_len,
+                PREFIX_LEN.start(),
+                PREFIX_LEN.end()
+            ),
+        ));
+    }
+    let host = |field, ip: Ipv4Addr| {
+        let mask = u32::MAX << (32 - config.prefix_len);
+        let bits = u32::from(ip);
+        if bits & mask != u32::from(config.address) & mask {
+            return Err(invalid(field, format!("{ip} is outside the pod network")));
+        }
+        if bits & !mask == 0 || bits & !mask == !mask {
+            return Err(invalid(
+                field,
+                format!("{ip} is the network or broadcast address"),
+            ));
+        }
+        Ok(())
+    };
+    host("address", config.address)?;
+    host("gateway", config.gateway)?;
+    if config.gateway == config.address {
+        return Err(invalid("gateway", "equals the pod address".into()));
+    }
+    if !MTU.contains(&config.mtu) {
+        return Err(invalid(
+            "mtu",
+            format!("{} is outside {} to {}", config.mtu, MTU.start(), MTU.end()),
+        ));
+    }
+    if config.dns_servers.len() > MAX_DNS_SERVERS {
+        return Err(invalid(
+            "dns_servers",
+            format!(
+                "{} given; the resolver reads at most {MAX_DNS_SERVERS}",
+                config.dns_servers.len()
+            ),
+        ));
+    }
+    if config.dns_search.len() > MAX_DNS_SEARCH {
+        return Err(invalid(
+            "dns_search",
+            format!(
+                "{} given; the resolver reads at most {MAX_DNS_SEARCH}",
+                config.dns_search.len()
+            ),
+        ));
+    }
+    if let Some(bad) = config.dns_search.iter().find(|d| !is_domain(d)) {
+        return Err(invalid(
+            "dns_search",
+            format!("{bad:?} is not a domain name (dot-separated labels of [A-Za-z0-9-])"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Brings `lo` up; every pod has it, with or without a network.
+pub fn loopback_up() -> Result<(), NetworkError> {
+    let step = |step| move |source| NetworkError::Netlink { step, source };
+    let mut nl = Netlink::open().map_err(step("open a netlink socket"))?;
+    let lo = nl
+        .link_index("lo")
+        .map_err(step("find lo"))?
+        .ok_or(NetworkError::NoInterface("lo"))?;
+    nl.set_up(lo).map_err(step("set lo up"))
+}
+
+/// [`validate`]s `config`, then configures `eth0` and the default route.
+pub fn configure_interface(config: &NetworkConfig) -> Result<(), NetworkError> {
+    validate(config)?;
+    let step = |step| move |source| NetworkError::Netlink { step, source };
+    let mut nl = Netlink::open().map_err(step("open a netlink socket"))?;
+    let eth0 = nl
+        .link_index(POD_INTERFACE)
+        .map_err(step("find eth0"))?
+        .ok_or(NetworkError::NoInterface(POD_INTERFACE))?;
+    nl.set_mac(eth0, config.mac)
+        .map_err(step("set the MAC of eth0"))?;
+    nl.set_mtu(eth0, config.mtu)
+        .map_err(step("set the MTU of eth0"))?;
+    match nl.add_address(eth0, config.address, config.prefix_len) {
+        Err(e) if !e.is_already_exists() => return Err(step("add the pod IP to eth0")(e)),
+        _ => {}
+    }
+    nl.set_up(eth0).map_err(step("set eth0 up"))?;
+    match nl.add_route(Ipv4Addr::UNSPECIFIED, 0, config.gateway) {
+        Err(e) if !e.is_already_exists() => Err(step("add the default route")(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The `/etc/hosts` of a pod: `localhost`, and the hostname on the pod IP
+/// (on 127.0.1.1 without a network, as Debian does).
+pub fn hosts_file(hostname: &str, address: Option<Ipv4Addr>) -> String {
+    let ip = address.unwrap_or(Ipv4Addr::new(127, 0, 1, 1));
+    format!("# Managed by unipod.\n127.0.0.1\tlocalhost\n{ip}\t{hostname}\n")
+}
+
+/// The `/etc/resolv.conf` of a pod, or `None` when there is nothing to say.
+pub fn resolv_conf(config: &NetworkConfig) -> Option<String> {
+    if config.dns_servers.is_empty() && config.dns_search.is_empty() {
+        return None;
+    }
+    let mut out = String::from("# Managed by unipod.\n");
+    for server in &config.dns_servers {
+        let _ = writeln!(out, "nameserver {server}");
+    }
+    if !config.dns_search.is_empty() {
+        let _ = writeln!(out, "search {}", config.dns_search.join(" "));
+    }
+    Some(out)
+}
+
+/// Writes `<etc>/hosts` and, when there is DNS to configure,
+/// `<etc>/resolv.conf`.
+pub fn write_files(
+    etc: &Path,
+    hostname: &str,
+    config: Option<&NetworkConfig>,
+) -> Result<(), NetworkError> {
+    let write = |name: &str, contents: &str| {
+        let path = etc.join(name);
+        write_atomic(&path, contents).map_err(|source| NetworkError::File { path, source })
+    };
+    write("hosts", &hosts_file(hostname, config.map(|c| c.address)))?;
+    if let Some(resolv) = config.and_then(resolv_conf) {
+        write("resolv.conf", &resolv)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NetworkConfig {
+        NetworkConfig {
+            mac: [0x02, 0x75, 10, 211, 0, 2],
+            address: Ipv4Addr::new(10, 211, 0, 2),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(10, 211, 0, 1),
+            mtu: 1500,
+            dns_servers: vec![Ipv4Addr::new(10, 0, 0, 53)],
+            dns_search: vec!["default.svc.cluster.local".into()],
+        }
+    }
+
+    fn rejected_field(config: &NetworkConfig) -> Option<&'static str> {
+        match validate(config) {
+            Ok(()) => None,
+            Err(NetworkError::Invalid { field, .. }) => Some(field),
+            Err(e) => panic!("validate must only return Invalid, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_typical_config_is_valid() {
+        assert_eq!(rejected_field(&config()), None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let ip = Ipv4Addr::new;
+        let cases: Vec<(&str, NetworkConfig)> = vec![
+            (
+                "mac",
+                NetworkConfig {
+                    mac: [0x01, 0, 0, 0, 0, 1],
+                    ..config()
+                },
+            ),
+            (
+                "mac",
+                NetworkConfig {
+                    mac: [0; 6],
+                    ..config()
+                },
+            ),
+            (
+                "prefix_len",
+                NetworkConfig {
+                    prefix_len: 31,
+                    ..config()
+                },
+            ),
+            (
+                "prefix_len",
+                NetworkConfig {
+                    prefix_len: 7,
+                    ..config()
+                },
+            ),
+            (
+                "address",
+                NetworkConfig {
+                    address: ip(10, 211, 0, 0),
+                    ..config()
+                },
+            ),
+            (
+                "address",
+                NetworkConfig {
+                    address: ip(10, 211, 255, 255),
+                    ..config()
+                },
+            ),
+            (
+                "gateway",
+                NetworkConfig {
+                    gateway: ip(10, 212, 0, 1),
+                    ..config()
+                },
+            ),
+            (
+                "gateway",
+                NetworkConfig {
+                    gateway: ip(10, 211, 0, 2),
+                    ..config()
+                },
+            ),
+            (
+                "mtu",
+                NetworkConfig {
+                    mtu: 67,
+                    ..config()
+                },
+            ),
+            (
+                "dns_servers",
+                NetworkConfig {
+                    dns_servers: vec![ip(1, 1, 1, 1); 4],
+                    ..config()
+                },
+            ),
+            (
+                "dns_search",
+                NetworkConfig {
+                    dns_search: vec!["a..b".into()],
+                    ..config()
+                },
+            ),
+            (
+                "dns_search",
+                NetworkConfig {
+                    dns_search: vec!["a".into(); 7],
+                    ..config()
+                },
+            ),
+        ];
+        for (field, cfg) in cases {
+            assert_eq!(rejected_field(&cfg), Some(field), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_maps_the_hostname_to_the_pod_ip() {
+        let hosts = hosts_file("web-0", Some(Ipv4Addr::new(10, 211, 0, 2)));
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.ends_with("10.211.0.2\tweb-0\n"), "{hosts}");
+        assert!(hosts_file("web-0", None).ends_with("127.0.1.1\tweb-0\n"));
+    }
+
+    #[test]
+    fn resolv_conf_lists_servers_then_search() {
+        let resolv = resolv_conf(&config()).unwrap();
+        assert_eq!(
+            resolv,
+            "# Managed by unipod.\nnameserver 10.0.0.53\nsearch default.svc.cluster.local\n"
+        );
+        let none = NetworkConfig {
+            dns_servers: vec![],
+            dns_search: vec![],
+            ..config()
+        };
+        assert_eq!(resolv_conf(&none), None);
+    }
+
+    #[test]
+    fn files_are_written_into_etc() {
+        let etc = std::env::temp_dir().join(format!("unipod-agent-net-{}", std::process::id()));
+        std::fs::create_dir_all(&etc).unwrap();
+        write_files(&etc, "web-0", Some(&config())).unwrap();
+        let hosts = std::fs::read_to_string(etc.join("hosts")).unwrap();
+        assert!(hosts.contains("10.211.0.2\tweb-0"), "{hosts}");
+        let resolv = std::fs::read_to_string(etc.join("resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 10.0.0.53"), "{resolv}");
+        std::fs::remove_dir_all(&etc).unwrap();
+    }
+
+    #[test]
+    fn mac_is_printed_as_colon_hex() {
+        assert_eq!(
+            format_mac([0x02, 0x75, 0x0a, 0xd3, 0, 0xff]),
+            "02:75:0a:d3:00:ff"
+        );
+    }
+}
