@@ -212,6 +212,8 @@ fn restore(snapshot: &Path, kernel: &Path, sock: &Path) -> Output {
         .arg(sock.with_extension("log"))
         .arg("--restore")
         .arg(snapshot)
+        // Pod VMs (and so their snapshots) always have a net device.
+        .arg("--net-detached")
         .output()
         .expect("unipod boot runs")
 }
