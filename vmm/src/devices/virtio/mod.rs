@@ -33,6 +33,20 @@ pub enum ActivateError {
     Wake(#[source] std::io::Error),
 }
 
+/// Copies `data.len()` bytes of a device's `config` space from `offset`;
+/// bytes past its end read as zero, as the spec allows for any offset the
+/// driver tries.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = start
+            .checked_add(i)
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (e.g. 19 for vsock).

@@ -23,7 +23,9 @@ use super::{
     NetError, MAX_FRAME_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZES, RX, TX, VIRTIO_ID_NET, VNET_HDR_LEN,
 };
 use crate::devices::log_limit::LogLimiter;
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::guest_warn;
 
 /// An Ethernet header; a shorter frame is not worth sending.
@@ -580,14 +582,7 @@ impl VirtioDevice for Net {
         let status = u16::try_from(VIRTIO_NET_S_LINK_UP).expect("bit 0");
         config[6..8].copy_from_slice(&status.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = start
-                .checked_add(i)
-                .and_then(|at| config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn queue_events(&self) -> &[EventFd] {

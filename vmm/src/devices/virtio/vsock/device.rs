@@ -17,7 +17,9 @@ use super::{VsockError, EVENT, MAX_PKT_DATA, QUEUE_SIZES, RX, TX, VIRTIO_ID_VSOC
 /// The only vsock event: `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
 const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 use crate::devices::log_limit::LogLimiter;
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::guest_warn;
 
 struct Active {
@@ -243,14 +245,7 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Config space: le64 guest_cid.
         let config = self.cid.to_le_bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = start
-                .checked_add(i)
-                .and_then(|at| config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn queue_events(&self) -> &[EventFd] {
