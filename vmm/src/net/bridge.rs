@@ -98,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn bridge_is_created_once_with_the_gateway_and_up() {
+    fn bridge_is_created_once_with_the_gateway() {
         in_netns("bridge_is_created_once", || {
             let mut nl = Netlink::open().unwrap();
             let gw = Ipv4Addr::new(10, 231, 0, 1);
