@@ -312,6 +312,10 @@ impl DeviceManager {
         if let Some((vsock, _)) = &self.vsock {
             vsock.lock().expect("vsock lock poisoned").shutdown();
         }
+        // The pod's network counters end up in its VMM log.
+        if let Some(metrics) = self.net_metrics() {
+            log::info!("virtio-net: {metrics:?}");
+        }
     }
 
     /// The buses, for the vCPU threads.
