@@ -1,4 +1,5 @@
-//! Host-side pod management: the link to the guest agent and the pod phase.
+//! Host-side pod management: the Pod manifest, the link to the guest agent
+//! and the pod phase.
 //!
 //! # Design
 //! `unipod run` (in [`crate::cli`]) starts the VMM as a child process, then
@@ -8,6 +9,7 @@
 //! containerd shim later.
 
 pub mod agent_client;
+pub mod manifest;
 pub mod phase;
 pub mod vmm_process;
 pub mod warm_start;
