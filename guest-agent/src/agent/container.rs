@@ -34,6 +34,7 @@ use nix::sys::signal::{kill, killpg, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{setsid, Pid};
 
 use super::cgroup::{Cgroups, ContainerCgroup};
+use super::cpu;
 use super::logger::Chain;
 
 /// Largest output chunk read at once (one `Output` event).
@@ -219,10 +220,17 @@ impl Container {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let mut own_tunables = None;
         for kv in &spec.env {
             if let Some((k, v)) = kv.split_once('=') {
                 cmd.env(k, v);
+                if k == "GLIBC_TUNABLES" {
+                    own_tunables = Some(v);
+                }
             }
+        }
+        if let Some(tunables) = cpu::glibc_tunables(own_tunables) {
+            cmd.env("GLIBC_TUNABLES", tunables);
         }
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
