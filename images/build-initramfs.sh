@@ -63,7 +63,7 @@ mkdir -p "$root"/{bin,dev,proc,sys,tmp,etc}
 cp /bin/busybox "$root/bin/busybox"
 case "$kind" in
   boot-test)
-    for applet in sh echo uname ls cat mount devmem reboot sleep; do
+    for applet in sh echo uname ls cat mount devmem reboot sleep head dd; do
       ln -s busybox "$root/bin/$applet"
     done
     install -m 0755 "$here/boot-test-init.sh" "$root/init"

@@ -18,8 +18,15 @@ fn boot_test_guest(extra: &[&str]) -> Output {
     unipod(&args)
 }
 
+/// The test disk starts with this line (32 bytes with its newline), which
+/// the guest prints.
+const DISK_MARKER: &str = "unipod-blk-e2e-0123456789abcdef";
+
 /// The guest's init prints the marker, writes the boot-timer byte and runs
-/// `reboot -f`; the VMM must exit 0 and report both.
+/// `reboot -f`; the VMM must exit 0 and report both. The same boot checks
+/// the disks (no cold boot of their own): a read-only image as /dev/vda,
+/// whose first bytes, serial and refused write the guest prints, and an
+/// empty slot as /dev/vdb.
 #[test]
 fn guest_reaches_init_and_vmm_exits_cleanly_on_reboot() {
     if skip_without_kvm("guest_reaches_init_and_vmm_exits_cleanly_on_reboot") {
@@ -28,7 +35,22 @@ fn guest_reaches_init_and_vmm_exits_cleanly_on_reboot() {
     let dir = temp_dir("boot");
     let console = dir.join("console.log");
     let console_arg = console.to_str().expect("utf-8 path");
-    let out = boot_test_guest(&["--mem-mib", "128", "--console-log", console_arg]);
+    // Not a whole number of sectors: the tail reads as zeros.
+    let disk = dir.join("disk.img");
+    let mut image = format!("{DISK_MARKER}\n").into_bytes();
+    image.resize(700, b'.');
+    std::fs::write(&disk, &image).expect("write the disk image");
+    let disk_arg = disk.to_str().expect("utf-8 path");
+    let out = boot_test_guest(&[
+        "--mem-mib",
+        "128",
+        "--console-log",
+        console_arg,
+        "--disk",
+        disk_arg,
+        "--disk-slots",
+        "1",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     eprintln!("--- unipod stderr ---\n{stderr}--- guest console ---\n{console_text}");
@@ -48,6 +70,32 @@ fn guest_reaches_init_and_vmm_exits_cleanly_on_reboot() {
     assert!(
         stderr.contains("unipod: guest shut down"),
         "the VMM must report a clean shutdown"
+    );
+    assert!(
+        console_text.contains(&format!("UNIPOD_DISK_MARKER {DISK_MARKER}")),
+        "the guest must read the disk image"
+    );
+    assert!(
+        console_text.contains("UNIPOD_DISK_SERIAL unipod-disk0 ro=1"),
+        "the guest must see the disk's serial and its read-only flag"
+    );
+    assert!(
+        console_text.contains("UNIPOD_DISK_RO ok"),
+        "a write to the disk must fail"
+    );
+    assert!(
+        console_text.contains("UNIPOD_DISK_SLOT vdb size=0"),
+        "an empty slot is a disk of size 0"
+    );
+    assert_eq!(std::fs::read(&disk).expect("read back"), image, "unchanged");
+    // The guest kernel refuses the write itself; the device never sees it.
+    let metrics = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("unipod: virtio-blk 0: "))
+        .expect("the VMM logs the disk's counters");
+    assert!(
+        !metrics.contains("reads: 0,") && metrics.contains("writes_refused: 0,"),
+        "{metrics}"
     );
 
     let boot_ms = number_after(&stderr, "boot-timer ").expect("the boot-timer marker was reached");
@@ -113,6 +161,33 @@ fn missing_or_garbage_kernel_is_a_clear_error_and_leaves_nothing() {
             "a failed boot must not leave a console log behind"
         );
     }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A disk image that cannot be opened fails the start with a message that
+/// names it, before the console log is created.
+#[test]
+fn a_missing_disk_image_is_a_clear_error_and_leaves_nothing() {
+    if skip_without_kvm("a_missing_disk_image_is_a_clear_error_and_leaves_nothing") {
+        return;
+    }
+    let dir = temp_dir("bad-disk");
+    let console = dir.join("console.log");
+    let missing = dir.join("no-such.erofs");
+    let out = boot_test_guest(&[
+        "--console-log",
+        console.to_str().expect("utf-8 path"),
+        "--disk",
+        missing.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--disk {}: cannot open", missing.display()))
+            && stderr.contains("No such file or directory"),
+        "{stderr}"
+    );
+    assert!(!console.exists(), "nothing is left behind");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 

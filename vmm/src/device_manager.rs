@@ -3,7 +3,12 @@
 //! # Design
 //! Devices are never fields of [`crate::vmm::Vmm`]; they live on the buses,
 //! and the manager keeps only the handles the VMM needs afterwards (the
-//! console's panic line, the boot timer's reading).
+//! console's panic line, the boot timer's reading, the disks to attach
+//! images to).
+//!
+//! Virtio devices take MMIO windows and IRQs in the order they are added:
+//! vsock, net, then the disks. A restore adds them in the same order, so
+//! each gets the window the guest knows it by.
 
 use std::fs::File;
 use std::io::Write;
@@ -15,11 +20,12 @@ use kvm_ioctls::IoEventAddress;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::layout::{DEVICE_MMIO_START, IRQ_BASE};
+use crate::arch::layout::{DEVICE_MMIO_START, IRQ_BASE, IRQ_MAX};
 use crate::config::{ConsoleOutput, NetConfig, TapFd, VsockConfig};
 use crate::devices::legacy::serial::SavedSerial;
 use crate::devices::legacy::{boot_timer, i8042, serial};
 use crate::devices::legacy::{BootTimer, ConsoleWriter, SerialConsole, I8042};
+use crate::devices::virtio::block::{Block, BlockError, BlockMetrics};
 use crate::devices::virtio::mmio::{
     MmioRestoreError, MmioState, MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET,
 };
@@ -34,6 +40,9 @@ use crate::vstate::vm::Vm;
 /// Command-line bytes kept free for device announcements and the
 /// host-specific switches appended at boot.
 pub const CMDLINE_RESERVE: usize = 512;
+/// Command-line bytes one more virtio device needs, on top of
+/// [`CMDLINE_RESERVE`]: `virtio_mmio.device=4K@0xd000a000:14` and a space.
+pub const CMDLINE_PER_DEVICE: usize = 40;
 
 /// Errors while creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +68,15 @@ pub enum DeviceError {
     /// The net device or its tap.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A disk or its image.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// No disk has that index (a bug in the caller).
+    #[error("there is no disk {0}")]
+    NoSuchDisk(usize),
+    /// More virtio devices than IRQs.
+    #[error("too many virtio devices: IRQ {0} is past the last one ({IRQ_MAX})")]
+    TooManyDevices(u32),
     /// The tap fd cannot be duplicated for the device.
     #[error("cannot duplicate the tap fd for the net device")]
     TapDup(#[source] std::io::Error),
@@ -68,6 +86,14 @@ pub enum DeviceError {
     /// The snapshot and the configuration disagree about a device.
     #[error("the snapshot {0}")]
     Mismatch(&'static str),
+    /// The snapshot has another number of disks.
+    #[error("the snapshot has {saved} disk(s) (images and slots); this VM asks for {given}; give as many --disk and --disk-slots as the snapshot was taken with")]
+    DiskCount {
+        /// In the snapshot.
+        saved: usize,
+        /// In the configuration.
+        given: usize,
+    },
 }
 
 /// Device state saved in a snapshot. Legacy devices other than the UART
@@ -81,6 +107,10 @@ pub struct DevicesState {
     /// The net transport, if the VM had one (absent in older snapshots).
     #[serde(default)]
     pub net: Option<MmioState>,
+    /// Each disk's transport, in order (absent in older snapshots). The
+    /// images are not saved: a restored disk starts as an empty slot.
+    #[serde(default)]
+    pub blocks: Vec<MmioState>,
 }
 
 /// Where the virtio-mmio windows start: right after the boot timer.
@@ -93,6 +123,8 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
 /// The net device and its transport, kept for metrics and snapshots.
 type NetHandles = (Arc<Mutex<Net>>, Arc<Mutex<MmioTransport>>);
+/// A disk and its transport, kept for attaching, metrics and snapshots.
+type BlockHandles = (Arc<Mutex<Block>>, Arc<Mutex<MmioTransport>>);
 
 /// The VM's devices, reachable through its buses.
 pub struct DeviceManager {
@@ -101,6 +133,7 @@ pub struct DeviceManager {
     serial: Arc<Mutex<SerialConsole>>,
     vsock: Option<VsockHandles>,
     net: Option<NetHandles>,
+    blocks: Vec<BlockHandles>,
     /// `virtio_mmio.device=` announcements for the kernel command line.
     virtio_cmdline: Vec<String>,
     panic_line: Arc<Mutex<Option<String>>>,
@@ -156,6 +189,7 @@ impl DeviceManager {
             serial: serial_console,
             vsock: None,
             net: None,
+            blocks: Vec::new(),
             virtio_cmdline: Vec::new(),
             panic_line,
             boot_time,
@@ -228,6 +262,66 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Adds a read-only disk backed by `image`, or an empty slot; returns
+    /// its index (0 is /dev/vda). With `saved` transport state (after a
+    /// restore) it resumes where the snapshot left it, as an empty slot,
+    /// and then takes `image` as [`DeviceManager::attach_block`] does, so
+    /// the guest learns the new capacity.
+    pub fn add_block(
+        &mut self,
+        vm: &Vm,
+        image: Option<File>,
+        saved: Option<&MmioState>,
+    ) -> Result<usize, DeviceError> {
+        let index = self.blocks.len();
+        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
+        let serial = format!("unipod-disk{index}");
+        let (initial, later) = match saved {
+            None => (image, None),
+            Some(_) => (None, image),
+        };
+        let block = Arc::new(Mutex::new(Block::new(&serial, initial, interrupt.clone())?));
+        let transport = match saved {
+            None => MmioTransport::new(block.clone(), interrupt, vm.memory().clone()),
+            Some(state) => {
+                MmioTransport::restore(block.clone(), interrupt, vm.memory().clone(), state)
+                    .map_err(|e| DeviceError::Restore("virtio-blk", e))?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        self.add_virtio(vm, block.clone(), transport.clone(), base, irq)?;
+        self.subscribers.push(block.clone());
+        self.blocks.push((block, transport));
+        if let Some(image) = later {
+            self.attach_block(index, image)?;
+        }
+        Ok(index)
+    }
+
+    /// Gives the empty slot `index` its image; the guest gets a
+    /// config-change interrupt and rereads the capacity. Returns the
+    /// capacity in 512-byte sectors.
+    pub fn attach_block(&self, index: usize, image: File) -> Result<u64, DeviceError> {
+        let (block, _) = self
+            .blocks
+            .get(index)
+            .ok_or(DeviceError::NoSuchDisk(index))?;
+        let sectors = block
+            .lock()
+            .expect("virtio-blk lock poisoned")
+            .attach(image)?;
+        log::debug!("disk {index}: attached an image of {sectors} sectors");
+        Ok(sectors)
+    }
+
+    /// Each disk's counters, in order.
+    pub fn block_metrics(&self) -> Vec<BlockMetrics> {
+        self.blocks
+            .iter()
+            .map(|(block, _)| block.lock().expect("virtio-blk lock poisoned").metrics())
+            .collect()
+    }
+
     /// The net device's counters, if the VM has one.
     pub fn net_metrics(&self) -> Option<NetMetrics> {
         self.net
@@ -252,6 +346,11 @@ impl DeviceManager {
                 .net
                 .as_ref()
                 .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state()),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state())
+                .collect(),
         }
     }
 
@@ -260,6 +359,9 @@ impl DeviceManager {
         let index = self.virtio_cmdline.len();
         let base = VIRTIO_MMIO_START + MMIO_WINDOW_LEN * index as u64;
         let irq = IRQ_BASE + u32::try_from(index).expect("a handful of devices");
+        if irq > IRQ_MAX {
+            return Err(DeviceError::TooManyDevices(irq));
+        }
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.fd()
             .register_irqfd(&irqfd, irq)
@@ -312,9 +414,12 @@ impl DeviceManager {
         if let Some((vsock, _)) = &self.vsock {
             vsock.lock().expect("vsock lock poisoned").shutdown();
         }
-        // The pod's network counters end up in its VMM log.
+        // The pod's network and disk counters end up in its VMM log.
         if let Some(metrics) = self.net_metrics() {
             log::info!("virtio-net: {metrics:?}");
+        }
+        for (i, metrics) in self.block_metrics().iter().enumerate() {
+            log::info!("virtio-blk {i}: {metrics:?}");
         }
     }
 
@@ -354,15 +459,20 @@ mod tests {
             activated: true,
             interrupt_status: 0,
             queues: vec![SavedQueue(queue); queues],
+            config_generation: 0,
         }
     }
 
     #[test]
-    fn devices_state_with_a_net_device_survives_json() {
+    fn devices_state_with_net_and_disks_survives_json() {
+        let mut attached = transport_state(1);
+        attached.config_generation = 1;
+        attached.interrupt_status = 2;
         let state = DevicesState {
             serial: SavedSerial(vm_superio::serial::SerialState::default()),
             vsock: Some(transport_state(3)),
             net: Some(transport_state(2)),
+            blocks: vec![transport_state(1), attached],
         };
         let json = serde_json::to_string(&state).expect("serializable");
         let back: DevicesState = serde_json::from_str(&json).expect("deserializable");
@@ -370,17 +480,18 @@ mod tests {
     }
 
     #[test]
-    fn devices_state_from_before_the_net_device_still_loads() {
+    fn devices_state_from_before_the_net_and_block_devices_still_loads() {
         let state = DevicesState {
             serial: SavedSerial(vm_superio::serial::SerialState::default()),
             vsock: Some(transport_state(3)),
             net: None,
+            blocks: Vec::new(),
         };
         let mut json = serde_json::to_value(&state).expect("serializable");
-        json.as_object_mut()
-            .expect("a JSON object")
-            .remove("net")
-            .expect("net was serialized");
+        let fields = json.as_object_mut().expect("a JSON object");
+        for old in ["net", "blocks"] {
+            fields.remove(old).expect("serialized");
+        }
         let back: DevicesState = serde_json::from_value(json).expect("old state loads");
         assert_eq!(back, state);
     }

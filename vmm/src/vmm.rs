@@ -15,6 +15,7 @@ use crate::arch;
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, CpuTemplate, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::devices::virtio::block;
 use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::memory::{self, MemoryError};
@@ -116,6 +117,16 @@ pub struct Vmm {
     vmm_start: Instant,
 }
 
+/// Opens each disk's image (`None` for an empty slot), in order.
+fn open_disks(config: &VmConfig) -> Result<Vec<Option<std::fs::File>>, VmmError> {
+    config
+        .disks
+        .iter()
+        .map(|disk| disk.path.as_deref().map(block::open_image).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(|e| VmmError::Devices(DeviceError::Block(e)))
+}
+
 /// KVM and the CPU template for `config`, after the checks every VM needs.
 fn open_kvm(config: &VmConfig) -> Result<(Kvm, CpuTemplate), VmmError> {
     config.validate()?;
@@ -141,9 +152,10 @@ impl Vmm {
             Some(path) => Some(boot::load_initrd(vm.memory(), path, kernel.end)?),
             None => None,
         };
-        // Devices after the kernel and initrd: the console log file and the
-        // vsock socket are only created once those inputs have been checked,
-        // so a bad kernel leaves nothing behind.
+        // Devices after the kernel, initrd and disk images: the console log
+        // file and the vsock socket are only created once those inputs have
+        // been checked, so a bad one leaves nothing behind.
+        let images = open_disks(config)?;
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventFd)?);
         let mut devices = DeviceManager::new(&vm, &config.console, exit.clone(), vmm_start, None)?;
         if let Some(vsock) = &config.vsock {
@@ -151,6 +163,9 @@ impl Vmm {
         }
         if let Some(net) = &config.net {
             devices.add_net(&vm, net, None)?;
+        }
+        for image in images {
+            devices.add_block(&vm, image, None)?;
         }
 
         let mut cmdline = config.cmdline();
@@ -183,15 +198,24 @@ impl Vmm {
 
     /// Builds the VM described by `config` from the snapshot in `dir`
     /// instead of booting it. The snapshot must have been taken with the
-    /// same inputs (see [`snapshot::key`]).
+    /// same inputs (see [`snapshot::key`]). Its disks come back as empty
+    /// slots, and those `config` gives an image get it attached.
     pub fn restore(config: &VmConfig, dir: &Path, vmm_start: Instant) -> Result<Vmm, VmmError> {
-        Vmm::restore_inner(config, dir, vmm_start).map_err(|e| VmmError::Restore {
+        // Outside the restore error: a missing image is not the snapshot's
+        // fault, and must not get it thrown away.
+        let images = open_disks(config)?;
+        Vmm::restore_inner(config, images, dir, vmm_start).map_err(|e| VmmError::Restore {
             dir: dir.to_path_buf(),
             source: Box::new(e),
         })
     }
 
-    fn restore_inner(config: &VmConfig, dir: &Path, vmm_start: Instant) -> Result<Vmm, VmmError> {
+    fn restore_inner(
+        config: &VmConfig,
+        images: Vec<Option<std::fs::File>>,
+        dir: &Path,
+        vmm_start: Instant,
+    ) -> Result<Vmm, VmmError> {
         let (kvm, template) = open_kvm(config)?;
         let key = snapshot::key(config, template)?;
         log::debug!("snapshot key {key} after {:?}", vmm_start.elapsed());
@@ -234,6 +258,17 @@ impl Vmm {
                 )
                 .into())
             }
+        }
+        let saved_disks = &saved.devices.blocks;
+        if saved_disks.len() != images.len() {
+            return Err(DeviceError::DiskCount {
+                saved: saved_disks.len(),
+                given: images.len(),
+            }
+            .into());
+        }
+        for (image, state) in images.into_iter().zip(saved_disks) {
+            devices.add_block(&vm, image, Some(state))?;
         }
         log::info!(
             "restored {} vCPU(s) from {} in {:?}",

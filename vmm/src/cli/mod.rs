@@ -22,8 +22,8 @@ pub use run::RunArgs;
 pub use snapshot::SnapshotArgs;
 
 use crate::config::{
-    BootProtocol, ConsoleOutput, CpuTemplate, MacAddr, NetConfig, TapFd, VmConfig, VsockConfig,
-    DEFAULT_MAC,
+    BlockConfig, BootProtocol, ConsoleOutput, CpuTemplate, MacAddr, NetConfig, TapFd, VmConfig,
+    VsockConfig, DEFAULT_MAC,
 };
 use crate::device_manager::DeviceError;
 use crate::devices::virtio::net::{self, NetError};
@@ -167,14 +167,32 @@ pub struct BootArgs {
     /// guest keeps the address it read at boot.
     #[arg(long, value_name = "MAC", default_value_t = DEFAULT_MAC, requires = "net")]
     pub net_mac: MacAddr,
+    /// Add a read-only virtio-blk disk whose blocks come from the image file
+    /// PATH (an erofs or ext4 image, or any file). Repeat it for more disks:
+    /// the guest sees them in order as /dev/vda, /dev/vdb, ..., with serials
+    /// unipod-disk0, unipod-disk1, ... (/sys/block/vdX/serial). Guest writes
+    /// fail. A size that is not a multiple of 512 bytes reads as zeros up to
+    /// the end of the last sector. With --restore, the image is attached to
+    /// the snapshot's disk at that position, which should have been an empty
+    /// slot (--disk-slots) when the snapshot was taken.
+    #[arg(long = "disk", value_name = "PATH")]
+    pub disks: Vec<PathBuf>,
+    /// Add N empty disk slots after the --disk disks: read-only virtio-blk
+    /// devices with no image, of size 0. A warm-start template boots with
+    /// slots; a pod restored from its snapshot fills them with --disk, and
+    /// the guest sees each new size at once (a config-change interrupt).
+    /// With --restore, --disk and --disk-slots must add up to the disks the
+    /// snapshot has.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub disk_slots: u8,
     /// On SIGUSR1, pause the VM, save it as a snapshot into DIR (an
     /// existing, empty directory) and exit 0. 'unipod run' uses this to
     /// build its warm-start cache.
     #[arg(long, value_name = "DIR", conflicts_with = "restore")]
     pub snapshot_to: Option<PathBuf>,
     /// Resume the snapshot in DIR instead of booting. The kernel, initrd,
-    /// memory, vCPUs, CPU template and command line must be the ones it was
-    /// taken with (exit code 4 otherwise).
+    /// memory, vCPUs, CPU template, command line, net device and number of
+    /// disks must be the ones it was taken with (exit code 4 otherwise).
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
 }
@@ -232,6 +250,16 @@ impl From<&BootArgs> for VmConfig {
                 mac: args.net_mac,
                 tap: None,
             }),
+            disks: args
+                .disks
+                .iter()
+                .cloned()
+                .map(BlockConfig::image)
+                .chain(std::iter::repeat_n(
+                    BlockConfig::slot(),
+                    usize::from(args.disk_slots),
+                ))
+                .collect(),
         }
     }
 }
@@ -413,6 +441,31 @@ mod tests {
                 .starts_with("--net-tap-fd 2147483647: not an open"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn disks_come_in_order_then_the_empty_slots() {
+        let args = parse_boot(&["--disk", "a.erofs", "--disk-slots", "2", "--disk", "b.img"])
+            .expect("valid");
+        assert_eq!(
+            VmConfig::from(&args).disks,
+            vec![
+                BlockConfig::image("a.erofs".into()),
+                BlockConfig::image("b.img".into()),
+                BlockConfig::slot(),
+                BlockConfig::slot(),
+            ]
+        );
+        assert!(VmConfig::from(&parse_boot(&[]).expect("valid"))
+            .disks
+            .is_empty());
+        let args = parse_boot(&["--disk-slots", "200"]).expect("valid");
+        assert!(matches!(
+            VmConfig::from(&args).validate(),
+            Err(crate::config::ConfigError::TooManyDisks(_))
+        ));
+        let err = parse_boot(&["--disk-slots", "-1"]).expect_err("refused");
+        assert_eq!(err.exit_code(), EXIT_USAGE);
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const MAX_MEM_MIB: u32 = 64 * 1024;
 pub const MAX_VCPUS: u8 = 8;
 /// x86 Linux accepts a command line of at most 2048 bytes with its NUL.
 pub const MAX_CMDLINE_LEN: usize = 2047;
+/// Most disks (images and empty slots) a VM may have; each takes an IRQ and
+/// a `virtio_mmio.device=` announcement.
+pub const MAX_DISKS: usize = 8;
 
 /// Errors in a [`VmConfig`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +47,12 @@ pub enum ConfigError {
     /// A MAC address no network card can have.
     #[error("--net-mac {0}: a multicast or all-zero address cannot be a NIC's; use a unicast one such as {DEFAULT_MAC}")]
     NotUnicastMac(MacAddr),
+    /// Too many disks.
+    #[error("--disk/--disk-slots: {0} disks in all; at most {MAX_DISKS}")]
+    TooManyDisks(usize),
+    /// A disk that is not read-only.
+    #[error("disk {0}: writable disks are not supported; every disk is read-only")]
+    WritableDisk(usize),
 }
 
 /// Where the guest's serial console goes.
@@ -90,6 +99,36 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The virtio-net device, if any.
     pub net: Option<NetConfig>,
+    /// The virtio-blk devices, in the guest's order (/dev/vda, vdb, ...).
+    pub disks: Vec<BlockConfig>,
+}
+
+/// A read-only virtio-blk device: an image, or an empty slot that a
+/// restored VM fills (see `devices::virtio::block`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The image file, or `None` for a detached slot (capacity 0).
+    pub path: Option<PathBuf>,
+    /// Always true for now: the device refuses writes.
+    pub read_only: bool,
+}
+
+impl BlockConfig {
+    /// A read-only disk backed by the image at `path`.
+    pub fn image(path: PathBuf) -> BlockConfig {
+        BlockConfig {
+            path: Some(path),
+            read_only: true,
+        }
+    }
+
+    /// A read-only slot with no image yet.
+    pub fn slot() -> BlockConfig {
+        BlockConfig {
+            path: None,
+            read_only: true,
+        }
+    }
 }
 
 /// A hybrid vsock device: the guest's CID and the host's Unix socket.
@@ -203,6 +242,7 @@ impl Default for VmConfig {
             boot_protocol: BootProtocol::Auto,
             vsock: None,
             net: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -233,8 +273,16 @@ impl VmConfig {
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(ConfigError::VcpuCount(self.vcpus));
         }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        if let Some(i) = self.disks.iter().position(|d| !d.read_only) {
+            return Err(ConfigError::WritableDisk(i));
+        }
         // Device announcements are appended later; keep room for them.
-        let len = self.cmdline().len() + crate::device_manager::CMDLINE_RESERVE;
+        let len = self.cmdline().len()
+            + crate::device_manager::CMDLINE_RESERVE
+            + self.disks.len() * crate::device_manager::CMDLINE_PER_DEVICE;
         if len > MAX_CMDLINE_LEN {
             return Err(ConfigError::CmdlineTooLong(len));
         }
@@ -345,6 +393,52 @@ mod tests {
             TapFd::new(copy.try_clone_owned().unwrap()),
             "a duplicate is another fd"
         );
+    }
+
+    #[test]
+    fn disks_are_bounded_and_read_only() {
+        let disks = |n| VmConfig {
+            disks: vec![BlockConfig::slot(); n],
+            ..Default::default()
+        };
+        assert_eq!(disks(MAX_DISKS).validate(), Ok(()));
+        assert_eq!(
+            disks(MAX_DISKS + 1).validate(),
+            Err(ConfigError::TooManyDisks(MAX_DISKS + 1))
+        );
+        let mut cfg = disks(2);
+        cfg.disks[1] = BlockConfig {
+            read_only: false,
+            ..BlockConfig::image("img".into())
+        };
+        assert_eq!(cfg.validate(), Err(ConfigError::WritableDisk(1)));
+    }
+
+    #[test]
+    fn the_cmdline_keeps_room_for_every_disk() {
+        let longest_fitting = |disks| {
+            let base = VmConfig {
+                disks: vec![BlockConfig::slot(); disks],
+                ..Default::default()
+            };
+            let room = MAX_CMDLINE_LEN
+                - base.cmdline().len()
+                - crate::device_manager::CMDLINE_RESERVE
+                - disks * crate::device_manager::CMDLINE_PER_DEVICE;
+            VmConfig {
+                extra_cmdline: "x".repeat(room - 1),
+                ..base
+            }
+        };
+        for disks in [0, MAX_DISKS] {
+            let mut cfg = longest_fitting(disks);
+            assert_eq!(cfg.validate(), Ok(()), "{disks} disks");
+            cfg.extra_cmdline.push('x');
+            assert!(
+                matches!(cfg.validate(), Err(ConfigError::CmdlineTooLong(_))),
+                "{disks} disks"
+            );
+        }
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //!   on restore; its length and checksum are in `state`.
 //!
 //! A snapshot only fits the inputs it was taken from. [`key`] hashes them
-//! (kernel and initramfs contents, vCPUs, memory, CPU template, command line
-//! and this format's version), the snapshot records that key, and a restore
-//! with other inputs is refused ([`SnapshotError::KeyMismatch`]).
+//! (kernel and initramfs contents, vCPUs, memory, CPU template, command line,
+//! whether there is a net device, how many disks, and this format's
+//! version), the snapshot records that key, and a restore with other inputs
+//! is refused ([`SnapshotError::KeyMismatch`]). Disk images do not enter the
+//! key: a restored VM's disks start empty and take the images it is given.
 
 pub mod cache;
 
@@ -87,7 +89,7 @@ pub enum SnapshotError {
     #[error("cannot encode the VM state")]
     Encode(#[source] serde_json::Error),
     /// Taken from other inputs (kernel, initramfs, memory size, ...).
-    #[error("the snapshot was taken with other inputs (kernel, initramfs, vCPUs, memory, CPU template or command line): key {found}, this VM needs {expected}")]
+    #[error("the snapshot was taken with other inputs (kernel, initramfs, vCPUs, memory, CPU template, command line, net device or number of disks): key {found}, this VM needs {expected}")]
     KeyMismatch {
         /// The snapshot's key.
         found: String,
@@ -263,7 +265,9 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// The key of the inputs a snapshot depends on: kernel and initramfs
-/// contents, vCPUs, memory, the resolved CPU template and the command line.
+/// contents, vCPUs, memory, the resolved CPU template, the command line, and
+/// the device set (a net device or not, the number of disks; the images
+/// themselves do not count).
 pub fn key(config: &VmConfig, template: CpuTemplate) -> Result<String, SnapshotError> {
     let mut hasher = Xxh3::new();
     hasher.update(
@@ -283,9 +287,10 @@ pub fn key(config: &VmConfig, template: CpuTemplate) -> Result<String, SnapshotE
     }
     hasher.update(
         format!(
-            "initrd={} net={} vcpus={} mem={} template={template:?} cmdline={}\n",
+            "initrd={} net={} disks={} vcpus={} mem={} template={template:?} cmdline={}\n",
             config.initrd.is_some(),
             config.net.is_some(),
+            config.disks.len(),
             config.vcpus,
             config.mem_mib,
             config.cmdline()

@@ -99,8 +99,33 @@ fn sample(dir: &Path) -> Snapshot {
                 activated: true,
                 interrupt_status: 1,
                 queues: vec![SavedQueue(queue); 3],
+                config_generation: 0,
             }),
             net: None,
+            blocks: vec![
+                MmioState {
+                    status: 0xf,
+                    driver_features: 1 << 32 | 1 << 5,
+                    queue_select: 0,
+                    device_features_select: 0,
+                    driver_features_select: 0,
+                    activated: true,
+                    interrupt_status: 2,
+                    queues: vec![SavedQueue(queue)],
+                    config_generation: 1,
+                },
+                MmioState {
+                    status: 0,
+                    driver_features: 0,
+                    queue_select: 0,
+                    device_features_select: 0,
+                    driver_features_select: 0,
+                    activated: false,
+                    interrupt_status: 0,
+                    queues: vec![SavedQueue(virtio_queue::QueueState::default())],
+                    config_generation: 0,
+                },
+            ],
         },
         memory: vec![RegionState {
             guest_addr: 0,
@@ -140,6 +165,7 @@ fn every_state_struct_round_trips() {
     assert_eq!(json(&back), json(&original));
     assert_eq!(back.vcpus[0].regs.rip, 0xffff_ffff_8100_0000);
     assert_eq!(back.devices, original.devices);
+    assert_eq!(back.devices.blocks[0].config_generation, 1);
 }
 
 #[test]
@@ -265,10 +291,31 @@ fn the_key_follows_every_input() {
             CpuTemplate::NestedPvm,
         ),
         key(&config, CpuTemplate::Host),
+        key(
+            &VmConfig {
+                disks: vec![crate::config::BlockConfig::slot()],
+                ..config.clone()
+            },
+            CpuTemplate::NestedPvm,
+        ),
     ];
     for k in changed {
         assert_ne!(k.unwrap(), base);
     }
+    // A disk's image does not count, only how many disks there are.
+    let slot = VmConfig {
+        disks: vec![crate::config::BlockConfig::slot()],
+        ..config.clone()
+    };
+    let image = VmConfig {
+        disks: vec![crate::config::BlockConfig::image(dir.0.join("no-such.img"))],
+        ..config.clone()
+    };
+    assert_eq!(
+        key(&slot, CpuTemplate::NestedPvm).unwrap(),
+        key(&image, CpuTemplate::NestedPvm).unwrap(),
+        "a slot and an image fit the same snapshot"
+    );
     std::fs::write(&kernel, b"kernel v2").unwrap();
     assert_ne!(
         key(&config, CpuTemplate::NestedPvm).unwrap(),

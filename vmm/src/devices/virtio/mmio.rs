@@ -52,6 +52,9 @@ pub struct MmioState {
     pub interrupt_status: u32,
     /// Every queue's configuration and ring positions.
     pub queues: Vec<SavedQueue>,
+    /// The ConfigGeneration register (absent in older snapshots: 0).
+    #[serde(default)]
+    pub config_generation: u32,
 }
 
 /// A queue's state; virtio-queue's `QueueState` has no serde support.
@@ -171,7 +174,9 @@ impl MmioTransport {
         } else {
             transport.queues = queues;
         }
-        transport.interrupt.restore(state.interrupt_status);
+        transport
+            .interrupt
+            .restore(state.interrupt_status, state.config_generation);
         Ok(transport)
     }
 
@@ -191,6 +196,7 @@ impl MmioTransport {
             activated: self.activated,
             interrupt_status: self.interrupt.status(),
             queues: queues.into_iter().map(SavedQueue).collect(),
+            config_generation: self.interrupt.config_generation(),
         }
     }
 
@@ -221,8 +227,9 @@ impl MmioTransport {
                 .map_or(0, |q| u32::from(q.ready())),
             reg::VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
             reg::VIRTIO_MMIO_STATUS => self.status,
-            // No device changes its config space at run time.
-            reg::VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            // Read under the device lock, which the device holds while it
+            // changes its config space and bumps the generation.
+            reg::VIRTIO_MMIO_CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
@@ -459,7 +466,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::ActivateError;
-    use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+    use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
     struct FakeDevice {
         events: Vec<EventFd>,
@@ -546,9 +553,13 @@ mod tests {
         let s = read(&mut t, reg::VIRTIO_MMIO_STATUS) | VIRTIO_CONFIG_S_DRIVER_OK;
         write(&mut t, reg::VIRTIO_MMIO_STATUS, s);
         t.interrupt.raise(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_CONFIG_GENERATION), 0);
+        t.interrupt.signal_config_change();
+        assert_eq!(read(&mut t, reg::VIRTIO_MMIO_CONFIG_GENERATION), 1);
         let saved = t.save_state();
         assert!(saved.activated);
         assert_eq!(saved.queues[1].0.desc_table, 0x2000);
+        assert_eq!(saved.config_generation, 1);
 
         let json = serde_json::to_string(&saved).unwrap();
         let back: MmioState = serde_json::from_str(&json).unwrap();
@@ -564,8 +575,26 @@ mod tests {
         assert_eq!(read(&mut restored, reg::VIRTIO_MMIO_STATUS), s);
         assert_eq!(
             read(&mut restored, reg::VIRTIO_MMIO_INTERRUPT_STATUS),
-            VIRTIO_MMIO_INT_VRING
+            VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG
         );
+        assert_eq!(
+            read(&mut restored, reg::VIRTIO_MMIO_CONFIG_GENERATION),
+            1,
+            "the generation never goes back, so a driver mid-read rereads"
+        );
+    }
+
+    #[test]
+    fn a_saved_transport_from_before_config_generations_still_loads() {
+        let (t, _) = setup();
+        let saved = t.save_state();
+        let mut json = serde_json::to_value(&saved).unwrap();
+        json.as_object_mut()
+            .unwrap()
+            .remove("config_generation")
+            .expect("serialized");
+        let back: MmioState = serde_json::from_value(json).expect("old state loads");
+        assert_eq!(back, saved);
     }
 
     #[test]

@@ -8,13 +8,14 @@
 //! event-loop thread, never on a vCPU thread; interrupts leave through an
 //! irqfd ([`Interrupt`]).
 
+pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -69,9 +70,16 @@ pub trait VirtioDevice: Send {
     fn active_queues(&self) -> Vec<QueueState>;
 }
 
-/// A device's interrupt line: the ISR status bits plus the irqfd that raises it.
+/// A device's interrupt line: the ISR status bits plus the irqfd that raises
+/// it, and the config generation the transport shows.
+///
+/// The generation lives here rather than in the transport because the device
+/// changes its config space and the transport shows the counter: this is the
+/// one object both hold. Every config change is announced through
+/// [`Interrupt::signal_config_change`], which bumps the generation first.
 pub struct Interrupt {
     status: AtomicU32,
+    config_generation: AtomicU32,
     irqfd: EventFd,
 }
 
@@ -80,6 +88,7 @@ impl Interrupt {
     pub fn new(irqfd: EventFd) -> Interrupt {
         Interrupt {
             status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
             irqfd,
         }
     }
@@ -87,6 +96,21 @@ impl Interrupt {
     /// Tells the driver that a queue has new used buffers.
     pub fn signal_used_queue(&self) {
         self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tells the driver that the device's config space changed, after
+    /// bumping the config generation so that a driver that was reading the
+    /// config space across the change rereads it (virtio 1.2 §2.5.1).
+    /// The device must hold its own lock while it changes the config space
+    /// and calls this: the transport reads both under that lock.
+    pub fn signal_config_change(&self) {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
     }
 
     fn raise(&self, bit: u32) {
@@ -101,9 +125,12 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
-    /// Sets the ISR bits of a restored device and raises the line again if
-    /// any was pending, since the interrupt may not have reached the guest.
-    pub fn restore(&self, bits: u32) {
+    /// Sets the ISR bits and config generation of a restored device and
+    /// raises the line again if any bit was pending, since the interrupt may
+    /// not have reached the guest.
+    pub fn restore(&self, bits: u32, config_generation: u32) {
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
         self.status.store(0, Ordering::SeqCst);
         if bits != 0 {
             self.raise(bits);

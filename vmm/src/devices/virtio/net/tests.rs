@@ -609,6 +609,7 @@ fn a_restored_device_resumes_on_another_tap() {
         activated: true,
         interrupt_status: 0,
         queues: queues.into_iter().map(SavedQueue).collect(),
+        config_generation: 0,
     };
 
     // A new device on a new tap, as `unipod boot --restore` builds it.
