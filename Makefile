@@ -13,7 +13,7 @@ AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 all: build kernel images
 
 # Debian packages the build and tests need. Idempotent and quick when present.
-APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2
+APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils
 deps:
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -34,10 +34,12 @@ agent: deps
 	@echo "[agent] cargo build --release -p guest-agent --target $(AGENT_TARGET)"
 	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --bin unipod-agent
 
-# Guest initramfs images (cached in ~/.cache/unipod/initramfs).
+# Guest initramfs images (cached in ~/.cache/unipod/initramfs), and the
+# busybox OCI test image for 'unipod image import' (target/guest/oci).
 images: deps agent
 	@bash images/build-initramfs.sh boot-test $(GUEST)/boot-test.cpio
 	@bash images/build-initramfs.sh agent $(GUEST)/initramfs.cpio $(AGENT)
+	@bash images/build-oci.sh $(GUEST)/oci
 
 build: deps
 	@echo "[build] cargo build --release"

@@ -29,6 +29,8 @@ fn main() {
         }
         Command::Snapshot(args) => cli::snapshot::snapshot(args)
             .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
+        Command::Image(args) => cli::image::image(args)
+            .unwrap_or_else(|e| report_error(&e, cli::image::EXIT_IMAGE_ERROR)),
     };
     std::process::exit(code);
 }

@@ -2,7 +2,8 @@
 //!
 //! # Exit codes
 //! `unipod run` exits with the container's exit code, or 125 when unipod
-//! itself failed and 130 when interrupted (see [`run`]). `unipod boot`:
+//! itself failed and 130 when interrupted (see [`run`]); `unipod snapshot`
+//! and `unipod image` exit 0, or 1 on failure. `unipod boot`:
 //! - 0: the guest shut down cleanly;
 //! - 1: unipod could not set up or run the VM (bad kernel, no KVM, ...);
 //! - 2: bad command-line usage;
@@ -15,9 +16,11 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod image;
 pub mod run;
 pub mod snapshot;
 
+pub use image::ImageArgs;
 pub use run::RunArgs;
 pub use snapshot::SnapshotArgs;
 
@@ -90,6 +93,14 @@ pub enum Command {
     /// restores that snapshot instead of booting. Snapshots live in the
     /// state directory's snapshots/, keyed by a hash of those inputs.
     Snapshot(SnapshotArgs),
+    /// Import container images (OCI layouts, 'docker save' tars) and list
+    /// or remove them.
+    ///
+    /// An import checks every blob's digest, applies the layers and packs
+    /// the result into a read-only erofs image in the state directory's
+    /// images/, named by its manifest digest and its names (busybox:latest).
+    #[command(after_help = image::IMAGE_AFTER_HELP)]
+    Image(ImageArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\

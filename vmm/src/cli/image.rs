@@ -1,0 +1,231 @@
+//! `unipod image`: import container images and list or remove them.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+
+use crate::cli::run::state_root;
+use crate::image::{human_size, ImageError, ImageStore, StoredImage};
+
+/// Exit code: an `image` command failed.
+pub const EXIT_IMAGE_ERROR: i32 = 1;
+
+/// Help shown after `unipod image --help`.
+pub const IMAGE_AFTER_HELP: &str = "\
+Images are stored in the state directory's images/, one directory per
+manifest digest holding rootfs.erofs (the read-only root filesystem pods
+boot with) and image.json (names, size, Entrypoint/Cmd/Env/WorkingDir/User);
+images/names.json maps names to digests. Names are normalized the way
+Docker shows them: 'busybox', 'busybox:latest' and
+'docker.io/library/busybox:latest' are one name.
+
+unipod never contacts a registry. To get an image, export it on a machine
+that has one, e.g.:
+  skopeo copy docker://busybox:latest oci:busybox:latest
+  docker save -o busybox.tar busybox:latest
+
+Exit codes:
+  0  done
+  1  the command failed (the message names the file or field and the fix)
+  2  bad command-line usage
+
+Set RUST_LOG=debug for more detail.";
+
+/// `unipod image` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// unipod's state directory (images live in its images/).
+    /// Default: $UNIPOD_STATE_DIR, else /run/unipod as root, else
+    /// $XDG_RUNTIME_DIR/unipod.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// `unipod image` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an image from an OCI image layout or a 'docker save' archive.
+    ///
+    /// PATH is an OCI image layout directory (oci-layout, index.json,
+    /// blobs/sha256/), a tar of one, or a tar written by 'docker save'
+    /// (uncompressed: gunzip a .tar.gz first). Every blob is checked against
+    /// its sha256 digest; the layers are unpacked (whiteouts and opaque
+    /// directories applied, ownership and modes kept) and packed into a
+    /// read-only erofs image with mkfs.erofs (apt install erofs-utils). An
+    /// index with several platforms gives its linux/amd64 image. Importing
+    /// an image that is already present unpacks nothing and only adds names.
+    ///
+    /// Example: unipod image import target/guest/oci/busybox
+    Import {
+        /// The image: OCI layout directory, or a tar of one or of 'docker save'.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Name the image REF (e.g. myapp:1.0) instead of the names the archive
+        /// gives; also picks that image from an archive holding several.
+        #[arg(long, value_name = "REF")]
+        name: Option<String>,
+    },
+    /// List imported images, one line per name, newest first.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove image names; an image goes when its last name does.
+    ///
+    /// REF is a name (busybox:latest), a digest (sha256:...), or the
+    /// 12-digit digest prefix 'unipod image ls' shows. A digest removes the
+    /// image with all its names.
+    Rm {
+        /// Names or digests to remove.
+        #[arg(value_name = "REF", required = true)]
+        refs: Vec<String>,
+    },
+}
+
+/// Runs `unipod image`; returns the exit code.
+pub fn image(args: &ImageArgs) -> Result<i32, ImageError> {
+    let store = ImageStore::open(&state_root(args.state_dir.as_deref()));
+    match &args.command {
+        ImageCommand::Import { path, name } => {
+            let imported =
+                store.import(path, name.as_deref(), |line| eprintln!("[image] {line}"))?;
+            let image = &imported.image;
+            println!("digest: {}", image.digest);
+            println!("names:  {}", names_of(image));
+            println!(
+                "rootfs: {} ({})",
+                image.rootfs.display(),
+                human_size(image.size_bytes)
+            );
+        }
+        ImageCommand::Ls => print_table(&store.list()?),
+        ImageCommand::Rm { refs } => {
+            for reference in refs {
+                let removed = store.remove(reference)?;
+                for name in &removed.names {
+                    println!("untagged {name}");
+                }
+                if let Some(digest) = removed.image {
+                    println!("deleted {digest}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn names_of(image: &StoredImage) -> String {
+    if image.names.is_empty() {
+        "<none> (give one with --name)".into()
+    } else {
+        image.names.join(", ")
+    }
+}
+
+fn print_table(images: &[StoredImage]) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rows: Vec<[String; 4]> = images
+        .iter()
+        .flat_map(|image| {
+            let names = if image.names.is_empty() {
+                vec!["<none>".to_string()]
+            } else {
+                image.names.clone()
+            };
+            let short = image
+                .digest
+                .strip_prefix("sha256:")
+                .unwrap_or(&image.digest)
+                .chars()
+                .take(12)
+                .collect::<String>();
+            names.into_iter().map(move |name| {
+                [
+                    name,
+                    short.clone(),
+                    human_size(image.size_bytes),
+                    human_age(now.saturating_sub(image.imported_unix)),
+                ]
+            })
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|r| r[0].len())
+        .max()
+        .unwrap_or(0)
+        .max("NAME".len());
+    println!(
+        "{:<width$}  {:<12}  {:>10}  IMPORTED",
+        "NAME", "DIGEST", "SIZE"
+    );
+    for [name, digest, size, age] in rows {
+        println!("{name:<width$}  {digest:<12}  {size:>10}  {age}");
+    }
+}
+
+fn human_age(secs: u64) -> String {
+    let (n, unit) = match secs {
+        s if s < 60 => return "just now".into(),
+        s if s < 3_600 => (s / 60, "minute"),
+        s if s < 86_400 => (s / 3_600, "hour"),
+        s => (s / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command, EXIT_USAGE};
+    use clap::Parser;
+
+    #[test]
+    fn import_takes_a_path_a_name_and_a_state_dir() {
+        let cli = Cli::try_parse_from([
+            "unipod",
+            "image",
+            "import",
+            "x.tar",
+            "--name",
+            "app:1",
+            "--state-dir",
+            "/s",
+        ])
+        .expect("valid");
+        let Command::Image(args) = cli.command else {
+            panic!("parsed as image")
+        };
+        assert_eq!(args.state_dir, Some(PathBuf::from("/s")));
+        let ImageCommand::Import { path, name } = args.command else {
+            panic!("parsed as import")
+        };
+        assert_eq!(
+            (path, name.as_deref()),
+            (PathBuf::from("x.tar"), Some("app:1"))
+        );
+    }
+
+    #[test]
+    fn missing_arguments_are_usage_errors() {
+        for args in [
+            &["unipod", "image", "import"][..],
+            &["unipod", "image", "rm"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("missing argument");
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn ages_read_like_docker_images() {
+        assert_eq!(human_age(5), "just now");
+        assert_eq!(human_age(60), "1 minute ago");
+        assert_eq!(human_age(7_200), "2 hours ago");
+        assert_eq!(human_age(3 * 86_400), "3 days ago");
+    }
+}

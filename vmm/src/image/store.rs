@@ -1,0 +1,635 @@
+//! The image store: `<state dir>/images/`, one directory per manifest digest
+//! and a names index (see the [module docs](super) for the layout).
+//!
+//! # Design
+//! - An import builds everything in `.tmp-<hex12>-<pid>-<n>/` and renames it
+//!   to `<hex>/` at the end: an image directory is complete or absent. The
+//!   temporary directory is removed on every error path (a guard's `Drop`);
+//!   one left by a killed import is removed by the next import once its
+//!   process is gone.
+//! - `names.json` is the source of truth for names; each `image.json` keeps
+//!   a copy for people and tools reading the directory. Both change only
+//!   under an exclusive `flock` on `images/.lock`, taken for short
+//!   read-modify-write steps (never while unpacking), so concurrent imports
+//!   and removals serialize without losing each other's names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flate2::bufread::MultiGzDecoder;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::archive::{compression_of, Archive};
+use super::layer::{self, LayerName};
+use super::source::{self, Layer};
+use super::{erofs, human_size, is_sha256_hex, reference, sha256_hex, HashingReader, ImageError};
+
+const NAMES_FILE: &str = "names.json";
+const LOCK_FILE: &str = ".lock";
+const TEMP_PREFIX: &str = ".tmp-";
+const IMAGE_FILE: &str = "image.json";
+const ROOTFS_FILE: &str = "rootfs.erofs";
+
+/// What an image's config says about running it (the OCI config's
+/// `Entrypoint`, `Cmd`, `Env`, `WorkingDir` and `User`). Empty lists and
+/// `None` mean the image does not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// The command prefix (`ENTRYPOINT`).
+    pub entrypoint: Vec<String>,
+    /// The default arguments, or command when there is no entrypoint (`CMD`).
+    pub cmd: Vec<String>,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
+    /// The working directory.
+    pub working_dir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`.
+    pub user: Option<String>,
+}
+
+/// An imported image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredImage {
+    /// `sha256:<hex>` of its manifest.
+    pub digest: String,
+    /// The normalized names (`busybox:latest`) it is known by; may be empty.
+    pub names: Vec<String>,
+    /// Its read-only erofs root filesystem.
+    pub rootfs: PathBuf,
+    /// How to run it.
+    pub config: ImageConfig,
+    /// Size of `rootfs` in bytes.
+    pub size_bytes: u64,
+    /// When it was imported (seconds since the epoch).
+    pub imported_unix: u64,
+}
+
+/// The result of [`ImageStore::import`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedImage {
+    /// The image, with all its names.
+    pub image: StoredImage,
+    /// Whether it was imported before (nothing was unpacked; only names
+    /// were added).
+    pub already_present: bool,
+}
+
+/// The result of [`ImageStore::remove`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Names removed.
+    pub names: Vec<String>,
+    /// The digest of the image removed, if it was (when no names remain).
+    pub image: Option<String>,
+}
+
+/// `image.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageRecord {
+    digest: String,
+    names: Vec<String>,
+    size_bytes: u64,
+    imported_unix: u64,
+    config: ImageConfig,
+    /// "OCI image layout" or "docker save archive".
+    format: String,
+    /// The path it was imported from.
+    source: PathBuf,
+    layers: usize,
+}
+
+/// Normalized name to `sha256:<hex>`.
+type Names = BTreeMap<String, String>;
+
+/// The images of one state directory.
+#[derive(Clone, Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+/// A temporary import directory, removed on drop unless kept.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = fs::remove_dir_all(&self.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
+impl ImageStore {
+    /// The store under `state_dir` (its `images/`). Does no I/O: the
+    /// directory is created by the first import.
+    pub fn open(state_dir: &Path) -> ImageStore {
+        ImageStore {
+            root: state_dir.join("images"),
+        }
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Imports the image at `path` (an OCI image layout directory, or a tar
+    /// of one or of `docker save`), adding `name` (or, without it, the names
+    /// the archive gives) to it. `progress` receives a line per long step.
+    /// An image already in the store is not unpacked again.
+    pub fn import(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        mut progress: impl FnMut(&str),
+    ) -> Result<ImportedImage, ImageError> {
+        let name = name.map(reference::normalize).transpose()?;
+        let archive = Archive::open(path)?;
+        let plan = source::plan(&archive, name.as_deref())?;
+        let digest = plan.manifest_digest.clone();
+        let hex = sha256_hex(&digest, "the manifest")?.to_string();
+        let names = match name {
+            Some(name) => vec![name],
+            None => plan.names.clone(),
+        };
+        fs::create_dir_all(&self.root).map_err(ImageError::io("create", &self.root))?;
+        let final_dir = self.root.join(&hex);
+        if final_dir.join(IMAGE_FILE).is_file() {
+            progress(&format!("{digest} is already present; nothing to unpack"));
+            return self.finish_import(&digest, &names, None);
+        }
+        self.remove_stale_temps();
+
+        let tmp = self.temp_dir(&hex)?;
+        let staging = tmp.path.join("rootfs");
+        fs::create_dir(&staging).map_err(ImageError::io("create", &staging))?;
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
+            .map_err(ImageError::io("chmod", &staging))?;
+        let chown = nix::unistd::geteuid().is_root();
+        if !chown {
+            progress(&format!(
+                "not running as root: the image's files will belong to uid {}, not to their owners",
+                nix::unistd::geteuid()
+            ));
+        }
+        let count = plan.layers.len();
+        for (i, layer) in plan.layers.iter().enumerate() {
+            let name = LayerName {
+                index: format!("{}/{count}", i + 1),
+                file: layer.file.clone(),
+            };
+            progress(&format!(
+                "unpacking layer {} ({})",
+                name.index,
+                human_size(layer.size)
+            ));
+            unpack_layer(&archive, layer, i, &name, &staging, chown)?;
+        }
+        let rootfs = tmp.path.join(ROOTFS_FILE);
+        progress(&format!(
+            "mkfs.erofs: packing the root filesystem into {ROOTFS_FILE}"
+        ));
+        erofs::mkfs(&staging, &rootfs, &hex)?;
+        fs::remove_dir_all(&staging).map_err(ImageError::io("remove", &staging))?;
+        let size_bytes = fs::metadata(&rootfs)
+            .map_err(ImageError::io("read", &rootfs))?
+            .len();
+        let record = ImageRecord {
+            digest: digest.clone(),
+            names: Vec::new(),
+            size_bytes,
+            imported_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            config: plan.config,
+            format: plan.format.to_string(),
+            source: fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            layers: count,
+        };
+        write_json(&tmp.path.join(IMAGE_FILE), &record)?;
+        self.finish_import(&digest, &names, Some(tmp))
+    }
+
+    /// Under the lock: moves `tmp` (a complete image directory) into place
+    /// unless another import got there first, then adds `names`.
+    fn finish_import(
+        &self,
+        digest: &str,
+        names: &[String],
+        tmp: Option<TempDir>,
+    ) -> Result<ImportedImage, ImageError> {
+        let hex = sha256_hex(digest, "the manifest")?;
+        let final_dir = self.root.join(hex);
+        let _lock = self.lock()?;
+        let mut already_present = true;
+        if let Some(mut tmp) = tmp {
+            if !final_dir.exists() {
+                fs::rename(&tmp.path, &final_dir).map_err(ImageError::io("rename", &tmp.path))?;
+                tmp.keep = true;
+                already_present = false;
+            }
+        }
+        let mut index = self.read_names()?;
+        let mut touched = BTreeSet::from([digest.to_string()]);
+        for name in names {
+            if let Some(old) = index.insert(name.clone(), digest.to_string()) {
+                touched.insert(old);
+            }
+        }
+        self.write_names(&index, &touched)?;
+        Ok(ImportedImage {
+            image: self.load(hex, &index)?,
+            already_present,
+        })
+    }
+
+    /// Adds `names` to the image `digest`, as a repeated import does.
+    #[cfg(test)]
+    pub(super) fn add_names_for_test(
+        &self,
+        digest: &str,
+        names: &[String],
+    ) -> Result<(), ImageError> {
+        self.finish_import(digest, names, None).map(|_| ())
+    }
+
+    /// All imported images, most recently imported first.
+    pub fn list(&self) -> Result<Vec<StoredImage>, ImageError> {
+        let index = self.read_names()?;
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ImageError::io("read", &self.root)(e)),
+        };
+        let mut images = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(ImageError::io("read", &self.root))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().filter(|n| is_sha256_hex(n)) else {
+                continue;
+            };
+            if entry.path().join(IMAGE_FILE).is_file() {
+                images.push(self.load(hex, &index)?);
+            }
+        }
+        images.sort_by(|a, b| {
+            b.imported_unix
+                .cmp(&a.imported_unix)
+                .then_with(|| a.digest.cmp(&b.digest))
+        });
+        Ok(images)
+    }
+
+    /// The image `reference` designates: a name (`busybox`,
+    /// `docker.io/library/busybox:latest`, ...), a digest (`sha256:<hex>`),
+    /// or a prefix of one (12 or more hex digits, as `unipod image ls`
+    /// shows them).
+    pub fn resolve(&self, reference: &str) -> Result<StoredImage, ImageError> {
+        let index = self.read_names()?;
+        let hex = self.find(reference, &index)?;
+        self.load(&hex, &index)
+    }
+
+    /// Removes `reference`: a name loses that name, and the image goes when
+    /// it has no name left; a digest removes the image and all its names.
+    pub fn remove(&self, reference: &str) -> Result<Removed, ImageError> {
+        let _lock = self.lock()?;
+        let mut index = self.read_names()?;
+        let mut removed = Removed::default();
+        let by_name = reference::normalize(reference)
+            .ok()
+            .filter(|n| index.contains_key(n));
+        let digest = match by_name {
+            Some(name) => {
+                let digest = index.remove(&name).expect("the name is in the index");
+                removed.names.push(name);
+                digest
+            }
+            None => {
+                let hex = self.find(reference, &index)?;
+                let digest = format!("sha256:{hex}");
+                index.retain(|name, d| {
+                    let keep = *d != digest;
+                    if !keep {
+                        removed.names.push(name.clone());
+                    }
+                    keep
+                });
+                digest
+            }
+        };
+        let hex = sha256_hex(&digest, NAMES_FILE)?.to_string();
+        if !index.values().any(|d| *d == digest) {
+            let dir = self.root.join(&hex);
+            if dir.exists() {
+                // Renamed first, so the image vanishes at once even if
+                // removing its files is interrupted.
+                let doomed = self.temp_dir(&hex)?;
+                fs::remove_dir(&doomed.path).map_err(ImageError::io("remove", &doomed.path))?;
+                fs::rename(&dir, &doomed.path).map_err(ImageError::io("remove", &dir))?;
+                drop(doomed);
+                removed.image = Some(digest.clone());
+            }
+        }
+        self.write_names(&index, &BTreeSet::from([digest]))?;
+        Ok(removed)
+    }
+
+    /// The hex digest of the image `reference` designates.
+    fn find(&self, reference: &str, index: &Names) -> Result<String, ImageError> {
+        let not_imported = || ImageError::NotImported {
+            reference: reference.to_string(),
+        };
+        if let Some(hex) = reference.strip_prefix("sha256:") {
+            return self.find_digest(reference, hex);
+        }
+        match reference::normalize(reference) {
+            Ok(name) => {
+                if let Some(digest) = index.get(&name) {
+                    let hex = sha256_hex(digest, NAMES_FILE)?;
+                    if self.root.join(hex).join(IMAGE_FILE).is_file() {
+                        return Ok(hex.to_string());
+                    }
+                    return Err(not_imported());
+                }
+                if let Some((_, digest)) = name.split_once('@') {
+                    return self.find_digest(reference, &digest["sha256:".len()..]);
+                }
+            }
+            Err(e) if !is_hex(reference) => return Err(e),
+            Err(_) => {}
+        }
+        if reference.len() >= 12 && is_hex(reference) {
+            return self.find_digest(reference, reference);
+        }
+        Err(not_imported())
+    }
+
+    /// The one image whose hex digest starts with `prefix`.
+    fn find_digest(&self, reference: &str, prefix: &str) -> Result<String, ImageError> {
+        let not_imported = || ImageError::NotImported {
+            reference: reference.to_string(),
+        };
+        if prefix.is_empty() || !is_hex(prefix) {
+            return Err(not_imported());
+        }
+        let mut found: Vec<String> = match fs::read_dir(&self.root) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| is_sha256_hex(n) && n.starts_with(prefix))
+                .filter(|n| self.root.join(n).join(IMAGE_FILE).is_file())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        match found.len() {
+            0 => Err(not_imported()),
+            1 => Ok(found.remove(0)),
+            _ => Err(ImageError::AmbiguousDigest {
+                reference: reference.to_string(),
+                digests: found
+                    .iter()
+                    .map(|h| format!("sha256:{}", &h[..12]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    fn load(&self, hex: &str, index: &Names) -> Result<StoredImage, ImageError> {
+        let dir = self.root.join(hex);
+        let record: ImageRecord = read_json(&dir.join(IMAGE_FILE))?;
+        let digest = format!("sha256:{hex}");
+        Ok(StoredImage {
+            names: index
+                .iter()
+                .filter(|(_, d)| **d == digest)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            digest,
+            rootfs: dir.join(ROOTFS_FILE),
+            config: record.config,
+            size_bytes: record.size_bytes,
+            imported_unix: record.imported_unix,
+        })
+    }
+
+    fn lock(&self) -> Result<Flock<File>, ImageError> {
+        fs::create_dir_all(&self.root).map_err(ImageError::io("create", &self.root))?;
+        let path = self.root.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ImageError::io("open", &path))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::io("lock", &path)(e.into()))
+    }
+
+    fn read_names(&self) -> Result<Names, ImageError> {
+        let path = self.root.join(NAMES_FILE);
+        match fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|source| ImageError::Store {
+                path: path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Names::new()),
+            Err(e) => Err(ImageError::io("read", &path)(e)),
+        }
+    }
+
+    /// Writes `index` and refreshes the names in the `image.json` of each
+    /// of `touched` (digests). Hold the lock.
+    fn write_names(&self, index: &Names, touched: &BTreeSet<String>) -> Result<(), ImageError> {
+        write_json(&self.root.join(NAMES_FILE), index)?;
+        for digest in touched {
+            let Ok(hex) = sha256_hex(digest, NAMES_FILE) else {
+                continue;
+            };
+            let path = self.root.join(hex).join(IMAGE_FILE);
+            if !path.is_file() {
+                continue;
+            }
+            let mut record: ImageRecord = read_json(&path)?;
+            record.names = index
+                .iter()
+                .filter(|(_, d)| *d == digest)
+                .map(|(n, _)| n.clone())
+                .collect();
+            write_json(&path, &record)?;
+        }
+        Ok(())
+    }
+
+    /// A new, empty temporary directory for an import of `hex`.
+    fn temp_dir(&self, hex: &str) -> Result<TempDir, ImageError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = self.root.join(format!(
+            "{TEMP_PREFIX}{}-{}-{}",
+            &hex[..12],
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).map_err(ImageError::io("create", &path))?;
+        Ok(TempDir { path, keep: false })
+    }
+
+    /// Removes temporary directories whose import process is gone.
+    pub(super) fn remove_stale_temps(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+                continue;
+            };
+            let pid = rest.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
+            let gone = pid.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            });
+            if gone {
+                log::info!(
+                    "removing {} left by an interrupted import",
+                    name.to_string_lossy()
+                );
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Checks and unpacks layer `i` onto `staging`.
+///
+/// The blob is read twice: once to check its digest (and, for an
+/// uncompressed layer, its diff id) before anything in it is parsed, then
+/// to unpack it while hashing the uncompressed stream for the diff id.
+fn unpack_layer(
+    archive: &Archive,
+    layer: &Layer,
+    i: usize,
+    name: &LayerName,
+    staging: &Path,
+    chown: bool,
+) -> Result<(), ImageError> {
+    let open = || {
+        archive
+            .open_file(&layer.file)?
+            .map(|(reader, _)| reader)
+            .ok_or_else(|| ImageError::MissingBlob {
+                file: layer.file.clone(),
+                what: format!("layer {}", name.index),
+            })
+    };
+    let read_error = |e| ImageError::io("read", archive.path().join(&layer.file))(e);
+    let mismatch = |what: String, expected: &str, actual: &str| ImageError::DigestMismatch {
+        file: layer.file.clone(),
+        what,
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+    };
+
+    let mut blob = HashingReader::new(open()?);
+    let mut magic = [0u8; 6];
+    let n = super::archive::read_up_to(&mut blob, &mut magic).map_err(read_error)?;
+    let (digest, _) = blob.finish().map_err(read_error)?;
+    if let Some(expected) = &layer.digest {
+        if digest != *expected {
+            return Err(mismatch(
+                format!("the manifest (layer {})", name.index),
+                expected,
+                &digest,
+            ));
+        }
+    }
+    let gzip = match compression_of(&magic[..n]) {
+        None => {
+            if digest != layer.diff_id {
+                return Err(mismatch(
+                    format!("the config (rootfs.diff_ids[{i}])"),
+                    &layer.diff_id,
+                    &digest,
+                ));
+            }
+            false
+        }
+        Some("gzip") => true,
+        Some(compression) => {
+            return Err(ImageError::UnsupportedCompression {
+                layer: name.index.clone(),
+                file: layer.file.clone(),
+                compression,
+            })
+        }
+    };
+
+    let reader = open()?;
+    let stream: Box<dyn Read> = if gzip {
+        Box::new(MultiGzDecoder::new(BufReader::new(reader)))
+    } else {
+        reader
+    };
+    let mut tar = HashingReader::new(stream);
+    let stats = layer::apply(staging, &mut tar, name, chown)?;
+    let (diff_id, bytes) = tar.finish().map_err(|e| ImageError::Unpack {
+        layer: name.index.clone(),
+        file: layer.file.clone(),
+        entry: String::new(),
+        source: e,
+    })?;
+    if diff_id != layer.diff_id {
+        return Err(mismatch(
+            format!("the config (rootfs.diff_ids[{i}], uncompressed)"),
+            &layer.diff_id,
+            &diff_id,
+        ));
+    }
+    log::debug!(
+        "layer {}: {} entries, {} whiteouts, {} devices skipped, {bytes} bytes of tar",
+        name.index,
+        stats.written,
+        stats.whiteouts,
+        stats.devices_skipped
+    );
+    Ok(())
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ImageError> {
+    let data = fs::read(path).map_err(ImageError::io("read", path))?;
+    serde_json::from_slice(&data).map_err(|source| ImageError::Store {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `value` to `path` atomically (a temporary file renamed over it).
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
+    let mut data = serde_json::to_vec_pretty(value).expect("store records serialize");
+    data.push(b'\n');
+    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+    fs::write(&tmp, &data).map_err(ImageError::io("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ImageError::io("write", path)(e)
+    })
+}
