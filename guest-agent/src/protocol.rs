@@ -92,6 +92,19 @@ pub enum Request {
     /// grace), report each one's exit and power the guest off; replies
     /// [`Reply::Ok`] first.
     Shutdown,
+    /// Run a process inside a running container's namespaces, cgroup and
+    /// root (`kubectl exec`); replies [`Reply::Started`]. Its output and exit
+    /// come as [`Event::Output`] and [`Event::ContainerExited`] named by
+    /// [`ExecSpec::id`].
+    Exec(ExecSpec),
+    /// Bytes for the stdin of an exec started with [`ExecSpec::stdin`]; an
+    /// empty `data` closes it. Replies [`Reply::Ok`].
+    Stdin {
+        /// The exec's [`ExecSpec::id`].
+        name: String,
+        /// The bytes.
+        data: Vec<u8>,
+    },
     /// Liveness check; replies [`Reply::Pong`].
     Ping,
     /// Fault injection for tests.
@@ -104,7 +117,7 @@ pub enum Request {
 }
 
 /// The process to run as a container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Container name: 1-63 characters of `[A-Za-z0-9_.-]`, not starting with
     /// `.` (it names a cgroup directory); unique among the pod's running
@@ -117,6 +130,83 @@ pub struct RunSpec {
     pub env: Vec<String>,
     /// Working directory; the agent's (`/`) when `None`.
     pub cwd: Option<String>,
+    /// The container's image; `None` runs it in the guest's own root file
+    /// system (the agent initramfs), as before images existed.
+    #[serde(default)]
+    pub rootfs: Option<Rootfs>,
+    /// Pod volumes (emptyDir) mounted into the container.
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// cgroup v2 limits of the container.
+    #[serde(default)]
+    pub limits: Limits,
+    /// `uid`, `uid:gid`, or a user name looked up in the rootfs's
+    /// `/etc/passwd`; root when `None`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Join the pod's shared pid namespace (Kubernetes
+    /// `shareProcessNamespace`) instead of getting a new one. Ignored
+    /// without a `rootfs`.
+    #[serde(default)]
+    pub share_pid_namespace: bool,
+}
+
+/// A process to run in a running container (see [`Request::Exec`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Names this exec in events and [`Request::Stdin`]; follows the rules
+    /// of [`RunSpec::name`] and must not clash with a running container's or
+    /// exec's name.
+    pub id: String,
+    /// The container to enter.
+    pub container: String,
+    /// Program and arguments, looked up as for [`RunSpec::argv`].
+    pub argv: Vec<String>,
+    /// Extra `KEY=VALUE` entries on top of the container's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Keep stdin open for [`Request::Stdin`]; otherwise it is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run it on a pseudo-terminal (stdout and stderr merge into stdout).
+    #[serde(default)]
+    pub tty: bool,
+}
+
+/// An image's root file system, on a read-only block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// The guest block device holding the image, e.g. `/dev/vda`.
+    pub device: String,
+    /// Its file system type, e.g. `erofs`.
+    pub fstype: String,
+}
+
+/// A pod volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's name; the agent creates an empty directory for a name on
+    /// first use and shares it between every container that mounts it.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// cgroup v2 limits; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `memory.max`, in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU time per period, in thousandths of a CPU (`cpu.max`).
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    /// `pids.max`.
+    #[serde(default)]
+    pub pids: Option<u64>,
 }
 
 /// The pod's identity and the host facts a restored guest must not reuse.
@@ -617,12 +707,29 @@ mod tests {
                 argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
                 env: vec!["PATH=/bin".into(), "EMPTY=".into()],
                 cwd: Some("/tmp".into()),
+                rootfs: Some(Rootfs {
+                    device: "/dev/vda".into(),
+                    fstype: "erofs".into(),
+                }),
+                volume_mounts: vec![VolumeMount {
+                    name: "shared".into(),
+                    path: "/data".into(),
+                    read_only: true,
+                }],
+                limits: Limits {
+                    memory_bytes: Some(64 << 20),
+                    cpu_millis: Some(500),
+                    pids: None,
+                },
+                user: Some("65534:65534".into()),
+                share_pid_namespace: true,
             }),
             Request::Run(RunSpec {
                 name: "x".into(),
                 argv: vec![],
                 env: vec![],
                 cwd: None,
+                ..RunSpec::default()
             }),
             Request::Signal {
                 name: "web".into(),

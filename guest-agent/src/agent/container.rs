@@ -474,6 +474,7 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|s| s.to_string()).collect(),
             cwd: None,
+            ..RunSpec::default()
         }
     }
 

@@ -784,6 +784,9 @@ impl Agent {
                 self.reply(id, Ok(Reply::Ok));
             }
             Request::Configure(config) => self.configure(id, &config),
+            Request::Exec(_) | Request::Stdin { .. } => {
+                self.reply(id, Err("exec is not supported by this agent yet".into()))
+            }
         }
     }
 

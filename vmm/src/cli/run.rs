@@ -545,6 +545,7 @@ fn supervise(
             argv: vec!["/bin/sh".into(), "-c".into(), sidecar.command.clone()],
             env: container_env(&args.env),
             cwd: args.workdir.clone(),
+            ..RunSpec::default()
         };
         match link.send(Request::Run(spec)) {
             Ok(id) => sidecar_ids.push((id, &sidecar.name)),
@@ -556,6 +557,7 @@ fn supervise(
         argv: args.command.clone(),
         env: container_env(&args.env),
         cwd: args.workdir.clone(),
+        ..RunSpec::default()
     };
     let run_id = match link.send(Request::Run(spec)) {
         Ok(id) => id,
