@@ -42,6 +42,10 @@
 //! drops signals it has no handler for, so a plain `SIGTERM` may do nothing
 //! and the stop falls to the `SIGKILL` after the grace period, as in
 //! Kubernetes.
+//!
+//! A `tty` exec's pty comes from the agent's `/dev/pts`, not from the
+//! container's private one: it works as a terminal (and `/dev/tty`), but
+//! `tty` inside an image container cannot name it.
 
 use std::ffi::CString;
 use std::fs::File;
