@@ -81,7 +81,9 @@ pub enum Request {
     /// yet sent; after that the name may be run again.
     Run(RunSpec),
     /// Send `signal` (a Linux signal number) to the main process of the
-    /// container `name`, and to no other container.
+    /// container (or exec) `name`, and to no other container. A container
+    /// in its own pid namespace is that namespace's init, which the kernel
+    /// spares signals it has no handler for (SIGKILL always works).
     Signal {
         /// The container's name, as in its [`RunSpec`].
         name: String,
@@ -93,12 +95,20 @@ pub enum Request {
     /// [`Reply::Ok`] first.
     Shutdown,
     /// Run a process inside a running container's namespaces, cgroup and
-    /// root (`kubectl exec`); replies [`Reply::Started`]. Its output and exit
+    /// root (`kubectl exec`), with its environment (plus the exec's), user
+    /// and working directory; replies [`Reply::Started`]. Its output and exit
     /// come as [`Event::Output`] and [`Event::ContainerExited`] named by
-    /// [`ExecSpec::id`].
+    /// [`ExecSpec::id`]; there is no [`Event::ContainerStarted`], and an exec
+    /// that cannot start gets only an error reply (naming the running
+    /// containers when `container` is not one of them). The exec ends
+    /// (SIGKILL) with its container when that has a pid namespace of its
+    /// own.
     Exec(ExecSpec),
     /// Bytes for the stdin of an exec started with [`ExecSpec::stdin`]; an
-    /// empty `data` closes it. Replies [`Reply::Ok`].
+    /// empty `data` closes it (on a tty: sends the EOF character). Replies
+    /// [`Reply::Ok`] once the bytes are written or buffered; an error when
+    /// the exec has no stdin, it is closed, or more than 1 MiB would wait
+    /// for the process to read.
     Stdin {
         /// The exec's [`ExecSpec::id`].
         name: String,
@@ -128,16 +138,17 @@ pub struct RunSpec {
     pub argv: Vec<String>,
     /// The whole environment, as `KEY=VALUE` strings; nothing is inherited.
     pub env: Vec<String>,
-    /// Working directory; the agent's (`/`) when `None`.
+    /// Working directory, inside the container's root; `/` when `None`.
     pub cwd: Option<String>,
     /// The container's image; `None` runs it in the guest's own root file
     /// system (the agent initramfs), as before images existed.
     #[serde(default)]
     pub rootfs: Option<Rootfs>,
-    /// Pod volumes (emptyDir) mounted into the container.
+    /// Pod volumes (emptyDir) mounted into the container; needs a `rootfs`.
     #[serde(default)]
     pub volume_mounts: Vec<VolumeMount>,
-    /// cgroup v2 limits of the container.
+    /// cgroup v2 limits of the container; a limit whose controller the guest
+    /// lacks fails the `Run` with an error naming the controller.
     #[serde(default)]
     pub limits: Limits,
     /// `uid`, `uid:gid`, or a user name looked up in the rootfs's
@@ -145,8 +156,9 @@ pub struct RunSpec {
     #[serde(default)]
     pub user: Option<String>,
     /// Join the pod's shared pid namespace (Kubernetes
-    /// `shareProcessNamespace`) instead of getting a new one. Ignored
-    /// without a `rootfs`.
+    /// `shareProcessNamespace`) instead of getting a new one. The shared one
+    /// is the guest's own, where the agent is pid 1 and every process of the
+    /// pod is visible. Ignored without a `rootfs`.
     #[serde(default)]
     pub share_pid_namespace: bool,
 }

@@ -1,5 +1,6 @@
-//! One container process: validation, spawn, output pipes and exit status.
-//! The agent runs several of these at once, independently (see `agent`).
+//! One container process, or one exec in a running container: validation,
+//! spawn, output pipes, stdin and exit status. The agent runs several of
+//! these at once, independently (see `agent` and `pod.rs`).
 //!
 //! # Design
 //!
@@ -7,41 +8,78 @@
 //! then exactly the spec's `KEY=VALUE`s; stdin `/dev/null`; stdout and stderr
 //! on pipes) and the `Child` is dropped without waiting: its exit status comes
 //! from the agent's own `waitpid(-1)` reaper through [`Container::on_reaped`],
-//! since PID 1 reaps every orphan and must not race another waiter.
+//! since PID 1 reaps every orphan and must not race another waiter. Between
+//! fork and exec the child runs a [`ChildSetup`] (`sandbox.rs`): signal mask,
+//! session, cgroup, and for a container with a root file system its own
+//! mount namespace and root, then its working directory and user. Such a
+//! container is also born in a new pid namespace, as its pid 1, unless it
+//! shares the pod's (see `sandbox.rs`).
 //!
 //! A container is *done* once its process is reaped and both pipes reached
 //! EOF, so `ContainerExited` always follows the last `Output`. When the main
 //! process dies, the rest of its cgroup is killed (as a container runtime
 //! would), which also closes any pipe copy a background process held; without
-//! a cgroup, pipes still open [`DRAIN_IDLE`] after the exit are closed.
+//! a cgroup, pipes still open [`DRAIN_IDLE`] after the exit are closed. Its
+//! overlay is removed when it is reported ([`Container::finish`]).
 //!
 //! A spawn that fails reports exit code 127 ([`EXIT_CODE_NOT_FOUND`]) when
 //! the program does not exist (ENOENT) and 126 ([`EXIT_CODE_CANNOT_EXECUTE`])
-//! for any other reason, including a missing `cwd`, as shells do.
+//! for any other reason, including a missing `cwd` or a failed setup step,
+//! as shells do.
+//!
+//! An exec ([`Container::exec`]) enters a running container: its mount and
+//! pid namespaces, cgroup, environment (plus the exec's), user and working
+//! directory. It is tracked like a container, under its own id, but its end
+//! kills only its own process group, not the container's cgroup. Its stdin
+//! is a pipe (or the pty master) the agent writes [`Request::Stdin`] data to
+//! without blocking, through a bounded buffer ([`STDIN_BUFFER`]).
+//!
+//! [`Request::Stdin`]: guest_agent::protocol::Request::Stdin
+//!
+//! # Limitations
+//!
+//! A container in its own pid namespace is that namespace's init: the kernel
+//! drops signals it has no handler for, so a plain `SIGTERM` may do nothing
+//! and the stop falls to the `SIGKILL` after the grace period, as in
+//! Kubernetes.
+//!
+//! A `tty` exec's pty comes from the agent's `/dev/pts`, not from the
+//! container's private one: it works as a terminal (and `/dev/tty`), but
+//! `tty` inside an image container cannot name it.
 
+use std::ffi::CString;
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    RunSpec, Stream, EXIT_CODE_CANNOT_EXECUTE, EXIT_CODE_NOT_FOUND, REASON_COMPLETED, REASON_ERROR,
-    REASON_OOM_KILLED, REASON_SIGNALED,
+    ExecSpec, Limits, RunSpec, Stream, EXIT_CODE_CANNOT_EXECUTE, EXIT_CODE_NOT_FOUND,
+    REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED, REASON_SIGNALED,
 };
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{kill, killpg, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::unistd::{setsid, Pid};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 
-use super::cgroup::{Cgroups, ContainerCgroup};
+use super::cgroup::{CgroupError, Cgroups, ContainerCgroup};
 use super::cpu;
 use super::logger::Chain;
+use super::rootfs::{is_component, is_mount_path, ContainerRoot, RootfsError};
+use super::sandbox::{self, ChildSetup, MountPlan, PidNsForChildren, Step};
+use super::user::{self, User, UserError};
 
 /// Largest output chunk read at once (one `Output` event).
 pub const OUTPUT_CHUNK: usize = 8192;
 /// How long pipes may stay silent after the process exited before the agent
 /// stops waiting for their EOF.
 pub const DRAIN_IDLE: Duration = Duration::from_secs(2);
+/// Most stdin bytes the agent holds for an exec that is not reading them.
+pub const STDIN_BUFFER: usize = 1 << 20;
+/// Where the guest's device nodes are, for containers' `/dev`.
+const GUEST_DEV: &str = "/dev";
 
 /// Errors of container management; the reply to the host carries the chain.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +93,16 @@ pub enum ContainerError {
     /// An environment entry has no `=`.
     #[error("env entry {0:?} is not KEY=VALUE")]
     InvalidEnv(String),
+    /// A volume mount is unusable.
+    #[error("volume mount {name:?} at {path:?}: {problem}")]
+    InvalidVolume {
+        /// The volume's name.
+        name: String,
+        /// Its path in the container.
+        path: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// The working directory is unusable.
     #[error("cannot use cwd {cwd:?}")]
     Cwd {
@@ -64,11 +112,46 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    /// The user could not be resolved.
+    #[error(transparent)]
+    User(#[from] UserError),
+    /// The root file system could not be prepared.
+    #[error("prepare the root file system")]
+    Rootfs(#[from] RootfsError),
+    /// The limits could not be applied.
+    #[error("apply the limits")]
+    Limits(#[source] CgroupError),
+    /// Limits were asked for in a guest without cgroup2.
+    #[error("the guest has no cgroup2, so limits cannot be set; drop the limits")]
+    NoCgroups,
+    /// A namespace or cgroup of the container to exec in could not be
+    /// opened.
+    #[error("cannot enter container {container:?}: open {path}")]
+    Enter {
+        /// The container.
+        container: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// fork/exec failed.
     #[error("cannot start {argv0:?}")]
     Spawn {
         /// The program.
         argv0: String,
+        /// The cause, with its errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setup step between fork and exec failed.
+    #[error("cannot start {argv0:?}: {step}")]
+    Setup {
+        /// The program.
+        argv0: String,
+        /// The step, and what it was about.
+        step: String,
         /// The cause, with its errno.
         #[source]
         source: std::io::Error,
@@ -84,6 +167,22 @@ pub enum ContainerError {
         /// The cause.
         #[source]
         source: Errno,
+    },
+    /// Stdin data for a process started without stdin.
+    #[error("{0:?} was not started with stdin: exec it with stdin: true")]
+    NoStdin(String),
+    /// Stdin data after EOF, or after the process closed its stdin.
+    #[error("the stdin of {0:?} is closed")]
+    StdinClosed(String),
+    /// Stdin data beyond the buffer.
+    #[error("the stdin of {name:?} has {pending} bytes waiting; {limit} at most may wait: send less until it reads")]
+    StdinFull {
+        /// The exec.
+        name: String,
+        /// Bytes already waiting.
+        pending: usize,
+        /// [`STDIN_BUFFER`].
+        limit: usize,
     },
 }
 
@@ -101,26 +200,61 @@ impl ContainerError {
     }
 }
 
-/// Checks a spec without side effects.
-pub fn validate(spec: &RunSpec) -> Result<(), ContainerError> {
-    let name = &spec.name;
+/// Checks a name: 1-63 characters of `[A-Za-z0-9_.-]`, not starting with `.`.
+pub fn validate_name(name: &str) -> Result<(), ContainerError> {
     let name_ok = (1..=63).contains(&name.len())
         && !name.starts_with('.')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !name_ok {
-        return Err(ContainerError::InvalidName(name.clone()));
+        return Err(ContainerError::InvalidName(name.to_string()));
     }
-    if spec.argv.is_empty() {
+    Ok(())
+}
+
+fn validate_argv_env(argv: &[String], env: &[String]) -> Result<(), ContainerError> {
+    if argv.is_empty() {
         return Err(ContainerError::EmptyArgv);
     }
-    if let Some(bad) = spec.env.iter().find(|kv| !kv.contains('=')) {
+    if let Some(bad) = env.iter().find(|kv| !kv.contains('=')) {
         return Err(ContainerError::InvalidEnv(bad.clone()));
     }
     Ok(())
 }
 
+/// Checks a spec without side effects.
+pub fn validate(spec: &RunSpec) -> Result<(), ContainerError> {
+    validate_name(&spec.name)?;
+    validate_argv_env(&spec.argv, &spec.env)?;
+    for v in &spec.volume_mounts {
+        let problem = if spec.rootfs.is_none() {
+            "volumes need a rootfs: the container would share the guest's file system"
+        } else if !is_component(&v.name) || v.name.starts_with('.') {
+            "the name must be one path component, not starting with '.'"
+        } else if !is_mount_path(&v.path) {
+            "the path must be absolute, not /, without . or .."
+        } else {
+            continue;
+        };
+        return Err(ContainerError::InvalidVolume {
+            name: v.name.clone(),
+            path: v.path.clone(),
+            problem,
+        });
+    }
+    Ok(())
+}
+
+/// Checks an exec spec without side effects.
+pub fn validate_exec(spec: &ExecSpec) -> Result<(), ContainerError> {
+    validate_name(&spec.id)?;
+    validate_argv_env(&spec.argv, &spec.env)
+}
+
+fn has_limits(limits: &Limits) -> bool {
+    limits != &Limits::default()
+}
 /// How a process ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
@@ -171,7 +305,72 @@ pub enum PipeRead {
     Nothing,
 }
 
-/// A running (or exited but not yet drained) container.
+/// What an exec into a container inherits from it.
+#[derive(Debug, Clone, Default)]
+struct ExecContext {
+    env: Vec<String>,
+    cwd: Option<String>,
+    user: Option<User>,
+    /// The container has its own mount (and maybe pid) namespace.
+    namespaced: bool,
+    /// Its cgroup's `cgroup.procs`.
+    cgroup_procs: Option<PathBuf>,
+}
+
+/// The write side of an exec's stdin, with what it has not read yet.
+#[derive(Debug)]
+struct StdinPipe {
+    fd: Option<OwnedFd>,
+    pending: Vec<u8>,
+    /// EOF was asked for: close once `pending` is written.
+    closing: bool,
+    /// A pty master: EOF is the terminal's EOF character, not a close.
+    tty: bool,
+}
+
+impl StdinPipe {
+    /// Writes what it can without blocking; closes the fd at EOF or when
+    /// the reader is gone.
+    fn flush(&mut self) {
+        let Some(fd) = &self.fd else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match nix::unistd::write(fd, &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(e) => {
+                    log::debug!("stdin write: {e}; closing it");
+                    self.pending.clear();
+                    self.fd = None;
+                    return;
+                }
+            }
+        }
+        if self.closing {
+            self.fd = None;
+        }
+    }
+}
+
+/// Whether a [`Container`] is a container's main process or an exec.
+#[derive(Debug)]
+enum Role {
+    Main {
+        /// Its overlay, removed with it.
+        root: Option<ContainerRoot>,
+        exec: ExecContext,
+    },
+    Exec {
+        stdin: Option<StdinPipe>,
+    },
+}
+
+/// A running (or exited but not yet drained) container, or exec.
 #[derive(Debug)]
 pub struct Container {
     name: String,
@@ -182,30 +381,181 @@ pub struct Container {
     cgroup: Option<ContainerCgroup>,
     /// Set after exit: when to stop waiting for the pipes' EOF.
     drain_deadline: Option<Instant>,
+    role: Role,
+    /// Output comes from a pty master (EIO is its EOF).
+    tty: bool,
+}
+
+/// The pid namespace a child is born in.
+enum PidNs {
+    /// The agent's.
+    Inherit,
+    /// A new one, as its pid 1.
+    New,
+    /// An existing one, open on `/proc/<pid>/ns/pid`.
+    Join(File),
+}
+
+/// How to start one process.
+struct Launch<'a> {
+    argv: &'a [String],
+    /// `KEY=VALUE`s; a later key wins.
+    env: Vec<&'a str>,
+    stdio: [Stdio; 3],
+    setup: ChildSetup,
+    pid_ns: PidNs,
+}
+
+/// Forks and execs `l`; a failure names the setup step that failed, or
+/// the exec's errno.
+fn spawn(l: Launch<'_>) -> Result<std::process::Child, ContainerError> {
+    let (argv0, args) = l.argv.split_first().ok_or(ContainerError::EmptyArgv)?;
+    let [stdin, stdout, stderr] = l.stdio;
+    let mut cmd = Command::new(argv0);
+    cmd.args(args)
+        .env_clear()
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
+    let mut own_tunables = None;
+    for kv in &l.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+            if k == "GLIBC_TUNABLES" {
+                own_tunables = Some(v);
+            }
+        }
+    }
+    if let Some(tunables) = cpu::glibc_tunables(own_tunables) {
+        cmd.env("GLIBC_TUNABLES", tunables);
+    }
+    let spawn_err = |source| ContainerError::Spawn {
+        argv0: argv0.clone(),
+        source,
+    };
+    let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| spawn_err(e.into()))?;
+    let bind_targets: Vec<String> = l.setup.bind_targets();
+    let setup = l.setup;
+    // SAFETY: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed: `ChildSetup::run` makes raw
+    // syscalls through nix on paths the parent prepared (converted on the
+    // stack) and fds it opened, and builds io::Errors from errno, none of
+    // which allocates or takes locks.
+    unsafe {
+        cmd.pre_exec(move || setup.run(report_write.as_raw_fd()));
+    }
+    let spawned = {
+        let _switched = match &l.pid_ns {
+            PidNs::Inherit => None,
+            PidNs::New => Some(PidNsForChildren::new_namespace()),
+            PidNs::Join(ns) => Some(PidNsForChildren::join(ns)),
+        }
+        .transpose()
+        .map_err(|e| ContainerError::Setup {
+            argv0: argv0.clone(),
+            step: "enter a pid namespace".into(),
+            source: e.into(),
+        })?;
+        cmd.spawn()
+    };
+    // The closure (and the report pipe's write end) goes with `cmd`.
+    drop(cmd);
+    spawned.map_err(|source| match sandbox::read_report(&report_read) {
+        Some(f) => {
+            let mut step = f.step.describe().to_string();
+            if f.step == Step::Bind {
+                if let Some(t) = bind_targets.get(f.index) {
+                    step = format!("{step} {t}");
+                }
+            }
+            ContainerError::Setup {
+                argv0: argv0.clone(),
+                step,
+                source,
+            }
+        }
+        None => spawn_err(source),
+    })
+}
+
+/// Sets an fd nonblocking, logging a failure.
+fn set_nonblocking(name: &str, fd: &OwnedFd) {
+    if let Err(e) = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
+        log::warn!("{name}: cannot make a pipe nonblocking: {e}");
+    }
+}
+
+fn cstring(s: &str) -> Result<CString, ContainerError> {
+    CString::new(s).map_err(|_| ContainerError::Cwd {
+        cwd: s.to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
 }
 
 impl Container {
     /// Starts `spec` (already [`validate`]d), in its own cgroup when `cgroups`
-    /// is available (reusing a leftover one of the same name).
-    pub fn start(spec: &RunSpec, cgroups: Option<&Cgroups>) -> Result<Self, ContainerError> {
-        let (argv0, args) = spec.argv.split_first().ok_or(ContainerError::EmptyArgv)?;
+    /// is available (reusing a leftover one of the same name), and in `root`
+    /// (its prepared overlay, removed again if the start fails) when the spec
+    /// has a root file system.
+    pub fn start(
+        spec: &RunSpec,
+        cgroups: Option<&Cgroups>,
+        root: Option<ContainerRoot>,
+    ) -> Result<Self, ContainerError> {
+        let started = Self::start_in(spec, cgroups, root.as_ref());
+        match started {
+            Ok(mut c) => {
+                if let Role::Main { root: r, .. } = &mut c.role {
+                    *r = root;
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                if let Some(root) = root {
+                    if let Err(e) = root.remove() {
+                        log::warn!("{}: {}", spec.name, Chain(&e));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_in(
+        spec: &RunSpec,
+        cgroups: Option<&Cgroups>,
+        root: Option<&ContainerRoot>,
+    ) -> Result<Self, ContainerError> {
+        let fs_root = root.map_or(Path::new("/"), ContainerRoot::merged);
+        let user = match &spec.user {
+            Some(u) => Some(user::resolve(u, fs_root)?),
+            None => None,
+        };
         // Checked here because a bad cwd would otherwise surface as a
-        // confusing ENOENT "for the program".
+        // confusing failure "of the program".
         if let Some(cwd) = &spec.cwd {
-            if let Err(source) = std::fs::read_dir(cwd) {
+            if let Err(source) = std::fs::read_dir(fs_root.join(cwd.trim_start_matches('/'))) {
                 return Err(ContainerError::Cwd {
                     cwd: cwd.clone(),
                     source,
                 });
             }
         }
-        let cgroup = cgroups.and_then(|c| {
-            c.create(&spec.name)
+        let cgroup = match cgroups {
+            None if has_limits(&spec.limits) => return Err(ContainerError::NoCgroups),
+            None => None,
+            Some(c) if has_limits(&spec.limits) => Some(
+                c.create(&spec.name, &spec.limits)
+                    .map_err(ContainerError::Limits)?,
+            ),
+            Some(c) => c
+                .create(&spec.name, &spec.limits)
                 .inspect_err(|e| {
                     log::warn!("{}: running without a cgroup: {}", spec.name, Chain(e))
                 })
-                .ok()
-        });
+                .ok(),
+        };
         let procs = cgroup.as_ref().and_then(|c| {
             c.open_procs()
                 .inspect_err(|e| {
@@ -213,54 +563,36 @@ impl Container {
                 })
                 .ok()
         });
-
-        let mut cmd = Command::new(argv0);
-        cmd.args(args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut own_tunables = None;
-        for kv in &spec.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                cmd.env(k, v);
-                if k == "GLIBC_TUNABLES" {
-                    own_tunables = Some(v);
-                }
-            }
-        }
-        if let Some(tunables) = cpu::glibc_tunables(own_tunables) {
-            cmd.env("GLIBC_TUNABLES", tunables);
-        }
-        if let Some(cwd) = &spec.cwd {
-            cmd.current_dir(cwd);
-        }
-        let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
-        let no_signals = SigSet::empty();
-        // SAFETY: the closure runs between fork and exec, where only
-        // async-signal-safe calls are allowed: it makes one sigprocmask(2),
-        // one setsid(2), at most one write(2), and builds io::Errors from
-        // errno, none of which allocates or takes locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The agent blocks SIGCHLD/SIGTERM/SIGINT for its signalfd and
-                // std passes the mask on: without this the container could
-                // not be stopped with SIGTERM.
-                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&no_signals), None)?;
-                // Its own session and process group, so the container's
-                // processes can be killed together even without a cgroup.
-                setsid()?;
-                match procs_fd {
-                    Some(fd) => join_cgroup(fd),
-                    None => Ok(()),
-                }
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| ContainerError::Spawn {
-            argv0: argv0.clone(),
-            source,
+        let mounts = match root {
+            Some(r) => Some(
+                MountPlan::new(r, Path::new(GUEST_DEV)).map_err(|(path, e)| {
+                    ContainerError::Rootfs(RootfsError::Io {
+                        path: path.into(),
+                        source: e.into(),
+                    })
+                })?,
+            ),
+            None => None,
+        };
+        let pid_ns = match root {
+            Some(_) if !spec.share_pid_namespace => PidNs::New,
+            _ => PidNs::Inherit,
+        };
+        let setup = ChildSetup {
+            cgroup_procs: procs,
+            mounts,
+            join_mounts: None,
+            cwd: spec.cwd.as_deref().map(cstring).transpose()?,
+            user: user.clone().filter(|u| u != &User::root()),
+            controlling_tty: false,
+        };
+        let mut child = spawn(Launch {
+            argv: &spec.argv,
+            env: spec.env.iter().map(String::as_str).collect(),
+            stdio: [Stdio::null(), Stdio::piped(), Stdio::piped()],
+            setup,
+            pid_ns,
         })?;
-        drop(procs);
         let pid = child.id();
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
@@ -268,10 +600,15 @@ impl Container {
         // status. Dropping a Child neither waits nor kills.
         drop(child);
         for fd in stdout.iter().chain(stderr.iter()) {
-            if let Err(e) = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
-                log::warn!("{}: cannot make an output pipe nonblocking: {e}", spec.name);
-            }
+            set_nonblocking(&spec.name, fd);
         }
+        let exec = ExecContext {
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            user,
+            namespaced: root.is_some(),
+            cgroup_procs: cgroup.as_ref().map(ContainerCgroup::procs_path),
+        };
         Ok(Self {
             name: spec.name.clone(),
             pid,
@@ -280,10 +617,122 @@ impl Container {
             termination: None,
             cgroup,
             drain_deadline: None,
+            role: Role::Main { root: None, exec },
+            tty: false,
         })
     }
 
-    /// The container's name.
+    /// Starts `spec` (already [`validate_exec`]ed) inside `target`, a running
+    /// container (not an exec).
+    pub fn exec(spec: &ExecSpec, target: &Container) -> Result<Self, ContainerError> {
+        let Role::Main { exec: ctx, .. } = &target.role else {
+            return Err(ContainerError::InvalidName(spec.container.clone()));
+        };
+        let enter = |ns: &str| {
+            let path = PathBuf::from(format!("/proc/{}/ns/{ns}", target.pid));
+            File::open(&path).map_err(|source| ContainerError::Enter {
+                container: target.name.clone(),
+                path,
+                source,
+            })
+        };
+        let (join_mounts, pid_ns) = if ctx.namespaced {
+            (
+                Some(OwnedFd::from(enter("mnt")?)),
+                PidNs::Join(enter("pid")?),
+            )
+        } else {
+            (None, PidNs::Inherit)
+        };
+        let cgroup_procs = match &ctx.cgroup_procs {
+            Some(path) => Some(File::options().write(true).open(path).map_err(|source| {
+                ContainerError::Enter {
+                    container: target.name.clone(),
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let setup = ChildSetup {
+            cgroup_procs,
+            mounts: None,
+            join_mounts,
+            cwd: ctx.cwd.as_deref().map(cstring).transpose()?,
+            user: ctx.user.clone().filter(|u| u != &User::root()),
+            controlling_tty: spec.tty,
+        };
+        let env = ctx
+            .env
+            .iter()
+            .chain(&spec.env)
+            .map(String::as_str)
+            .collect();
+        let io_err = |source: std::io::Error| ContainerError::Spawn {
+            argv0: spec.argv.first().cloned().unwrap_or_default(),
+            source,
+        };
+        let (stdio, tty_master) = if spec.tty {
+            let pty = nix::pty::openpty(None, None).map_err(|e| io_err(e.into()))?;
+            // The agent keeps no slave fd once the child has its copies, so
+            // the master reads EIO (EOF) when the session is gone.
+            let slave = || pty.slave.try_clone().map(Stdio::from).map_err(io_err);
+            ([slave()?, slave()?, slave()?], Some(pty.master))
+        } else {
+            let stdin = if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            };
+            ([stdin, Stdio::piped(), Stdio::piped()], None)
+        };
+        let mut child = spawn(Launch {
+            argv: &spec.argv,
+            env,
+            stdio,
+            setup,
+            pid_ns,
+        })?;
+        let pid = child.id();
+        let (stdout, stderr, stdin_fd) = match tty_master {
+            Some(master) => {
+                let writer = if spec.stdin {
+                    Some(master.try_clone().map_err(io_err)?)
+                } else {
+                    None
+                };
+                (Some(master), None, writer)
+            }
+            None => (
+                child.stdout.take().map(OwnedFd::from),
+                child.stderr.take().map(OwnedFd::from),
+                child.stdin.take().map(OwnedFd::from),
+            ),
+        };
+        drop(child);
+        for fd in stdout.iter().chain(stderr.iter()).chain(stdin_fd.iter()) {
+            set_nonblocking(&spec.id, fd);
+        }
+        let stdin = stdin_fd.map(|fd| StdinPipe {
+            fd: Some(fd),
+            pending: Vec::new(),
+            closing: false,
+            tty: spec.tty,
+        });
+        Ok(Self {
+            name: spec.id.clone(),
+            pid,
+            stdout,
+            stderr,
+            termination: None,
+            cgroup: None,
+            drain_deadline: None,
+            role: Role::Exec { stdin },
+            tty: spec.tty,
+        })
+    }
+
+    /// The container's name (an exec's id).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -291,6 +740,11 @@ impl Container {
     /// Its main process id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// True for an exec, false for a container's main process.
+    pub fn is_exec(&self) -> bool {
+        matches!(self.role, Role::Exec { .. })
     }
 
     /// True until the main process has been reaped.
@@ -319,7 +773,8 @@ impl Container {
 
     /// Sends SIGKILL to the main process and everything else of the
     /// container: its cgroup, and its process group (which, without a
-    /// cgroup, covers what did not start a group of its own).
+    /// cgroup, covers what did not start a group of its own). An exec has
+    /// no cgroup of its own: only its process group is killed.
     pub fn kill_all(&self) {
         if self.is_running() {
             let _ = self.signal(Signal::SIGKILL as i32);
@@ -340,7 +795,63 @@ impl Container {
     pub fn on_reaped(&mut self, t: Termination, now: Instant) {
         self.termination = Some(t);
         self.drain_deadline = Some(now + DRAIN_IDLE);
+        if let Role::Exec { stdin } = &mut self.role {
+            *stdin = None;
+        }
         self.kill_all();
+    }
+
+    /// Queues `data` for the exec's stdin and writes what it can; empty
+    /// `data` closes stdin once the queue is written.
+    pub fn write_stdin(&mut self, data: &[u8]) -> Result<(), ContainerError> {
+        let name = self.name.clone();
+        let Role::Exec { stdin } = &mut self.role else {
+            return Err(ContainerError::NoStdin(name));
+        };
+        let Some(pipe) = stdin else {
+            return Err(match self.termination {
+                Some(_) => ContainerError::StdinClosed(name),
+                None => ContainerError::NoStdin(name),
+            });
+        };
+        if pipe.closing || pipe.fd.is_none() {
+            return Err(ContainerError::StdinClosed(name));
+        }
+        if data.is_empty() {
+            pipe.closing = true;
+            if pipe.tty {
+                // The terminal's EOF (^D): closing the master would hang up
+                // the session instead.
+                pipe.pending.push(4);
+            }
+        } else if pipe.pending.len() + data.len() > STDIN_BUFFER {
+            return Err(ContainerError::StdinFull {
+                name,
+                pending: pipe.pending.len(),
+                limit: STDIN_BUFFER,
+            });
+        } else {
+            pipe.pending.extend_from_slice(data);
+        }
+        pipe.flush();
+        Ok(())
+    }
+
+    /// The stdin fd, while data waits for it to take more.
+    pub fn stdin_waiting(&self) -> Option<BorrowedFd<'_>> {
+        match &self.role {
+            Role::Exec { stdin: Some(p) } if !p.pending.is_empty() => {
+                p.fd.as_ref().map(AsFd::as_fd)
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes waiting stdin data, once the fd can take more.
+    pub fn flush_stdin(&mut self) {
+        if let Role::Exec { stdin: Some(p) } = &mut self.role {
+            p.flush();
+        }
     }
 
     /// Stops waiting for output: closes both pipes.
@@ -377,6 +888,11 @@ impl Container {
                 PipeRead::Data(buf)
             }
             Err(Errno::EAGAIN | Errno::EINTR) => PipeRead::Nothing,
+            // A pty master reads EIO once every slave fd is closed: its EOF.
+            Err(Errno::EIO) if self.tty => {
+                *slot = None;
+                PipeRead::Nothing
+            }
             Err(e) => {
                 log::warn!("{}: reading {stream:?}: {e}; closing it", self.name);
                 *slot = None;
@@ -410,7 +926,7 @@ impl Container {
     }
 
     /// For a done container: the report, after checking the cgroup for OOM
-    /// kills and removing it.
+    /// kills and removing it and the container's root file system.
     pub fn finish(&self) -> ExitReport {
         let t = self
             .termination
@@ -426,7 +942,40 @@ impl Container {
             }
             oom
         });
+        if let Role::Main {
+            root: Some(root), ..
+        } = &self.role
+        {
+            if let Err(e) = root.remove() {
+                log::warn!("{}: {}", self.name, Chain(&e));
+            }
+        }
         exit_report(t, oom)
+    }
+
+    /// Drains both pipes (bounded) while feeding stdin, then reaps the
+    /// process by pid, for tests without the agent's reaper.
+    #[cfg(test)]
+    pub fn wait_output(&mut self) -> (Vec<u8>, Vec<u8>, Termination) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while self.pipes().count() > 0 && Instant::now() < give_up {
+            self.flush_stdin();
+            for (stream, buf) in [(Stream::Stdout, &mut out), (Stream::Stderr, &mut err)] {
+                if let PipeRead::Data(d) = self.read(stream, Instant::now()) {
+                    buf.extend(d);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = Pid::from_raw(i32::try_from(self.pid).expect("a pid fits i32"));
+        let t = match nix::sys::wait::waitpid(pid, None).expect("waitpid of a test child") {
+            nix::sys::wait::WaitStatus::Exited(_, code) => Termination::Exited(code),
+            nix::sys::wait::WaitStatus::Signaled(_, sig, _) => Termination::Signaled(sig as i32),
+            other => panic!("unexpected {other:?}"),
+        };
+        self.on_reaped(t, Instant::now());
+        (out, err, t)
     }
 
     /// A running container without a process or cgroup whose stdout is a
@@ -445,27 +994,20 @@ impl Container {
             termination: None,
             cgroup: None,
             drain_deadline: None,
+            role: Role::Main {
+                root: None,
+                exec: ExecContext::default(),
+            },
+            tty: false,
         };
         (c, write)
     }
 }
 
-/// Moves the calling process into the cgroup whose `cgroup.procs` is open on
-/// `fd`. Runs in the child between fork and exec.
-fn join_cgroup(fd: i32) -> std::io::Result<()> {
-    // SAFETY: `fd` is the parent's open `cgroup.procs`, inherited across fork
-    // and valid until exec (it is close-on-exec); the buffer is a 1-byte
-    // static string.
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-    if written == 1 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use nix::sys::signal::SigSet;
+
     use super::*;
 
     fn spec(name: &str, argv: &[&str], env: &[&str]) -> RunSpec {
@@ -525,7 +1067,8 @@ mod tests {
 
     #[test]
     fn missing_program_is_exit_127_and_names_argv0() {
-        let err = Container::start(&spec("t", &["/nonexistent/prog"], &[]), None).unwrap_err();
+        let err =
+            Container::start(&spec("t", &["/nonexistent/prog"], &[]), None, None).unwrap_err();
         assert_eq!(err.start_exit_code(), 127);
         let msg = Chain(&err).to_string();
         assert!(
@@ -534,26 +1077,8 @@ mod tests {
         );
     }
 
-    /// Drains both pipes (bounded), then reaps the process by pid.
     fn run_to_end(c: &mut Container) -> (Vec<u8>, Vec<u8>, Termination) {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let give_up = Instant::now() + Duration::from_secs(10);
-        while c.pipes().count() > 0 && Instant::now() < give_up {
-            for (stream, buf) in [(Stream::Stdout, &mut out), (Stream::Stderr, &mut err)] {
-                if let PipeRead::Data(d) = c.read(stream, Instant::now()) {
-                    buf.extend(d);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let pid = Pid::from_raw(i32::try_from(c.pid()).unwrap());
-        let t = match nix::sys::wait::waitpid(pid, None).unwrap() {
-            nix::sys::wait::WaitStatus::Exited(_, code) => Termination::Exited(code),
-            nix::sys::wait::WaitStatus::Signaled(_, sig, _) => Termination::Signaled(sig as i32),
-            other => panic!("unexpected {other:?}"),
-        };
-        c.on_reaped(t, Instant::now());
-        (out, err, t)
+        c.wait_output()
     }
 
     #[test]
@@ -561,7 +1086,7 @@ mod tests {
         let script = "env; echo oops >&2; exit 3";
         let mut s = spec("t", &["/bin/sh", "-c", script], &["A=1", "B=x=y"]);
         s.cwd = Some("/".into());
-        let mut c = Container::start(&s, None).unwrap();
+        let mut c = Container::start(&s, None, None).unwrap();
         assert!(c.is_running());
         let (out, err, t) = run_to_end(&mut c);
         let mut vars: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
@@ -582,7 +1107,7 @@ mod tests {
         let mut term = SigSet::empty();
         term.add(Signal::SIGTERM);
         term.thread_block().unwrap();
-        let started = Container::start(&spec("t", &["/bin/sleep", "30"], &[]), None);
+        let started = Container::start(&spec("t", &["/bin/sleep", "30"], &[]), None, None);
         term.thread_unblock().unwrap();
         let mut c = started.unwrap();
         c.signal(15).unwrap();
@@ -599,8 +1124,98 @@ mod tests {
     fn missing_cwd_is_exit_126() {
         let mut s = spec("t", &["/bin/true"], &[]);
         s.cwd = Some("/nonexistent-dir".into());
-        let err = Container::start(&s, None).unwrap_err();
+        let err = Container::start(&s, None, None).unwrap_err();
         assert!(matches!(err, ContainerError::Cwd { .. }), "{err:?}");
         assert_eq!(err.start_exit_code(), 126);
+    }
+
+    fn exec_spec(id: &str, container: &str, argv: &[&str]) -> ExecSpec {
+        ExecSpec {
+            id: id.into(),
+            container: container.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..ExecSpec::default()
+        }
+    }
+
+    #[test]
+    fn limits_without_cgroups_are_refused() {
+        let mut s = spec("t", &["/bin/true"], &[]);
+        s.limits.pids = Some(10);
+        let err = Container::start(&s, None, None).unwrap_err();
+        assert!(matches!(err, ContainerError::NoCgroups), "{err:?}");
+        assert_eq!(err.start_exit_code(), 126);
+    }
+
+    #[test]
+    fn stdin_reaches_an_exec_and_eof_ends_it() {
+        let mut c =
+            Container::start(&spec("box", &["/bin/sleep", "30"], &["A=1"]), None, None).unwrap();
+        let mut cat = exec_spec("e1", "box", &["/bin/cat"]);
+        cat.stdin = true;
+        let mut e = Container::exec(&cat, &c).unwrap();
+        assert!(e.is_exec() && !c.is_exec());
+        e.write_stdin(b"hi").unwrap();
+        e.write_stdin(b"").unwrap();
+        let again = e.write_stdin(b"more").unwrap_err();
+        assert!(matches!(again, ContainerError::StdinClosed(_)), "{again:?}");
+        let (out, _, t) = e.wait_output();
+        assert_eq!((out.as_slice(), t), (&b"hi"[..], Termination::Exited(0)));
+        assert!(c.is_running(), "an exec's end leaves its container alone");
+
+        let mut env = exec_spec("e2", "box", &["/bin/sh", "-c", "echo $A$B"]);
+        env.env = vec!["B=2".into()];
+        let mut e = Container::exec(&env, &c).unwrap();
+        let err = e.write_stdin(b"x").unwrap_err();
+        assert!(matches!(err, ContainerError::NoStdin(_)), "{err:?}");
+        let (out, _, _) = e.wait_output();
+        assert_eq!(out, b"12\n", "the container's env plus the exec's");
+
+        c.kill_all();
+        let (_, _, t) = c.wait_output();
+        assert_eq!(t, Termination::Signaled(9));
+    }
+
+    #[test]
+    fn stdin_is_bounded() {
+        let mut c = Container::start(&spec("box", &["/bin/sleep", "30"], &[]), None, None).unwrap();
+        // Reads nothing: everything beyond the pipe's capacity waits.
+        let mut stuck = exec_spec("e", "box", &["/bin/sleep", "30"]);
+        stuck.stdin = true;
+        let mut e = Container::exec(&stuck, &c).unwrap();
+        let chunk = vec![b'x'; 256 * 1024];
+        let mut sent = 0;
+        let err = loop {
+            match e.write_stdin(&chunk) {
+                Ok(()) => sent += chunk.len(),
+                Err(err) => break err,
+            }
+            assert!(sent < 4 * STDIN_BUFFER, "the buffer never filled");
+        };
+        assert!(matches!(err, ContainerError::StdinFull { .. }), "{err:?}");
+        assert!(e.stdin_waiting().is_some(), "data waits for POLLOUT");
+        e.kill_all();
+        e.wait_output();
+        c.kill_all();
+        c.wait_output();
+    }
+
+    #[test]
+    fn a_tty_exec_gets_a_controlling_terminal() {
+        let mut c = Container::start(&spec("box", &["/bin/sleep", "30"], &[]), None, None).unwrap();
+        let script = "tty; echo ok > /dev/tty; read line; echo got $line";
+        let mut tty = exec_spec("t", "box", &["/bin/sh", "-c", script]);
+        (tty.tty, tty.stdin) = (true, true);
+        let mut e = Container::exec(&tty, &c).unwrap();
+        e.write_stdin(b"abc\n").unwrap();
+        let (out, err, t) = e.wait_output();
+        let out = String::from_utf8_lossy(&out);
+        assert!(err.is_empty(), "a tty merges stderr into stdout");
+        assert!(out.contains("/dev/pts/"), "{out:?}");
+        assert!(out.contains("ok\r\n"), "/dev/tty opens: {out:?}");
+        assert!(out.contains("got abc"), "{out:?}");
+        assert_eq!(t, Termination::Exited(0));
+        c.kill_all();
+        c.wait_output();
     }
 }

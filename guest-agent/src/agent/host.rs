@@ -90,7 +90,7 @@ impl AsFd for Listener {
 #[derive(Debug)]
 pub enum Incoming {
     /// A well-formed request.
-    Request(HostMessage),
+    Request(Box<HostMessage>),
     /// A frame that is JSON but not a request this agent knows; `id` is set
     /// when it could be recovered, so the host can get an error reply.
     Unsupported {
@@ -140,7 +140,7 @@ impl HostConn {
         };
         let id = value.get("id").and_then(serde_json::Value::as_u64);
         Ok(Some(match serde_json::from_value::<HostMessage>(value) {
-            Ok(msg) => Incoming::Request(msg),
+            Ok(msg) => Incoming::Request(Box::new(msg)),
             Err(e) => Incoming::Unsupported {
                 id,
                 error: format!("unsupported request: {e}"),
@@ -406,7 +406,7 @@ mod tests {
         let mut unknown = encode_frame(&serde_json::json!({"id": 6, "request": "fly"})).unwrap();
         b.write_all(&unknown).unwrap();
         conn.read_available().unwrap();
-        assert!(matches!(conn.next_message().unwrap(), Some(Incoming::Request(m)) if m == ping));
+        assert!(matches!(conn.next_message().unwrap(), Some(Incoming::Request(m)) if *m == ping));
         assert!(matches!(
             conn.next_message().unwrap(),
             Some(Incoming::Unsupported { id: Some(6), .. })

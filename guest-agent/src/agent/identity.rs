@@ -6,8 +6,8 @@
 //! path) fixes that: [`validate`] checks the whole [`PodConfig`] without side
 //! effects, then [`apply`] sets the clock, reseeds the kernel RNG, sets the
 //! hostname, sets up the network ([`super::network`]: `lo`, `eth0`,
-//! `/etc/hosts`, `/etc/resolv.conf`) and publishes the pod's UID and hostname
-//! under [`PODINFO_DIR`].
+//! `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`) and publishes the
+//! pod's UID and hostname under [`PODINFO_DIR`].
 //!
 //! # Design
 //!

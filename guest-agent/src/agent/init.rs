@@ -80,7 +80,7 @@ struct MountSpec {
 }
 
 /// The mounts PID 1 sets up, in order (`/sys/fs/cgroup` lives inside sysfs).
-fn mount_table() -> [MountSpec; 6] {
+fn mount_table() -> [MountSpec; 7] {
     let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let m = |fstype, target, flags, data| MountSpec {
         fstype,
@@ -92,6 +92,13 @@ fn mount_table() -> [MountSpec; 6] {
         m("proc", "/proc", locked, None),
         m("sysfs", "/sys", locked, None),
         m("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
+        // For the ptys of `tty` execs (openpty names the slave /dev/pts/N).
+        m(
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0620,ptmxmode=0666"),
+        ),
         m("cgroup2", "/sys/fs/cgroup", locked, None),
         m(
             "tmpfs",
@@ -141,7 +148,7 @@ fn mount_one(spec: &MountSpec) -> Result<(), InitError> {
     }
 }
 
-/// Mounts proc, sysfs, devtmpfs, cgroup2 and the tmpfs's, skipping what is
+/// Mounts proc, sysfs, devtmpfs, devpts, cgroup2 and the tmpfs's, skipping what is
 /// already mounted and logging (not failing on) errors. Only as PID 1.
 pub fn mount_filesystems() {
     if !is_pid1() {
@@ -295,9 +302,10 @@ mod tests {
     }
 
     #[test]
-    fn sysfs_is_mounted_before_the_cgroup_inside_it() {
+    fn parents_are_mounted_before_what_is_inside_them() {
         let table = mount_table();
         let pos = |t| table.iter().position(|m| m.target == t).unwrap();
         assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+        assert!(pos("/dev") < pos("/dev/pts"));
     }
 }

@@ -13,9 +13,16 @@
 //! Nothing blocks: host writes go through a bounded [`host::Outbox`], and
 //! while it is over `OUTPUT_HIGH_WATER` no container's pipes are read.
 //!
-//! The pod's containers live in [`Containers`], by name, from `Run` until
-//! their `ContainerExited` is queued; several run at once, each in its own
-//! cgroup, process group and pipes, and every event names its container.
+//! The pod's containers and execs live in [`Containers`] (`pod.rs`), by
+//! name, from `Run`/`Exec` until their `ContainerExited` is queued; several
+//! run at once, each in its own cgroup (an exec joins its container's),
+//! process group and pipes, and every event names its container.
+//!
+//! A container with a `rootfs` runs in its own mount namespace on an overlay
+//! of its image, with the pod's volumes and `/etc` files bound in
+//! ([`rootfs`]), and in its own pid namespace unless it shares the pod's,
+//! which is the agent's ([`sandbox`]). One without a `rootfs` runs in the
+//! agent's namespaces and file system, as before images existed.
 //!
 //! Lifecycle rules:
 //! - `Run` starts a container unless one of that name is still running or
@@ -32,7 +39,8 @@
 //!   when no host has been connected for [`LINGER`]. A new `Run` un-finishes
 //!   it.
 //!
-//! Requests: `Run` starts a container, `Signal` signals the one it names,
+//! Requests: `Run` starts a container, `Exec` starts a process in a running
+//! one, `Stdin` feeds an exec's stdin, `Signal` signals the one it names,
 //! `Shutdown` stops the pod, `Ping` answers `Pong`, `Debug(StopHeartbeat)`
 //! silences the heartbeat, and `Configure` gives the guest its pod identity
 //! (clock, RNG, hostname, `/etc/podinfo`, heartbeat period; see
@@ -44,8 +52,10 @@
 //! # Limitations
 //!
 //! Containers are independent processes: no start order, init containers or
-//! restart policy (the host decides when to `Run` a name again), and they
-//! share the guest's file system, network and RAM.
+//! restart policy (the host decides when to `Run` a name again). They share
+//! the pod's network, IPC and UTS namespaces (localhost reaches a sibling)
+//! and the guest's RAM, within their cgroup limits; containers without a
+//! `rootfs` also share the guest's file system.
 
 pub mod cgroup;
 pub mod container;
@@ -55,16 +65,19 @@ pub mod identity;
 pub mod init;
 pub mod logger;
 pub mod network;
+pub mod pod;
+pub mod rootfs;
+pub mod sandbox;
+pub mod user;
 
-use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, HostMessage, PodConfig, ProtocolError, Reply, Request,
-    RunSpec, Stream, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION, REASON_ERROR,
-    REASON_OOM_KILLED,
+    AgentMessage, DebugCommand, Event, ExecSpec, HostMessage, PodConfig, ProtocolError, Reply,
+    Request, RunSpec, Stream, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION,
+    REASON_ERROR, REASON_OOM_KILLED,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -76,9 +89,11 @@ use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use self::cgroup::{Cgroups, CGROUP_MOUNT};
-use self::container::{Container, PipeRead, Termination};
+use self::container::{Container, ContainerError, PipeRead, Termination};
 use self::host::{FrameKind, HostConn, HostError, Incoming, Listener, Outbox};
 use self::logger::Chain;
+use self::pod::Containers;
+use self::rootfs::{ContainerRoot, Filesystems, Layout};
 
 /// Grace between SIGTERM and SIGKILL when PID 1 gets SIGTERM/SIGINT.
 pub const TERM_GRACE: Duration = Duration::from_secs(10);
@@ -132,6 +147,7 @@ pub fn run() -> Result<(), AgentError> {
                 Chain(e)
             )
         })
+        .inspect(|c| log::info!("cgroups: controllers {:?} enabled", c.enabled()))
         .ok();
     let mut agent = Agent::new(period, cgroups)?;
     log::info!("listening on vsock port {AGENT_VSOCK_PORT}");
@@ -195,119 +211,8 @@ struct Ready {
     host: Option<PollFlags>,
     /// Container name and stream of each ready pipe.
     pipes: Vec<(String, Stream)>,
-}
-
-/// The pod's containers that are running or still draining their output,
-/// by name. A container is inserted when it starts and taken out once it is
-/// done, to be reported; its name is then free for another `Run`.
-#[derive(Debug, Default)]
-struct Containers {
-    live: BTreeMap<String, Container>,
-    /// Containers reported as exited (or failed to start) so far.
-    ended: u64,
-}
-
-impl Containers {
-    /// Why a `Run` of `name` must be refused now, if it must.
-    fn refuse_run(&self, name: &str) -> Option<String> {
-        let c = self.live.get(name)?;
-        Some(if c.is_running() {
-            format!(
-                "container {name:?} is still running (pid {}); run it again after its \
-                 container_exited, or signal it to stop",
-                c.pid()
-            )
-        } else {
-            format!(
-                "container {name:?} has exited but its output is still being forwarded; \
-                 run it again after its container_exited"
-            )
-        })
-    }
-
-    /// Adds a started container; its name must not be live (see
-    /// [`Containers::refuse_run`]).
-    fn insert(&mut self, c: Container) {
-        let replaced = self.live.insert(c.name().to_string(), c);
-        debug_assert!(replaced.is_none(), "a live container was replaced");
-    }
-
-    /// The live container called `name`.
-    fn get(&self, name: &str) -> Option<&Container> {
-        self.live.get(name)
-    }
-
-    /// The live container called `name`, mutably.
-    fn get_mut(&mut self, name: &str) -> Option<&mut Container> {
-        self.live.get_mut(name)
-    }
-
-    /// The running container whose main process is `pid`. Exited ones are
-    /// skipped: the kernel may already have reused their pid.
-    fn running_by_pid(&mut self, pid: i32) -> Option<&mut Container> {
-        self.live
-            .values_mut()
-            .find(|c| c.is_running() && i64::from(c.pid()) == i64::from(pid))
-    }
-
-    /// The names of the running containers, for error messages.
-    fn running_names(&self) -> Vec<&str> {
-        let running = self.live.values().filter(|c| c.is_running());
-        running.map(Container::name).collect()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Container> {
-        self.live.values()
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Container> {
-        self.live.values_mut()
-    }
-
-    /// Every open output pipe, with its container's name, for polling.
-    fn pipes(&self) -> impl Iterator<Item = (&str, Stream, BorrowedFd<'_>)> {
-        self.live
-            .iter()
-            .flat_map(|(name, c)| c.pipes().map(move |(s, fd)| (name.as_str(), s, fd)))
-    }
-
-    /// The earliest drain deadline of an exited container.
-    fn drain_deadline(&self) -> Option<Instant> {
-        self.iter().filter_map(Container::drain_deadline).min()
-    }
-
-    /// Takes out the done containers (in name order) and counts them as
-    /// ended.
-    fn take_done(&mut self) -> Vec<Container> {
-        let names: Vec<String> = self
-            .live
-            .iter()
-            .filter(|(_, c)| c.is_done())
-            .map(|(name, _)| name.clone())
-            .collect();
-        let done: Vec<Container> = names
-            .iter()
-            .filter_map(|name| self.live.remove(name))
-            .collect();
-        self.ended += done.len() as u64;
-        done
-    }
-
-    /// Counts a container that failed to start (reported, never live).
-    fn note_failed_start(&mut self) {
-        self.ended += 1;
-    }
-
-    /// True when no container is running or draining.
-    fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
-
-    /// The pod is finished once at least one container ran (or failed to
-    /// start) and none is still running or draining.
-    fn pod_finished(&self) -> bool {
-        self.ended > 0 && self.live.is_empty()
-    }
+    /// Execs whose stdin can take more.
+    stdin: Vec<String>,
 }
 
 /// The agent's state.
@@ -318,6 +223,8 @@ struct Agent {
     signals: SignalFd,
     heartbeat: Heartbeat,
     cgroups: Option<Cgroups>,
+    /// Image mounts, container roots and volumes.
+    filesystems: Filesystems,
     containers: Containers,
     /// `ContainerExited` frames queued and written, to know when the last one
     /// reached a host.
@@ -357,6 +264,7 @@ impl Agent {
                 seq: 0,
             },
             cgroups,
+            filesystems: Filesystems::new(Layout::default()),
             containers: Containers::default(),
             exits_queued: 0,
             exits_written: 0,
@@ -394,6 +302,11 @@ impl Agent {
         }
         for (name, stream) in ready.pipes {
             self.read_pipe(&name, stream, now);
+        }
+        for name in ready.stdin {
+            if let Some(c) = self.containers.get_mut(&name) {
+                c.flush_stdin();
+            }
         }
         if let Some(flags) = ready.host {
             // HUP/ERR are reported unasked; reading is how we see the EOF.
@@ -451,6 +364,11 @@ impl Agent {
                 fds.push(PollFd::new(fd, input));
             }
         }
+        let mut stdin_slots = Vec::new();
+        for (name, fd) in self.containers.stdin_waiting() {
+            stdin_slots.push((name, fds.len()));
+            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => return Ok(Ready::default()),
@@ -468,6 +386,11 @@ impl Agent {
                 .into_iter()
                 .filter(|&(_, _, i)| !flags(i).is_empty())
                 .map(|(name, s, _)| (name.to_string(), s))
+                .collect(),
+            stdin: stdin_slots
+                .into_iter()
+                .filter(|&(_, i)| !flags(i).is_empty())
+                .map(|(name, _)| name.to_string())
                 .collect(),
         })
     }
@@ -563,7 +486,10 @@ impl Agent {
             // emptied by its exit, still holds its OOM count.
             cgroups.remove_leftovers();
         }
-        match Container::start(&spec, self.cgroups.as_ref()) {
+        let started = self
+            .prepare_root(&spec)
+            .and_then(|root| Container::start(&spec, self.cgroups.as_ref(), root));
+        match started {
             Ok(c) => {
                 let (name, pid) = (c.name().to_string(), c.pid());
                 log::info!("{name}: started {:?} as pid {pid}", spec.argv);
@@ -585,6 +511,85 @@ impl Agent {
                 self.check_finished(now);
             }
         }
+    }
+
+    /// Mounts the spec's image (once per device) and makes the container's
+    /// overlay; `None` without a rootfs.
+    fn prepare_root(&mut self, spec: &RunSpec) -> Result<Option<ContainerRoot>, ContainerError> {
+        let Some(rootfs) = &spec.rootfs else {
+            return Ok(None);
+        };
+        let lower = self.filesystems.mount_image(rootfs)?;
+        let root = self
+            .filesystems
+            .prepare(&spec.name, &lower, &spec.volume_mounts)?;
+        Ok(Some(root))
+    }
+
+    /// Starts an exec in a running container; its output and exit are
+    /// reported under its id, like a container's.
+    fn exec(&mut self, id: u64, spec: ExecSpec, now: Instant) {
+        if self.stopping.is_some() {
+            return self.reply(id, Err("the agent is shutting down".into()));
+        }
+        self.report_done(now);
+        if let Err(e) = container::validate_exec(&spec) {
+            return self.reply(id, Err(Chain(&e).to_string()));
+        }
+        if let Some(msg) = self.containers.refuse_run(&spec.id) {
+            return self.reply(id, Err(format!("exec id: {msg}")));
+        }
+        let target = self
+            .containers
+            .get(&spec.container)
+            .filter(|c| c.is_running() && !c.is_exec());
+        let Some(target) = target else {
+            let running: Vec<&str> = self
+                .containers
+                .iter()
+                .filter(|c| c.is_running() && !c.is_exec())
+                .map(Container::name)
+                .collect();
+            let msg = format!(
+                "no running container named {:?} to exec in (running: {running:?})",
+                spec.container
+            );
+            return self.reply(id, Err(msg));
+        };
+        match Container::exec(&spec, target) {
+            Ok(c) => {
+                let pid = c.pid();
+                log::info!(
+                    "{}: exec {:?} in {} as pid {pid}",
+                    spec.id,
+                    spec.argv,
+                    spec.container
+                );
+                self.finished = None;
+                self.containers.insert(c);
+                self.reply(id, Ok(Reply::Started { pid }));
+            }
+            Err(e) => {
+                let msg = Chain(&e).to_string();
+                log::warn!("{}: {msg}", spec.id);
+                self.reply(id, Err(msg));
+            }
+        }
+    }
+
+    /// Forwards stdin data to an exec (empty: EOF).
+    fn stdin(&mut self, id: u64, name: &str, data: &[u8]) {
+        let result = match self.containers.get_mut(name) {
+            Some(c) => c
+                .write_stdin(data)
+                .map(|()| Reply::Ok)
+                .map_err(|e| Chain(&e).to_string()),
+            None => Err(format!(
+                "no running exec named {name:?} (running: {:?})",
+                self.containers.running_names()
+            )),
+        };
+        self.reply(id, result);
     }
 
     fn read_pipe(&mut self, name: &str, stream: Stream, now: Instant) {
@@ -732,7 +737,7 @@ impl Agent {
         };
         for m in messages {
             match m {
-                Incoming::Request(msg) => self.handle_request(msg, now),
+                Incoming::Request(msg) => self.handle_request(*msg, now),
                 Incoming::Unsupported { id, error } => {
                     log::warn!("{error}");
                     if let Some(id) = id {
@@ -784,9 +789,8 @@ impl Agent {
                 self.reply(id, Ok(Reply::Ok));
             }
             Request::Configure(config) => self.configure(id, &config),
-            Request::Exec(_) | Request::Stdin { .. } => {
-                self.reply(id, Err("exec is not supported by this agent yet".into()))
-            }
+            Request::Exec(spec) => self.exec(id, spec, now),
+            Request::Stdin { name, data } => self.stdin(id, &name, &data),
         }
     }
 
@@ -863,133 +867,5 @@ impl Agent {
             .push(kind, msg)
             .inspect_err(|e| log::warn!("dropping a message for the host: {}", Chain(e)))
             .is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::fd::OwnedFd;
-
-    use super::*;
-
-    /// Pids above the kernel's limit (2^22), so no real process is touched.
-    const PID_A: u32 = 5_000_001;
-    const PID_B: u32 = 5_000_002;
-
-    fn live(containers: &mut Containers, name: &str, pid: u32) -> OwnedFd {
-        let (c, writer) = Container::stub(name, pid);
-        containers.insert(c);
-        writer
-    }
-
-    /// What the reaper does for `name`'s main process.
-    fn reap(containers: &mut Containers, name: &str, now: Instant) {
-        let c = containers.get_mut(name).unwrap();
-        c.on_reaped(Termination::Exited(0), now);
-    }
-
-    /// Reaps `name` and closes its output: done, as far as the agent knows.
-    fn end(containers: &mut Containers, name: &str, writer: OwnedFd) {
-        let now = Instant::now();
-        reap(containers, name, now);
-        drop(writer);
-        let c = containers.get_mut(name).unwrap();
-        assert!(matches!(c.read(Stream::Stdout, now), PipeRead::Nothing));
-        assert!(c.is_done(), "{name} should be done after exit and EOF");
-    }
-
-    #[test]
-    fn a_live_name_is_refused_until_its_exit_is_reported() {
-        let mut cs = Containers::default();
-        let writer = live(&mut cs, "web", PID_A);
-        let running = cs.refuse_run("web").expect("a running name is refused");
-        assert!(
-            running.contains("\"web\"") && running.contains("still running"),
-            "{running}"
-        );
-        assert_eq!(cs.refuse_run("db"), None, "other names may run");
-
-        reap(&mut cs, "web", Instant::now());
-        let draining = cs.refuse_run("web").expect("a draining name is refused");
-        assert!(draining.contains("still being forwarded"), "{draining}");
-
-        end(&mut cs, "web", writer);
-        let done = cs.take_done();
-        assert_eq!(done.len(), 1);
-        assert_eq!(done[0].name(), "web");
-        assert_eq!(cs.refuse_run("web"), None, "a reported name may run again");
-        let _writer = live(&mut cs, "web", PID_B);
-        assert_eq!(cs.get("web").map(Container::pid), Some(PID_B));
-    }
-
-    #[test]
-    fn exit_statuses_go_to_the_running_container_with_that_pid() {
-        let mut cs = Containers::default();
-        let _a = live(&mut cs, "a", PID_A);
-        let _b = live(&mut cs, "b", PID_B);
-        let pid = |p: u32| i32::try_from(p).unwrap();
-        assert_eq!(cs.running_by_pid(pid(PID_B)).map(|c| c.name()), Some("b"));
-        assert_eq!(cs.running_by_pid(pid(PID_A)).map(|c| c.name()), Some("a"));
-        assert!(cs.running_by_pid(42).is_none(), "an orphan is nobody's");
-
-        reap(&mut cs, "a", Instant::now());
-        assert!(
-            cs.running_by_pid(pid(PID_A)).is_none(),
-            "an exited container's pid may belong to someone else by now"
-        );
-        assert_eq!(cs.running_names(), ["b"]);
-    }
-
-    #[test]
-    fn the_pod_is_finished_once_one_ran_and_none_is_live() {
-        let mut cs = Containers::default();
-        assert!(!cs.pod_finished(), "nothing ran yet");
-        let a = live(&mut cs, "a", PID_A);
-        let b = live(&mut cs, "b", PID_B);
-        assert!(!cs.pod_finished());
-
-        end(&mut cs, "a", a);
-        assert_eq!(cs.take_done().len(), 1);
-        assert!(!cs.pod_finished(), "b still runs");
-
-        end(&mut cs, "b", b);
-        assert_eq!(cs.take_done().len(), 1);
-        assert!(cs.pod_finished());
-
-        let _c = live(&mut cs, "c", PID_A);
-        assert!(!cs.pod_finished(), "a new container un-finishes the pod");
-
-        let mut failed = Containers::default();
-        failed.note_failed_start();
-        assert!(failed.pod_finished(), "a failed start counts as ran");
-    }
-
-    #[test]
-    fn only_done_containers_are_taken_out() {
-        let mut cs = Containers::default();
-        let _a = live(&mut cs, "a", PID_A);
-        let b = live(&mut cs, "b", PID_B);
-        reap(&mut cs, "a", Instant::now());
-        assert!(cs.take_done().is_empty(), "a still has an open pipe");
-        end(&mut cs, "b", b);
-        let done: Vec<_> = cs.take_done().iter().map(|c| c.name().to_owned()).collect();
-        assert_eq!(done, ["b"]);
-        assert!(cs.get("a").is_some() && cs.get("b").is_none());
-    }
-
-    #[test]
-    fn every_container_s_pipes_are_polled_and_drained_by_deadline() {
-        let mut cs = Containers::default();
-        let _a = live(&mut cs, "a", PID_A);
-        let _b = live(&mut cs, "b", PID_B);
-        let pipes: Vec<_> = cs.pipes().map(|(n, s, _)| (n, s)).collect();
-        assert_eq!(pipes, [("a", Stream::Stdout), ("b", Stream::Stdout)]);
-        assert_eq!(cs.drain_deadline(), None, "nothing exited yet");
-
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(1);
-        reap(&mut cs, "b", later);
-        reap(&mut cs, "a", t0);
-        assert_eq!(cs.drain_deadline(), Some(t0 + container::DRAIN_IDLE));
     }
 }

@@ -18,8 +18,10 @@
 //!
 //! The files follow the kubelet's shape: `/etc/hosts` maps `localhost` and the
 //! pod's hostname to its IP; `/etc/resolv.conf` lists the nameservers and
-//! search domains. Each is replaced atomically. Containers share the guest's
-//! root file system for now, so writing them once serves every container.
+//! search domains; `/etc/hostname` holds the hostname. Each is replaced
+//! atomically. Containers without an image share the guest's root file
+//! system and see them directly; the others get them bind-mounted over their
+//! image's (`rootfs.rs`).
 //!
 //! # Limitations
 //!
@@ -232,8 +234,8 @@ pub fn resolv_conf(config: &NetworkConfig) -> Option<String> {
     Some(out)
 }
 
-/// Writes `<etc>/hosts` and, when there is DNS to configure,
-/// `<etc>/resolv.conf`.
+/// Writes `<etc>/hosts`, `<etc>/hostname` and, when there is DNS to
+/// configure, `<etc>/resolv.conf`.
 pub fn write_files(
     etc: &Path,
     hostname: &str,
@@ -244,6 +246,7 @@ pub fn write_files(
         write_atomic(&path, contents).map_err(|source| NetworkError::File { path, source })
     };
     write("hosts", &hosts_file(hostname, config.map(|c| c.address)))?;
+    write("hostname", &format!("{hostname}\n"))?;
     if let Some(resolv) = config.and_then(resolv_conf) {
         write("resolv.conf", &resolv)?;
     }
@@ -403,6 +406,8 @@ mod tests {
         write_files(&etc, "web-0", Some(&config())).unwrap();
         let hosts = std::fs::read_to_string(etc.join("hosts")).unwrap();
         assert!(hosts.contains("10.211.0.2\tweb-0"), "{hosts}");
+        let hostname = std::fs::read_to_string(etc.join("hostname")).unwrap();
+        assert_eq!(hostname, "web-0\n");
         let resolv = std::fs::read_to_string(etc.join("resolv.conf")).unwrap();
         assert!(resolv.contains("nameserver 10.0.0.53"), "{resolv}");
         std::fs::remove_dir_all(&etc).unwrap();
