@@ -506,8 +506,8 @@ fn egress_nat_lets_pods_reach_past_the_node() {
     );
     let listener = outside.enter(|| std::net::TcpListener::bind("192.168.233.2:7070").unwrap());
     listener.set_nonblocking(true).unwrap();
-    // The guest kernel has no POSIX timers (so no `nc -w` or `timeout`):
-    // the pod gives its client a few seconds, then ends.
+    // The pod gives its client a few seconds, then ends (without NAT the
+    // SYN goes unanswered).
     let connect = |name: &str, nat: bool| {
         let mut extra = vec![];
         if nat {
