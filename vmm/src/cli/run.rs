@@ -133,8 +133,27 @@ pub struct RunArgs {
     #[arg(long)]
     pub debug_stop_heartbeat: bool,
     /// The container's command and arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "manifest", value_name = "CMD")]
     pub command: Vec<String>,
+    /// A Kubernetes Pod manifest (.yaml, .yml or .json) to run instead of
+    /// a command: its init containers, containers, images, volumes, ports
+    /// (hostPort), restartPolicy and limits. The VM is sized from the
+    /// limits; the pod directory stays after the pod ends, until
+    /// 'unipod rm NAME'.
+    #[arg(
+        value_name = "MANIFEST",
+        conflicts_with_all = ["command", "env", "workdir", "sidecar", "publish", "name", "mem_mib", "debug_stop_heartbeat"]
+    )]
+    pub manifest: Option<PathBuf>,
+    /// With MANIFEST: run the pod in the background, wait until it runs
+    /// (or fails), print its name and exit. 'unipod logs/exec/stop/rm' reach
+    /// it; its supervisor logs to <state>/pods/NAME/supervisor.log.
+    #[arg(long, short = 'd', requires = "manifest")]
+    pub detach: bool,
+    /// Internal: be the supervisor of a pod whose directory 'unipod run
+    /// --detach' made.
+    #[arg(long, hide = true, requires = "manifest")]
+    pub supervisor: bool,
 }
 
 /// A `--sidecar NAME=COMMAND`.
@@ -213,12 +232,17 @@ pub enum RunError {
     /// Two containers with one name.
     #[error("--sidecar {0:?}: the name is taken (by the pod or another sidecar); container names must be unique")]
     DuplicateContainer(String),
+    /// The name belongs to a manifest pod.
+    #[error(
+        "pod {0:?} already exists (made by 'unipod run MANIFEST'); remove it with: unipod rm {0}"
+    )]
+    ManifestPodExists(String),
     /// Too many --dns servers.
     #[error("--dns: {0} servers given; the guest resolver reads at most 3")]
     TooManyDns(usize),
 }
 
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn count_signal(_: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::SeqCst);
@@ -235,16 +259,16 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     {
         return Err(RunError::BadEnv(bad.clone()));
     }
-    let inputs = GuestInputs {
-        kernel: artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-        initrd: artifact(
+    let inputs = GuestInputs::new(
+        artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
+        artifact(
             args.initrd.as_deref(),
             "initramfs.cpio",
             "--initrd",
             "make images",
         )?,
-        mem_mib: args.mem_mib,
-    };
+        args.mem_mib,
+    );
     install_signal_handlers();
 
     let pod = Pod {
@@ -252,7 +276,7 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     };
     let state = state_root(args.state_dir.as_deref());
     let dir = PodDir::create(&state.join("pods"), &args.name)?;
-    let net = attach_network(args, &state)?;
+    let net = attach_network(args, &state, &args.name, &args.publish)?;
     if let Some(net) = &net {
         dir.record_network(net, &args.bridge);
         let lease = net.lease();
@@ -292,7 +316,12 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
 }
 
 /// Sets up the pod's network, unless `--network none`.
-fn attach_network(args: &RunArgs, state: &Path) -> Result<Option<Attachment>, RunError> {
+pub(crate) fn attach_network(
+    args: &RunArgs,
+    state: &Path,
+    pod: &str,
+    ports: &[PublishedPort],
+) -> Result<Option<Attachment>, RunError> {
     if args.network == NetworkMode::None {
         return Ok(None);
     }
@@ -306,15 +335,15 @@ fn attach_network(args: &RunArgs, state: &Path) -> Result<Option<Attachment>, Ru
     let request = AttachRequest {
         state_dir: state,
         network: &network,
-        pod: &args.name,
-        ports: &args.publish,
+        pod,
+        ports,
         egress_nat: args.nat,
     };
     Ok(Some(Attachment::create(&request)?))
 }
 
 /// `--dns`, else the host's nameservers that a pod can reach (not loopback).
-fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
+pub(crate) fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
     if !args.dns.is_empty() {
         return args.dns.clone();
     }
@@ -323,17 +352,17 @@ fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
 }
 
 /// The host's `search` domains.
-fn host_dns_search() -> Vec<String> {
+pub(crate) fn host_dns_search() -> Vec<String> {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     crate::net::attachment::resolv_conf_search(&text)
 }
 
-struct Pod {
-    name: String,
+pub(crate) struct Pod {
+    pub(crate) name: String,
 }
 
 impl Pod {
-    fn report(&self, phase: PodPhase, reason: Option<&str>) {
+    pub(crate) fn report(&self, phase: PodPhase, reason: Option<&str>) {
         match reason {
             Some(r) => eprintln!("unipod: pod {}: {phase} ({r})", self.name),
             None => eprintln!("unipod: pod {}: {phase}", self.name),
@@ -352,13 +381,13 @@ impl Pod {
 }
 
 /// Why the VM never reached a ready agent.
-struct StartFailure {
-    reason: String,
-    code: i32,
+pub(crate) struct StartFailure {
+    pub(crate) reason: String,
+    pub(crate) code: i32,
 }
 
 /// Restores (or boots) the pod VM and connects to its agent.
-fn start_vm(
+pub(crate) fn start_vm(
     pod: &Pod,
     dir: &PodDir,
     inputs: &GuestInputs,
@@ -468,7 +497,7 @@ fn launch(
 }
 
 /// The pod's identity and what a restored guest must not reuse.
-fn pod_config(
+pub(crate) fn pod_config(
     name: &str,
     heartbeat_ms: u64,
     network: Option<NetworkConfig>,
@@ -493,7 +522,7 @@ fn pod_config(
 }
 
 /// Formats random bytes as an RFC 9562 version-4 UUID.
-fn uuid_v4(mut b: [u8; 16]) -> String {
+pub(crate) fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -767,14 +796,19 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("unipod-{}", nix::unistd::geteuid())))
 }
 
-/// The pod's runtime directory; removed on drop.
-struct PodDir {
-    path: PathBuf,
+/// The pod's runtime directory; removed on drop unless it is a manifest
+/// pod's, which stays until `unipod rm`.
+pub(crate) struct PodDir {
+    pub(crate) path: PathBuf,
+    keep: bool,
 }
 
 impl PodDir {
     fn create(root: &Path, name: &str) -> Result<PodDir, RunError> {
         let path = root.join(name);
+        if path.join(crate::pod::status::STATUS_FILE).exists() {
+            return Err(RunError::ManifestPodExists(name.to_string()));
+        }
         if let Some(pid) = std::fs::read_to_string(path.join("vmm.pid"))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -790,18 +824,23 @@ impl PodDir {
         // A leftover from a killed run: start clean.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| RunError::PodDir(path.clone(), e))?;
-        Ok(PodDir { path })
+        Ok(PodDir { path, keep: false })
     }
 
-    fn vsock(&self) -> PathBuf {
+    /// A manifest pod's directory, created by `unipod run`; kept on drop.
+    pub(crate) fn adopt(path: PathBuf) -> PodDir {
+        PodDir { path, keep: true }
+    }
+
+    pub(crate) fn vsock(&self) -> PathBuf {
         self.path.join("vsock.sock")
     }
 
-    fn console_log(&self) -> PathBuf {
+    pub(crate) fn console_log(&self) -> PathBuf {
         self.path.join("console.log")
     }
 
-    fn vmm_log(&self) -> PathBuf {
+    pub(crate) fn vmm_log(&self) -> PathBuf {
         self.path.join("vmm.log")
     }
 
@@ -824,7 +863,7 @@ impl PodDir {
     }
 
     /// Shows the end of the guest console and VMM log, for failures.
-    fn print_console_tail(&self) {
+    pub(crate) fn print_console_tail(&self) {
         for (what, file) in [
             ("guest console", self.console_log()),
             ("VMM", self.vmm_log()),
@@ -843,6 +882,9 @@ impl PodDir {
 
 impl Drop for PodDir {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -855,7 +897,7 @@ fn not_interrupted() -> Result<(), String> {
     }
 }
 
-fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     // No SA_RESTART: a blocking read returns EINTR, so the loops see the flag.
     let action = SigAction::new(
