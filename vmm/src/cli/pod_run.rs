@@ -86,7 +86,7 @@ pub enum PodRunError {
         image: String,
         /// Why.
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     /// A container cannot be run with its image.
     #[error("{}: invalid pod", manifest.display())]
@@ -179,7 +179,7 @@ pub(crate) fn prepare(
                 manifest: path.to_path_buf(),
                 field: format!("spec.{list}[{i}].image"),
                 image: c.image.clone(),
-                source,
+                source: Box::new(source),
             })?;
         resolved.push((c.name.clone(), c.image.clone(), image));
     }
@@ -845,7 +845,7 @@ impl<'a> Supervisor<'a> {
                     Err(e) => ControlReply::Error(e),
                 };
                 let failed = matches!(reply, ControlReply::Error(_));
-                self.to_client(&exec, &reply);
+                self.send_to_client(&exec, &reply);
                 if failed {
                     self.execs.remove(&exec);
                 }
@@ -860,7 +860,7 @@ impl<'a> Supervisor<'a> {
             Event::ContainerStarted { name, .. } => self.life.started(&name, now),
             Event::Output { name, stream, data } => {
                 if self.execs.contains_key(&name) {
-                    self.to_client(&name, &ControlReply::Output { stream, data });
+                    self.send_to_client(&name, &ControlReply::Output { stream, data });
                 } else if self.life.has_container(&name) {
                     self.output(&name, stream, &data);
                 }
@@ -961,7 +961,7 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn to_client(&mut self, exec: &str, reply: &ControlReply) {
+    fn send_to_client(&mut self, exec: &str, reply: &ControlReply) {
         let Some(client) = self.execs.get_mut(exec) else {
             return;
         };

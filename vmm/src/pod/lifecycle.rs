@@ -841,7 +841,7 @@ pub fn backoff(crashes: u32, base: Duration, cap: Duration) -> Duration {
 }
 
 fn humanish(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
