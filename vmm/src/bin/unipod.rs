@@ -19,7 +19,14 @@ fn main() {
             ),
         })
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Run(args) = &mut cli.command {
+        let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if let Err(e) = args.split_manifest(&raw) {
+            eprintln!("unipod: error: {e}");
+            std::process::exit(cli::EXIT_USAGE);
+        }
+    }
     let code =
         match &cli.command {
             Command::Boot(args) => cli::boot(args, start)

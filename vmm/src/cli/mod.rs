@@ -526,6 +526,45 @@ mod tests {
         assert_eq!(err.exit_code(), EXIT_USAGE);
     }
 
+    fn parse_run(args: &[&str]) -> Result<RunArgs, String> {
+        let raw: Vec<std::ffi::OsString> = ["unipod", "run"]
+            .iter()
+            .chain(args)
+            .map(Into::into)
+            .collect();
+        let cli = Cli::try_parse_from(&raw).map_err(|e| e.to_string())?;
+        let Command::Run(mut run) = cli.command else {
+            panic!("parsed as run")
+        };
+        run.split_manifest(&raw)?;
+        Ok(run)
+    }
+
+    #[test]
+    fn run_takes_a_manifest_or_a_command_after_dashes() {
+        let run = parse_run(&["pod.yaml", "--detach"]).expect("valid");
+        assert_eq!(run.manifest, Some(PathBuf::from("pod.yaml")));
+        assert!(run.command.is_empty() && run.detach);
+        let run = parse_run(&["--name", "x", "--", "/bin/sh", "-c", "true"]).expect("valid");
+        assert_eq!(run.manifest, None);
+        assert_eq!(run.command, ["/bin/sh", "-c", "true"]);
+        let run = parse_run(&["--", "true"]).expect("valid");
+        assert_eq!(
+            (run.manifest, run.command),
+            (None, vec!["true".to_string()])
+        );
+        for (bad, why) in [
+            (&["pod.yaml", "--name", "x"][..], "--name"),
+            (&["pod.yaml", "--", "true"], "-- CMD"),
+            (&["--detach", "--", "true"], "--detach needs a MANIFEST"),
+        ] {
+            let err = parse_run(bad).expect_err("refused");
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        assert!(parse_run(&[]).is_err(), "CMD or MANIFEST is required");
+        assert!(parse_run(&["a.yaml", "b.yaml"]).is_err());
+    }
+
     #[test]
     fn kernel_is_required() {
         let err = Cli::try_parse_from(["unipod", "boot"]).expect_err("missing --kernel");

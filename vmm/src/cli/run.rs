@@ -132,28 +132,99 @@ pub struct RunArgs {
     /// to exercise the Unknown phase.
     #[arg(long)]
     pub debug_stop_heartbeat: bool,
-    /// The container's command and arguments.
-    #[arg(last = true, required_unless_present = "manifest", value_name = "CMD")]
-    pub command: Vec<String>,
-    /// A Kubernetes Pod manifest (.yaml, .yml or .json) to run instead of
-    /// a command: its init containers, containers, images, volumes, ports
-    /// (hostPort), restartPolicy and limits. The VM is sized from the
-    /// limits; the pod directory stays after the pod ends, until
+    /// MANIFEST, or `--` then the container's command and arguments.
+    ///
+    /// MANIFEST is a Kubernetes Pod manifest (.yaml, .yml or .json) to run
+    /// instead of a command: its init containers, containers, images,
+    /// volumes, ports (hostPort), restartPolicy and limits. The VM is sized
+    /// from the limits; the pod directory stays after the pod ends, until
     /// 'unipod rm NAME'.
-    #[arg(
-        value_name = "MANIFEST",
-        conflicts_with_all = ["command", "env", "workdir", "sidecar", "publish", "name", "mem_mib", "debug_stop_heartbeat"]
-    )]
+    #[arg(value_name = "MANIFEST | -- CMD")]
+    pub words: Vec<String>,
+    /// The container's command and arguments (the words after `--`); set by
+    /// [`RunArgs::split_manifest`].
+    #[arg(skip)]
+    pub command: Vec<String>,
+    /// The manifest (a word before any `--`); set by
+    /// [`RunArgs::split_manifest`].
+    #[arg(skip)]
     pub manifest: Option<PathBuf>,
     /// With MANIFEST: run the pod in the background, wait until it runs
     /// (or fails), print its name and exit. 'unipod logs/exec/stop/rm' reach
     /// it; its supervisor logs to <state>/pods/NAME/supervisor.log.
-    #[arg(long, short = 'd', requires = "manifest")]
+    #[arg(long, short = 'd')]
     pub detach: bool,
     /// Internal: be the supervisor of a pod whose directory 'unipod run
     /// --detach' made.
-    #[arg(long, hide = true, requires = "manifest")]
+    #[arg(long, hide = true)]
     pub supervisor: bool,
+}
+
+impl RunArgs {
+    /// Splits the positional words (`raw` is the process's arguments): the
+    /// words after `--` are the command, a word before it the manifest. Then
+    /// checks that MANIFEST and the flags of the command form are not mixed.
+    /// `Err` is a usage error.
+    pub fn split_manifest(&mut self, raw: &[std::ffi::OsString]) -> Result<(), String> {
+        let after_dashes = raw
+            .iter()
+            .position(|a| a == "--")
+            .map_or(0, |i| raw.len() - i - 1)
+            .min(self.words.len());
+        let before = self.words.len() - after_dashes;
+        self.command = self.words[before..].to_vec();
+        self.manifest = match &self.words[..before] {
+            [] => None,
+            [one] => Some(PathBuf::from(one)),
+            [_, second, ..] => {
+                return Err(format!(
+                    "unexpected argument {second:?}: give one MANIFEST, or a command after '--'"
+                ))
+            }
+        };
+        if self.manifest.is_none() && self.command.is_empty() {
+            return Err(
+                "give a MANIFEST (unipod run pod.yaml) or a command after '--' \
+                        (unipod run -- CMD...)"
+                    .into(),
+            );
+        }
+        if self.manifest.is_none() {
+            return match (self.detach, self.supervisor) {
+                (false, false) => Ok(()),
+                _ => Err("--detach needs a MANIFEST (unipod run --detach pod.yaml)".into()),
+            };
+        }
+        let mixed = [
+            (!self.command.is_empty(), "-- CMD"),
+            (
+                self.name != "pod",
+                "--name (the manifest's metadata.name names the pod)",
+            ),
+            (!self.env.is_empty(), "--env (use the containers' env)"),
+            (
+                self.workdir.is_some(),
+                "--workdir (use the containers' workingDir)",
+            ),
+            (
+                !self.sidecar.is_empty(),
+                "--sidecar (list the containers in the manifest)",
+            ),
+            (
+                !self.publish.is_empty(),
+                "--publish (use the ports' hostPort)",
+            ),
+            (
+                self.mem_mib != 128,
+                "--mem-mib (the VM is sized from the limits)",
+            ),
+            (self.debug_stop_heartbeat, "--debug-stop-heartbeat"),
+        ];
+        match mixed.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(format!("{flag} cannot be used with a MANIFEST")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A `--sidecar NAME=COMMAND`.
