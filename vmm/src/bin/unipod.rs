@@ -19,19 +19,45 @@ fn main() {
             ),
         })
         .init();
-    let cli = Cli::parse();
-    let code = match &cli.command {
-        Command::Boot(args) => {
-            cli::boot(args, start).unwrap_or_else(|e| report_error(&e, cli::boot_error_code(&e)))
+    let mut cli = Cli::parse();
+    if let Command::Run(args) = &mut cli.command {
+        let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if let Err(e) = args.split_manifest(&raw) {
+            eprintln!("unipod: error: {e}");
+            std::process::exit(cli::EXIT_USAGE);
         }
-        Command::Run(args) => {
-            cli::run::run(args).unwrap_or_else(|e| report_error(&e, cli::run::EXIT_RUN_ERROR))
-        }
-        Command::Snapshot(args) => cli::snapshot::snapshot(args)
-            .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
-        Command::Image(args) => cli::image::image(args)
-            .unwrap_or_else(|e| report_error(&e, cli::image::EXIT_IMAGE_ERROR)),
-    };
+    }
+    let code =
+        match &cli.command {
+            Command::Boot(args) => cli::boot(args, start)
+                .unwrap_or_else(|e| report_error(&e, cli::boot_error_code(&e))),
+            Command::Run(args) => match &args.manifest {
+                Some(manifest) => cli::pod_run::run_manifest(args, manifest)
+                    .unwrap_or_else(|e| report_error(&e, cli::pod_run::error_code(&e))),
+                None => cli::run::run(args)
+                    .unwrap_or_else(|e| report_error(&e, cli::run::EXIT_RUN_ERROR)),
+            },
+            Command::Get(args) => {
+                cli::pods::get(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+            }
+            Command::Describe(args) => cli::pods::describe(args)
+                .unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED)),
+            Command::Logs(args) => {
+                cli::pods::logs(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+            }
+            Command::Exec(args) => cli::pods::exec(args)
+                .unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_EXEC_ERROR)),
+            Command::Stop(args) => {
+                cli::pods::stop(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+            }
+            Command::Rm(args) => {
+                cli::pods::rm(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+            }
+            Command::Snapshot(args) => cli::snapshot::snapshot(args)
+                .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
+            Command::Image(args) => cli::image::image(args)
+                .unwrap_or_else(|e| report_error(&e, cli::image::EXIT_IMAGE_ERROR)),
+        };
     std::process::exit(code);
 }
 

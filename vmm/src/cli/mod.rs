@@ -1,8 +1,12 @@
 //! The `unipod` command line.
 //!
 //! # Exit codes
-//! `unipod run` exits with the container's exit code, or 125 when unipod
-//! itself failed and 130 when interrupted (see [`run`]); `unipod snapshot`
+//! `unipod run -- CMD` exits with the container's exit code, or 125 when
+//! unipod itself failed and 130 when interrupted (see [`run`]); `unipod run
+//! MANIFEST` exits 0 when the pod Succeeded, 1 when it Failed, 125 when it
+//! could not be created and 130 when interrupted (see [`pod_run`]);
+//! `get`, `describe`, `logs`, `stop` and `rm` exit 0, or 1 on failure, and
+//! `exec` with the command's exit code (see [`pods`]); `unipod snapshot`
 //! and `unipod image` exit 0, or 1 on failure. `unipod boot`:
 //! - 0: the guest shut down cleanly;
 //! - 1: unipod could not set up or run the VM (bad kernel, no KVM, ...);
@@ -17,6 +21,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod image;
+pub mod pod_run;
+pub mod pods;
 pub mod run;
 pub mod snapshot;
 
@@ -75,17 +81,45 @@ pub enum Command {
     /// guest's fate, the boot-timer reading and its own memory use on stderr.
     #[command(after_help = AFTER_HELP)]
     Boot(BootArgs),
-    /// Run one container in a new pod VM and follow it to the end.
+    /// Run a Pod manifest, or one command, in a new pod VM.
     ///
-    /// Boots the guest (kernel plus the agent initramfs), waits for the guest
-    /// agent, runs CMD, streams its stdout and stderr, and reports the pod's
-    /// Kubernetes phase on stderr as it changes (Pending, Running, Succeeded,
-    /// Failed, Unknown). Ctrl-C sends SIGTERM to the container; a second
-    /// Ctrl-C stops the VM.
+    /// 'unipod run pod.yaml' runs a Kubernetes Pod manifest with Kubernetes
+    /// semantics: its images (imported with 'unipod image import'), init
+    /// containers one by one, then the containers, restarts by
+    /// restartPolicy with back-off. In the foreground it streams each
+    /// container's output prefixed with "[name] " and the pod's phases on
+    /// stderr, and Ctrl-C stops the pod gracefully; --detach runs it in the
+    /// background. Either way the pod stays listed by 'unipod get' until
+    /// 'unipod rm'.
     ///
-    /// Example: unipod run --name hello -- /bin/sh -c 'echo hi'
+    /// 'unipod run [FLAGS] -- CMD...' runs one command in the agent's own
+    /// root file system, streams its stdout and stderr and reports the
+    /// phases; Ctrl-C sends SIGTERM to it, a second Ctrl-C stops the VM. Its
+    /// pod directory goes when it ends.
+    ///
+    /// Examples: unipod run examples/pod.yaml
+    ///           unipod run --name hello -- /bin/sh -c 'echo hi'
     #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// List manifest pods, or show one, as 'kubectl get pod' does.
+    #[command(after_help = pods::GET_AFTER_HELP)]
+    Get(pods::GetArgs),
+    /// Show a pod in detail: containers, states, conditions, events.
+    #[command(after_help = pods::COMMON_AFTER_HELP)]
+    Describe(pods::DescribeArgs),
+    /// Print a container's logs.
+    #[command(after_help = pods::COMMON_AFTER_HELP)]
+    Logs(pods::LogsArgs),
+    /// Run a command in a running container.
+    #[command(after_help = pods::EXEC_AFTER_HELP)]
+    Exec(pods::ExecArgs),
+    /// Stop a pod gracefully; its directory and final status stay.
+    #[command(after_help = pods::COMMON_AFTER_HELP)]
+    Stop(pods::StopArgs),
+    /// Remove a pod and everything it holds (VM, tap, IP lease, port
+    /// forwards, logs).
+    #[command(after_help = pods::COMMON_AFTER_HELP)]
+    Rm(pods::RmArgs),
     /// Manage the warm-start snapshots 'unipod run' restores pods from.
     ///
     /// The first 'unipod run' for a kernel, initramfs and memory size boots
@@ -104,7 +138,17 @@ pub enum Command {
 }
 
 const RUN_AFTER_HELP: &str = "\
-Exit codes:
+Exit codes of 'unipod run MANIFEST':
+  0    the pod Succeeded (every container exited 0 and none restarts);
+       with --detach: the pod is Running (or already Succeeded)
+  1    the pod Failed: a container failed and will not restart, an init
+       container failed under restartPolicy Never, or the VM or agent failed
+  125  the pod could not be created: invalid manifest, image not imported,
+       name taken, guest kernel or initramfs missing; nothing was left behind
+  130  interrupted: Ctrl-C stopped the pod (a second one kills its VM)
+  2    bad command-line usage
+
+Exit codes of 'unipod run -- CMD':
   N    the container's exit code (128+N if a signal killed it; 127 command
        not found, 126 not executable)
   125  unipod failed: the VM did not boot, the agent did not answer or went
@@ -113,6 +157,9 @@ Exit codes:
        boots cold)
   130  interrupted (second Ctrl-C)
   2    bad command-line usage
+
+UNIPOD_RESTART_BACKOFF_MS sets the restart back-off base (Kubernetes: 10000
+ms, doubling up to 300 s); tests use a short one.
 
 Set RUST_LOG=debug for more detail.";
 
@@ -477,6 +524,45 @@ mod tests {
         ));
         let err = parse_boot(&["--disk-slots", "-1"]).expect_err("refused");
         assert_eq!(err.exit_code(), EXIT_USAGE);
+    }
+
+    fn parse_run(args: &[&str]) -> Result<RunArgs, String> {
+        let raw: Vec<std::ffi::OsString> = ["unipod", "run"]
+            .iter()
+            .chain(args)
+            .map(Into::into)
+            .collect();
+        let cli = Cli::try_parse_from(&raw).map_err(|e| e.to_string())?;
+        let Command::Run(mut run) = cli.command else {
+            panic!("parsed as run")
+        };
+        run.split_manifest(&raw)?;
+        Ok(run)
+    }
+
+    #[test]
+    fn run_takes_a_manifest_or_a_command_after_dashes() {
+        let run = parse_run(&["pod.yaml", "--detach"]).expect("valid");
+        assert_eq!(run.manifest, Some(PathBuf::from("pod.yaml")));
+        assert!(run.command.is_empty() && run.detach);
+        let run = parse_run(&["--name", "x", "--", "/bin/sh", "-c", "true"]).expect("valid");
+        assert_eq!(run.manifest, None);
+        assert_eq!(run.command, ["/bin/sh", "-c", "true"]);
+        let run = parse_run(&["--", "true"]).expect("valid");
+        assert_eq!(
+            (run.manifest, run.command),
+            (None, vec!["true".to_string()])
+        );
+        for (bad, why) in [
+            (&["pod.yaml", "--name", "x"][..], "--name"),
+            (&["pod.yaml", "--", "true"], "-- CMD"),
+            (&["--detach", "--", "true"], "--detach needs a MANIFEST"),
+        ] {
+            let err = parse_run(bad).expect_err("refused");
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        assert!(parse_run(&[]).is_err(), "CMD or MANIFEST is required");
+        assert!(parse_run(&["a.yaml", "b.yaml"]).is_err());
     }
 
     #[test]

@@ -132,9 +132,99 @@ pub struct RunArgs {
     /// to exercise the Unknown phase.
     #[arg(long)]
     pub debug_stop_heartbeat: bool,
-    /// The container's command and arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// MANIFEST, or `--` then the container's command and arguments.
+    ///
+    /// MANIFEST is a Kubernetes Pod manifest (.yaml, .yml or .json) to run
+    /// instead of a command: its init containers, containers, images,
+    /// volumes, ports (hostPort), restartPolicy and limits. The VM is sized
+    /// from the limits; the pod directory stays after the pod ends, until
+    /// 'unipod rm NAME'.
+    #[arg(value_name = "MANIFEST | -- CMD")]
+    pub words: Vec<String>,
+    /// The container's command and arguments (the words after `--`); set by
+    /// [`RunArgs::split_manifest`].
+    #[arg(skip)]
     pub command: Vec<String>,
+    /// The manifest (a word before any `--`); set by
+    /// [`RunArgs::split_manifest`].
+    #[arg(skip)]
+    pub manifest: Option<PathBuf>,
+    /// With MANIFEST: run the pod in the background, wait until it runs
+    /// (or fails), print its name and exit. 'unipod logs/exec/stop/rm' reach
+    /// it; its supervisor logs to <state>/pods/NAME/supervisor.log.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Internal: be the supervisor of a pod whose directory 'unipod run
+    /// --detach' made.
+    #[arg(long, hide = true)]
+    pub supervisor: bool,
+}
+
+impl RunArgs {
+    /// Splits the positional words (`raw` is the process's arguments): the
+    /// words after `--` are the command, a word before it the manifest. Then
+    /// checks that MANIFEST and the flags of the command form are not mixed.
+    /// `Err` is a usage error.
+    pub fn split_manifest(&mut self, raw: &[std::ffi::OsString]) -> Result<(), String> {
+        let after_dashes = raw
+            .iter()
+            .position(|a| a == "--")
+            .map_or(0, |i| raw.len() - i - 1)
+            .min(self.words.len());
+        let before = self.words.len() - after_dashes;
+        self.command = self.words[before..].to_vec();
+        self.manifest = match &self.words[..before] {
+            [] => None,
+            [one] => Some(PathBuf::from(one)),
+            [_, second, ..] => {
+                return Err(format!(
+                    "unexpected argument {second:?}: give one MANIFEST, or a command after '--'"
+                ))
+            }
+        };
+        if self.manifest.is_none() && self.command.is_empty() {
+            return Err(
+                "give a MANIFEST (unipod run pod.yaml) or a command after '--' \
+                        (unipod run -- CMD...)"
+                    .into(),
+            );
+        }
+        if self.manifest.is_none() {
+            return match (self.detach, self.supervisor) {
+                (false, false) => Ok(()),
+                _ => Err("--detach needs a MANIFEST (unipod run --detach pod.yaml)".into()),
+            };
+        }
+        let mixed = [
+            (!self.command.is_empty(), "-- CMD"),
+            (
+                self.name != "pod",
+                "--name (the manifest's metadata.name names the pod)",
+            ),
+            (!self.env.is_empty(), "--env (use the containers' env)"),
+            (
+                self.workdir.is_some(),
+                "--workdir (use the containers' workingDir)",
+            ),
+            (
+                !self.sidecar.is_empty(),
+                "--sidecar (list the containers in the manifest)",
+            ),
+            (
+                !self.publish.is_empty(),
+                "--publish (use the ports' hostPort)",
+            ),
+            (
+                self.mem_mib != 128,
+                "--mem-mib (the VM is sized from the limits)",
+            ),
+            (self.debug_stop_heartbeat, "--debug-stop-heartbeat"),
+        ];
+        match mixed.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(format!("{flag} cannot be used with a MANIFEST")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A `--sidecar NAME=COMMAND`.
@@ -213,12 +303,17 @@ pub enum RunError {
     /// Two containers with one name.
     #[error("--sidecar {0:?}: the name is taken (by the pod or another sidecar); container names must be unique")]
     DuplicateContainer(String),
+    /// The name belongs to a manifest pod.
+    #[error(
+        "pod {0:?} already exists (made by 'unipod run MANIFEST'); remove it with: unipod rm {0}"
+    )]
+    ManifestPodExists(String),
     /// Too many --dns servers.
     #[error("--dns: {0} servers given; the guest resolver reads at most 3")]
     TooManyDns(usize),
 }
 
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn count_signal(_: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::SeqCst);
@@ -235,16 +330,16 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     {
         return Err(RunError::BadEnv(bad.clone()));
     }
-    let inputs = GuestInputs {
-        kernel: artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-        initrd: artifact(
+    let inputs = GuestInputs::new(
+        artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
+        artifact(
             args.initrd.as_deref(),
             "initramfs.cpio",
             "--initrd",
             "make images",
         )?,
-        mem_mib: args.mem_mib,
-    };
+        args.mem_mib,
+    );
     install_signal_handlers();
 
     let pod = Pod {
@@ -252,7 +347,7 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
     };
     let state = state_root(args.state_dir.as_deref());
     let dir = PodDir::create(&state.join("pods"), &args.name)?;
-    let net = attach_network(args, &state)?;
+    let net = attach_network(args, &state, &args.name, &args.publish)?;
     if let Some(net) = &net {
         dir.record_network(net, &args.bridge);
         let lease = net.lease();
@@ -292,7 +387,12 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
 }
 
 /// Sets up the pod's network, unless `--network none`.
-fn attach_network(args: &RunArgs, state: &Path) -> Result<Option<Attachment>, RunError> {
+pub(crate) fn attach_network(
+    args: &RunArgs,
+    state: &Path,
+    pod: &str,
+    ports: &[PublishedPort],
+) -> Result<Option<Attachment>, RunError> {
     if args.network == NetworkMode::None {
         return Ok(None);
     }
@@ -306,15 +406,15 @@ fn attach_network(args: &RunArgs, state: &Path) -> Result<Option<Attachment>, Ru
     let request = AttachRequest {
         state_dir: state,
         network: &network,
-        pod: &args.name,
-        ports: &args.publish,
+        pod,
+        ports,
         egress_nat: args.nat,
     };
     Ok(Some(Attachment::create(&request)?))
 }
 
 /// `--dns`, else the host's nameservers that a pod can reach (not loopback).
-fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
+pub(crate) fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
     if !args.dns.is_empty() {
         return args.dns.clone();
     }
@@ -323,17 +423,17 @@ fn dns_servers(args: &RunArgs) -> Vec<std::net::Ipv4Addr> {
 }
 
 /// The host's `search` domains.
-fn host_dns_search() -> Vec<String> {
+pub(crate) fn host_dns_search() -> Vec<String> {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     crate::net::attachment::resolv_conf_search(&text)
 }
 
-struct Pod {
-    name: String,
+pub(crate) struct Pod {
+    pub(crate) name: String,
 }
 
 impl Pod {
-    fn report(&self, phase: PodPhase, reason: Option<&str>) {
+    pub(crate) fn report(&self, phase: PodPhase, reason: Option<&str>) {
         match reason {
             Some(r) => eprintln!("unipod: pod {}: {phase} ({r})", self.name),
             None => eprintln!("unipod: pod {}: {phase}", self.name),
@@ -352,13 +452,13 @@ impl Pod {
 }
 
 /// Why the VM never reached a ready agent.
-struct StartFailure {
-    reason: String,
-    code: i32,
+pub(crate) struct StartFailure {
+    pub(crate) reason: String,
+    pub(crate) code: i32,
 }
 
 /// Restores (or boots) the pod VM and connects to its agent.
-fn start_vm(
+pub(crate) fn start_vm(
     pod: &Pod,
     dir: &PodDir,
     inputs: &GuestInputs,
@@ -468,7 +568,7 @@ fn launch(
 }
 
 /// The pod's identity and what a restored guest must not reuse.
-fn pod_config(
+pub(crate) fn pod_config(
     name: &str,
     heartbeat_ms: u64,
     network: Option<NetworkConfig>,
@@ -493,7 +593,7 @@ fn pod_config(
 }
 
 /// Formats random bytes as an RFC 9562 version-4 UUID.
-fn uuid_v4(mut b: [u8; 16]) -> String {
+pub(crate) fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -767,14 +867,19 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("unipod-{}", nix::unistd::geteuid())))
 }
 
-/// The pod's runtime directory; removed on drop.
-struct PodDir {
-    path: PathBuf,
+/// The pod's runtime directory; removed on drop unless it is a manifest
+/// pod's, which stays until `unipod rm`.
+pub(crate) struct PodDir {
+    pub(crate) path: PathBuf,
+    keep: bool,
 }
 
 impl PodDir {
     fn create(root: &Path, name: &str) -> Result<PodDir, RunError> {
         let path = root.join(name);
+        if path.join(crate::pod::status::STATUS_FILE).exists() {
+            return Err(RunError::ManifestPodExists(name.to_string()));
+        }
         if let Some(pid) = std::fs::read_to_string(path.join("vmm.pid"))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -790,18 +895,23 @@ impl PodDir {
         // A leftover from a killed run: start clean.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| RunError::PodDir(path.clone(), e))?;
-        Ok(PodDir { path })
+        Ok(PodDir { path, keep: false })
     }
 
-    fn vsock(&self) -> PathBuf {
+    /// A manifest pod's directory, created by `unipod run`; kept on drop.
+    pub(crate) fn adopt(path: PathBuf) -> PodDir {
+        PodDir { path, keep: true }
+    }
+
+    pub(crate) fn vsock(&self) -> PathBuf {
         self.path.join("vsock.sock")
     }
 
-    fn console_log(&self) -> PathBuf {
+    pub(crate) fn console_log(&self) -> PathBuf {
         self.path.join("console.log")
     }
 
-    fn vmm_log(&self) -> PathBuf {
+    pub(crate) fn vmm_log(&self) -> PathBuf {
         self.path.join("vmm.log")
     }
 
@@ -824,7 +934,7 @@ impl PodDir {
     }
 
     /// Shows the end of the guest console and VMM log, for failures.
-    fn print_console_tail(&self) {
+    pub(crate) fn print_console_tail(&self) {
         for (what, file) in [
             ("guest console", self.console_log()),
             ("VMM", self.vmm_log()),
@@ -843,6 +953,9 @@ impl PodDir {
 
 impl Drop for PodDir {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -855,7 +968,7 @@ fn not_interrupted() -> Result<(), String> {
     }
 }
 
-fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     // No SA_RESTART: a blocking read returns EINTR, so the loops see the flag.
     let action = SigAction::new(

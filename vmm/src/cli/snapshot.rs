@@ -108,9 +108,8 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
                     Err(e) => Some(format!("unreadable: {e}")),
                     Ok(info) => {
                         let inputs = info.initrd.clone().map(|initrd| GuestInputs {
-                            kernel: info.kernel.clone(),
-                            initrd,
-                            mem_mib: info.mem_mib,
+                            vcpus: info.vcpus,
+                            ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
                         });
                         match inputs.map(|i| warm_start::key(&i)) {
                             Some(Ok(key)) if key == entry.key => None,
@@ -135,16 +134,16 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
             mem_mib,
             timeout_secs,
         } => {
-            let inputs = GuestInputs {
-                kernel: artifact(kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-                initrd: artifact(
+            let inputs = GuestInputs::new(
+                artifact(kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
+                artifact(
                     initrd.as_deref(),
                     "initramfs.cpio",
                     "--initrd",
                     "make images",
                 )?,
-                mem_mib: *mem_mib,
-            };
+                *mem_mib,
+            );
             let key = warm_start::key(&inputs).map_err(WarmStartError::from)?;
             let deadline = Instant::now() + Duration::from_secs(*timeout_secs);
             let dir = warm_start::snapshot_for(&cache, &key, &inputs, deadline, &mut || Ok(()))?;

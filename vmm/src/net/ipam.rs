@@ -341,7 +341,7 @@ impl LeaseRecord {
 /// The start time of running process `pid` (`/proc/<pid>/stat` field 22, in
 /// clock ticks after boot), or `None` if there is no such process or it has
 /// exited (a zombie).
-fn process_start(pid: i32) -> Option<u64> {
+pub fn process_start(pid: i32) -> Option<u64> {
     if pid <= 0 {
         return None;
     }

@@ -9,7 +9,11 @@
 //! containerd shim later.
 
 pub mod agent_client;
+pub mod control;
+pub mod lifecycle;
 pub mod manifest;
 pub mod phase;
+pub mod spec;
+pub mod status;
 pub mod vmm_process;
 pub mod warm_start;

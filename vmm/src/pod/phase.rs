@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 pub const STARTUP_GRACE: Duration = Duration::from_secs(30);
 
 /// The Kubernetes pod phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PodPhase {
     /// Accepted, but the container has not started (VM booting, agent starting).
+    #[default]
     Pending,
     /// The container is running.
     Running,

@@ -43,8 +43,15 @@ pub enum NetBackend<'a> {
     },
 }
 
+/// Disk devices every pod VM has: the first ones hold the pod's images
+/// (`/dev/vda`, `/dev/vdb`, ...), the rest are empty slots. Cold, template
+/// and restored VMs all have this many, so that one warm-start snapshot
+/// serves every pod of a memory size, whatever images it brings (the
+/// snapshot key counts the disks, not their images).
+pub const MAX_IMAGES_PER_POD: usize = 4;
+
 /// The guest artifacts a pod VM is made from. Together with the CPU
-/// template they decide which snapshot fits.
+/// template, all but `images` decide which snapshot fits.
 #[derive(Clone, Debug)]
 pub struct GuestInputs {
     /// Guest kernel.
@@ -53,6 +60,32 @@ pub struct GuestInputs {
     pub initrd: PathBuf,
     /// Guest memory in MiB.
     pub mem_mib: u32,
+    /// Virtual CPUs.
+    pub vcpus: u8,
+    /// The pod's image files (erofs), at most [`MAX_IMAGES_PER_POD`], given
+    /// to the first disks in order; the template VM of a snapshot has none.
+    pub images: Vec<PathBuf>,
+}
+
+impl GuestInputs {
+    /// One vCPU and no images.
+    pub fn new(kernel: PathBuf, initrd: PathBuf, mem_mib: u32) -> GuestInputs {
+        GuestInputs {
+            kernel,
+            initrd,
+            mem_mib,
+            vcpus: 1,
+            images: Vec::new(),
+        }
+    }
+
+    /// The same VM with no images: what its warm-start template boots.
+    pub fn template(&self) -> GuestInputs {
+        GuestInputs {
+            images: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Where one VMM child keeps its files.
@@ -82,10 +115,17 @@ pub fn spawn(
         .arg(&inputs.initrd)
         .arg("--mem-mib")
         .arg(inputs.mem_mib.to_string())
+        .arg("--vcpus")
+        .arg(inputs.vcpus.to_string())
         .arg("--vsock-uds")
         .arg(files.vsock)
         .arg("--console-log")
         .arg(files.console_log);
+    for image in &inputs.images {
+        cmd.arg("--disk").arg(image);
+    }
+    let slots = MAX_IMAGES_PER_POD.saturating_sub(inputs.images.len());
+    cmd.arg("--disk-slots").arg(slots.to_string());
     match mode {
         BootMode::Cold => {}
         BootMode::Restore(dir) => {

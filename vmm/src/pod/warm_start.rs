@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use super::agent_client::{AgentError, AgentLink};
 use super::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles};
 use crate::arch;
-use crate::config::{CpuTemplate, NetConfig, VmConfig, DEFAULT_MAC};
+use crate::config::{BlockConfig, CpuTemplate, NetConfig, VmConfig, DEFAULT_MAC};
 use crate::snapshot::cache::{disk_usage, SnapshotCache};
 use crate::snapshot::{self, SnapshotError};
 
@@ -62,10 +62,12 @@ fn boot_config(inputs: &GuestInputs) -> VmConfig {
         kernel: inputs.kernel.clone(),
         initrd: Some(inputs.initrd.clone()),
         mem_mib: inputs.mem_mib,
+        vcpus: inputs.vcpus,
         net: Some(NetConfig {
             mac: DEFAULT_MAC,
             tap: None,
         }),
+        disks: vec![BlockConfig::slot(); vmm_process::MAX_IMAGES_PER_POD],
         ..VmConfig::default()
     }
 }
@@ -124,7 +126,7 @@ fn boot_and_save(
     // The template's virtio-net device has no tap; each restored pod
     // brings its own.
     let mut vmm = vmm_process::spawn(
-        inputs,
+        &inputs.template(),
         &files,
         BootMode::SnapshotTo(staging),
         NetBackend::Detached,

@@ -1,0 +1,1138 @@
+//! `unipod run MANIFEST`: run a Kubernetes Pod manifest in a pod VM, and
+//! the supervisor that follows it to its end.
+//!
+//! # Design
+//! Everything that can be checked without side effects is checked first
+//! ([`prepare`]): the manifest, the name (not taken), every image (resolved
+//! in the image store), the commands (image config merged), the guest
+//! artifacts. Only then is the pod directory made, so a refused pod leaves
+//! no directory, VM, tap or lease.
+//!
+//! The supervisor ([`Supervisor`]) owns the agent connection and drives
+//! [`Lifecycle`]: it starts the containers the lifecycle says are due,
+//! feeds it what the agent reports, writes `status.json` on every change and
+//! each container's output to `logs/<container>/<restartCount>.log`, and
+//! serves `control.sock` (see [`crate::pod::control`]) for `exec` and
+//! `stop`. In the foreground it also streams the logs (`[container] line`)
+//! and the phases; `--detach` re-executes `unipod run --supervisor` in a new
+//! session with its output in `supervisor.log`, and waits until the pod
+//! runs.
+//!
+//! A single thread runs the loop: the agent's reader thread and the control
+//! socket's threads send into one channel, so the lifecycle needs no lock.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use guest_agent::protocol::{
+    AgentMessage, Event, ExecSpec, ProtocolError, Reply, Request, RunSpec, Stream,
+};
+
+use super::run::{
+    artifact, attach_network, dns_servers, host_dns_search, install_signal_handlers, pod_config,
+    start_vm, state_root, NetworkMode, Pod, PodDir, RunArgs, RunError, EXIT_INTERRUPTED,
+    EXIT_RUN_ERROR, SIGNALS,
+};
+use crate::image::{ImageError, ImageStore, StoredImage};
+use crate::net::{Attachment, Proto, PublishedPort};
+use crate::pod::agent_client::AgentLink;
+use crate::pod::control::{
+    self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
+};
+use crate::pod::lifecycle::{Action, ContainerInfo, Lifecycle, LifecycleConfig};
+use crate::pod::manifest::{self, ManifestError, PodManifest, Protocol, Warning};
+use crate::pod::phase::PodPhase;
+use crate::pod::spec::{self, SpecError};
+use crate::pod::status::{
+    format_time, unix_now, NetworkRecord, PodRecord, PodStatus, ProcessRef, STATUS_VERSION,
+};
+use crate::pod::vmm_process::{self, GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
+
+/// Exit code: the pod Failed.
+pub const EXIT_POD_FAILED: i32 = 1;
+
+const TICK: Duration = Duration::from_millis(100);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a manifest pod could not be created. Nothing was left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum PodRunError {
+    /// Not a manifest file name.
+    #[error("{}: a pod manifest's name ends in .yaml, .yml or .json (to run a command: unipod run [FLAGS] -- CMD...)", .0.display())]
+    NotAManifest(PathBuf),
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The name is taken.
+    #[error("pod {0:?} already exists; remove it with: unipod rm {0}")]
+    Exists(String),
+    /// An image is missing.
+    #[error("{}: {field}", manifest.display())]
+    Image {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// `spec.containers[1].image`.
+        field: String,
+        /// The reference.
+        image: String,
+        /// Why.
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// A container cannot be run with its image.
+    #[error("{}: invalid pod", manifest.display())]
+    Spec {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// Why.
+        #[source]
+        source: SpecError,
+    },
+    /// `unipod run` setup failed (artifacts, name, network).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The pod directory could not be written.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--detach`: the pod failed before it ran.
+    #[error("pod {name:?} failed: {reason}; see 'unipod describe {name}' and {}", log.display())]
+    Detached {
+        /// The pod.
+        name: String,
+        /// Why.
+        reason: String,
+        /// The supervisor's log.
+        log: PathBuf,
+    },
+}
+
+/// Whether a positional argument names a manifest.
+pub fn is_manifest_path(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// A pod checked and ready to run.
+pub(crate) struct Prepared {
+    pub(crate) manifest: PodManifest,
+    pub(crate) manifest_path: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) inputs: GuestInputs,
+    pub(crate) init: Vec<(ContainerInfo, RunSpec)>,
+    pub(crate) app: Vec<(ContainerInfo, RunSpec)>,
+    pub(crate) ports: Vec<PublishedPort>,
+}
+
+/// Checks everything that can be checked without side effects.
+pub(crate) fn prepare(
+    args: &RunArgs,
+    path: &Path,
+    adopt: bool,
+) -> Result<(Prepared, Vec<Warning>), PodRunError> {
+    if !is_manifest_path(path) {
+        return Err(PodRunError::NotAManifest(path.to_path_buf()));
+    }
+    let (manifest, warnings) = manifest::load(path)?;
+    let state = state_root(args.state_dir.as_deref());
+    let dir = state.join("pods").join(&manifest.name);
+    if !adopt && dir.exists() {
+        return Err(PodRunError::Exists(manifest.name.clone()));
+    }
+    let store = ImageStore::open(&state);
+    let mut resolved: Vec<(String, String, StoredImage)> = Vec::new();
+    let all = manifest
+        .init_containers
+        .iter()
+        .map(|c| ("initContainers", c))
+        .enumerate()
+        .chain(
+            manifest
+                .containers
+                .iter()
+                .map(|c| ("containers", c))
+                .enumerate(),
+        );
+    for (i, (list, c)) in all {
+        let image = store
+            .resolve(&c.image)
+            .map_err(|source| PodRunError::Image {
+                manifest: path.to_path_buf(),
+                field: format!("spec.{list}[{i}].image"),
+                image: c.image.clone(),
+                source: Box::new(source),
+            })?;
+        resolved.push((c.name.clone(), c.image.clone(), image));
+    }
+    let spec_err = |source| PodRunError::Spec {
+        manifest: path.to_path_buf(),
+        source,
+    };
+    let images: Vec<&StoredImage> = resolved.iter().map(|(_, _, i)| i).collect();
+    let disks = spec::assign_disks(&images, MAX_IMAGES_PER_POD).map_err(spec_err)?;
+    let mut image_files: Vec<PathBuf> = Vec::new();
+    for (k, &disk) in disks.iter().enumerate() {
+        if disk == image_files.len() {
+            image_files.push(resolved[k].2.rootfs.clone());
+        }
+    }
+    let mut entries = Vec::new();
+    let containers = manifest.init_containers.iter().chain(&manifest.containers);
+    for ((c, (_, reference, image)), disk) in containers.zip(&resolved).zip(&disks) {
+        let run = spec::run_spec(&manifest, c, &image.config, *disk).map_err(spec_err)?;
+        let info = ContainerInfo {
+            name: c.name.clone(),
+            image: reference.clone(),
+            image_id: image.digest.clone(),
+        };
+        entries.push((info, run));
+    }
+    let app = entries.split_off(manifest.init_containers.len());
+    let size = manifest.vm_size();
+    let inputs = GuestInputs {
+        vcpus: size.vcpus,
+        images: image_files,
+        ..GuestInputs::new(
+            artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
+            artifact(
+                args.initrd.as_deref(),
+                "initramfs.cpio",
+                "--initrd",
+                "make images",
+            )?,
+            size.mem_mib,
+        )
+    };
+    let ports = manifest
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|p| {
+            Some(PublishedPort {
+                host_port: p.host_port?,
+                pod_port: p.container_port,
+                proto: match p.protocol {
+                    Protocol::Tcp => Proto::Tcp,
+                    Protocol::Udp => Proto::Udp,
+                },
+            })
+        })
+        .collect();
+    Ok((
+        Prepared {
+            manifest,
+            manifest_path: path.to_path_buf(),
+            state,
+            dir,
+            inputs,
+            init: entries,
+            app,
+            ports,
+        },
+        warnings,
+    ))
+}
+
+/// Runs `unipod run MANIFEST`; returns the exit code.
+pub fn run_manifest(args: &RunArgs, path: &Path) -> Result<i32, PodRunError> {
+    let (prepared, warnings) = prepare(args, path, args.supervisor)?;
+    if !args.supervisor {
+        for w in &warnings {
+            eprintln!("unipod: warning: {}: {w}", path.display());
+        }
+    }
+    install_signal_handlers();
+    if args.supervisor {
+        return Ok(Supervisor::run(&prepared, args, false));
+    }
+    create_pod_dir(&prepared)?;
+    if args.detach {
+        return detach(&prepared);
+    }
+    Ok(Supervisor::run(&prepared, args, true))
+}
+
+/// Claims the name and writes the pod's first status.
+fn create_pod_dir(p: &Prepared) -> Result<(), PodRunError> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PodRunError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let pods = p.dir.parent().expect("pods/NAME has a parent");
+    std::fs::create_dir_all(pods).map_err(io("create", pods))?;
+    match std::fs::create_dir(&p.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(PodRunError::Exists(p.manifest.name.clone()))
+        }
+        Err(e) => return Err(io("create", &p.dir)(e)),
+    }
+    let result = (|| {
+        let copy = p.dir.join("pod.yaml");
+        std::fs::copy(&p.manifest_path, &copy).map_err(io("write", &copy))?;
+        let record = initial_record(p);
+        record.write(&p.dir).map_err(|e| PodRunError::Io {
+            action: "write",
+            path: p.dir.join("status.json"),
+            source: std::io::Error::other(e),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
+    result
+}
+
+fn initial_record(p: &Prepared) -> PodRecord {
+    let mut uid = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut uid);
+    }
+    let manifest = std::fs::canonicalize(&p.manifest_path).unwrap_or(p.manifest_path.clone());
+    let mut life = lifecycle_for(p, Instant::now());
+    PodRecord {
+        version: STATUS_VERSION,
+        name: p.manifest.name.clone(),
+        uid: super::run::uuid_v4(uid),
+        creation_timestamp: format_time(unix_now()),
+        manifest,
+        supervisor: None,
+        vmm: None,
+        network: None,
+        status: life.status(Instant::now()),
+        events: life.events().to_vec(),
+    }
+}
+
+fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
+    let cfg = LifecycleConfig::new(
+        p.manifest.restart_policy,
+        p.manifest.termination_grace_period,
+    );
+    Lifecycle::new(
+        &p.manifest.name,
+        cfg,
+        p.init.iter().map(|(i, _)| i.clone()).collect(),
+        p.app.iter().map(|(i, _)| i.clone()).collect(),
+        now,
+        unix_now(),
+    )
+}
+
+/// `--detach`: starts the supervisor in its own session and waits until
+/// the pod runs (or fails).
+fn detach(p: &Prepared) -> Result<i32, PodRunError> {
+    let log_path = p.dir.join("supervisor.log");
+    let fail = |reason: String| {
+        Err(PodRunError::Detached {
+            name: p.manifest.name.clone(),
+            reason,
+            log: log_path.clone(),
+        })
+    };
+    let log = match File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create the supervisor log: {e}")),
+    };
+    let err = match log.try_clone() {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create the supervisor log: {e}")),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(format!("cannot find the unipod binary: {e}")),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(
+        std::env::args_os()
+            .skip(1)
+            .filter(|a| a != "--detach" && a != "-d"),
+    )
+    .arg("--supervisor")
+    .stdin(Stdio::null())
+    .stdout(log)
+    .stderr(err);
+    // SAFETY: runs in the forked child before exec and calls only setsid,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child: Child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&p.dir);
+            return fail(format!("cannot start the supervisor: {e}"));
+        }
+    };
+    loop {
+        std::thread::sleep(TICK);
+        let record = PodRecord::read(&p.dir).ok();
+        match record.as_ref().map(|r| r.status.phase) {
+            Some(PodPhase::Running | PodPhase::Succeeded) => {
+                println!("{}", p.manifest.name);
+                return Ok(0);
+            }
+            Some(PodPhase::Failed) => {
+                let status = record.map(|r| r.status).unwrap_or_default();
+                return fail(failure_reason(&status));
+            }
+            _ => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = vmm_process::log_tail(&log_path, 5).join("\n");
+            return fail(format!("the supervisor exited ({status}):\n{tail}"));
+        }
+        if SIGNALS.load(Ordering::SeqCst) > 0 {
+            eprintln!(
+                "unipod: pod {} keeps starting in the background; 'unipod stop {}' stops it",
+                p.manifest.name, p.manifest.name
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+    }
+}
+
+/// Why a pod failed, from its status.
+pub(crate) fn failure_reason(status: &PodStatus) -> String {
+    if let Some(r) = &status.reason {
+        return match &status.message {
+            Some(m) => format!("{r}: {m}"),
+            None => r.clone(),
+        };
+    }
+    let all = status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses);
+    for c in all {
+        if let crate::pod::status::ContainerState::Terminated {
+            exit_code,
+            reason,
+            message,
+            ..
+        } = &c.state
+        {
+            if *exit_code != 0 {
+                let detail = message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return format!(
+                    "container {} {reason} (exit code {exit_code}){detail}",
+                    c.name
+                );
+            }
+        }
+    }
+    "Failed".into()
+}
+
+/// What the loop waits on.
+enum Msg {
+    Agent(Result<AgentMessage, ProtocolError>),
+    Control(ControlRequest, UnixStream),
+    Stdin(String, Vec<u8>),
+}
+
+/// What an agent request was for.
+enum Pending {
+    Configure,
+    Run(String),
+    Exec(String),
+    Other,
+}
+
+struct ExecClient {
+    stream: UnixStream,
+}
+
+/// One pod's supervisor.
+pub(crate) struct Supervisor<'a> {
+    p: &'a Prepared,
+    record: PodRecord,
+    life: Lifecycle,
+    foreground: bool,
+    logs: HashMap<String, File>,
+    /// Unfinished output lines, by container and stream (stderr: true).
+    partial: HashMap<(String, bool), Vec<u8>>,
+    pending: HashMap<u64, Pending>,
+    execs: HashMap<String, ExecClient>,
+    next_exec: u64,
+    last_phase: Option<PodPhase>,
+    tx: Sender<Msg>,
+}
+
+impl<'a> Supervisor<'a> {
+    /// Runs the pod to its end; returns the exit code.
+    fn run(p: &'a Prepared, args: &RunArgs, foreground: bool) -> i32 {
+        let now = Instant::now();
+        let mut record = PodRecord::read(&p.dir).unwrap_or_else(|_| initial_record(p));
+        record.supervisor = Some(ProcessRef::current());
+        let (tx, rx) = mpsc::channel();
+        let mut sup = Supervisor {
+            p,
+            record,
+            life: lifecycle_for(p, now),
+            foreground,
+            logs: HashMap::new(),
+            partial: HashMap::new(),
+            pending: HashMap::new(),
+            execs: HashMap::new(),
+            next_exec: 1,
+            // start_vm reports Pending itself.
+            last_phase: Some(PodPhase::Pending),
+            tx,
+        };
+        let code = sup.run_pod(args, &rx);
+        sup.flush_partial();
+        code
+    }
+
+    fn run_pod(&mut self, args: &RunArgs, rx: &Receiver<Msg>) -> i32 {
+        let name = self.p.manifest.name.clone();
+        let pod = Pod { name: name.clone() };
+        self.save(Instant::now());
+        let net = match self.attach(args) {
+            Ok(net) => net,
+            Err(e) => {
+                let why = super::error_chain(&e, ": ");
+                self.life
+                    .vm_failed("NetworkSetupFailed", why, Instant::now());
+                return self.finish(Instant::now());
+            }
+        };
+        let dir = PodDir::adopt(self.p.dir.clone());
+        let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
+        let backend = match &net {
+            Some(net) => NetBackend::Tap {
+                fd: net.tap_fd(),
+                mac: net.lease().mac,
+            },
+            None => NetBackend::Detached,
+        };
+        let started = start_vm(
+            &pod,
+            &dir,
+            &self.p.inputs,
+            &self.p.state,
+            backend,
+            args.cold,
+            deadline,
+        );
+        let (mut vmm, link) = match started {
+            Ok(s) => s,
+            Err(failure) => {
+                dir.print_console_tail();
+                self.life
+                    .vm_failed("VMStartFailed", failure.reason, Instant::now());
+                let code = self.finish(Instant::now());
+                return if failure.code == EXIT_INTERRUPTED {
+                    EXIT_INTERRUPTED
+                } else {
+                    code
+                };
+            }
+        };
+        self.life.vm_started(Instant::now());
+        self.record.vmm = i32::try_from(vmm.id()).ok().and_then(ProcessRef::of);
+        let network = net
+            .as_ref()
+            .map(|n| n.guest_config(dns_servers(args), host_dns_search()));
+        let code = self.supervise(args, &mut vmm, link, network, rx);
+        // Whatever happened, no VM outlives the supervisor.
+        vmm_process::wait_for_exit(&mut vmm, SHUTDOWN_GRACE);
+        vmm_process::stop(&mut vmm);
+        drop(net);
+        self.record.vmm = None;
+        self.save(Instant::now());
+        code
+    }
+
+    fn attach(&mut self, args: &RunArgs) -> Result<Option<Attachment>, RunError> {
+        let net = attach_network(args, &self.p.state, &self.p.manifest.name, &self.p.ports)?;
+        if let Some(net) = &net {
+            let lease = net.lease();
+            self.record.network = Some(NetworkRecord {
+                bridge: args.bridge.clone(),
+                pod_cidr: args.pod_cidr.to_string(),
+                gateway: lease.gateway.to_string(),
+                tap: net.tap_name().to_string(),
+                host_ports: !self.p.ports.is_empty(),
+            });
+            self.record.status.pod_ip = Some(lease.ip.to_string());
+            eprintln!(
+                "unipod: pod {}: IP {}/{} on bridge {} (tap {})",
+                self.p.manifest.name,
+                lease.ip,
+                lease.prefix_len,
+                args.bridge,
+                net.tap_name()
+            );
+        }
+        if args.network == NetworkMode::None {
+            self.record.network = None;
+        }
+        Ok(net)
+    }
+
+    /// Marks the pod over and writes its final status; returns the exit
+    /// code.
+    fn finish(&mut self, now: Instant) -> i32 {
+        self.life.due(now);
+        self.save(now);
+        self.report_phase();
+        match self.life.over() {
+            Some(PodPhase::Succeeded) => 0,
+            _ => EXIT_POD_FAILED,
+        }
+    }
+
+    fn supervise(
+        &mut self,
+        args: &RunArgs,
+        vmm: &mut Child,
+        mut link: AgentLink,
+        network: Option<guest_agent::protocol::NetworkConfig>,
+        rx: &Receiver<Msg>,
+    ) -> i32 {
+        let agent_rx = match link.subscribe() {
+            Ok(rx) => rx,
+            Err(e) => {
+                self.life
+                    .vm_failed("AgentLost", e.to_string(), Instant::now());
+                return self.finish(Instant::now());
+            }
+        };
+        let tx = self.tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("agent-forward".into())
+            .spawn(move || {
+                for msg in agent_rx {
+                    if tx.send(Msg::Agent(msg)).is_err() {
+                        return;
+                    }
+                }
+            });
+        let listener = self.listen();
+        let hostname = self
+            .p
+            .manifest
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.p.manifest.name.clone());
+        match pod_config(&hostname, args.heartbeat_ms, network) {
+            Ok(mut config) => {
+                config.pod_uid = self.record.uid.clone();
+                self.send(&mut link, Request::Configure(config), Pending::Configure);
+            }
+            Err(e) => {
+                let why = format!("cannot read host entropy: {e}");
+                self.life.vm_failed("ConfigureFailed", why, Instant::now());
+            }
+        }
+        let mut signals_seen = 0;
+        let mut interrupted = false;
+        loop {
+            let now = Instant::now();
+            match rx.recv_timeout(TICK) {
+                Ok(msg) => self.handle(msg, &mut link, vmm, now),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            // Drain what else arrived, then act once.
+            while let Ok(msg) = rx.try_recv() {
+                self.handle(msg, &mut link, vmm, Instant::now());
+            }
+            let now = Instant::now();
+            if self.life.over().is_none() {
+                if let Err(why) = vmm_process::alive(vmm) {
+                    self.life.vm_failed("VMMExited", why, now);
+                }
+            }
+            let signals = SIGNALS.load(Ordering::SeqCst);
+            if signals > signals_seen {
+                signals_seen = signals;
+                interrupted = true;
+                if signals == 1 {
+                    eprintln!(
+                        "unipod: pod {}: stopping (SIGTERM to every container, SIGKILL after {} s); interrupt again to kill the VM",
+                        self.p.manifest.name,
+                        self.p.manifest.termination_grace_period.as_secs()
+                    );
+                    self.life.stop(now);
+                } else {
+                    self.life
+                        .vm_failed("Interrupted", "interrupted twice".into(), now);
+                }
+            }
+            let mut shutdown = false;
+            for action in self.life.due(now) {
+                match action {
+                    Action::Run(name) => self.start_container(&mut link, &name),
+                    Action::Signal(name, signal) => {
+                        self.send(&mut link, Request::Signal { name, signal }, Pending::Other);
+                    }
+                    Action::Shutdown => shutdown = true,
+                }
+            }
+            self.save(now);
+            self.report_phase();
+            if shutdown {
+                let _ = self.send_raw(&mut link, Request::Shutdown);
+                break;
+            }
+        }
+        for (_, mut client) in self.execs.drain() {
+            let _ = control::write_line(
+                &mut client.stream,
+                &ControlReply::Error("the pod ended".into()),
+            );
+        }
+        drop(listener);
+        let _ = std::fs::remove_file(self.p.dir.join(CONTROL_SOCKET));
+        let code = match self.life.over() {
+            Some(PodPhase::Succeeded) => 0,
+            _ => EXIT_POD_FAILED,
+        };
+        if interrupted {
+            EXIT_INTERRUPTED
+        } else {
+            code
+        }
+    }
+
+    fn listen(&self) -> Option<UnixListener> {
+        let path = self.p.dir.join(CONTROL_SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                log::warn!(
+                    "cannot listen on {}: {e}; exec and stop will not work",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        let accept = listener.try_clone().ok()?;
+        let tx = self.tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for stream in accept.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let tx = tx.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn(move || read_request(stream, &tx));
+                }
+            });
+        Some(listener)
+    }
+
+    fn send_raw(&mut self, link: &mut AgentLink, request: Request) -> Option<u64> {
+        match link.send(request) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log::debug!("cannot write to the agent: {e}");
+                None
+            }
+        }
+    }
+
+    fn send(&mut self, link: &mut AgentLink, request: Request, what: Pending) {
+        if let Some(id) = self.send_raw(link, request) {
+            self.pending.insert(id, what);
+        }
+    }
+
+    fn start_container(&mut self, link: &mut AgentLink, name: &str) {
+        let Some(spec) = self
+            .p
+            .init
+            .iter()
+            .chain(&self.p.app)
+            .find(|(i, _)| i.name == name)
+            .map(|(_, s)| s.clone())
+        else {
+            return;
+        };
+        let restarts = self.life.restart_count(name);
+        if restarts > 0 {
+            self.say(&format!("restarting container {name} (restart {restarts})"));
+        }
+        let dir = self.p.dir.join("logs").join(name);
+        let file = std::fs::create_dir_all(&dir)
+            .and_then(|()| File::create(dir.join(format!("{restarts}.log"))));
+        match file {
+            Ok(f) => {
+                self.logs.insert(name.to_string(), f);
+            }
+            Err(e) => log::warn!("container {name}: cannot create its log: {e}"),
+        }
+        self.send(link, Request::Run(spec), Pending::Run(name.to_string()));
+    }
+
+    fn handle(&mut self, msg: Msg, link: &mut AgentLink, vmm: &mut Child, now: Instant) {
+        match msg {
+            Msg::Agent(Ok(msg)) => {
+                self.life.heard_from_agent(now);
+                match msg {
+                    AgentMessage::Reply { id, result } => self.on_reply(id, result, now),
+                    AgentMessage::Event(e) => self.on_event(e, now),
+                }
+            }
+            Msg::Agent(Err(e)) => {
+                if self.life.over().is_none() {
+                    vmm_process::wait_for_exit(vmm, Duration::from_secs(2));
+                    let why = vmm_process::alive(vmm)
+                        .err()
+                        .unwrap_or_else(|| format!("agent link lost: {e}"));
+                    self.life.vm_failed("AgentLost", why, now);
+                }
+            }
+            Msg::Control(request, stream) => self.on_control(request, stream, link, now),
+            Msg::Stdin(id, data) => {
+                if self.execs.contains_key(&id) {
+                    self.send(link, Request::Stdin { name: id, data }, Pending::Other);
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, id: u64, result: Result<Reply, String>, now: Instant) {
+        match (self.pending.remove(&id), result) {
+            (Some(Pending::Configure), Ok(_)) => self.life.agent_ready(now),
+            (Some(Pending::Configure), Err(e)) => {
+                let why = format!("the agent could not configure the pod: {e}");
+                self.life.vm_failed("ConfigureFailed", why, now);
+            }
+            (Some(Pending::Run(name)), Err(e)) => {
+                self.say(&format!("container {name} could not start: {e}"));
+                self.logs.remove(&name);
+                self.life.start_failed(&name, &e, now);
+            }
+            (Some(Pending::Exec(exec)), result) => {
+                let reply = match result {
+                    Ok(_) => ControlReply::Started { id: exec.clone() },
+                    Err(e) => ControlReply::Error(e),
+                };
+                let failed = matches!(reply, ControlReply::Error(_));
+                self.send_to_client(&exec, &reply);
+                if failed {
+                    self.execs.remove(&exec);
+                }
+            }
+            (Some(Pending::Other), Err(e)) => log::debug!("agent request {id} failed: {e}"),
+            _ => {}
+        }
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::ContainerStarted { name, .. } => self.life.started(&name, now),
+            Event::Output { name, stream, data } => {
+                if self.execs.contains_key(&name) {
+                    self.send_to_client(&name, &ControlReply::Output { stream, data });
+                } else if self.life.has_container(&name) {
+                    self.output(&name, stream, &data);
+                }
+            }
+            Event::Oom { name } => {
+                if self.life.has_container(&name) {
+                    let msg = format!("Container {name} was OOM-killed (memory limit reached)");
+                    self.life.event(now, "Warning", "OOMKilling", msg);
+                }
+            }
+            Event::ContainerExited {
+                name,
+                exit_code,
+                reason,
+                signal,
+            } => {
+                if let Some(mut client) = self.execs.remove(&name) {
+                    let _ = control::write_line(
+                        &mut client.stream,
+                        &ControlReply::Exit {
+                            code: exit_code,
+                            reason,
+                        },
+                    );
+                } else if self.life.has_container(&name) {
+                    self.flush_partial_of(&name);
+                    self.logs.remove(&name);
+                    self.say(&format!(
+                        "container {name} exited ({reason}, exit code {exit_code})"
+                    ));
+                    self.life.exited(&name, exit_code, &reason, signal, now);
+                }
+            }
+            Event::Ready { .. } | Event::Heartbeat { .. } => {}
+        }
+    }
+
+    fn on_control(
+        &mut self,
+        request: ControlRequest,
+        mut stream: UnixStream,
+        link: &mut AgentLink,
+        now: Instant,
+    ) {
+        let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
+        match request {
+            ControlRequest::Stop => {
+                let _ = control::write_line(&mut stream, &ControlReply::Ok);
+                self.say("stop requested");
+                self.life.stop(now);
+            }
+            ControlRequest::Exec(ExecRequest {
+                container,
+                argv,
+                stdin,
+                tty,
+            }) => {
+                let refuse = if !self.life.has_container(&container) {
+                    Some(format!(
+                        "container {container:?} is not in pod {:?}",
+                        self.p.manifest.name
+                    ))
+                } else if !self.life.is_running(&container) {
+                    Some(format!("container {container:?} is not running"))
+                } else if argv.is_empty() {
+                    Some("no command given".into())
+                } else {
+                    None
+                };
+                if let Some(why) = refuse {
+                    let _ = control::write_line(&mut stream, &ControlReply::Error(why));
+                    return;
+                }
+                // '_' never appears in a container name (a DNS label), so
+                // exec ids cannot clash with containers.
+                let id = format!("exec_{}", self.next_exec);
+                self.next_exec += 1;
+                if stdin {
+                    if let Ok(reader) = stream.try_clone() {
+                        let tx = self.tx.clone();
+                        let exec = id.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("exec-stdin".into())
+                            .spawn(move || forward_stdin(reader, &exec, &tx));
+                    }
+                }
+                self.execs.insert(id.clone(), ExecClient { stream });
+                let spec = ExecSpec {
+                    id: id.clone(),
+                    container,
+                    argv,
+                    env: Vec::new(),
+                    stdin,
+                    tty,
+                };
+                self.send(link, Request::Exec(spec), Pending::Exec(id));
+            }
+        }
+    }
+
+    fn send_to_client(&mut self, exec: &str, reply: &ControlReply) {
+        let Some(client) = self.execs.get_mut(exec) else {
+            return;
+        };
+        if control::write_line(&mut client.stream, reply).is_err() {
+            log::debug!("exec {exec}: the client went away");
+            self.execs.remove(exec);
+        }
+    }
+
+    fn output(&mut self, name: &str, stream: Stream, data: &[u8]) {
+        if let Some(log) = self.logs.get_mut(name) {
+            if let Err(e) = log.write_all(data) {
+                log::debug!("container {name}: cannot write its log: {e}");
+            }
+        }
+        if !self.foreground {
+            return;
+        }
+        let buf = self
+            .partial
+            .entry((name.to_string(), stream == Stream::Stderr))
+            .or_default();
+        buf.extend_from_slice(data);
+        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+            return;
+        };
+        let complete: Vec<u8> = buf.drain(..=end).collect();
+        print_prefixed(name, stream, &complete);
+    }
+
+    fn flush_partial_of(&mut self, name: &str) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if let Some(mut rest) = self
+                .partial
+                .remove(&(name.to_string(), stream == Stream::Stderr))
+            {
+                if !rest.is_empty() {
+                    rest.push(b'\n');
+                    print_prefixed(name, stream, &rest);
+                }
+            }
+        }
+    }
+
+    fn flush_partial(&mut self) {
+        let names: Vec<String> = self.partial.keys().map(|(n, _)| n.clone()).collect();
+        for name in names {
+            self.flush_partial_of(&name);
+        }
+    }
+
+    fn say(&self, what: &str) {
+        eprintln!("unipod: pod {}: {what}", self.p.manifest.name);
+    }
+
+    fn report_phase(&mut self) {
+        let phase = self.life.phase();
+        if self.last_phase == Some(phase) {
+            return;
+        }
+        self.last_phase = Some(phase);
+        let status = &self.record.status;
+        match phase {
+            PodPhase::Failed | PodPhase::Unknown => {
+                self.say(&format!("{phase} ({})", failure_reason(status)));
+            }
+            _ => self.say(&phase.to_string()),
+        }
+    }
+
+    fn save(&mut self, now: Instant) {
+        if !self.life.take_changed() && self.record.status.phase == self.life.phase() {
+            return;
+        }
+        let pod_ip = self.record.status.pod_ip.take();
+        self.record.status = self.life.status(now);
+        self.record.status.pod_ip = pod_ip;
+        self.record.events = self.life.events().to_vec();
+        if let Err(e) = self.record.write(&self.p.dir) {
+            log::warn!("{}", super::error_chain(&e, ": "));
+        }
+    }
+}
+
+/// Reads a control client's first line and hands the connection over.
+fn read_request(stream: UnixStream, tx: &Sender<Msg>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(reader) = stream.try_clone() else {
+        return;
+    };
+    // One byte at a time so nothing after the first line is consumed here.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut r = reader;
+    while !line.ends_with(b"\n") && line.len() <= control::MAX_LINE {
+        match std::io::Read::read(&mut r, &mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return,
+        }
+    }
+    let mut stream = stream;
+    match serde_json::from_slice::<ControlRequest>(&line) {
+        Ok(request) => {
+            let _ = stream.set_read_timeout(None);
+            let _ = tx.send(Msg::Control(request, stream));
+        }
+        Err(e) => {
+            let _ = control::write_line(
+                &mut stream,
+                &ControlReply::Error(format!("bad control request: {e}")),
+            );
+        }
+    }
+}
+
+/// Forwards an exec client's stdin lines until it closes them.
+fn forward_stdin(stream: UnixStream, exec: &str, tx: &Sender<Msg>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        match control::read_line::<_, ClientLine>(&mut reader) {
+            Ok(Some(ClientLine::Stdin(data))) => {
+                let end = data.is_empty();
+                if tx.send(Msg::Stdin(exec.to_string(), data)).is_err() || end {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                let _ = tx.send(Msg::Stdin(exec.to_string(), Vec::new()));
+                return;
+            }
+        }
+    }
+}
+
+fn print_prefixed(name: &str, stream: Stream, data: &[u8]) {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(format!("[{name}] ").as_bytes());
+        out.extend_from_slice(line);
+    }
+    let result = match stream {
+        Stream::Stdout => {
+            let mut w = std::io::stdout().lock();
+            w.write_all(&out).and_then(|()| w.flush())
+        }
+        Stream::Stderr => {
+            let mut w = std::io::stderr().lock();
+            w.write_all(&out).and_then(|()| w.flush())
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("cannot forward container output: {e}");
+    }
+}
+
+/// The exit code for a `unipod run MANIFEST` that failed with `e`.
+pub fn error_code(_e: &PodRunError) -> i32 {
+    EXIT_RUN_ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_paths_are_recognised_by_their_extension() {
+        for yes in ["pod.yaml", "a/b.yml", "x.json"] {
+            assert!(is_manifest_path(Path::new(yes)), "{yes}");
+        }
+        for no in ["pod", "pod.yaml.txt", "/bin/sh"] {
+            assert!(!is_manifest_path(Path::new(no)), "{no}");
+        }
+    }
+}

@@ -1,0 +1,1194 @@
+//! The lifecycle of a manifest pod, as Kubernetes defines it: init
+//! containers one at a time, then the app containers, restarts with
+//! back-off, container states and the pod phase.
+//!
+//! # Design
+//! A pure state machine with explicit time (`now: Instant` on every call),
+//! so that every transition is unit-tested without a VM. The supervisor
+//! feeds it what the agent reports ([`Lifecycle::started`],
+//! [`Lifecycle::exited`], [`Lifecycle::heard_from_agent`], ...) and carries
+//! out the [`Action`]s that [`Lifecycle::due`] returns (start a container,
+//! signal one, shut the VM down). [`Lifecycle::status`] renders the
+//! Kubernetes `PodStatus` that goes into `status.json`.
+//!
+//! Rules (those of the kubelet):
+//! - Init containers run one at a time, in order; each must exit 0 before
+//!   the next starts. A failed init container is restarted (with back-off)
+//!   unless `restartPolicy: Never`, in which case the pod is Failed. The app
+//!   containers start together once every init container succeeded.
+//! - An app container that exits is restarted under `Always`, under
+//!   `OnFailure` only if it failed (non-zero), never under `Never`.
+//! - Back-off: the first restart is immediate, the next waits the base
+//!   (10 s), doubling each time, at most 300 s (Waiting: CrashLoopBackOff);
+//!   a container that ran for 10 minutes starts over at an immediate
+//!   restart. `restartCount` counts restarts begun.
+//! - Phase: Pending until every init container succeeded and every app
+//!   container started; Failed on a failed init container under Never.
+//!   Then, over the app containers: one Waiting that never ran makes it
+//!   Pending; one running makes it Running; with none running, Always means
+//!   Running (a restart is coming), all exited 0 means Succeeded, Never
+//!   means Failed and OnFailure Running. A requested stop turns the policy
+//!   into Never. Agent silence makes it Unknown (see [`super::phase`]) until
+//!   the agent is heard again; too long makes it Failed, and so does a lost
+//!   VM (its containers end as ContainerStatusUnknown, exit code 137, as the
+//!   kubelet reports containers it can no longer find).
+//! - The pod is over once its phase is Succeeded or Failed and nothing runs
+//!   or is starting: then [`Action::Shutdown`] is due once.
+//! - Stop: SIGTERM to every running container, SIGKILL to those left after
+//!   the grace period; containers waiting for a (re)start are not started.
+
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use super::manifest::RestartPolicy;
+use super::phase::{PhaseTracker, PodPhase};
+use super::status::{
+    format_time, ContainerState, ContainerStatus, PodCondition, PodEvent, PodStatus,
+};
+
+/// The kubelet's initial restart back-off.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The kubelet's longest restart back-off.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// A container that ran this long gets its back-off reset.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// Environment variable: the back-off base in milliseconds (for tests).
+pub const BACKOFF_ENV: &str = "UNIPOD_RESTART_BACKOFF_MS";
+
+/// Exit code of a container the kubelet can no longer find.
+const LOST_EXIT_CODE: i32 = 137;
+/// Exit code of a container that could not be started, as the kubelet
+/// reports it (the agent may follow with the shell-style 126 or 127).
+const START_ERROR_EXIT_CODE: i32 = 128;
+
+/// How a pod behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleConfig {
+    /// `spec.restartPolicy`.
+    pub restart_policy: RestartPolicy,
+    /// The back-off after the second exit; doubles each time.
+    pub backoff_base: Duration,
+    /// The longest back-off.
+    pub backoff_cap: Duration,
+    /// A run this long resets the back-off.
+    pub backoff_reset: Duration,
+    /// Silence that makes the pod Unknown.
+    pub unknown_after: Duration,
+    /// Unknown this long makes it Failed.
+    pub give_up_after: Duration,
+    /// `terminationGracePeriodSeconds`.
+    pub grace: Duration,
+}
+
+impl LifecycleConfig {
+    /// Kubernetes' back-off, with the base from [`BACKOFF_ENV`] when set.
+    pub fn new(restart_policy: RestartPolicy, grace: Duration) -> LifecycleConfig {
+        let base = std::env::var(BACKOFF_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(BACKOFF_BASE, Duration::from_millis);
+        LifecycleConfig {
+            restart_policy,
+            backoff_base: base,
+            backoff_cap: BACKOFF_CAP.max(base),
+            backoff_reset: BACKOFF_RESET,
+            unknown_after: Duration::from_secs(4),
+            give_up_after: Duration::from_secs(30),
+            grace,
+        }
+    }
+}
+
+/// What a container is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Its name.
+    pub name: String,
+    /// The image as the manifest names it.
+    pub image: String,
+    /// The image's digest.
+    pub image_id: String,
+}
+
+/// Something the supervisor must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start the container (its restart count is already updated).
+    Run(String),
+    /// Send the signal to the container.
+    Signal(String, i32),
+    /// The pod is over: stop the VM.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Termination {
+    exit_code: i32,
+    signal: Option<i32>,
+    reason: String,
+    message: Option<String>,
+    started: Option<Instant>,
+    finished: Instant,
+    /// Recorded from a refused start; the agent's exit report may refine it.
+    start_error: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    /// Not started yet (`PodInitializing` behind init containers, else
+    /// `ContainerCreating`).
+    Initial,
+    /// `Run` sent, no answer yet.
+    Starting,
+    Running {
+        since: Instant,
+        signalled: Option<i32>,
+    },
+    /// Ended; `restart_at` when a restart is due.
+    Terminated {
+        t: Termination,
+        restart_at: Option<Instant>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Track {
+    info: ContainerInfo,
+    state: State,
+    /// The termination before the current run.
+    last: Option<Termination>,
+    restarts: u32,
+    /// Exits since the last long run, for the back-off.
+    crashes: u32,
+}
+
+impl Track {
+    fn new(info: ContainerInfo) -> Track {
+        Track {
+            info,
+            state: State::Initial,
+            last: None,
+            restarts: 0,
+            crashes: 0,
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(self.state, State::Starting | State::Running { .. })
+    }
+}
+
+/// One pod's lifecycle.
+#[derive(Debug)]
+pub struct Lifecycle {
+    cfg: LifecycleConfig,
+    name: String,
+    init: Vec<Track>,
+    app: Vec<Track>,
+    /// The init container running or next; `init.len()` once all succeeded.
+    next_init: usize,
+    init_failed: bool,
+    /// The agent answered: containers may start.
+    agent_ready: bool,
+    heartbeat: PhaseTracker,
+    failure: Option<(String, String)>,
+    stopping: Option<Instant>,
+    shutdown_sent: bool,
+    /// Set once the phase is final and nothing runs.
+    over: Option<PodPhase>,
+    mono0: Instant,
+    unix0: i64,
+    started: Option<Instant>,
+    conditions: [(bool, Instant); 4],
+    events: Vec<PodEvent>,
+    changed: bool,
+}
+
+const CONDITIONS: [&str; 4] = ["PodScheduled", "Initialized", "ContainersReady", "Ready"];
+
+impl Lifecycle {
+    /// A pod accepted at `now` (whose wall-clock time is `unix_now`).
+    pub fn new(
+        name: &str,
+        cfg: LifecycleConfig,
+        init: Vec<ContainerInfo>,
+        app: Vec<ContainerInfo>,
+        now: Instant,
+        unix_now: i64,
+    ) -> Lifecycle {
+        let mut l = Lifecycle {
+            cfg,
+            name: name.to_string(),
+            init: init.into_iter().map(Track::new).collect(),
+            app: app.into_iter().map(Track::new).collect(),
+            next_init: 0,
+            init_failed: false,
+            agent_ready: false,
+            heartbeat: PhaseTracker::new(cfg.unknown_after, cfg.give_up_after),
+            failure: None,
+            stopping: None,
+            shutdown_sent: false,
+            over: None,
+            mono0: now,
+            unix0: unix_now,
+            started: None,
+            conditions: [(true, now), (false, now), (false, now), (false, now)],
+            events: Vec::new(),
+            changed: true,
+        };
+        l.event(
+            now,
+            "Normal",
+            "Scheduled",
+            format!("Successfully assigned {name} to this host"),
+        );
+        l
+    }
+
+    fn time(&self, t: Instant) -> String {
+        let offset = t.saturating_duration_since(self.mono0).as_secs();
+        format_time(
+            self.unix0
+                .saturating_add(i64::try_from(offset).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// Records an event.
+    pub fn event(&mut self, now: Instant, kind: &str, reason: &str, message: String) {
+        let time = self.time(now);
+        self.events.push(PodEvent {
+            time,
+            kind: kind.into(),
+            reason: reason.into(),
+            message,
+        });
+        self.changed = true;
+    }
+
+    /// The events so far.
+    pub fn events(&self) -> &[PodEvent] {
+        &self.events
+    }
+
+    /// Whether anything changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The VM started (`status.startTime`).
+    pub fn vm_started(&mut self, now: Instant) {
+        self.started = Some(now);
+        self.changed = true;
+    }
+
+    /// The agent answered and the pod is configured: containers may start.
+    pub fn agent_ready(&mut self, now: Instant) {
+        self.agent_ready = true;
+        self.heartbeat.heard_from_agent(now);
+        self.changed = true;
+    }
+
+    /// Any message from the agent.
+    pub fn heard_from_agent(&mut self, now: Instant) {
+        if self.heartbeat.heard_from_agent(now).is_some() {
+            self.event(
+                now,
+                "Normal",
+                "AgentReachable",
+                "the guest agent answers again".into(),
+            );
+        }
+    }
+
+    fn track_mut(&mut self, name: &str) -> Option<(&mut Track, bool)> {
+        if let Some(t) = self.init.iter_mut().find(|t| t.info.name == name) {
+            return Some((t, true));
+        }
+        self.app
+            .iter_mut()
+            .find(|t| t.info.name == name)
+            .map(|t| (t, false))
+    }
+
+    /// Whether `name` is one of the pod's containers.
+    pub fn has_container(&self, name: &str) -> bool {
+        self.init
+            .iter()
+            .chain(&self.app)
+            .any(|t| t.info.name == name)
+    }
+
+    /// Whether container `name` is running now.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.init
+            .iter()
+            .chain(&self.app)
+            .any(|t| t.info.name == name && matches!(t.state, State::Running { .. }))
+    }
+
+    /// The restart count of container `name` (its current log's number).
+    pub fn restart_count(&self, name: &str) -> u32 {
+        self.init
+            .iter()
+            .chain(&self.app)
+            .find(|t| t.info.name == name)
+            .map_or(0, |t| t.restarts)
+    }
+
+    /// The container process started.
+    pub fn started(&mut self, name: &str, now: Instant) {
+        let Some((track, is_init)) = self.track_mut(name) else {
+            return;
+        };
+        if !matches!(track.state, State::Starting) {
+            return;
+        }
+        track.state = State::Running {
+            since: now,
+            signalled: None,
+        };
+        if !is_init {
+            self.heartbeat.container_started(now);
+        }
+        let msg = format!("Started container {name}");
+        self.event(now, "Normal", "Started", msg);
+    }
+
+    /// The agent refused to start the container (`message` says why).
+    pub fn start_failed(&mut self, name: &str, message: &str, now: Instant) {
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        if !matches!(track.state, State::Starting) {
+            return;
+        }
+        let t = Termination {
+            exit_code: START_ERROR_EXIT_CODE,
+            signal: None,
+            reason: "StartError".into(),
+            message: Some(message.to_string()),
+            started: None,
+            finished: now,
+            start_error: true,
+        };
+        self.event(now, "Warning", "Failed", format!("Error: {message}"));
+        self.terminate(name, t, now);
+    }
+
+    /// The container exited (as the agent reports it: Kubernetes exit code,
+    /// reason and signal).
+    pub fn exited(
+        &mut self,
+        name: &str,
+        exit_code: i32,
+        reason: &str,
+        signal: Option<i32>,
+        now: Instant,
+    ) {
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        let reason = match reason {
+            // Kubernetes has no Signaled reason: a killed container is an Error.
+            "Signaled" => "Error",
+            r => r,
+        };
+        match &mut track.state {
+            State::Running { since, .. } => {
+                let t = Termination {
+                    exit_code,
+                    signal,
+                    reason: reason.to_string(),
+                    message: None,
+                    started: Some(*since),
+                    finished: now,
+                    start_error: false,
+                };
+                self.terminate(name, t, now);
+            }
+            // The exit report that follows a refused start: keep its code.
+            State::Terminated { t, .. } if t.start_error => {
+                t.exit_code = exit_code;
+                t.start_error = false;
+                self.changed = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a termination and decides on the restart.
+    fn terminate(&mut self, name: &str, t: Termination, now: Instant) {
+        let policy = self.cfg.restart_policy;
+        let stopping = self.stopping.is_some();
+        let (base, cap, reset) = (
+            self.cfg.backoff_base,
+            self.cfg.backoff_cap,
+            self.cfg.backoff_reset,
+        );
+        let pod = self.name.clone();
+        let Some((track, is_init)) = self.track_mut(name) else {
+            return;
+        };
+        let failed = t.exit_code != 0;
+        let restart = !stopping
+            && match (is_init, policy) {
+                (_, RestartPolicy::Never) => false,
+                (true, _) | (false, RestartPolicy::OnFailure) => failed,
+                (false, RestartPolicy::Always) => true,
+            };
+        let ran = t
+            .started
+            .map_or(Duration::ZERO, |s| t.finished.saturating_duration_since(s));
+        if ran >= reset {
+            track.crashes = 0;
+        }
+        let restart_at = restart.then(|| {
+            track.crashes += 1;
+            now + backoff(track.crashes, base, cap)
+        });
+        track.state = State::Terminated { t, restart_at };
+        let delayed = restart_at.filter(|at| *at > now).is_some();
+        if is_init && !failed {
+            self.next_init += 1;
+        }
+        if is_init && failed && policy == RestartPolicy::Never && !stopping {
+            self.init_failed = true;
+        }
+        if delayed {
+            let msg = format!("Back-off restarting failed container {name} in pod {pod}");
+            self.event(now, "Warning", "BackOff", msg);
+        }
+        self.changed = true;
+    }
+
+    /// The VM or the agent link is gone for good.
+    pub fn vm_failed(&mut self, reason: &str, message: String, now: Instant) {
+        if self.over.is_some() {
+            return;
+        }
+        for track in self.init.iter_mut().chain(self.app.iter_mut()) {
+            if track.is_active() {
+                let started = match track.state {
+                    State::Running { since, .. } => Some(since),
+                    _ => None,
+                };
+                track.state = State::Terminated {
+                    t: Termination {
+                        exit_code: LOST_EXIT_CODE,
+                        signal: None,
+                        reason: "ContainerStatusUnknown".into(),
+                        message: Some(
+                            "The container could not be located when the pod was terminated".into(),
+                        ),
+                        started,
+                        finished: now,
+                        start_error: false,
+                    },
+                    restart_at: None,
+                };
+            }
+        }
+        self.event(now, "Warning", reason, message.clone());
+        self.failure = Some((reason.to_string(), message));
+        self.over = Some(PodPhase::Failed);
+        self.changed = true;
+    }
+
+    /// A graceful stop: SIGTERM now, SIGKILL after the grace period.
+    pub fn stop(&mut self, now: Instant) {
+        if self.stopping.is_some() || self.over.is_some() {
+            return;
+        }
+        self.stopping = Some(now);
+        let names: Vec<String> = self
+            .init
+            .iter()
+            .chain(&self.app)
+            .filter(|t| t.is_active())
+            .map(|t| t.info.name.clone())
+            .collect();
+        for name in names {
+            self.event(
+                now,
+                "Normal",
+                "Killing",
+                format!("Stopping container {name}"),
+            );
+        }
+        // Pending restarts are off.
+        for track in self.init.iter_mut().chain(self.app.iter_mut()) {
+            if let State::Terminated { restart_at, .. } = &mut track.state {
+                *restart_at = None;
+            }
+        }
+        self.changed = true;
+    }
+
+    /// Whether a stop was requested.
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// The final phase, once the pod is over.
+    pub fn over(&self) -> Option<PodPhase> {
+        self.over
+    }
+
+    /// Why the pod failed, when the VM or agent did.
+    pub fn failure(&self) -> Option<&(String, String)> {
+        self.failure.as_ref()
+    }
+
+    /// Checks deadlines and returns what is due now.
+    pub fn due(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.over.is_none() && self.agent_ready {
+            if let Some(p) = self.heartbeat.tick(now) {
+                match p {
+                    PodPhase::Unknown => {
+                        let why = self.heartbeat.reason().unwrap_or_default().to_string();
+                        self.event(now, "Warning", "AgentUnresponsive", why);
+                    }
+                    PodPhase::Failed => {
+                        let why = self.heartbeat.reason().unwrap_or_default().to_string();
+                        self.vm_failed("AgentUnresponsive", why, now);
+                    }
+                    _ => {}
+                }
+                self.changed = true;
+            }
+        }
+        if self.over.is_some() {
+            if !self.shutdown_sent {
+                self.shutdown_sent = true;
+                actions.push(Action::Shutdown);
+            }
+            return actions;
+        }
+        if let Some(since) = self.stopping {
+            let kill = now.saturating_duration_since(since) >= self.cfg.grace;
+            let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+            for track in self.init.iter_mut().chain(self.app.iter_mut()) {
+                if let State::Running { signalled, .. } = &mut track.state {
+                    if signalled.is_none_or(|s| s != signal && s != libc::SIGKILL) {
+                        *signalled = Some(signal);
+                        actions.push(Action::Signal(track.info.name.clone(), signal));
+                    }
+                }
+            }
+        } else if self.agent_ready {
+            if self.next_init < self.init.len() {
+                if !self.init_failed {
+                    let i = self.next_init;
+                    if start_if_due(&mut self.init[i], now) {
+                        actions.push(Action::Run(self.init[i].info.name.clone()));
+                    }
+                }
+            } else {
+                for track in &mut self.app {
+                    if start_if_due(track, now) {
+                        actions.push(Action::Run(track.info.name.clone()));
+                    }
+                }
+            }
+        }
+        if !actions.is_empty() {
+            self.changed = true;
+        }
+        if actions.is_empty() {
+            let phase = self.base_phase();
+            let active = self.init.iter().chain(&self.app).any(Track::is_active);
+            if phase.is_terminal() && !active {
+                self.over = Some(phase);
+                self.shutdown_sent = true;
+                self.changed = true;
+                actions.push(Action::Shutdown);
+            }
+        }
+        actions
+    }
+
+    /// The phase without the heartbeat (Unknown) overlay.
+    fn base_phase(&self) -> PodPhase {
+        if let Some(p) = self.over {
+            return p;
+        }
+        if self.failure.is_some() || self.init_failed {
+            return PodPhase::Failed;
+        }
+        if self.next_init < self.init.len() {
+            return PodPhase::Pending;
+        }
+        let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+        for t in &self.app {
+            match &t.state {
+                State::Running { .. } => running += 1,
+                State::Initial | State::Starting if t.last.is_none() => waiting += 1,
+                State::Initial | State::Starting => stopped += 1,
+                State::Terminated {
+                    t: term,
+                    restart_at,
+                } => {
+                    stopped += 1;
+                    if term.exit_code == 0 && restart_at.is_none() {
+                        succeeded += 1;
+                    }
+                }
+            }
+        }
+        let policy = if self.stopping.is_some() {
+            RestartPolicy::Never
+        } else {
+            self.cfg.restart_policy
+        };
+        if waiting > 0 {
+            PodPhase::Pending
+        } else if running > 0 {
+            PodPhase::Running
+        } else if stopped > 0 {
+            let will_restart = self.app.iter().any(|t| {
+                matches!(
+                    t.state,
+                    State::Terminated {
+                        restart_at: Some(_),
+                        ..
+                    }
+                )
+            });
+            match policy {
+                _ if will_restart => PodPhase::Running,
+                RestartPolicy::Always => PodPhase::Running,
+                _ if stopped == succeeded => PodPhase::Succeeded,
+                RestartPolicy::Never => PodPhase::Failed,
+                RestartPolicy::OnFailure => PodPhase::Running,
+            }
+        } else {
+            PodPhase::Pending
+        }
+    }
+
+    /// The pod phase now.
+    pub fn phase(&self) -> PodPhase {
+        let base = self.base_phase();
+        if !base.is_terminal() && self.heartbeat.phase() == PodPhase::Unknown {
+            PodPhase::Unknown
+        } else {
+            base
+        }
+    }
+
+    /// The Kubernetes status now.
+    pub fn status(&mut self, now: Instant) -> PodStatus {
+        let phase = self.phase();
+        let initialized = self.next_init >= self.init.len();
+        let ready = initialized
+            && !self.app.is_empty()
+            && self
+                .app
+                .iter()
+                .all(|t| matches!(t.state, State::Running { .. }))
+            && phase == PodPhase::Running
+            && self.stopping.is_none();
+        let wanted = [true, initialized, ready, ready];
+        for (slot, want) in self.conditions.iter_mut().zip(wanted) {
+            if slot.0 != want {
+                *slot = (want, now);
+            }
+        }
+        let conditions = CONDITIONS
+            .iter()
+            .zip(self.conditions)
+            .map(|(kind, (status, since))| PodCondition {
+                kind: (*kind).to_string(),
+                status: if status { "True" } else { "False" }.into(),
+                last_transition_time: self.time(since),
+                reason: match (*kind, status) {
+                    ("Initialized", false) => Some("ContainersNotInitialized".into()),
+                    ("ContainersReady" | "Ready", false) if phase.is_terminal() => {
+                        Some("PodCompleted".into())
+                    }
+                    ("ContainersReady" | "Ready", false) => Some("ContainersNotReady".into()),
+                    _ => None,
+                },
+            })
+            .collect();
+        let (reason, message) = match &self.failure {
+            Some((r, m)) => (Some(r.clone()), Some(m.clone())),
+            None if phase == PodPhase::Unknown => (
+                Some("AgentUnresponsive".into()),
+                self.heartbeat.reason().map(String::from),
+            ),
+            None => (None, None),
+        };
+        let init_statuses = self
+            .init
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.container_status(t, i > self.next_init, now))
+            .collect();
+        let app_statuses = self
+            .app
+            .iter()
+            .map(|t| self.container_status(t, !initialized, now))
+            .collect();
+        PodStatus {
+            phase,
+            reason,
+            message,
+            conditions,
+            pod_ip: None,
+            start_time: self.started.map(|t| self.time(t)),
+            deletion_timestamp: self.stopping.map(|t| self.time(t)),
+            init_container_statuses: init_statuses,
+            container_statuses: app_statuses,
+        }
+    }
+
+    fn termination_state(&self, t: &Termination) -> ContainerState {
+        ContainerState::Terminated {
+            exit_code: t.exit_code,
+            signal: t.signal,
+            reason: t.reason.clone(),
+            message: t.message.clone(),
+            started_at: t.started.map(|s| self.time(s)),
+            finished_at: self.time(t.finished),
+        }
+    }
+
+    fn container_status(&self, t: &Track, behind_init: bool, now: Instant) -> ContainerStatus {
+        let waiting = |reason: &str, message: Option<String>| ContainerState::Waiting {
+            reason: reason.into(),
+            message,
+        };
+        let (state, last) = match &t.state {
+            State::Initial if behind_init => (waiting("PodInitializing", None), None),
+            State::Initial | State::Starting => (
+                waiting("ContainerCreating", None),
+                t.last.as_ref().map(|l| self.termination_state(l)),
+            ),
+            State::Running { since, .. } => (
+                ContainerState::Running {
+                    started_at: self.time(*since),
+                },
+                t.last.as_ref().map(|l| self.termination_state(l)),
+            ),
+            State::Terminated {
+                t: term,
+                restart_at: Some(at),
+            } if *at > now => {
+                let delay = backoff(t.crashes, self.cfg.backoff_base, self.cfg.backoff_cap);
+                (
+                    waiting(
+                        "CrashLoopBackOff",
+                        Some(format!(
+                            "back-off {} restarting failed container={} pod={}",
+                            humanish(delay),
+                            t.info.name,
+                            self.name
+                        )),
+                    ),
+                    Some(self.termination_state(term)),
+                )
+            }
+            State::Terminated { t: term, .. } => (
+                self.termination_state(term),
+                t.last.as_ref().map(|l| self.termination_state(l)),
+            ),
+        };
+        let running = matches!(t.state, State::Running { .. });
+        ContainerStatus {
+            name: t.info.name.clone(),
+            image: t.info.image.clone(),
+            image_id: t.info.image_id.clone(),
+            ready: running && self.stopping.is_none(),
+            started: running,
+            restart_count: t.restarts,
+            state,
+            last_state: last,
+        }
+    }
+}
+
+/// Starts `track` if it waits for its first start or a due restart.
+fn start_if_due(track: &mut Track, now: Instant) -> bool {
+    match &track.state {
+        State::Initial => {
+            track.state = State::Starting;
+            true
+        }
+        State::Terminated {
+            t,
+            restart_at: Some(at),
+        } if *at <= now => {
+            track.last = Some(t.clone());
+            track.restarts += 1;
+            track.state = State::Starting;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The wait before restart number `crashes` since the last long run: none
+/// for the first, then `base`, doubling, at most `cap`.
+pub fn backoff(crashes: u32, base: Duration, cap: Duration) -> Duration {
+    if crashes <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(crashes - 2).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(cap)
+}
+
+fn humanish(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn info(name: &str) -> ContainerInfo {
+        ContainerInfo {
+            name: name.into(),
+            image: "busybox:latest".into(),
+            image_id: "sha256:ab".into(),
+        }
+    }
+
+    fn pod(policy: RestartPolicy, init: &[&str], app: &[&str]) -> (Lifecycle, Instant) {
+        let t0 = Instant::now();
+        let cfg = LifecycleConfig {
+            restart_policy: policy,
+            backoff_base: 10 * S,
+            backoff_cap: 300 * S,
+            backoff_reset: 600 * S,
+            unknown_after: 3 * S,
+            give_up_after: 100 * S,
+            grace: 5 * S,
+        };
+        let mut l = Lifecycle::new(
+            "p",
+            cfg,
+            init.iter().map(|n| info(n)).collect(),
+            app.iter().map(|n| info(n)).collect(),
+            t0,
+            1_700_000_000,
+        );
+        l.vm_started(t0);
+        (l, t0)
+    }
+
+    fn run(name: &str) -> Action {
+        Action::Run(name.into())
+    }
+
+    fn state(l: &mut Lifecycle, name: &str, now: Instant) -> ContainerStatus {
+        let s = l.status(now);
+        s.init_container_statuses
+            .into_iter()
+            .chain(s.container_statuses)
+            .find(|c| c.name == name)
+            .unwrap()
+    }
+
+    fn reason(c: &ContainerStatus) -> String {
+        match &c.state {
+            ContainerState::Waiting { reason, .. } | ContainerState::Terminated { reason, .. } => {
+                reason.clone()
+            }
+            ContainerState::Running { .. } => "Running".into(),
+        }
+    }
+
+    #[test]
+    fn nothing_starts_before_the_agent_is_ready() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        assert_eq!(l.due(t0), vec![]);
+        assert_eq!(l.phase(), PodPhase::Pending);
+        assert_eq!(reason(&state(&mut l, "a", t0)), "ContainerCreating");
+        l.agent_ready(t0);
+        assert_eq!(l.due(t0), vec![run("a")]);
+        assert_eq!(l.due(t0), vec![], "asked once");
+    }
+
+    #[test]
+    fn init_containers_run_one_at_a_time_then_the_apps_together() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &["i1", "i2"], &["a", "b"]);
+        l.agent_ready(t0);
+        assert_eq!(l.due(t0), vec![run("i1")]);
+        assert_eq!(reason(&state(&mut l, "a", t0)), "PodInitializing");
+        assert_eq!(reason(&state(&mut l, "i2", t0)), "PodInitializing");
+        l.started("i1", t0);
+        assert_eq!(l.due(t0), vec![]);
+        assert_eq!(l.phase(), PodPhase::Pending);
+        l.exited("i1", 0, "Completed", None, t0 + S);
+        assert_eq!(l.due(t0 + S), vec![run("i2")]);
+        l.started("i2", t0 + S);
+        l.exited("i2", 0, "Completed", None, t0 + 2 * S);
+        let s = l.status(t0 + 2 * S);
+        assert_eq!(s.conditions[1].status, "True", "Initialized");
+        assert_eq!(l.due(t0 + 2 * S), vec![run("a"), run("b")]);
+        assert_eq!(l.phase(), PodPhase::Pending, "not all apps started yet");
+        l.started("a", t0 + 3 * S);
+        assert_eq!(l.phase(), PodPhase::Pending);
+        l.started("b", t0 + 3 * S);
+        assert_eq!(l.phase(), PodPhase::Running);
+        let s = l.status(t0 + 3 * S);
+        assert!(s.conditions.iter().all(|c| c.status == "True"), "{s:#?}");
+    }
+
+    #[test]
+    fn a_failed_init_container_is_retried_with_back_off_unless_never() {
+        let (mut l, t0) = pod(RestartPolicy::OnFailure, &["i"], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("i", t0);
+        l.exited("i", 1, "Error", None, t0 + S);
+        assert_eq!(l.due(t0 + S), vec![run("i")], "first restart is immediate");
+        assert_eq!(l.restart_count("i"), 1);
+        l.started("i", t0 + S);
+        l.exited("i", 1, "Error", None, t0 + 2 * S);
+        assert_eq!(l.due(t0 + 3 * S), vec![], "backing off");
+        assert_eq!(reason(&state(&mut l, "i", t0 + 3 * S)), "CrashLoopBackOff");
+        assert_eq!(l.phase(), PodPhase::Pending);
+        assert_eq!(l.due(t0 + 12 * S), vec![run("i")]);
+
+        let (mut l, t0) = pod(RestartPolicy::Never, &["i"], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("i", t0);
+        l.exited("i", 2, "Error", None, t0 + S);
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert_eq!(l.due(t0 + S), vec![Action::Shutdown]);
+        assert_eq!(l.over(), Some(PodPhase::Failed));
+        assert_eq!(reason(&state(&mut l, "a", t0 + S)), "PodInitializing");
+    }
+
+    #[test]
+    fn always_restarts_even_a_success() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.exited("a", 0, "Completed", None, t0 + S);
+        assert_eq!(l.phase(), PodPhase::Running);
+        assert_eq!(l.due(t0 + S), vec![run("a")]);
+        l.started("a", t0 + S);
+        let c = state(&mut l, "a", t0 + S);
+        assert_eq!(c.restart_count, 1);
+        assert!(matches!(
+            c.last_state,
+            Some(ContainerState::Terminated { exit_code: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn on_failure_restarts_failures_only_and_succeeds_at_exit_zero() {
+        let (mut l, t0) = pod(RestartPolicy::OnFailure, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.exited("a", 3, "Error", None, t0 + S);
+        assert_eq!(l.phase(), PodPhase::Running, "a restart is coming");
+        assert_eq!(l.due(t0 + S), vec![run("a")]);
+        l.started("a", t0 + S);
+        l.exited("a", 0, "Completed", None, t0 + 2 * S);
+        assert_eq!(l.phase(), PodPhase::Succeeded);
+        assert_eq!(l.due(t0 + 2 * S), vec![Action::Shutdown]);
+        assert_eq!(l.due(t0 + 3 * S), vec![], "once");
+        assert_eq!(l.restart_count("a"), 1);
+    }
+
+    #[test]
+    fn never_ends_the_pod_when_every_container_is_done() {
+        let (mut l, t0) = pod(RestartPolicy::Never, &[], &["a", "b"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.started("b", t0);
+        l.exited("a", 1, "Error", None, t0 + S);
+        assert_eq!(l.phase(), PodPhase::Running, "b still runs");
+        assert_eq!(l.due(t0 + S), vec![]);
+        l.exited("b", 0, "Completed", None, t0 + 2 * S);
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert_eq!(l.due(t0 + 2 * S), vec![Action::Shutdown]);
+
+        let (mut l, t0) = pod(RestartPolicy::Never, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.exited("a", 0, "Completed", None, t0 + S);
+        assert_eq!(l.phase(), PodPhase::Succeeded);
+    }
+
+    #[test]
+    fn oom_kills_keep_their_reason() {
+        let (mut l, t0) = pod(RestartPolicy::Never, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.exited("a", 137, "OOMKilled", Some(9), t0 + S);
+        let c = state(&mut l, "a", t0 + S);
+        assert!(matches!(
+            c.state,
+            ContainerState::Terminated { exit_code: 137, signal: Some(9), ref reason, .. } if reason == "OOMKilled"
+        ));
+        l.exited("a", 1, "Signaled", Some(15), t0 + S);
+        assert_eq!(
+            reason(&state(&mut l, "a", t0 + S)),
+            "OOMKilled",
+            "stale report ignored"
+        );
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap_and_resets_after_a_long_run() {
+        assert_eq!(backoff(1, 10 * S, 300 * S), Duration::ZERO);
+        assert_eq!(backoff(2, 10 * S, 300 * S), 10 * S);
+        assert_eq!(backoff(3, 10 * S, 300 * S), 20 * S);
+        assert_eq!(backoff(6, 10 * S, 300 * S), 160 * S);
+        assert_eq!(backoff(7, 10 * S, 300 * S), 300 * S);
+        assert_eq!(backoff(60, 10 * S, 300 * S), 300 * S);
+
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        let mut now = t0;
+        assert_eq!(l.due(now), vec![run("a")]);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            l.started("a", now);
+            now += S;
+            l.exited("a", 1, "Error", None, now);
+            let exited_at = now;
+            // The agent keeps its heartbeat; the pod must not go Unknown.
+            while {
+                l.heard_from_agent(now);
+                l.due(now).is_empty()
+            } {
+                now += S;
+                assert!(now - exited_at < 400 * S, "no restart after {waits:?}");
+            }
+            waits.push((now - exited_at).as_secs());
+        }
+        assert_eq!(waits, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(l.restart_count("a"), 8);
+        l.started("a", now);
+        now += S;
+        l.exited("a", 1, "Error", None, now);
+        let c = state(&mut l, "a", now);
+        assert_eq!(reason(&c), "CrashLoopBackOff");
+        let ContainerState::Waiting { message, .. } = c.state else {
+            panic!("waiting")
+        };
+        assert!(message.unwrap().contains("back-off 300s"));
+        // A 10-minute run resets it: the next restart is immediate again.
+        now += 300 * S;
+        assert_eq!(l.due(now), vec![run("a")]);
+        l.started("a", now);
+        now += 600 * S;
+        l.heard_from_agent(now);
+        l.exited("a", 1, "Error", None, now);
+        assert_eq!(l.due(now), vec![run("a")]);
+    }
+
+    #[test]
+    fn silence_makes_the_pod_unknown_and_a_message_brings_it_back() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.heard_from_agent(t0);
+        assert_eq!(l.phase(), PodPhase::Running);
+        l.due(t0 + 5 * S);
+        assert_eq!(l.phase(), PodPhase::Unknown);
+        assert_eq!(
+            l.status(t0 + 5 * S).reason.as_deref(),
+            Some("AgentUnresponsive")
+        );
+        l.heard_from_agent(t0 + 6 * S);
+        assert_eq!(l.phase(), PodPhase::Running);
+        assert!(l.events().iter().any(|e| e.reason == "AgentReachable"));
+    }
+
+    #[test]
+    fn unknown_for_too_long_fails_the_pod_and_loses_its_containers() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.due(t0 + 5 * S);
+        assert_eq!(l.phase(), PodPhase::Unknown);
+        assert_eq!(l.due(t0 + 200 * S), vec![Action::Shutdown]);
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert_eq!(reason(&state(&mut l, "a", t0)), "ContainerStatusUnknown");
+    }
+
+    #[test]
+    fn a_lost_vm_fails_the_pod() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.vm_failed("VMMExited", "the VMM exited".into(), t0 + S);
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert_eq!(l.due(t0 + S), vec![Action::Shutdown]);
+        let s = l.status(t0 + S);
+        assert_eq!(s.reason.as_deref(), Some("VMMExited"));
+    }
+
+    #[test]
+    fn stop_terms_then_kills_after_the_grace_and_never_restarts() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a", "b"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.started("b", t0);
+        l.stop(t0 + S);
+        assert!(l.status(t0 + S).deletion_timestamp.is_some());
+        assert_eq!(
+            l.due(t0 + S),
+            vec![
+                Action::Signal("a".into(), libc::SIGTERM),
+                Action::Signal("b".into(), libc::SIGTERM)
+            ]
+        );
+        l.exited("a", 0, "Completed", None, t0 + 2 * S);
+        assert_eq!(l.due(t0 + 2 * S), vec![]);
+        assert_eq!(
+            l.due(t0 + 6 * S),
+            vec![Action::Signal("b".into(), libc::SIGKILL)]
+        );
+        l.exited("b", 137, "Signaled", Some(9), t0 + 7 * S);
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert_eq!(l.due(t0 + 7 * S), vec![Action::Shutdown]);
+        assert_eq!(reason(&state(&mut l, "b", t0)), "Error");
+    }
+
+    #[test]
+    fn a_refused_start_is_a_start_error_refined_by_the_exit_report() {
+        let (mut l, t0) = pod(RestartPolicy::Never, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.start_failed("a", "exec /nope: not found", t0);
+        let c = state(&mut l, "a", t0);
+        assert!(matches!(
+            c.state,
+            ContainerState::Terminated { exit_code: 128, .. }
+        ));
+        l.exited("a", 127, "Error", None, t0);
+        let c = state(&mut l, "a", t0);
+        assert!(matches!(
+            c.state,
+            ContainerState::Terminated { exit_code: 127, ref reason, .. } if reason == "StartError"
+        ));
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert!(l.events().iter().any(|e| e.reason == "Failed"));
+    }
+}

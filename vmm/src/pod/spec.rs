@@ -1,0 +1,274 @@
+//! From a manifest container and its image's config to the agent's
+//! [`RunSpec`], with Kubernetes' defaulting rules.
+//!
+//! # Design
+//! Pure functions, so that each rule is unit-tested:
+//! - `command` replaces the image's Entrypoint and `args` its Cmd; when
+//!   `command` is set and `args` is not, the image's Cmd is dropped too (so
+//!   `command` alone runs as written);
+//! - the environment is the image's `Env`, then the container's `env`,
+//!   a later entry of one name replacing the earlier in place;
+//! - `workingDir` defaults to the image's WorkingDir, and the user is the
+//!   image's User (the manifest has no securityContext yet);
+//! - each distinct image (by digest) gets one disk, in the order the pod
+//!   first names them, init containers first: `/dev/vda`, `/dev/vdb`, ...
+//!
+//! # Limitations
+//! `$(VAR)` references in `command`, `args` and `env` values are passed
+//! as written, not expanded.
+
+#![forbid(unsafe_code)]
+
+use guest_agent::protocol::{Limits, Rootfs, RunSpec, VolumeMount};
+
+use super::manifest::{ContainerSpec, PodManifest};
+use crate::image::{ImageConfig, StoredImage};
+
+/// The file system type of imported images.
+pub const IMAGE_FSTYPE: &str = "erofs";
+
+/// A problem merging a container with its image.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Nothing to run.
+    #[error("container {0:?}: nothing to run: the image has no Entrypoint or Cmd and the manifest no command")]
+    NoCommand(String),
+    /// More images than disk slots.
+    #[error("the pod uses {found} distinct images; a pod VM has disks for at most {max}")]
+    TooManyImages {
+        /// Distinct images named.
+        found: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The guest block device of disk `index` (0 is `/dev/vda`).
+pub fn device_name(index: usize) -> String {
+    let letter = char::from(b'a' + u8::try_from(index % 26).expect("below 26"));
+    format!("/dev/vd{letter}")
+}
+
+/// The pod's distinct images in disk order, given each container's image
+/// (init containers first, then the app containers, as `resolved` lists
+/// them), and for each container the index of its disk.
+pub fn assign_disks(resolved: &[&StoredImage], max: usize) -> Result<Vec<usize>, SpecError> {
+    let mut digests: Vec<&str> = Vec::new();
+    let mut disk_of = Vec::with_capacity(resolved.len());
+    for image in resolved {
+        let index = match digests.iter().position(|d| *d == image.digest) {
+            Some(i) => i,
+            None => {
+                digests.push(&image.digest);
+                digests.len() - 1
+            }
+        };
+        disk_of.push(index);
+    }
+    if digests.len() > max {
+        return Err(SpecError::TooManyImages {
+            found: digests.len(),
+            max,
+        });
+    }
+    Ok(disk_of)
+}
+
+/// The program and arguments, by Kubernetes' rules.
+pub fn argv(container: &ContainerSpec, image: &ImageConfig) -> Result<Vec<String>, SpecError> {
+    let argv: Vec<String> = match (container.command.is_empty(), container.args.is_empty()) {
+        (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+        (true, false) => image
+            .entrypoint
+            .iter()
+            .chain(&container.args)
+            .cloned()
+            .collect(),
+        (false, _) => container
+            .command
+            .iter()
+            .chain(&container.args)
+            .cloned()
+            .collect(),
+    };
+    if argv.is_empty() {
+        return Err(SpecError::NoCommand(container.name.clone()));
+    }
+    Ok(argv)
+}
+
+/// The image's environment, then the container's; a name set twice keeps
+/// its first position and its last value.
+pub fn env(container: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let image_env = image.env.iter().map(|e| match e.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (e.clone(), String::new()),
+    });
+    for (k, v) in image_env.chain(container.env.iter().cloned()) {
+        match out.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => out.push((k, v)),
+        }
+    }
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The agent's [`RunSpec`] for `container` of `pod`, whose image is
+/// `image` on disk `disk`.
+pub fn run_spec(
+    pod: &PodManifest,
+    container: &ContainerSpec,
+    image: &ImageConfig,
+    disk: usize,
+) -> Result<RunSpec, SpecError> {
+    let cwd = container
+        .working_dir
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .or_else(|| image.working_dir.clone().filter(|d| !d.is_empty()));
+    Ok(RunSpec {
+        name: container.name.clone(),
+        argv: argv(container, image)?,
+        env: env(container, image),
+        cwd,
+        rootfs: Some(Rootfs {
+            device: device_name(disk),
+            fstype: IMAGE_FSTYPE.into(),
+        }),
+        volume_mounts: container
+            .volume_mounts
+            .iter()
+            .map(|m| VolumeMount {
+                name: m.name.clone(),
+                path: m.mount_path.display().to_string(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        limits: Limits {
+            memory_bytes: container.resources.limits.memory_bytes,
+            cpu_millis: container.resources.limits.cpu_millis,
+            pids: None,
+        },
+        user: image.user.clone().filter(|u| !u.is_empty()),
+        share_pid_namespace: pod.share_process_namespace,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::manifest;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: strings(entrypoint),
+            cmd: strings(cmd),
+            env: strings(&["PATH=/usr/bin:/bin", "LANG=C"]),
+            working_dir: Some("/srv".into()),
+            user: Some("1000:1000".into()),
+        }
+    }
+
+    fn pod(container_yaml: &str) -> PodManifest {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  shareProcessNamespace: true\n  volumes:\n    - name: v\n      emptyDir: {{}}\n  containers:\n    - name: c\n      image: busybox\n{container_yaml}"
+        );
+        manifest::parse(&text).expect("valid manifest").0
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes() {
+        let img = image(&["/entry"], &["default", "args"]);
+        let cases: [(&str, &[&str]); 4] = [
+            ("", &["/entry", "default", "args"]),
+            ("      args: [x, y]\n", &["/entry", "x", "y"]),
+            ("      command: [/bin/sh]\n", &["/bin/sh"]),
+            (
+                "      command: [/bin/sh]\n      args: [-c, 'echo']\n",
+                &["/bin/sh", "-c", "echo"],
+            ),
+        ];
+        for (yaml, want) in cases {
+            let p = pod(yaml);
+            assert_eq!(
+                argv(&p.containers[0], &img).unwrap(),
+                strings(want),
+                "{yaml}"
+            );
+        }
+        let p = pod("");
+        assert_eq!(
+            argv(&p.containers[0], &ImageConfig::default()),
+            Err(SpecError::NoCommand("c".into()))
+        );
+        let only_cmd = image(&[], &["sh"]);
+        assert_eq!(argv(&p.containers[0], &only_cmd).unwrap(), ["sh"]);
+    }
+
+    #[test]
+    fn container_env_overrides_image_env_in_place() {
+        let p = pod("      env:\n        - name: LANG\n          value: fr\n        - name: X\n          value: '1'\n");
+        assert_eq!(
+            env(&p.containers[0], &image(&[], &["sh"])),
+            ["PATH=/usr/bin:/bin", "LANG=fr", "X=1"]
+        );
+    }
+
+    #[test]
+    fn run_spec_takes_defaults_from_the_image_and_the_rest_from_the_pod() {
+        let p = pod(concat!(
+            "      command: [sleep, '1']\n",
+            "      resources:\n        limits:\n          memory: 64Mi\n          cpu: 500m\n",
+            "      volumeMounts:\n        - name: v\n          mountPath: /data\n          readOnly: true\n",
+        ));
+        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 1).unwrap();
+        assert_eq!(spec.cwd.as_deref(), Some("/srv"));
+        assert_eq!(spec.user.as_deref(), Some("1000:1000"));
+        assert_eq!(
+            spec.rootfs,
+            Some(Rootfs {
+                device: "/dev/vdb".into(),
+                fstype: "erofs".into()
+            })
+        );
+        assert_eq!(spec.limits.memory_bytes, Some(64 << 20));
+        assert_eq!(spec.limits.cpu_millis, Some(500));
+        assert_eq!(
+            spec.volume_mounts,
+            [VolumeMount {
+                name: "v".into(),
+                path: "/data".into(),
+                read_only: true
+            }]
+        );
+        assert!(spec.share_pid_namespace);
+        let p = pod("      workingDir: /work\n");
+        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 0).unwrap();
+        assert_eq!(spec.cwd.as_deref(), Some("/work"));
+    }
+
+    #[test]
+    fn distinct_images_get_disks_in_order_of_first_use() {
+        let img = |digest: &str| StoredImage {
+            digest: digest.into(),
+            names: vec![],
+            rootfs: "x".into(),
+            config: ImageConfig::default(),
+            size_bytes: 0,
+            imported_unix: 0,
+        };
+        let (a, b, c) = (img("sha256:a"), img("sha256:b"), img("sha256:c"));
+        assert_eq!(assign_disks(&[&a, &b, &a, &c], 4).unwrap(), [0, 1, 0, 2]);
+        assert_eq!(
+            assign_disks(&[&a, &b, &c], 2),
+            Err(SpecError::TooManyImages { found: 3, max: 2 })
+        );
+        assert_eq!(device_name(0), "/dev/vda");
+        assert_eq!(device_name(3), "/dev/vdd");
+    }
+}
