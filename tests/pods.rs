@@ -2,11 +2,9 @@
 //! `describe`, `logs`, `exec`, `stop`, `rm`.
 //!
 //! Refused manifests need no VM. The pods that boot restore the shared
-//! warm-start snapshot (the first test to run makes it); every test pod has
-//! no resource limits, so they all get the same VM size and snapshot. The
-//! tests marked `#[ignore]` need the agent to run containers in their image
-//! (rootfs, volumes, limits) and to serve exec, which the agent gains on
-//! branch `agentc`; enable them after that merge.
+//! warm-start snapshot (the first test to run makes it); every test pod but
+//! the OOM one has no resource limits, so they share one VM size and
+//! snapshot (the OOM pod's limit makes a second one).
 
 mod common;
 
@@ -448,7 +446,6 @@ fn rm_force_removes_a_running_pod_with_its_tap_lease_and_forwards() {
 }
 
 #[test]
-#[ignore = "needs the agent rootfs/exec support (branch agentc)"]
 fn containers_reach_each_other_over_localhost() {
     if skip_without_kvm("containers_reach_each_other_over_localhost") {
         return;
@@ -467,7 +464,6 @@ fn containers_reach_each_other_over_localhost() {
 }
 
 #[test]
-#[ignore = "needs the agent rootfs/exec support (branch agentc)"]
 fn an_init_container_fills_an_empty_dir_the_app_reads() {
     let state = shared_state_dir();
     import_busybox(&state);
@@ -483,7 +479,6 @@ fn an_init_container_fills_an_empty_dir_the_app_reads() {
 }
 
 #[test]
-#[ignore = "needs the agent rootfs/exec support (branch agentc)"]
 fn a_container_over_its_memory_limit_is_oom_killed() {
     let state = shared_state_dir();
     import_busybox(&state);
@@ -507,7 +502,6 @@ fn a_container_over_its_memory_limit_is_oom_killed() {
 }
 
 #[test]
-#[ignore = "needs the agent rootfs/exec support (branch agentc)"]
 fn exec_runs_in_a_container_with_stdin_and_its_exit_code() {
     let state = shared_state_dir();
     import_busybox(&state);
