@@ -334,30 +334,25 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         Some(pod) => vec![load(&args.state, pod)?.1],
         None => all_pods(&args.state),
     };
-    match args.output {
-        Some(Output::Json) => {
-            let text = match &args.pod {
-                Some(_) => serde_json::to_string_pretty(&records[0]),
-                None => serde_json::to_string_pretty(&serde_json::json!({
-                    "kind": "List", "items": records
-                })),
-            }
-            .expect("the status serializes");
-            println!("{text}");
-            return Ok(0);
+    if let Some(format @ (Output::Json | Output::Yaml)) = args.output {
+        // One pod prints as itself, several as a List, as kubectl does.
+        let doc = match &args.pod {
+            Some(_) => serde_json::to_value(&records[0]),
+            None => Ok(serde_json::json!({ "kind": "List", "items": records })),
         }
-        Some(Output::Yaml) => {
-            let text = match &args.pod {
-                Some(_) => serde_norway::to_string(&records[0]),
-                None => serde_norway::to_string(&serde_json::json!({
-                    "kind": "List", "items": records
-                })),
-            }
-            .expect("the status serializes");
-            print!("{text}");
-            return Ok(0);
+        .expect("the status serializes");
+        if format == Output::Json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("JSON values serialize")
+            );
+        } else {
+            print!(
+                "{}",
+                serde_norway::to_string(&doc).expect("JSON values serialize")
+            );
         }
-        _ => {}
+        return Ok(0);
     }
     if records.is_empty() {
         eprintln!("No resources found");
