@@ -87,12 +87,12 @@ pub enum Command {
     /// semantics: its images (imported with 'unipod image import'), init
     /// containers one by one, then the containers, restarts by
     /// restartPolicy with back-off. In the foreground it streams each
-    /// container's output prefixed with "[name] " and the pod's phases on
+    /// container's output prefixed with the container's name in brackets and the pod's phases on
     /// stderr, and Ctrl-C stops the pod gracefully; --detach runs it in the
     /// background. Either way the pod stays listed by 'unipod get' until
     /// 'unipod rm'.
     ///
-    /// 'unipod run [FLAGS] -- CMD...' runs one command in the agent's own
+    /// 'unipod run FLAGS... -- CMD...' runs one command in the agent's own
     /// root file system, streams its stdout and stderr and reports the
     /// phases; Ctrl-C sends SIGTERM to it, a second Ctrl-C stops the VM. Its
     /// pod directory goes when it ends.

@@ -3,12 +3,12 @@
 //!
 //! # Design
 //! Everything that can be checked without side effects is checked first
-//! ([`prepare`]): the manifest, the name (not taken), every image (resolved
+//! (`prepare`): the manifest, the name (not taken), every image (resolved
 //! in the image store), the commands (image config merged), the guest
 //! artifacts. Only then is the pod directory made, so a refused pod leaves
 //! no directory, VM, tap or lease.
 //!
-//! The supervisor ([`Supervisor`]) owns the agent connection and drives
+//! The supervisor (`Supervisor`) owns the agent connection and drives
 //! [`Lifecycle`]: it starts the containers the lifecycle says are due,
 //! feeds it what the agent reports, writes `status.json` on every change and
 //! each container's output to `logs/<container>/<restartCount>.log`, and

@@ -151,7 +151,7 @@ pub struct RunArgs {
     pub manifest: Option<PathBuf>,
     /// With MANIFEST: run the pod in the background, wait until it runs
     /// (or fails), print its name and exit. 'unipod logs/exec/stop/rm' reach
-    /// it; its supervisor logs to <state>/pods/NAME/supervisor.log.
+    /// it; its supervisor logs to STATE_DIR/pods/NAME/supervisor.log.
     #[arg(long, short = 'd')]
     pub detach: bool,
     /// Internal: be the supervisor of a pod whose directory 'unipod run
