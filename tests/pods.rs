@@ -32,6 +32,9 @@ fn cmd(state: &Path, subcommand: &str, args: &[&str]) -> Command {
 /// `unipod run MANIFEST` with the agent guest, no network, and `extra`.
 fn run_pod(state: &Path, manifest: &Path, extra: &[&str]) -> Command {
     let mut c = cmd(state, "run", &["--network", "none"]);
+    // A guest whose `nc` is connecting can go silent for seconds, longer
+    // when these tests' VMs starve each other (docs/NESTED-KVM.md).
+    c.env("UNIPOD_UNKNOWN_TIMEOUT_SECS", "180");
     c.arg("--kernel")
         .arg(guest_artifact("vmlinux"))
         .arg("--initrd")
