@@ -148,12 +148,45 @@ fn mount_one(spec: &MountSpec) -> Result<(), InitError> {
     }
 }
 
-/// Mounts proc, sysfs, devtmpfs, devpts, cgroup2 and the tmpfs's, skipping what is
-/// already mounted and logging (not failing on) errors. Only as PID 1.
+/// Where [`reroot_off_initramfs`] stages the bind mount of `/`.
+const REROOT_STAGE: &str = "/.unipod-root";
+
+/// Moves PID 1's root from the initramfs onto a bind mount of itself.
+///
+/// The initramfs is the root mount, which has no parent, and `pivot_root`
+/// refuses such a root; containers need `pivot_root` so that their mount
+/// namespace keeps nothing of the agent's. A recursive bind of `/` is the
+/// same files (no copy, no memory) on a mount that does have a parent. As in
+/// `switch_root`: bind it on a directory, enter it, move it onto `/` and
+/// `chroot` to it (a mount on `/` alone would not change the process root).
+fn reroot_off_initramfs() -> std::io::Result<()> {
+    use nix::unistd::{chdir, chroot};
+    match fs::create_dir(REROOT_STAGE) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some("/"), REROOT_STAGE, None::<&str>, bind, None::<&str>)?;
+    chdir(REROOT_STAGE)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    chroot(".")?;
+    chdir("/")?;
+    // The stage is an empty directory of the initramfs again.
+    fs::remove_dir(REROOT_STAGE)
+}
+
+/// Moves the root off the initramfs, then mounts proc, sysfs, devtmpfs,
+/// devpts, cgroup2 and the tmpfs's, skipping what is already mounted and
+/// logging (not failing on) errors. Only as PID 1.
 pub fn mount_filesystems() {
     if !is_pid1() {
         log::info!("not PID 1: leaving mounts alone");
         return;
+    }
+    if let Err(e) = reroot_off_initramfs() {
+        log::warn!(
+            "cannot move the root off the initramfs ({e}): containers will fail to pivot_root"
+        );
     }
     for spec in mount_table() {
         // Re-read each time: /proc/mounts exists only once proc is mounted.

@@ -6,10 +6,10 @@
 //! **Mount namespace.** A container with a root file system `unshare`s a
 //! mount namespace in the child, makes every mount a slave (nothing it does
 //! propagates back to the agent), and `pivot_root`s into its overlay, then
-//! detaches the old root. The guest's root is the initramfs, which
-//! `pivot_root` refuses (the root mount has no parent), so there the child
-//! falls back to what `switch_root` and runc's `--no-pivot` do: move the
-//! overlay onto `/` and `chroot` into it. Then, inside the new root, it mounts
+//! detaches the old root, so nothing of the agent's file system is left in
+//! the namespace. (`pivot_root` refuses an initramfs root, which has no
+//! parent mount; the agent moved its root onto a bind mount at boot, see
+//! `init::mount_filesystems`.) Then, inside the new root, it mounts
 //! `/proc` (of its pid namespace), `/sys` read-only, a tmpfs `/dev` with the
 //! guest's `null`, `zero`, `full`, `random`, `urandom` and `tty`
 //! bind-mounted in, a private `devpts` (`newinstance`) and `/dev/shm`, and
@@ -45,8 +45,7 @@
 //! Network, IPC and UTS namespaces are the pod's (the agent's): containers
 //! reach each other on localhost. Containers run as root with all
 //! capabilities unless a `user` is given; there is no seccomp and no user
-//! namespace. Under the `chroot` fallback the old root is only hidden, not
-//! unmounted.
+//! namespace.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -60,7 +59,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
-use nix::unistd::{chdir, chroot, pivot_root, setgid, setgroups, setsid, setuid};
+use nix::unistd::{chdir, pivot_root, setgid, setgroups, setsid, setuid};
 use nix::NixPath;
 
 use super::rootfs::{Bind, ContainerRoot};
@@ -93,7 +92,7 @@ pub enum Step {
     Unshare,
     /// Making the mounts slaves.
     Propagation,
-    /// Entering the new root (`pivot_root`, or the `chroot` fallback).
+    /// Entering the new root (`pivot_root`).
     EnterRoot,
     /// Mounting `/proc`.
     Proc,
@@ -180,24 +179,8 @@ struct ChildBind {
 pub struct MountPlan {
     /// The merged overlay, in the agent's view.
     root: String,
-    /// Try `pivot_root` first (the `chroot` fallback is always there).
-    pivot: bool,
     dev_nodes: Vec<ChildBind>,
     binds: Vec<ChildBind>,
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Set by tests to take the `chroot` fallback, as in the guest.
-    static NO_PIVOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether to try `pivot_root` before the `chroot` fallback.
-fn try_pivot() -> bool {
-    #[cfg(test)]
-    return !NO_PIVOT.with(std::cell::Cell::get);
-    #[cfg(not(test))]
-    true
 }
 
 /// `OPEN_TREE_CLONE`, from include/uapi/linux/mount.h.
@@ -271,7 +254,6 @@ impl MountPlan {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             root: root.merged().display().to_string(),
-            pivot: try_pivot(),
             dev_nodes,
             binds,
         })
@@ -300,24 +282,12 @@ impl MountPlan {
         Ok(())
     }
 
-    /// `pivot_root` into the overlay and detach the old root; where the old
-    /// root is the initramfs, move the overlay onto `/` and `chroot`.
+    /// `pivot_root` into the overlay and detach the old root.
     fn enter_root(&self) -> nix::Result<()> {
         chdir(self.root.as_str())?;
-        let pivoted = if self.pivot {
-            match pivot_root(".", ".") {
-                // The old root is now stacked on `.`: detach it.
-                Ok(()) => umount2(".", MntFlags::MNT_DETACH).map(|()| true)?,
-                Err(Errno::EINVAL) => false,
-                Err(e) => return Err(e),
-            }
-        } else {
-            false
-        };
-        if !pivoted {
-            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
-            chroot(".")?;
-        }
+        pivot_root(".", ".")?;
+        // The old root is now stacked on `.`: detach it.
+        umount2(".", MntFlags::MNT_DETACH)?;
         chdir("/")
     }
 
@@ -699,18 +669,6 @@ mod tests {
             // A restart gets a fresh writable layer.
             let (out, _, t) = pod.run(&sh("web", "cat /made || echo fresh"));
             assert_eq!((out.as_str(), t), ("fresh\n", Termination::Exited(0)));
-        });
-    }
-
-    #[test]
-    fn the_chroot_fallback_also_hides_the_host_root() {
-        in_private_mounts(|work| {
-            NO_PIVOT.with(|p| p.set(true));
-            let pod = Pod::new(work);
-            let script = format!("ls {} || echo hidden; echo pid $$", work.display());
-            let (out, _, t) = pod.run(&sh("web", &script));
-            assert_eq!(t, Termination::Exited(0));
-            assert_eq!(out, "hidden\npid 1\n");
         });
     }
 
