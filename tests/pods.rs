@@ -239,6 +239,24 @@ spec:
 
     let s = status(&state, "pods-ok");
     assert_eq!(s["status"]["phase"], "Succeeded");
+    // The start-up timeline: every step, in order, at growing times.
+    let steps: Vec<(String, u64)> = s["startup"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no startup timeline: {s:#}"))
+        .iter()
+        .map(|x| {
+            (
+                x["step"].as_str().unwrap().to_string(),
+                x["doneAtMs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["network", "vmReady", "configured", "firstContainerRunning"]
+    );
+    assert!(steps.windows(2).all(|w| w[0].1 <= w[1].1), "{steps:?}");
     assert_eq!(
         s["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
         "Completed"
@@ -253,6 +271,7 @@ spec:
         "Init Containers:",
         "Reason:       Completed",
         "Started container main",
+        "Startup:      network ",
     ] {
         assert!(desc.contains(want), "{want:?} missing from:\n{desc}");
     }

@@ -99,6 +99,8 @@ pub struct RunReport {
     pub boot_time: Option<Duration>,
     /// Time from VMM start to the first `KVM_RUN`.
     pub first_run: Duration,
+    /// CPU time the process (all threads) had used by then.
+    pub first_run_cpu: Duration,
     /// Peak RSS of the VMM process (VmHWM), KiB.
     pub vmm_hwm_kib: u64,
     /// Guest memory resident in the VMM at exit, KiB.
@@ -316,6 +318,7 @@ impl Vmm {
         let pause = Arc::new(Pause::new(self.vcpus.len(), msr_indices));
 
         let first_run = self.vmm_start.elapsed();
+        let first_run_cpu = process_cpu_time();
         let mut threads = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
             threads.push(vcpu.start(
@@ -362,6 +365,7 @@ impl Vmm {
             exit,
             boot_time: self.devices.boot_time(),
             first_run,
+            first_run_cpu,
             vmm_hwm_kib,
             guest_resident_kib,
         })
@@ -484,6 +488,13 @@ impl MutEventSubscriber for StopSignals {
             }
         }
     }
+}
+
+/// CPU time used so far by this process, all threads; zero if unreadable.
+fn process_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// VmHWM of this process and the resident size of guest memory, in KiB,

@@ -384,8 +384,9 @@ fn print_report(r: &RunReport) {
     });
     eprintln!("unipod: {}", r.exit);
     eprintln!(
-        "unipod: boot-timer {boot}; first KVM_RUN {} us after start; VMM peak RSS {} KiB, of which guest memory {} KiB, VMM overhead {} KiB",
+        "unipod: boot-timer {boot}; first KVM_RUN {} us after start ({} us of CPU); VMM peak RSS {} KiB, of which guest memory {} KiB, VMM overhead {} KiB",
         r.first_run.as_micros(),
+        r.first_run_cpu.as_micros(),
         r.vmm_hwm_kib,
         r.guest_resident_kib,
         r.vmm_hwm_kib.saturating_sub(r.guest_resident_kib)

@@ -52,7 +52,8 @@ use crate::pod::manifest::{self, ManifestError, PodManifest, Protocol, Warning};
 use crate::pod::phase::PodPhase;
 use crate::pod::spec::{self, SpecError};
 use crate::pod::status::{
-    format_time, unix_now, NetworkRecord, PodRecord, PodStatus, ProcessRef, STATUS_VERSION,
+    format_time, unix_now, NetworkRecord, PodRecord, PodStatus, ProcessRef, StartupTimeline,
+    STATUS_VERSION,
 };
 use crate::pod::vmm_process::{self, GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
 
@@ -324,6 +325,7 @@ fn initial_record(p: &Prepared) -> PodRecord {
         network: None,
         status: life.status(Instant::now()),
         events: life.events().to_vec(),
+        startup: StartupTimeline::default(),
     }
 }
 
@@ -488,6 +490,8 @@ pub(crate) struct Supervisor<'a> {
     next_exec: u64,
     last_phase: Option<PodPhase>,
     tx: Sender<Msg>,
+    /// When the supervisor took the pod: the start of its [`StartupTimeline`].
+    accepted: Instant,
 }
 
 impl<'a> Supervisor<'a> {
@@ -510,6 +514,7 @@ impl<'a> Supervisor<'a> {
             // start_vm reports Pending itself.
             last_phase: Some(PodPhase::Pending),
             tx,
+            accepted: now,
         };
         let code = sup.run_pod(args, &rx);
         sup.flush_partial();
@@ -529,6 +534,7 @@ impl<'a> Supervisor<'a> {
                 return self.finish(Instant::now());
             }
         };
+        self.mark(StartupTimeline::NETWORK);
         let dir = PodDir::adopt(self.p.dir.clone());
         let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
         let backend = match &net {
@@ -562,6 +568,7 @@ impl<'a> Supervisor<'a> {
             }
         };
         self.life.vm_started(Instant::now());
+        self.mark(StartupTimeline::VM_READY);
         self.record.vmm = i32::try_from(vmm.id()).ok().and_then(ProcessRef::of);
         let network = net
             .as_ref()
@@ -829,7 +836,10 @@ impl<'a> Supervisor<'a> {
 
     fn on_reply(&mut self, id: u64, result: Result<Reply, String>, now: Instant) {
         match (self.pending.remove(&id), result) {
-            (Some(Pending::Configure), Ok(_)) => self.life.agent_ready(now),
+            (Some(Pending::Configure), Ok(_)) => {
+                self.mark(StartupTimeline::CONFIGURED);
+                self.life.agent_ready(now);
+            }
             (Some(Pending::Configure), Err(e)) => {
                 let why = format!("the agent could not configure the pod: {e}");
                 self.life.vm_failed("ConfigureFailed", why, now);
@@ -857,7 +867,10 @@ impl<'a> Supervisor<'a> {
 
     fn on_event(&mut self, event: Event, now: Instant) {
         match event {
-            Event::ContainerStarted { name, .. } => self.life.started(&name, now),
+            Event::ContainerStarted { name, .. } => {
+                self.mark(StartupTimeline::FIRST_CONTAINER);
+                self.life.started(&name, now);
+            }
             Event::Output { name, stream, data } => {
                 if self.execs.contains_key(&name) {
                     self.send_to_client(&name, &ControlReply::Output { stream, data });
@@ -1030,6 +1043,11 @@ impl<'a> Supervisor<'a> {
             }
             _ => self.say(&phase.to_string()),
         }
+    }
+
+    /// Records a start-up step as done now.
+    fn mark(&mut self, step: &str) {
+        self.record.startup.mark(step, self.accepted.elapsed());
     }
 
     fn save(&mut self, now: Instant) {

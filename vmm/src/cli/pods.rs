@@ -566,6 +566,9 @@ pub fn describe_text(r: &PodRecord, manifest: Option<&PodManifest>, now: i64) ->
         "IP:",
         r.status.pod_ip.as_deref().unwrap_or("<none>"),
     );
+    if !r.startup.is_empty() {
+        line(&mut out, "Startup:", &r.startup.summary());
+    }
     if let Some(m) = manifest {
         line(&mut out, "Restart:", &m.restart_policy.to_string());
         line(

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,68 @@ pub struct PodRecord {
     /// What happened, oldest first.
     #[serde(default)]
     pub events: Vec<PodEvent>,
+    /// How long each step of the pod's start took.
+    #[serde(default, skip_serializing_if = "StartupTimeline::is_empty")]
+    pub startup: StartupTimeline,
+}
+
+/// The steps of a pod's start, each with the time since `unipod run`
+/// accepted the pod, in milliseconds (`unipod describe`, `get -o json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StartupTimeline(Vec<StartupStep>);
+
+/// One step of [`StartupTimeline`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupStep {
+    /// [`StartupTimeline::NETWORK`] and the other step names.
+    pub step: String,
+    /// Milliseconds since the pod was accepted.
+    pub done_at_ms: u64,
+}
+
+impl StartupTimeline {
+    /// The tap, IP lease and bridge port are set up.
+    pub const NETWORK: &'static str = "network";
+    /// The VMM runs and the agent is ready: a snapshot restored, or a cold boot.
+    pub const VM_READY: &'static str = "vmReady";
+    /// The agent has the pod's identity, IP and routes.
+    pub const CONFIGURED: &'static str = "configured";
+    /// The first container runs: its image mounted, overlay, cgroup, exec.
+    pub const FIRST_CONTAINER: &'static str = "firstContainerRunning";
+
+    /// Whether no step is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Records `step` as done `since` the start; a step is recorded once
+    /// (a restarted container is not a start-up step).
+    pub fn mark(&mut self, step: &str, since: Duration) {
+        if self.0.iter().all(|s| s.step != step) {
+            self.0.push(StartupStep {
+                step: step.to_string(),
+                done_at_ms: u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+    }
+
+    /// "network 4 ms, vmReady 310 ms, ... (1.2 s in all)": each step with
+    /// its own duration.
+    pub fn summary(&self) -> String {
+        let mut prev = 0;
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|s| {
+                let took = s.done_at_ms.saturating_sub(prev);
+                prev = s.done_at_ms;
+                format!("{} {took} ms", s.step)
+            })
+            .collect();
+        format!("{} ({prev} ms in all)", steps.join(", "))
+    }
 }
 
 /// A process, named by pid and start time so that a reused pid is not
@@ -759,7 +822,7 @@ mod tests {
         let mut c = container("web", running());
         c.restart_count = 2;
         c.last_state = Some(terminated(137, "OOMKilled"));
-        let record = PodRecord {
+        let mut record = PodRecord {
             version: STATUS_VERSION,
             name: "web".into(),
             uid: "00000000-0000-4000-8000-000000000000".into(),
@@ -787,12 +850,20 @@ mod tests {
                 reason: "Started".into(),
                 message: "Started container web".into(),
             }],
+            startup: StartupTimeline::default(),
         };
+        record
+            .startup
+            .mark(StartupTimeline::NETWORK, Duration::from_millis(4));
+        record
+            .startup
+            .mark(StartupTimeline::VM_READY, Duration::from_millis(300));
         record.write(&dir).unwrap();
         let text = std::fs::read_to_string(dir.join(STATUS_FILE)).unwrap();
         assert!(text.contains("\"podIP\": \"10.211.0.2\""), "{text}");
         assert!(text.contains("\"running\": {"), "{text}");
         assert!(text.contains("\"restartCount\": 2"), "{text}");
+        assert!(text.contains("\"doneAtMs\": 300"), "{text}");
         assert_eq!(PodRecord::read(&dir).unwrap(), record);
         assert!(record.supervisor_alive());
         assert_eq!(record.shown_phase(), PodPhase::Running);
@@ -802,6 +873,23 @@ mod tests {
             Err(StatusError::Parse { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn startup_steps_are_recorded_once_and_summed_as_durations() {
+        let mut t = StartupTimeline::default();
+        assert!(t.is_empty());
+        t.mark(StartupTimeline::NETWORK, Duration::from_millis(5));
+        t.mark(StartupTimeline::VM_READY, Duration::from_millis(305));
+        t.mark(StartupTimeline::NETWORK, Duration::from_millis(900));
+        t.mark(
+            StartupTimeline::FIRST_CONTAINER,
+            Duration::from_millis(1305),
+        );
+        assert_eq!(
+            t.summary(),
+            "network 5 ms, vmReady 300 ms, firstContainerRunning 1000 ms (1305 ms in all)"
+        );
     }
 
     #[test]
@@ -823,6 +911,7 @@ mod tests {
                 ..PodStatus::default()
             },
             events: vec![],
+            startup: StartupTimeline::default(),
         };
         assert_eq!(
             record_phase(PodPhase::Running).shown_phase(),
