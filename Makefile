@@ -8,7 +8,7 @@ UNIPOD := target/release/unipod
 AGENT_TARGET := x86_64-unknown-linux-musl
 AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 
-.PHONY: all deps kernel agent images build demo test check ci clean-cache
+.PHONY: all deps kernel agent images build demo test check ci clean-cache bench
 
 all: build kernel images
 
@@ -69,6 +69,14 @@ demo: build kernel images
 # All tests: unit tests and the end-to-end tests that boot real guests.
 test: build kernel images
 	cargo test --release --workspace -- --nocapture --test-threads 4
+
+# Benchmarks (about an hour on nested-PVM hosts): writes docs/BENCHMARKS.md
+# and docs/boot-timeline.svg. BENCH_ARGS="--only startup,warm --runs 3" for
+# a part; see bench/bench.py --help.
+BENCH_ARGS ?=
+bench: build kernel images
+	@command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; }
+	python3 bench/bench.py $(BENCH_ARGS)
 
 # The static gates CI runs before `make test`.
 check: deps
