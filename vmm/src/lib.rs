@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+pub mod file_error;
 pub mod image;
 pub mod net;
 pub mod pod;

@@ -41,6 +41,7 @@ use super::run::{
     start_vm, state_root, NetworkMode, Pod, PodDir, RunArgs, RunError, EXIT_INTERRUPTED,
     EXIT_RUN_ERROR, SIGNALS,
 };
+use crate::file_error::FileError;
 use crate::image::{ImageError, ImageStore, StoredImage};
 use crate::net::{Attachment, Proto, PublishedPort};
 use crate::pod::agent_client::AgentLink;
@@ -102,16 +103,8 @@ pub enum PodRunError {
     #[error(transparent)]
     Run(#[from] RunError),
     /// The pod directory could not be written.
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        /// What.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// `--detach`: the pod failed before it ran.
     #[error("pod {name:?} failed: {reason}; see 'unipod describe {name}' and {}", log.display())]
     Detached {
@@ -274,31 +267,21 @@ pub fn run_manifest(args: &RunArgs, path: &Path) -> Result<i32, PodRunError> {
 
 /// Claims the name and writes the pod's first status.
 fn create_pod_dir(p: &Prepared) -> Result<(), PodRunError> {
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PodRunError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let pods = p.dir.parent().expect("pods/NAME has a parent");
-    std::fs::create_dir_all(pods).map_err(io("create", pods))?;
+    std::fs::create_dir_all(pods).map_err(FileError::at("create", pods))?;
     match std::fs::create_dir(&p.dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(PodRunError::Exists(p.manifest.name.clone()))
         }
-        Err(e) => return Err(io("create", &p.dir)(e)),
+        Err(e) => return Err(FileError::at("create", &p.dir)(e).into()),
     }
     let result = (|| {
         let copy = p.dir.join("pod.yaml");
-        std::fs::copy(&p.manifest_path, &copy).map_err(io("write", &copy))?;
+        std::fs::copy(&p.manifest_path, &copy).map_err(FileError::at("write", &copy))?;
         let record = initial_record(p);
-        record.write(&p.dir).map_err(|e| PodRunError::Io {
-            action: "write",
-            path: p.dir.join("status.json"),
-            source: std::io::Error::other(e),
+        record.write(&p.dir).map_err(|e| {
+            FileError::at("write", p.dir.join("status.json"))(std::io::Error::other(e)).into()
         })
     })();
     if result.is_err() {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use guest_agent::protocol::Stream;
 
 use super::run::state_root;
+use crate::file_error::FileError;
 use crate::net::{ipam::Ipam, nat, Ipv4Cidr, PodNetwork};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
@@ -251,16 +252,8 @@ pub enum PodsError {
         source: std::io::Error,
     },
     /// A file could not be read or written.
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        /// What.
-        action: &'static str,
-        /// Which.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// Cleanup failed.
     #[error("pod {pod:?}: cannot remove its network state")]
     Network {
@@ -751,21 +744,11 @@ fn copy_from(path: &Path, offset: u64, out: &mut dyn Write) -> Result<u64, PodsE
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => {
-            return Err(PodsError::Io {
-                action: "read",
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(FileError::at("read", path)(source).into()),
     };
-    let io = |source| PodsError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    };
-    f.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let n = std::io::copy(&mut f, out).map_err(io)?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(FileError::at("read", path))?;
+    let n = std::io::copy(&mut f, out).map_err(FileError::at("read", path))?;
     let _ = out.flush();
     Ok(n)
 }
@@ -1006,11 +989,7 @@ pub fn rm(args: &RmArgs) -> Result<i32, PodsError> {
         wait_gone(|| supervisor.alive(), Duration::from_secs(5));
     }
     clean_up_orphan(&dir, &mut record)?;
-    std::fs::remove_dir_all(&dir).map_err(|source| PodsError::Io {
-        action: "remove",
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::remove_dir_all(&dir).map_err(FileError::at("remove", &dir))?;
     println!("pod {:?} removed", record.name);
     Ok(0)
 }

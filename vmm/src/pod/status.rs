@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::phase::PodPhase;
+use crate::file_error::FileError;
 
 /// The status document's file name in the pod directory.
 pub const STATUS_FILE: &str = "status.json";
@@ -307,16 +308,8 @@ pub struct PodEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     /// The file could not be read or written.
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        /// "read", "write", ...
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The file is not a status document of this version.
     #[error("{}: not a unipod pod status (remove the pod with 'unipod rm -f')", path.display())]
     Parse {
@@ -332,11 +325,7 @@ impl PodRecord {
     /// Reads `<dir>/status.json`.
     pub fn read(dir: &Path) -> Result<PodRecord, StatusError> {
         let path = dir.join(STATUS_FILE);
-        let text = std::fs::read(&path).map_err(|source| StatusError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read(&path).map_err(FileError::at("read", &path))?;
         serde_json::from_slice(&text).map_err(|source| StatusError::Parse { path, source })
     }
 
@@ -344,18 +333,12 @@ impl PodRecord {
     pub fn write(&self, dir: &Path) -> Result<(), StatusError> {
         let path = dir.join(STATUS_FILE);
         let tmp = dir.join(format!(".{STATUS_FILE}.tmp"));
-        let io = |action| {
-            let path = path.clone();
-            move |source| StatusError::Io {
-                action,
-                path,
-                source,
-            }
-        };
+        let io = |action| FileError::at(action, &path);
         let mut text = serde_json::to_vec_pretty(self).expect("the status serializes");
         text.push(b'\n');
         std::fs::write(&tmp, text).map_err(io("write"))?;
-        std::fs::rename(&tmp, &path).map_err(io("replace"))
+        std::fs::rename(&tmp, &path).map_err(io("replace"))?;
+        Ok(())
     }
 
     /// The status of app container `name`.
