@@ -52,11 +52,13 @@ def say(msg):
 
 def spread(values):
     """'median (min-max, n=N)' of numbers, or 'n/a'."""
+    failed = sum(1 for v in values if v is None)
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     fmt = (lambda v: f"{v:.1f}") if max(values) < 100 else (lambda v: f"{v:.0f}")
-    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))}, n={len(values)})"
+    lost = f", {failed} run(s) never got there" if failed else ""
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))}, n={len(values)}{lost})"
 
 
 def median(values):
@@ -119,7 +121,8 @@ def measure_memory_overhead(runs, snap):
     warm = []
     for _ in range(runs):
         sock = os.path.join(tempfile.mkdtemp(dir=STATE), "v.sock")
-        warm.append(boot_report(["--initrd", INITRD, "--restore", snap, "--vsock-uds", sock],
+        warm.append(boot_report(["--initrd", INITRD, "--restore", snap, "--vsock-uds", sock]
+                                + warm_start.POD_DEVICES,
                                 lambda p: time.sleep(3)))
     return cold, warm
 
@@ -189,7 +192,8 @@ def snapshot():
 def measure_warm(runs, snap):
     say(f"warm: {runs} restores to agent Ready, QEMU-TCG boot to the agent for scale")
     os.makedirs(warm_start.WORK, exist_ok=True)
-    ready = [warm_start.boot_until_ready(["--restore", snap], 60)[1] for _ in range(runs)]
+    restore = ["--restore", snap] + warm_start.POD_DEVICES
+    ready = [warm_start.boot_until_ready(restore, 60)[1] for _ in range(runs)]
     tcg = []
     for _ in range(min(runs, 3)):
         tcg.append(ms_to_marker(QEMU_MICROVM + ["-accel", "tcg", "-cpu", "qemu64", "-kernel", KERNEL,
@@ -506,17 +510,43 @@ def machine():
             f"unipod commit {commit or '?'}")
 
 
-def write_report(path, sections, args):
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+MEASURES = ["startup", "boot", "warm", "timeline", "memory", "rate", "density", "vsock", "net"]
+RESULTS = os.path.join(STATE, "results")
+
+
+def save_result(name, section, argv):
+    """Keeps a measure's result, with its date and command line, for the report."""
+    section["name"] = name
+    section["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # --out only says where the report goes, not how it was measured.
+    kept = [a for i, a in enumerate(argv) if a != "--out" and (i == 0 or argv[i - 1] != "--out")]
+    section["argv"] = " ".join(a for a in kept if not a.startswith("--out="))
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(section, f, indent=1)
+
+
+def write_report(path):
+    """docs/BENCHMARKS.md from every kept result, so `--only X` refreshes one section."""
+    sections = []
+    for name in MEASURES:
+        try:
+            with open(os.path.join(RESULTS, f"{name}.json")) as f:
+                sections.append(json.load(f))
+        except FileNotFoundError:
+            pass
     out = ["# Benchmarks", "",
            "Written by `make bench` (`python3 bench/bench.py`); do not edit by hand. Analysis and "
-           "what was tried: docs/PERFORMANCE.md. No test asserts a time.", "",
-           f"- **Date:** {now}", f"- **Machine:** {machine()}",
-           f"- **Command:** `python3 bench/bench.py {' '.join(args)}`".rstrip(), "",
+           "what was tried: [PERFORMANCE.md](PERFORMANCE.md). No test asserts a time.", "",
+           f"- **Machine:** {machine()}",
+           "- **Load:** the machine's other work ran beside the benchmark (builds, tests) unless a "
+           "section says otherwise; spreads show it.", "",
            "On nested PVM the guest's ring-0 code runs in KVM's instruction emulator: absolute times are "
            "far slower than on a normal KVM host. Compare the ratios, measured in the same run.", ""]
     for s in sections:
-        out += [f"## {s['title']}", "", f"Command: `{s['command']}`", ""]
+        out += [f"## {s['title']}", "",
+                f"Measured {s['date']} by `python3 bench/bench.py {s['argv']}`.".replace(" `.", "`."), "",
+                f"What runs: `{s['command'].replace('`', '')}`", ""]
         header, *rows = s["table"]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
@@ -531,40 +561,44 @@ def write_report(path, sections, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5, help="runs per measure (the boot measure uses min(runs, 3))")
-    ap.add_argument("--only", default="startup,boot,warm,timeline,memory,rate,density,vsock,net")
+    ap.add_argument("--runs", type=int, default=5, help="runs per measure (boot, memory, vsock, net: at most 3)")
+    ap.add_argument("--only", default=",".join(MEASURES), help="comma-separated measures")
     ap.add_argument("--density-max", type=int, default=300)
     ap.add_argument("--rate-pods", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/BENCHMARKS.md"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite --out from the kept results")
     args = ap.parse_args()
+    if args.report_only:
+        return write_report(args.out)
     if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
         sys.exit("bench: needs root and /dev/kvm")
     only = args.only.split(",")
-    sections = []
-    snap = snapshot() if set(only) & {"warm", "memory", "timeline", "rate", "density"} else None
-    if "startup" in only:
-        sections.append(measure_startup(args.runs))
-    if "boot" in only:
-        sections.append(measure_boot(min(args.runs, 3)))
-    if "warm" in only:
-        sections.append(measure_warm(args.runs, snap))
-    if "timeline" in only:
-        s = measure_timeline(args.runs)
-        svg = os.path.join(os.path.dirname(args.out), "boot-timeline.svg")
-        timeline_svg(s["data"], svg)
-        s["svg"] = os.path.basename(svg)
-        sections.append(s)
-    if "memory" in only:
-        sections.append(measure_idle_memory(args.runs, measure_memory_overhead(min(args.runs, 3), snap)))
-    if "rate" in only:
-        sections.append(measure_rate(args.rate_pods))
-    if "density" in only:
-        sections.append(measure_density(args.density_max))
-    if "vsock" in only:
-        sections.append(measure_vsock(min(args.runs, 3), 64))
-    if "net" in only:
-        sections.append(measure_net(min(args.runs, 3)))
-    write_report(args.out, sections, sys.argv[1:])
+    unknown = set(only) - set(MEASURES)
+    if unknown:
+        sys.exit(f"bench: --only: unknown measure(s) {sorted(unknown)}; choose from {','.join(MEASURES)}")
+    snap = snapshot() if set(only) & {"warm", "memory"} else None
+    few = min(args.runs, 3)
+    svg = os.path.join(os.path.dirname(args.out), "boot-timeline.svg")
+    runners = {
+        "startup": lambda: measure_startup(args.runs),
+        "boot": lambda: measure_boot(few),
+        "warm": lambda: measure_warm(args.runs, snap),
+        "timeline": lambda: measure_timeline(args.runs),
+        "memory": lambda: measure_idle_memory(args.runs, measure_memory_overhead(few, snap)),
+        "rate": lambda: measure_rate(args.rate_pods),
+        "density": lambda: measure_density(args.density_max),
+        "vsock": lambda: measure_vsock(few, 64),
+        "net": lambda: measure_net(few),
+    }
+    for name in MEASURES:
+        if name not in only:
+            continue
+        section = runners[name]()
+        if name == "timeline":
+            timeline_svg(section["data"], svg)
+            section["svg"] = os.path.basename(svg)
+        save_result(name, section, sys.argv[1:])
+        write_report(args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ KERNEL = os.path.join(ROOT, "target/guest/vmlinux")
 INITRD = os.path.join(ROOT, "target/guest/initramfs.cpio")
 STATE = os.path.join(ROOT, "target/bench-state")
 WORK = os.path.join(STATE, "bench")
+# What a pod VM has, and so what the snapshot's key covers: a detached net
+# device and the image slots (vmm/src/pod/vmm_process.rs, MAX_IMAGES_PER_POD).
+POD_DEVICES = ["--net-detached", "--disk-slots", "4"]
 NESTED_CMDLINE = "noxsave nosmap nosmep clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16"
 
 
@@ -183,12 +186,12 @@ def main():
 
 def timings(snap, args):
     rows = []
-    warm = [boot_until_ready(["--restore", snap], 60) for _ in range(args.restores)]
+    warm = [boot_until_ready(["--restore", snap] + POD_DEVICES, 60) for _ in range(args.restores)]
     warm_ready = sorted(r for _, r in warm)[len(warm) // 2]
     rows.append(("unipod restore -> agent Ready (median of %d)" % len(warm), warm_ready))
     runs = [run_until_running(f"bench-w{i}", False) for i in range(args.restores)]
     rows.append(("unipod run, restored -> container Running (median)", sorted(r for r, _ in runs)[len(runs) // 2]))
-    cold_ok, cold_ready = boot_until_ready([], 600)
+    cold_ok, cold_ready = boot_until_ready(POD_DEVICES, 600)
     rows.append(("unipod cold boot -> agent Ready", cold_ready))
     cold_running, _ = run_until_running("bench-c", True)
     rows.append(("unipod run --cold -> container Running", cold_running))
