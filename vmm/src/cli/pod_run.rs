@@ -409,6 +409,8 @@ fn detach(p: &Prepared) -> Result<i32, PodRunError> {
 pub(crate) fn failure_reason(status: &PodStatus) -> String {
     if let Some(r) = &status.reason {
         return match &status.message {
+            // Some messages already lead with their reason.
+            Some(m) if m.starts_with(r.as_str()) => m.clone(),
             Some(m) => format!("{r}: {m}"),
             None => r.clone(),
         };
@@ -1135,5 +1137,25 @@ mod tests {
         for no in ["pod", "pod.yaml.txt", "/bin/sh"] {
             assert!(!is_manifest_path(Path::new(no)), "{no}");
         }
+    }
+
+    #[test]
+    fn a_failure_reason_names_the_reason_once() {
+        let failed = |reason: &str, message: &str| PodStatus {
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..PodStatus::default()
+        };
+        assert_eq!(
+            failure_reason(&failed(
+                "AgentUnresponsive",
+                "AgentUnresponsive: silent for 60 s"
+            )),
+            "AgentUnresponsive: silent for 60 s"
+        );
+        assert_eq!(
+            failure_reason(&failed("VMStartFailed", "no kernel")),
+            "VMStartFailed: no kernel"
+        );
     }
 }
