@@ -16,6 +16,7 @@ pub mod devices;
 pub mod image;
 pub mod net;
 pub mod pod;
+pub mod shim;
 pub mod snapshot;
 pub mod vmm;
 pub mod vstate;
