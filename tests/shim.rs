@@ -341,3 +341,103 @@ fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
         "the pod directory outlived the pod"
     );
 }
+
+/// `ctr run` arguments that put container `id` into pod `pod` the way CRI
+/// does: the sandbox, or a container naming its sandbox.
+fn pod_member(image: &str, pod: &str, id: &str, detach: bool, argv: &[&str]) -> Vec<String> {
+    let kind = if id == pod { "sandbox" } else { "container" };
+    let mut args: Vec<String> = vec!["run".into()];
+    args.push(if detach { "-d" } else { "--rm" }.into());
+    args.extend([
+        "--runtime".into(),
+        RUNTIME.into(),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.container-type={kind}"),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+        image.into(),
+        id.into(),
+    ]);
+    args.extend(argv.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Kills task `id` with SIGKILL, waits until containerd sees it stopped,
+/// then removes the task and the container.
+fn kill_and_remove(c: &Containerd, id: &str) {
+    let out = c.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    assert!(out.status.success(), "kill {id}: {}", text(&out));
+    let stopped = wait_until(Duration::from_secs(60), || {
+        String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+    });
+    assert!(stopped, "{id} did not stop: {}", c.log_tail());
+    let out = c.ctr(&["tasks", "rm", id]);
+    assert!(out.status.success(), "tasks rm {id}: {}", text(&out));
+    let out = c.ctr(&["containers", "rm", id]);
+    assert!(out.status.success(), "containers rm {id}: {}", text(&out));
+}
+
+#[test]
+fn a_pod_of_annotated_containers_shares_one_vm() {
+    if skip("a_pod_of_annotated_containers_shares_one_vm") {
+        return;
+    }
+    let c = Containerd::start("pod");
+    let pod = "shim-pod";
+    let run = |id: &str, detach: bool, argv: &[&str]| {
+        let args = pod_member(&c.image, pod, id, detach, argv);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.ctr(&args)
+    };
+    let out = run(pod, true, &["sleep", "1000"]);
+    assert!(out.status.success(), "sandbox: {}\n{}", text(&out), c.log_tail());
+    let server = "shim-pod-server";
+    let out = run(
+        server,
+        true,
+        &["sh", "-c", "while true; do echo pong | nc -l -p 7000; done"],
+    );
+    assert!(out.status.success(), "server: {}\n{}", text(&out), c.log_tail());
+    let out = run(
+        "shim-pod-client",
+        false,
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 7000 && exit 0; sleep 1; done; exit 1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "client: {}\n{}", text(&out), c.log_tail());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pong", "{}", text(&out));
+    let vmms = vmm_pids();
+    assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
+    assert_eq!(shim_pids(&c.dir).len(), 1, "one pod, one shim");
+
+    let out = c.ctr(&[
+        "tasks", "exec", "--exec-id", "e1", server, "/bin/sh", "-c", "echo exec-ok; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "exec: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "exec-ok", "{}", text(&out));
+
+    kill_and_remove(&c, server);
+    assert_eq!(vmm_pids(), vmms, "the VM outlives a container while its sandbox runs");
+    kill_and_remove(&c, pod);
+    assert!(
+        wait_until(Duration::from_secs(30), || vmm_pids().is_empty()
+            && shim_pids(&c.dir).is_empty()),
+        "VMMs {:?} or shims {:?} outlived the pod",
+        vmm_pids(),
+        shim_pids(&c.dir)
+    );
+    assert!(
+        !shared_state_dir().join("shim").join(NAMESPACE).join(pod).exists(),
+        "the pod directory outlived the pod"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    assert!(
+        !mounts.contains(&format!("{}/state", c.dir.display())),
+        "a rootfs mount outlived the pod"
+    );
+}

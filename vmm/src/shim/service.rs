@@ -17,7 +17,9 @@ use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult};
+use containerd_shim::protos::types::mount::Mount;
 use guest_agent::protocol::{Event, ExecSpec, Reply, Request, Stream};
+use sha2::{Digest as _, Sha256};
 
 use super::pod_vm::{lock, PodVm, VmEvent};
 use super::rootfs;
@@ -27,6 +29,8 @@ use crate::pod::vmm_process::{GuestInputs, MAX_IMAGES_PER_POD};
 
 /// Guest memory of a pod VM; the warm-start snapshot is per memory size.
 const POD_MEM_MIB: u32 = 128;
+/// Seeds the erofs UUID of every packed rootfs ("unipod" in hex).
+const ROOTFS_UUID_SEED: &str = "756e69706f64";
 /// Exit status of a process whose VM went away.
 const EXIT_VM_GONE: u32 = 255;
 /// Exit status of a created task killed before it started (SIGKILL).
@@ -55,13 +59,12 @@ struct PodState {
     /// Agent name -> (task id, exec id).
     by_agent_name: HashMap<String, (String, Option<String>)>,
     next_name: u64,
-    /// Disk slots in use, by guest device.
-    disks_used: usize,
+    /// The VM's image disks: (sha256 of the erofs image, guest device).
+    disks: Vec<(String, String)>,
 }
 
 struct Task {
     bundle: PathBuf,
-    image: PathBuf,
     spec: ContainerSpec,
     device: String,
     main: Process,
@@ -290,12 +293,59 @@ impl Inner {
         Ok(())
     }
 
+    /// The disk of the running pod VM that holds this container's rootfs:
+    /// one with the same image bytes (a pod's containers often share an
+    /// image); a different image would need a disk slot hot-attached.
+    fn disk_in_running_vm(
+        &self,
+        vm: &PodVm,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+    ) -> TtrpcResult<String> {
+        let image = vm.dir().join(format!("{}.erofs", req.id));
+        let digest = pack_and_digest(bundle, &req.rootfs, &image);
+        let _ = std::fs::remove_file(&image);
+        let digest = digest?;
+        let pod = lock(&self.pod);
+        match pod.disks.iter().find(|(d, _)| *d == digest) {
+            Some((_, device)) => Ok(device.clone()),
+            None => Err(err(
+                Code::UNIMPLEMENTED,
+                format!(
+                    "container {}: its image differs from the pod's ({} disk(s) of {MAX_IMAGES_PER_POD} in use); unipod cannot yet hot-attach another image to a running pod VM, so a pod's containers must share one image",
+                    req.id,
+                    pod.disks.len()
+                ),
+            )),
+        }
+    }
+
     fn stop_vm(&self) {
         let vm = lock(&self.vm).take();
         if let Some(vm) = vm {
             vm.stop();
         }
     }
+}
+
+/// Packs the rootfs into `image` and returns the image's sha256. The UUID
+/// seed is fixed so that the same tree packs to the same bytes.
+fn pack_and_digest(bundle: &Path, mounts: &[Mount], image: &Path) -> TtrpcResult<String> {
+    rootfs::pack(bundle, mounts, image, ROOTFS_UUID_SEED)
+        .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+    let digest = File::open(image).and_then(|mut f| {
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut f, &mut hasher)?;
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>())
+    });
+    digest.map_err(|e| {
+        let _ = std::fs::remove_file(image);
+        err(Code::INTERNAL, format!("cannot read {}: {e}", image.display()))
+    })
 }
 
 fn find<'a>(pod: &'a PodState, agent_name: &str) -> Option<&'a Process> {
@@ -444,47 +494,31 @@ impl containerd_shim::Task for Service {
                 "process.terminal: unipod runs a task's main process without a tty; drop -t (ctr) or tty: true (Kubernetes), or use an exec with a tty",
             ));
         }
-        if lock(&inner.vm).is_some() {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                format!(
-                    "container {}: the pod VM already runs; unipod cannot yet add a container to a running pod VM (its image needs a disk slot hot-attached)",
-                    req.id
-                ),
-            ));
-        }
-        // A leftover directory of a killed shim is wiped by create.
-        let dir = PodDir::create(&shim_root(&inner.namespace), &spec.pod_id)
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
-        let image = dir.path.join(format!("{}.erofs", req.id));
-        let seed: String = req.id.chars().filter(char::is_ascii_hexdigit).collect();
-        rootfs::pack(&bundle, &req.rootfs, &image, &seed)
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
-        let (agent_name, device) = {
+        let agent_name = {
             let mut pod = lock(&inner.pod);
-            if pod.disks_used >= MAX_IMAGES_PER_POD {
-                let _ = std::fs::remove_file(&image);
-                return Err(err(
-                    Code::RESOURCE_EXHAUSTED,
-                    format!("a pod VM has {MAX_IMAGES_PER_POD} image disks, all in use"),
-                ));
-            }
             pod.next_name += 1;
-            let device = format!(
-                "/dev/vd{}",
-                char::from(b'a' + u8::try_from(pod.disks_used).unwrap_or(0))
-            );
-            pod.disks_used += 1;
-            (format!("c{}", pod.next_name), device)
+            format!("c{}", pod.next_name)
         };
         let mut main = Process::new(agent_name.clone(), &req.stdin, &req.stdout, &req.stderr, false);
-        let started = main
-            .open_output()
-            .and_then(|()| inner.start_vm(&spec, &image, dir));
-        if let Err(e) = started {
-            let _ = std::fs::remove_file(&image);
-            lock(&inner.pod).disks_used -= 1;
-            return Err(e);
+        let running_vm = lock(&inner.vm).clone();
+        let device = match running_vm {
+            Some(vm) => inner.disk_in_running_vm(&vm, &req, &bundle)?,
+            None => {
+                // A leftover directory of a killed shim is wiped by create.
+                let dir = PodDir::create(&shim_root(&inner.namespace), &spec.pod_id)
+                    .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+                let image = dir.path.join(format!("{}.erofs", req.id));
+                let digest = pack_and_digest(&bundle, &req.rootfs, &image)?;
+                main.open_output()?;
+                // On failure `dir`, with the image, is removed.
+                inner.start_vm(&spec, &image, dir)?;
+                let device = "/dev/vda".to_string();
+                lock(&inner.pod).disks.push((digest, device.clone()));
+                device
+            }
+        };
+        if main.stdout.is_none() && main.stderr.is_none() {
+            main.open_output()?;
         }
         {
             let mut pod = lock(&inner.pod);
@@ -494,7 +528,6 @@ impl containerd_shim::Task for Service {
                 req.id.clone(),
                 Task {
                     bundle: bundle.clone(),
-                    image,
                     spec,
                     device,
                     main,
@@ -698,7 +731,6 @@ impl containerd_shim::Task for Service {
             for exec in task.execs.values() {
                 pod.by_agent_name.remove(&exec.agent_name);
             }
-            let _ = std::fs::remove_file(&task.image);
             rootfs::unmount(&task.bundle.join("rootfs"));
             inner.publish(
                 topics::TASK_DELETE_EVENT_TOPIC,
