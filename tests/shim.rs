@@ -277,7 +277,12 @@ fn ctr_run_prints_output_and_returns_the_exit_code() {
         containerd.log_tail()
     );
     assert_eq!(stdout.lines().next(), Some("hi"), "{}", text(&out));
-    assert_eq!(stdout.lines().nth(1), Some("1"), "not in our VM: {}", text(&out));
+    assert_eq!(
+        stdout.lines().nth(1),
+        Some("1"),
+        "not in our VM: {}",
+        text(&out)
+    );
     // --rm: nothing left.
     let containers = containerd.ctr(&["containers", "ls", "-q"]);
     assert_eq!(String::from_utf8_lossy(&containers.stdout).trim(), "");
@@ -289,7 +294,11 @@ fn ctr_run_prints_output_and_returns_the_exit_code() {
         shim_pids(&containerd.dir)
     );
     assert!(
-        !shared_state_dir().join("shim").join(NAMESPACE).join("shim-hi").exists(),
+        !shared_state_dir()
+            .join("shim")
+            .join(NAMESPACE)
+            .join("shim-hi")
+            .exists(),
         "the pod directory outlived the task"
     );
 }
@@ -301,15 +310,30 @@ fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
     }
     let containerd = Containerd::start("kill");
     let out = containerd.ctr(&[
-        "run", "-d", "--runtime", RUNTIME, &containerd.image, "shim-kill", "sleep", "1000",
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &containerd.image,
+        "shim-kill",
+        "sleep",
+        "1000",
     ]);
-    assert!(out.status.success(), "{}\n{}", text(&out), containerd.log_tail());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        containerd.log_tail()
+    );
     let vmms = vmm_pids();
     assert_eq!(vmms.len(), 1, "expected one VMM, found {vmms:?}");
-    let status = |c: &Containerd| {
-        String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout).into_owned()
-    };
-    assert!(status(&containerd).contains("RUNNING"), "{}", status(&containerd));
+    let status =
+        |c: &Containerd| String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout).into_owned();
+    assert!(
+        status(&containerd).contains("RUNNING"),
+        "{}",
+        status(&containerd)
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vmms[0]),
         nix::sys::signal::Signal::SIGKILL,
@@ -392,14 +416,24 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
         c.ctr(&args)
     };
     let out = run(pod, true, &["sleep", "1000"]);
-    assert!(out.status.success(), "sandbox: {}\n{}", text(&out), c.log_tail());
+    assert!(
+        out.status.success(),
+        "sandbox: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
     let server = "shim-pod-server";
     let out = run(
         server,
         true,
         &["sh", "-c", "while true; do echo pong | nc -l -p 7000; done"],
     );
-    assert!(out.status.success(), "server: {}\n{}", text(&out), c.log_tail());
+    assert!(
+        out.status.success(),
+        "server: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
     let out = run(
         "shim-pod-client",
         false,
@@ -409,20 +443,47 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
             "for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 7000 && exit 0; sleep 1; done; exit 1",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "client: {}\n{}", text(&out), c.log_tail());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pong", "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pong",
+        "{}",
+        text(&out)
+    );
     let vmms = vmm_pids();
     assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
     assert_eq!(shim_pids(&c.dir).len(), 1, "one pod, one shim");
 
     let out = c.ctr(&[
-        "tasks", "exec", "--exec-id", "e1", server, "/bin/sh", "-c", "echo exec-ok; exit 3",
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        server,
+        "/bin/sh",
+        "-c",
+        "echo exec-ok; exit 3",
     ]);
     assert_eq!(out.status.code(), Some(3), "exec: {}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "exec-ok", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "exec-ok",
+        "{}",
+        text(&out)
+    );
 
     kill_and_remove(&c, server);
-    assert_eq!(vmm_pids(), vmms, "the VM outlives a container while its sandbox runs");
+    assert_eq!(
+        vmm_pids(),
+        vmms,
+        "the VM outlives a container while its sandbox runs"
+    );
     kill_and_remove(&c, pod);
     assert!(
         wait_until(Duration::from_secs(30), || vmm_pids().is_empty()
@@ -432,7 +493,11 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
         shim_pids(&c.dir)
     );
     assert!(
-        !shared_state_dir().join("shim").join(NAMESPACE).join(pod).exists(),
+        !shared_state_dir()
+            .join("shim")
+            .join(NAMESPACE)
+            .join(pod)
+            .exists(),
         "the pod directory outlived the pod"
     );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();

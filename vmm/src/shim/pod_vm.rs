@@ -72,6 +72,8 @@ pub struct PodVm {
     vmm: Mutex<Child>,
     link: Mutex<AgentLink>,
     pending: Pending,
+    /// Keeps the VMM's parent thread alive; dropped after `Drop` stopped the VMM.
+    _vmm_parent: Sender<()>,
 }
 
 impl PodVm {
@@ -84,13 +86,38 @@ impl PodVm {
         hostname: &str,
         on_event: Box<dyn Fn(VmEvent) + Send>,
     ) -> Result<Arc<PodVm>, PodVmError> {
-        let pod = Pod {
-            name: hostname.to_string(),
-        };
-        let deadline = Instant::now() + AGENT_TIMEOUT;
+        // The VMM child gets SIGKILL when the thread that forked it ends
+        // (PR_SET_PDEATHSIG), and ttrpc's request threads come and go: so
+        // a thread of our own forks it and lives as long as this PodVm.
+        let (result_tx, result_rx) = mpsc::channel();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let inputs = inputs.clone();
+        let state = state.to_path_buf();
+        let name = hostname.to_string();
+        std::thread::Builder::new()
+            .name("vmm-parent".into())
+            .spawn(move || {
+                let pod = Pod { name };
+                let deadline = Instant::now() + AGENT_TIMEOUT;
+                let started = start_vm(
+                    &pod,
+                    &dir,
+                    &inputs,
+                    &state,
+                    NetBackend::Detached,
+                    false,
+                    deadline,
+                );
+                let _ = result_tx.send((dir, started));
+                // Returns when the PodVm (holding the sender) is dropped.
+                let _ = hold_rx.recv();
+            })
+            .map_err(|e| PodVmError::Io("cannot start the VMM's parent thread".into(), e))?;
+        let (dir, started) = result_rx
+            .recv()
+            .map_err(|_| PodVmError::Start("the VMM's parent thread died".into(), String::new()))?;
         let (vmm, link) =
-            start_vm(&pod, &dir, inputs, state, NetBackend::Detached, false, deadline)
-                .map_err(|f| PodVmError::Start(f.reason, dir.path.display().to_string()))?;
+            started.map_err(|f| PodVmError::Start(f.reason, dir.path.display().to_string()))?;
         let rx = match link.subscribe() {
             Ok(rx) => rx,
             Err(e) => {
@@ -107,6 +134,7 @@ impl PodVm {
             vmm: Mutex::new(vmm),
             link: Mutex::new(link),
             pending: Arc::default(),
+            _vmm_parent: hold_tx,
         });
         let pending = vm.pending.clone();
         let dir_path = vm.dir.path.clone();
@@ -123,10 +151,7 @@ impl PodVm {
                         Ok(AgentMessage::Event(Event::Heartbeat { .. })) => {}
                         Ok(AgentMessage::Event(event)) => on_event(VmEvent::Agent(event)),
                         Err(e) => {
-                            log::info!(
-                                "agent link ended: {}",
-                                crate::cli::error_chain(&e, ": ")
-                            );
+                            log::info!("agent link ended: {}", crate::cli::error_chain(&e, ": "));
                             break;
                         }
                     }

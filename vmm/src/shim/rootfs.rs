@@ -99,9 +99,21 @@ pub fn pack(bundle: &Path, mounts: &[Mount], image: &Path, seed: &str) -> Result
 /// not needed.
 fn mount_one(m: &Mount, target: &Path) -> nix::Result<()> {
     let (flags, data) = split_options(&m.options);
-    let fstype = if m.type_.is_empty() { None } else { Some(m.type_.as_str()) };
-    let source = if m.source.is_empty() { None } else { Some(m.source.as_str()) };
-    let data = if data.is_empty() { None } else { Some(data.as_str()) };
+    let fstype = if m.type_.is_empty() {
+        None
+    } else {
+        Some(m.type_.as_str())
+    };
+    let source = if m.source.is_empty() {
+        None
+    } else {
+        Some(m.source.as_str())
+    };
+    let data = if data.is_empty() {
+        None
+    } else {
+        Some(data.as_str())
+    };
     nix::mount::mount(source, target, fstype, flags, data)
 }
 
@@ -148,7 +160,10 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let (flags, data) = split_options(&opts);
-        assert_eq!(flags, MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(
+            flags,
+            MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC
+        );
         assert_eq!(data, "index=off,lowerdir=/a:/b");
     }
 }

@@ -15,9 +15,9 @@ use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField}
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult};
-use containerd_shim::protos::types::mount::Mount;
 use guest_agent::protocol::{Event, ExecSpec, Reply, Request, Stream};
 use sha2::{Digest as _, Sha256};
 
@@ -123,7 +123,12 @@ impl Process {
                 .write(true)
                 .open(p)
                 .map(|f| Some(Arc::new(f)))
-                .map_err(|e| err(Code::INTERNAL, format!("cannot open the output FIFO {p}: {e}")))
+                .map_err(|e| {
+                    err(
+                        Code::INTERNAL,
+                        format!("cannot open the output FIFO {p}: {e}"),
+                    )
+                })
         };
         self.stdout = open(&self.stdout_path)?;
         self.stderr = open(&self.stderr_path)?;
@@ -139,7 +144,10 @@ fn not_found(id: &str, exec_id: &str) -> ttrpc::Error {
     if exec_id.is_empty() {
         err(Code::NOT_FOUND, format!("task {id} not found"))
     } else {
-        err(Code::NOT_FOUND, format!("exec {exec_id} of task {id} not found"))
+        err(
+            Code::NOT_FOUND,
+            format!("exec {exec_id} of task {id} not found"),
+        )
     }
 }
 
@@ -192,7 +200,9 @@ impl Inner {
         let Some((task_id, exec_id)) = pod.by_agent_name.get(agent_name).cloned() else {
             return;
         };
-        let Some(task) = pod.tasks.get_mut(&task_id) else { return };
+        let Some(task) = pod.tasks.get_mut(&task_id) else {
+            return;
+        };
         let p = match &exec_id {
             Some(e) => match task.execs.get_mut(e) {
                 Some(p) => p,
@@ -233,7 +243,11 @@ impl Inner {
                 name, exit_code, ..
             }) => {
                 let mut pod = lock(&self.pod);
-                self.exited(&mut pod, &name, u32::try_from(exit_code).unwrap_or(EXIT_VM_GONE));
+                self.exited(
+                    &mut pod,
+                    &name,
+                    u32::try_from(exit_code).unwrap_or(EXIT_VM_GONE),
+                );
             }
             VmEvent::Agent(Event::Oom { name }) => {
                 let pod = lock(&self.pod);
@@ -269,7 +283,12 @@ impl Inner {
     }
 
     /// Starts the pod VM in `dir` with `image` as its first disk.
-    fn start_vm(self: &Arc<Self>, spec: &ContainerSpec, image: &Path, dir: PodDir) -> TtrpcResult<()> {
+    fn start_vm(
+        self: &Arc<Self>,
+        spec: &ContainerSpec,
+        image: &Path,
+        dir: PodDir,
+    ) -> TtrpcResult<()> {
         let state = state_root(None);
         let mut inputs = GuestInputs::new(
             artifact(None, "vmlinux", "--kernel", "make kernel")
@@ -344,7 +363,10 @@ fn pack_and_digest(bundle: &Path, mounts: &[Mount], image: &Path) -> TtrpcResult
     });
     digest.map_err(|e| {
         let _ = std::fs::remove_file(image);
-        err(Code::INTERNAL, format!("cannot read {}: {e}", image.display()))
+        err(
+            Code::INTERNAL,
+            format!("cannot read {}: {e}", image.display()),
+        )
     })
 }
 
@@ -499,7 +521,13 @@ impl containerd_shim::Task for Service {
             pod.next_name += 1;
             format!("c{}", pod.next_name)
         };
-        let mut main = Process::new(agent_name.clone(), &req.stdin, &req.stdout, &req.stderr, false);
+        let mut main = Process::new(
+            agent_name.clone(),
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            false,
+        );
         let running_vm = lock(&inner.vm).clone();
         let device = match running_vm {
             Some(vm) => inner.disk_in_running_vm(&vm, &req, &bundle)?,
@@ -560,7 +588,11 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         let inner = &self.inner;
         let vm = inner.vm()?;
         let request = {
@@ -574,7 +606,19 @@ impl containerd_shim::Task for Service {
             if p.state != State::Created {
                 return Err(err(
                     Code::FAILED_PRECONDITION,
-                    format!("{} {} was started already", if req.exec_id.is_empty() { "task" } else { "exec" }, if req.exec_id.is_empty() { &req.id } else { &req.exec_id }),
+                    format!(
+                        "{} {} was started already",
+                        if req.exec_id.is_empty() {
+                            "task"
+                        } else {
+                            "exec"
+                        },
+                        if req.exec_id.is_empty() {
+                            &req.id
+                        } else {
+                            &req.exec_id
+                        }
+                    ),
                 ));
             }
             match p.exec.take() {
@@ -589,7 +633,10 @@ impl containerd_shim::Task for Service {
         let pid = match reply {
             Ok(Reply::Started { pid }) => pid,
             Ok(other) => {
-                return Err(err(Code::INTERNAL, format!("unexpected agent reply {other:?}")))
+                return Err(err(
+                    Code::INTERNAL,
+                    format!("unexpected agent reply {other:?}"),
+                ))
             }
             Err(e) => {
                 p.state = State::Stopped;
@@ -603,7 +650,8 @@ impl containerd_shim::Task for Service {
             p.state = State::Running;
         }
         p.start_published = true;
-        let stdin = (is_exec && !p.stdin.is_empty()).then(|| (p.stdin.clone(), p.agent_name.clone()));
+        let stdin =
+            (is_exec && !p.stdin.is_empty()).then(|| (p.stdin.clone(), p.agent_name.clone()));
         if is_exec {
             inner.publish(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -638,7 +686,11 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let mut pod = lock(&self.inner.pod);
         let bundle = pod
             .tasks
@@ -684,8 +736,12 @@ impl containerd_shim::Task for Service {
                 State::Running => p.agent_name.clone(),
             }
         };
-        let signal = i32::try_from(req.signal)
-            .map_err(|_| err(Code::INVALID_ARGUMENT, format!("signal {} is out of range", req.signal)))?;
+        let signal = i32::try_from(req.signal).map_err(|_| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!("signal {} is out of range", req.signal),
+            )
+        })?;
         inner
             .vm()?
             .request("signal", Request::Signal { name, signal })
@@ -712,7 +768,11 @@ impl containerd_shim::Task for Service {
         }
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         let inner = &self.inner;
         let mut pod = lock(&inner.pod);
         let p = process(&mut pod, &req.id, &req.exec_id)?;
@@ -763,21 +823,37 @@ impl containerd_shim::Task for Service {
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         let inner = &self.inner;
-        let process_json: serde_json::Value = serde_json::from_slice(&req.spec.value)
-            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("exec spec: not a JSON OCI process: {e}")))?;
+        let process_json: serde_json::Value =
+            serde_json::from_slice(&req.spec.value).map_err(|e| {
+                err(
+                    Code::INVALID_ARGUMENT,
+                    format!("exec spec: not a JSON OCI process: {e}"),
+                )
+            })?;
         let argv: Vec<String> = process_json["args"]
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if argv.is_empty() {
             return Err(err(Code::INVALID_ARGUMENT, "exec spec: args: empty"));
         }
         let env: Vec<String> = process_json["env"]
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut pod = lock(&inner.pod);
-        let task = pod.tasks.get(&req.id).ok_or_else(|| not_found(&req.id, ""))?;
+        let task = pod
+            .tasks
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id, ""))?;
         if task.main.state != State::Running {
             return Err(err(
                 Code::FAILED_PRECONDITION,
@@ -785,12 +861,21 @@ impl containerd_shim::Task for Service {
             ));
         }
         if task.execs.contains_key(&req.exec_id) {
-            return Err(err(Code::ALREADY_EXISTS, format!("exec {} exists", req.exec_id)));
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("exec {} exists", req.exec_id),
+            ));
         }
         let container = task.main.agent_name.clone();
         pod.next_name += 1;
         let agent_name = format!("x{}", pod.next_name);
-        let mut p = Process::new(agent_name.clone(), &req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let mut p = Process::new(
+            agent_name.clone(),
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            req.terminal,
+        );
         p.exec = Some(ExecSpec {
             id: agent_name.clone(),
             container,
@@ -839,7 +924,10 @@ impl containerd_shim::Task for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let pod = lock(&self.inner.pod);
-        let task = pod.tasks.get(&req.id).ok_or_else(|| not_found(&req.id, ""))?;
+        let task = pod
+            .tasks
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id, ""))?;
         let processes = std::iter::once(&task.main)
             .chain(task.execs.values())
             .filter(|p| p.state == State::Running)
@@ -854,7 +942,11 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         let pod = lock(&self.inner.pod);
         let task_pid = pod.tasks.get(&req.id).map_or(0, |t| t.main.pid);
         Ok(api::ConnectResponse {

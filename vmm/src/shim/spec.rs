@@ -132,7 +132,10 @@ impl ContainerSpec {
 fn strings(v: &Value) -> Option<Vec<String>> {
     match v {
         Value::Null => Some(Vec::new()),
-        Value::Array(items) => items.iter().map(|s| s.as_str().map(str::to_string)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|s| s.as_str().map(str::to_string))
+            .collect(),
         _ => None,
     }
 }
@@ -189,7 +192,10 @@ mod tests {
             pod_id("c1", Some("container"), Some("sb")),
             ("sb".into(), false)
         );
-        assert_eq!(pod_id("sb", Some("sandbox"), Some("sb")), ("sb".into(), true));
+        assert_eq!(
+            pod_id("sb", Some("sandbox"), Some("sb")),
+            ("sb".into(), true)
+        );
     }
 
     #[test]
