@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::{guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, workspace};
 
 const RUNTIME: &str = "io.containerd.unipod.v2";
-const NAMESPACE: &str = "unipod-e2e";
 
 /// Installs Debian's containerd (and the CNI plugins) when missing.
 fn ensure_containerd() -> Result<(), String> {
@@ -53,6 +52,9 @@ struct Containerd {
     child: Child,
     /// The imported busybox image's name.
     image: String,
+    /// The containerd namespace of this test's containers; tests run in
+    /// parallel, and each finds its own VMMs by it.
+    namespace: String,
 }
 
 impl Containerd {
@@ -91,6 +93,7 @@ impl Containerd {
             dir,
             child,
             image: String::new(),
+            namespace: format!("unipod-e2e-{tag}"),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !c.ctr(&["version"]).status.success() {
@@ -119,7 +122,8 @@ impl Containerd {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.dir.join("c.sock"))
-            .args(["--namespace", NAMESPACE])
+            .arg("--namespace")
+            .arg(&self.namespace)
             .args(args)
             .stdin(Stdio::null());
         cmd
@@ -207,11 +211,11 @@ fn shim_pids(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// The VMM processes of the shim's pods in namespace NAMESPACE.
-fn vmm_pids() -> Vec<i32> {
+/// The VMM processes of the shim's pods in containerd namespace `namespace`.
+fn vmm_pids(namespace: &str) -> Vec<i32> {
     let marker = shared_state_dir()
         .join("shim")
-        .join(NAMESPACE)
+        .join(namespace)
         .display()
         .to_string();
     pids_with(&marker)
@@ -255,6 +259,7 @@ fn ctr_run_prints_output_and_returns_the_exit_code() {
         return;
     }
     let containerd = Containerd::start("run");
+    let c = &containerd;
     // The guest kernel's command line names our virtio-mmio devices; the
     // host's does not: proof that the container ran in our VM.
     let out = containerd.ctr(&[
@@ -287,16 +292,17 @@ fn ctr_run_prints_output_and_returns_the_exit_code() {
     let containers = containerd.ctr(&["containers", "ls", "-q"]);
     assert_eq!(String::from_utf8_lossy(&containers.stdout).trim(), "");
     assert!(
-        wait_until(Duration::from_secs(30), || vmm_pids().is_empty()
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
             && shim_pids(&containerd.dir).is_empty()),
         "VMMs {:?} or shims {:?} outlived the task",
-        vmm_pids(),
+        vmm_pids(&c.namespace),
         shim_pids(&containerd.dir)
     );
     assert!(
         !shared_state_dir()
             .join("shim")
-            .join(NAMESPACE)
+            .join(&c.namespace)
             .join("shim-hi")
             .exists(),
         "the pod directory outlived the task"
@@ -309,6 +315,7 @@ fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
         return;
     }
     let containerd = Containerd::start("kill");
+    let c = &containerd;
     let out = containerd.ctr(&[
         "run",
         "-d",
@@ -325,7 +332,7 @@ fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
         text(&out),
         containerd.log_tail()
     );
-    let vmms = vmm_pids();
+    let vmms = vmm_pids(&c.namespace);
     assert_eq!(vmms.len(), 1, "expected one VMM, found {vmms:?}");
     let status =
         |c: &Containerd| String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout).into_owned();
@@ -359,7 +366,7 @@ fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
     assert!(
         !shared_state_dir()
             .join("shim")
-            .join(NAMESPACE)
+            .join(&c.namespace)
             .join("shim-kill")
             .exists(),
         "the pod directory outlived the pod"
@@ -456,7 +463,7 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
         "{}",
         text(&out)
     );
-    let vmms = vmm_pids();
+    let vmms = vmm_pids(&c.namespace);
     assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
     assert_eq!(shim_pids(&c.dir).len(), 1, "one pod, one shim");
 
@@ -480,22 +487,23 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
 
     kill_and_remove(&c, server);
     assert_eq!(
-        vmm_pids(),
+        vmm_pids(&c.namespace),
         vmms,
         "the VM outlives a container while its sandbox runs"
     );
     kill_and_remove(&c, pod);
     assert!(
-        wait_until(Duration::from_secs(30), || vmm_pids().is_empty()
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
             && shim_pids(&c.dir).is_empty()),
         "VMMs {:?} or shims {:?} outlived the pod",
-        vmm_pids(),
+        vmm_pids(&c.namespace),
         shim_pids(&c.dir)
     );
     assert!(
         !shared_state_dir()
             .join("shim")
-            .join(NAMESPACE)
+            .join(&c.namespace)
             .join(pod)
             .exists(),
         "the pod directory outlived the pod"

@@ -25,8 +25,10 @@ use crate::pod::vmm_process::{self, GuestInputs, NetBackend};
 
 /// How long a restored (or, the first time, cold-booted) guest has to answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a request may wait for its reply.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request may wait for its reply. Generous: a Run (mounting the
+/// image, starting the process) took over 60 s here with three pod VMs on
+/// two loaded cores, the guest's ring 0 being emulated.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Heartbeats are not watched here (the link's end is); a slow period keeps
 /// the guest's work low.
 const HEARTBEAT_MS: u64 = 5000;
@@ -47,9 +49,12 @@ pub enum PodVmError {
         /// The agent's message.
         reason: String,
     },
-    /// The link is gone or the agent did not answer in time.
-    #[error("the guest agent did not answer {0} (the pod VM has stopped or hangs)")]
+    /// The link is gone: the VM stopped.
+    #[error("the guest agent did not answer {0}: the pod VM has stopped (see the shim's log in containerd's)")]
     NoAnswer(&'static str),
+    /// No reply within [`REQUEST_TIMEOUT`].
+    #[error("the guest agent did not answer {0} within {secs} s; the guest hangs or the host is overloaded", secs = REQUEST_TIMEOUT.as_secs())]
+    Timeout(&'static str),
     /// Local I/O failed.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
@@ -190,7 +195,8 @@ impl PodVm {
         match rx.recv_timeout(REQUEST_TIMEOUT) {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(reason)) => Err(PodVmError::Refused { what, reason }),
-            Err(_) => Err(PodVmError::NoAnswer(what)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(PodVmError::Timeout(what)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(PodVmError::NoAnswer(what)),
         }
     }
 

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use containerd_shim::api::{self, Status};
@@ -47,7 +48,11 @@ struct Inner {
     id: String,
     bundle: PathBuf,
     exit: ExitSignal,
-    publisher: Mutex<Option<RemotePublisher>>,
+    /// Events for the publisher thread, in the order they must reach
+    /// containerd.
+    events: Mutex<Option<Sender<(&'static str, Box<dyn MessageDyn>)>>>,
+    /// The publisher thread, joined at exit so that no event is lost.
+    publisher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pod: Mutex<PodState>,
     changed: Condvar,
     vm: Mutex<Option<Arc<PodVm>>>,
@@ -172,11 +177,11 @@ fn pod_dir_path(namespace: &str, pod_id: &str) -> PathBuf {
 }
 
 impl Inner {
-    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Some(publisher) = lock(&self.publisher).as_ref() {
-            if let Err(e) = publisher.publish(Context::default(), topic, &self.namespace, event) {
-                log::warn!("cannot publish {topic}: {e}");
-            }
+    /// Queues `event`; callers may hold the pod lock, since the ttrpc call
+    /// to containerd happens on the publisher thread.
+    fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send((topic, event));
         }
     }
 
@@ -438,7 +443,8 @@ impl containerd_shim::Shim for Service {
                 id: args.id.clone(),
                 bundle,
                 exit: ExitSignal::default(),
-                publisher: Mutex::new(None),
+                events: Mutex::new(None),
+                publisher_thread: Mutex::new(None),
                 pod: Mutex::default(),
                 changed: Condvar::new(),
                 vm: Mutex::default(),
@@ -473,10 +479,34 @@ impl containerd_shim::Shim for Service {
     fn wait(&mut self) {
         self.inner.exit.wait();
         self.inner.stop_vm();
+        // Closing the queue ends the publisher once it has sent the rest.
+        lock(&self.inner.events).take();
+        let publisher = lock(&self.inner.publisher_thread).take();
+        if let Some(handle) = publisher {
+            let _ = handle.join();
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        *lock(&self.inner.publisher) = Some(publisher);
+        let (tx, rx) = mpsc::channel::<(&'static str, Box<dyn MessageDyn>)>();
+        let namespace = self.inner.namespace.clone();
+        let spawned = std::thread::Builder::new()
+            .name("publisher".into())
+            .spawn(move || {
+                for (topic, event) in rx {
+                    if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event)
+                    {
+                        log::warn!("cannot publish {topic}: {e}");
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                *lock(&self.inner.events) = Some(tx);
+                *lock(&self.inner.publisher_thread) = Some(handle);
+            }
+            Err(e) => log::error!("cannot start the event publisher thread: {e}"),
+        }
         self.clone()
     }
 }
