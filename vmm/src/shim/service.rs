@@ -43,6 +43,9 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// An event for containerd: its topic and message.
+type QueuedEvent = (&'static str, Box<dyn MessageDyn>);
+
 struct Inner {
     namespace: String,
     id: String,
@@ -50,7 +53,7 @@ struct Inner {
     exit: ExitSignal,
     /// Events for the publisher thread, in the order they must reach
     /// containerd.
-    events: Mutex<Option<Sender<(&'static str, Box<dyn MessageDyn>)>>>,
+    events: Mutex<Option<Sender<QueuedEvent>>>,
     /// The publisher thread, joined at exit so that no event is lost.
     publisher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pod: Mutex<PodState>,
@@ -488,7 +491,7 @@ impl containerd_shim::Shim for Service {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let (tx, rx) = mpsc::channel::<(&'static str, Box<dyn MessageDyn>)>();
+        let (tx, rx) = mpsc::channel::<QueuedEvent>();
         let namespace = self.inner.namespace.clone();
         let spawned = std::thread::Builder::new()
             .name("publisher".into())
