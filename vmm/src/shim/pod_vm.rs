@@ -52,7 +52,7 @@ pub enum PodVmError {
     /// The link is gone: the VM stopped.
     #[error("the guest agent did not answer {0}: the pod VM has stopped (see the shim's log in containerd's)")]
     NoAnswer(&'static str),
-    /// No reply within [`REQUEST_TIMEOUT`].
+    /// No reply within the request timeout (300 s).
     #[error("the guest agent did not answer {0} within {secs} s; the guest hangs or the host is overloaded", secs = REQUEST_TIMEOUT.as_secs())]
     Timeout(&'static str),
     /// Local I/O failed.
