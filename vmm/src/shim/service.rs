@@ -50,6 +50,8 @@ struct Inner {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    /// This shim's ttrpc socket (`unix:///run/containerd/s/<hash>`).
+    socket: String,
     exit: ExitSignal,
     /// Events for the publisher thread, in the order they must reach
     /// containerd.
@@ -444,6 +446,7 @@ impl containerd_shim::Shim for Service {
             inner: Arc::new(Inner {
                 namespace: args.namespace.clone(),
                 id: args.id.clone(),
+                socket: args.socket.clone(),
                 bundle,
                 exit: ExitSignal::default(),
                 events: Mutex::new(None),
@@ -487,6 +490,11 @@ impl containerd_shim::Shim for Service {
         let publisher = lock(&self.inner.publisher_thread).take();
         if let Some(handle) = publisher {
             let _ = handle.join();
+        }
+        // The crate removes the socket only when the bundle still has its
+        // `address` file, which containerd may have removed by now.
+        if let Some(path) = self.inner.socket.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(path);
         }
     }
 
