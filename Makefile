@@ -8,7 +8,7 @@ UNIPOD := target/release/unipod
 AGENT_TARGET := x86_64-unknown-linux-musl
 AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 
-.PHONY: all deps kernel agent images build demo test check ci clean-cache bench
+.PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall
 
 all: build kernel images
 
@@ -87,6 +87,26 @@ check: deps
 	cargo deny --offline check licenses bans sources
 
 ci: check test
+
+# The containerd shim and what it needs: the binaries in
+# $(PREFIX)/lib/unipod/bin (the shim runs the `unipod` next to it and finds
+# the guest in ../guest), symlinks in $(PREFIX)/bin (containerd looks the
+# shim up in its PATH), and the CRI runtime handler `unipod` in
+# /etc/containerd/conf.d (see docs/CONTAINERD.md).
+PREFIX ?= /usr/local
+UNIPOD_LIB := $(DESTDIR)$(PREFIX)/lib/unipod
+install: build kernel images
+	install -d $(UNIPOD_LIB)/bin $(UNIPOD_LIB)/guest $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/containerd/conf.d
+	install -m 0755 target/release/unipod target/release/containerd-shim-unipod-v2 $(UNIPOD_LIB)/bin/
+	install -m 0644 $(GUEST)/vmlinux $(GUEST)/initramfs.cpio $(UNIPOD_LIB)/guest/
+	ln -sf $(PREFIX)/lib/unipod/bin/unipod $(DESTDIR)$(PREFIX)/bin/unipod
+	ln -sf $(PREFIX)/lib/unipod/bin/containerd-shim-unipod-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-unipod-v2
+	install -m 0644 examples/containerd/unipod.toml $(DESTDIR)/etc/containerd/conf.d/unipod.toml
+	@echo "[install] done; containerd's config must import /etc/containerd/conf.d/*.toml (docs/CONTAINERD.md)"
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/unipod $(DESTDIR)$(PREFIX)/bin/containerd-shim-unipod-v2 $(DESTDIR)/etc/containerd/conf.d/unipod.toml
+	rm -rf $(UNIPOD_LIB)
 
 clean-cache:
 	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/unipod

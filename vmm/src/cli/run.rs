@@ -875,7 +875,7 @@ pub(crate) struct PodDir {
 }
 
 impl PodDir {
-    fn create(root: &Path, name: &str) -> Result<PodDir, RunError> {
+    pub(crate) fn create(root: &Path, name: &str) -> Result<PodDir, RunError> {
         let path = root.join(name);
         if path.join(crate::pod::status::STATUS_FILE).exists() {
             return Err(RunError::ManifestPodExists(name.to_string()));

@@ -60,6 +60,17 @@ mod store;
 
 pub use store::{ImageConfig, ImageStore, ImportedImage, Removed, StoredImage};
 
+/// Packs an unpacked root file system `dir` into the new read-only erofs
+/// image `out`, as image import does; `uuid_seed_hex` (hex digits) seeds the
+/// file system UUID. Used by the containerd shim on rootfs mounts.
+pub fn pack_rootfs_dir(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    uuid_seed_hex: &str,
+) -> Result<(), ImageError> {
+    erofs::mkfs(dir, out, uuid_seed_hex)
+}
+
 /// Errors of image import and lookup. Each names the file, entry or field at
 /// fault and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]

@@ -105,7 +105,7 @@ pub fn spawn(
     mode: BootMode,
     net: NetBackend,
 ) -> std::io::Result<Child> {
-    let exe = std::env::current_exe()?;
+    let exe = vmm_binary()?;
     let log = std::fs::File::create(files.vmm_log)?;
     let mut cmd = Command::new(exe);
     cmd.arg("boot")
@@ -174,6 +174,29 @@ pub fn spawn(
         });
     }
     cmd.spawn()
+}
+
+/// The `unipod` executable that runs `unipod boot`: this process's own,
+/// or, when another binary of ours calls (the containerd shim), the
+/// `unipod` installed next to it.
+pub fn vmm_binary() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "unipod") {
+        return Ok(exe);
+    }
+    let sibling = exe.with_file_name("unipod");
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} not found: install the unipod binary next to {}",
+                sibling.display(),
+                exe.display()
+            ),
+        ))
+    }
 }
 
 /// `Err(reason)` once the VMM process has exited.

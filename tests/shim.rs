@@ -1,0 +1,516 @@
+//! End-to-end tests of the containerd shim (`containerd-shim-unipod-v2`)
+//! against Debian's containerd, driven with `ctr`.
+//!
+//! Each test starts its own containerd (own config, root, state and
+//! socket; never the system one), imports the locally built busybox OCI
+//! tarball, and removes everything when it ends, even on failure. The pod
+//! VMs restore the shared warm-start snapshot (target/test-state).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, workspace};
+
+const RUNTIME: &str = "io.containerd.unipod.v2";
+
+/// Installs Debian's containerd (and the CNI plugins) when missing.
+fn ensure_containerd() -> Result<(), String> {
+    let installed = |p: &str| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", p])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ok installed"))
+    };
+    let missing: Vec<&str> = ["containerd", "containernetworking-plugins"]
+        .into_iter()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {missing:?} with apt-get");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("apt-get install {missing:?} failed"))
+    }
+}
+
+/// A private containerd: its own config, root, state and socket, under
+/// target/, killed and removed on drop.
+struct Containerd {
+    dir: PathBuf,
+    child: Child,
+    /// The imported busybox image's name.
+    image: String,
+    /// The containerd namespace of this test's containers; tests run in
+    /// parallel, and each finds its own VMMs by it.
+    namespace: String,
+}
+
+impl Containerd {
+    fn start(tag: &str) -> Containerd {
+        ensure_containerd().expect("containerd is installed");
+        let dir = workspace().join(format!("target/shim-e2e-{tag}"));
+        cleanup_dir(&dir);
+        std::fs::create_dir_all(&dir).expect("create the containerd dir");
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/c.sock\"\n\
+             [ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
+             [debug]\n  level = \"debug\"\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).expect("write config");
+        let release = workspace().join("target/release");
+        let path = format!(
+            "{}:{}",
+            release.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("log file");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .env("UNIPOD_STATE_DIR", shared_state_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd starts");
+        let mut c = Containerd {
+            dir,
+            child,
+            image: String::new(),
+            namespace: format!("unipod-e2e-{tag}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within 60 s; see {}",
+                c.dir.join("containerd.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let tar = guest_artifact("oci/busybox-oci.tar");
+        let out = c.ctr(&["images", "import", &tar.display().to_string()]);
+        assert!(out.status.success(), "ctr images import: {}", text(&out));
+        // "unpacking NAME (sha256:...)...done"
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        c.image = stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "unpacking")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no image name in: {stdout}"))
+            .to_string();
+        c
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.dir.join("c.sock"))
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args).output().expect("ctr runs")
+    }
+
+    /// The log, for assertion messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Tasks and containers first, so their shims shut down cleanly.
+        let tasks = self.ctr(&["tasks", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+        }
+        let containers = self.ctr(&["containers", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&containers.stdout).lines() {
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims of this containerd that outlived it.
+        for pid in shim_pids(&self.dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        cleanup_dir(&self.dir);
+    }
+}
+
+/// Unmounts whatever is mounted below `dir`, then removes it.
+fn cleanup_dir(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|t| t.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Processes whose command line mentions `needle`.
+fn pids_with(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The shims serving the containerd in `dir` (they get its socket address).
+fn shim_pids(dir: &Path) -> Vec<i32> {
+    pids_with(&format!("{}/c.sock", dir.display()))
+        .into_iter()
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("containerd-shim"))
+        })
+        .collect()
+}
+
+/// The VMM processes of the shim's pods in containerd namespace `namespace`.
+fn vmm_pids(namespace: &str) -> Vec<i32> {
+    let marker = shared_state_dir()
+        .join("shim")
+        .join(namespace)
+        .display()
+        .to_string();
+    pids_with(&marker)
+        .into_iter()
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "unipod")
+        })
+        .collect()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn skip(test: &str) -> bool {
+    skip_without_kvm(test) || skip_without_root(test)
+}
+
+#[test]
+fn ctr_run_prints_output_and_returns_the_exit_code() {
+    if skip("ctr_run_prints_output_and_returns_the_exit_code") {
+        return;
+    }
+    let containerd = Containerd::start("run");
+    let c = &containerd;
+    // The guest kernel's command line names our virtio-mmio devices; the
+    // host's does not: proof that the container ran in our VM.
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        &containerd.image,
+        "shim-hi",
+        "/bin/sh",
+        "-c",
+        "echo hi; grep -c virtio_mmio.device /proc/cmdline; exit 7",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}\ncontainerd log:\n{}",
+        text(&out),
+        containerd.log_tail()
+    );
+    assert_eq!(stdout.lines().next(), Some("hi"), "{}", text(&out));
+    assert_eq!(
+        stdout.lines().nth(1),
+        Some("1"),
+        "not in our VM: {}",
+        text(&out)
+    );
+    // --rm: nothing left.
+    let containers = containerd.ctr(&["containers", "ls", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&containers.stdout).trim(), "");
+    assert!(
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
+            && shim_pids(&containerd.dir).is_empty()),
+        "VMMs {:?} or shims {:?} outlived the task",
+        vmm_pids(&c.namespace),
+        shim_pids(&containerd.dir)
+    );
+    assert!(
+        !shared_state_dir()
+            .join("shim")
+            .join(&c.namespace)
+            .join("shim-hi")
+            .exists(),
+        "the pod directory outlived the task"
+    );
+}
+
+#[test]
+fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
+    if skip("killing_the_vmm_exits_the_task_and_the_shim_cleans_up") {
+        return;
+    }
+    let containerd = Containerd::start("kill");
+    let c = &containerd;
+    let out = containerd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &containerd.image,
+        "shim-kill",
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        containerd.log_tail()
+    );
+    let vmms = vmm_pids(&c.namespace);
+    assert_eq!(vmms.len(), 1, "expected one VMM, found {vmms:?}");
+    let status =
+        |c: &Containerd| String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout).into_owned();
+    assert!(
+        status(&containerd).contains("RUNNING"),
+        "{}",
+        status(&containerd)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmms[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the VMM");
+    assert!(
+        wait_until(Duration::from_secs(60), || status(&containerd)
+            .contains("STOPPED")),
+        "containerd did not see the task exit: {}\n{}",
+        status(&containerd),
+        containerd.log_tail()
+    );
+    let rm = containerd.ctr(&["tasks", "rm", "shim-kill"]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    let rm = containerd.ctr(&["containers", "rm", "shim-kill"]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    assert!(
+        wait_until(Duration::from_secs(30), || shim_pids(&containerd.dir)
+            .is_empty()),
+        "the shim outlived its pod: {:?}",
+        shim_pids(&containerd.dir)
+    );
+    assert!(
+        !shared_state_dir()
+            .join("shim")
+            .join(&c.namespace)
+            .join("shim-kill")
+            .exists(),
+        "the pod directory outlived the pod"
+    );
+}
+
+/// `ctr run` arguments that put container `id` into pod `pod` the way CRI
+/// does: the sandbox, or a container naming its sandbox.
+fn pod_member(image: &str, pod: &str, id: &str, detach: bool, argv: &[&str]) -> Vec<String> {
+    let kind = if id == pod { "sandbox" } else { "container" };
+    let mut args: Vec<String> = vec!["run".into()];
+    args.push(if detach { "-d" } else { "--rm" }.into());
+    args.extend([
+        "--runtime".into(),
+        RUNTIME.into(),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.container-type={kind}"),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+        image.into(),
+        id.into(),
+    ]);
+    args.extend(argv.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Kills task `id` with SIGKILL, waits until containerd sees it stopped,
+/// then removes the task and the container.
+fn kill_and_remove(c: &Containerd, id: &str) {
+    let out = c.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    assert!(out.status.success(), "kill {id}: {}", text(&out));
+    let stopped = wait_until(Duration::from_secs(60), || {
+        String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+    });
+    assert!(stopped, "{id} did not stop: {}", c.log_tail());
+    let out = c.ctr(&["tasks", "rm", id]);
+    assert!(out.status.success(), "tasks rm {id}: {}", text(&out));
+    let out = c.ctr(&["containers", "rm", id]);
+    assert!(out.status.success(), "containers rm {id}: {}", text(&out));
+}
+
+#[test]
+fn a_pod_of_annotated_containers_shares_one_vm() {
+    if skip("a_pod_of_annotated_containers_shares_one_vm") {
+        return;
+    }
+    let c = Containerd::start("pod");
+    let pod = "shim-pod";
+    let run = |id: &str, detach: bool, argv: &[&str]| {
+        let args = pod_member(&c.image, pod, id, detach, argv);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.ctr(&args)
+    };
+    let out = run(pod, true, &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "sandbox: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    let server = "shim-pod-server";
+    let out = run(
+        server,
+        true,
+        &["sh", "-c", "while true; do echo pong | nc -l -p 7000; done"],
+    );
+    assert!(
+        out.status.success(),
+        "server: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    let out = run(
+        "shim-pod-client",
+        false,
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 7000 && exit 0; sleep 1; done; exit 1",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pong",
+        "{}",
+        text(&out)
+    );
+    let vmms = vmm_pids(&c.namespace);
+    assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
+    assert_eq!(shim_pids(&c.dir).len(), 1, "one pod, one shim");
+
+    let out = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        server,
+        "/bin/sh",
+        "-c",
+        "echo exec-ok; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "exec: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "exec-ok",
+        "{}",
+        text(&out)
+    );
+
+    kill_and_remove(&c, server);
+    assert_eq!(
+        vmm_pids(&c.namespace),
+        vmms,
+        "the VM outlives a container while its sandbox runs"
+    );
+    kill_and_remove(&c, pod);
+    assert!(
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
+            && shim_pids(&c.dir).is_empty()),
+        "VMMs {:?} or shims {:?} outlived the pod",
+        vmm_pids(&c.namespace),
+        shim_pids(&c.dir)
+    );
+    assert!(
+        !shared_state_dir()
+            .join("shim")
+            .join(&c.namespace)
+            .join(pod)
+            .exists(),
+        "the pod directory outlived the pod"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    assert!(
+        !mounts.contains(&format!("{}/state", c.dir.display())),
+        "a rootfs mount outlived the pod"
+    );
+}

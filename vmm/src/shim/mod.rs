@@ -1,0 +1,55 @@
+//! The containerd shim v2 (`containerd-shim-unipod-v2`, runtime
+//! `io.containerd.unipod.v2`): containerd's task API mapped onto a pod VM
+//! and its guest agent.
+//!
+//! # Design
+//! - **One shim and one VM per pod.** `start` groups containers by the CRI
+//!   annotations (see [`spec::pod_id`]): a CRI container reuses its
+//!   sandbox's shim socket, anything else gets its own. The first Create
+//!   (the sandbox, or a `ctr run` container) starts the VM.
+//! - **Rootfs.** Each container's snapshot is packed into an erofs image
+//!   ([`rootfs`]) that the guest mounts read-only, as for `unipod run`.
+//! - **Processes.** A task is an agent container, an exec an agent exec;
+//!   each gets a short agent name (`c1`, `x2`) since containerd's ids may
+//!   exceed the agent's 63 characters. Output events are written to
+//!   containerd's stdout/stderr FIFOs by the dispatcher thread, in order,
+//!   before the exit is published.
+//! - **Events** follow runc's shim: `/tasks/create` in Create, `/tasks/start`
+//!   and `/tasks/exec-started` in Start, `/tasks/exec-added` in Exec,
+//!   `/tasks/exit` when the agent reports the exit (never before the start
+//!   event), `/tasks/oom`, `/tasks/delete` in Delete.
+//! - **The VM dies** (VMM killed, guest crashed): every live process exits
+//!   with 255, containerd deletes the tasks and the shim shuts down.
+//! - The shim reaps only its own children (no subreaper): the crate's
+//!   reaper would race `Child::wait` on the VMM.
+//!
+//! # Limitations
+//! - One container per VM: a second container joining a running pod VM
+//!   needs hot-attaching its image to a free disk slot, which the VMM cannot
+//!   do yet; Create answers with an error saying so.
+//! - No tty and no stdin for a task's main process (the agent's `Run` has
+//!   neither); execs have both.
+//! - No pod network: the VM's NIC is detached (the guest has `lo` only).
+//! - Pause, Resume, Checkpoint, Update and Stats answer NotImplemented.
+
+pub mod pod_vm;
+pub mod rootfs;
+mod service;
+pub mod spec;
+
+pub use service::Service;
+
+/// The runtime name containerd knows the shim by.
+pub const RUNTIME_ID: &str = "io.containerd.unipod.v2";
+
+/// Runs the shim binary: `start`, `delete`, or the task service.
+pub fn main() {
+    containerd_shim::run::<Service>(
+        RUNTIME_ID,
+        Some(containerd_shim::Config {
+            no_reaper: true,
+            no_sub_reaper: true,
+            ..Default::default()
+        }),
+    );
+}

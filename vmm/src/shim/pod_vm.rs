@@ -1,0 +1,234 @@
+//! The shim's pod VM: started (restored from the warm-start snapshot) with
+//! the same code as `unipod run`, then driven over the agent link by many
+//! task-service threads at once.
+//!
+//! # Design
+//! One dispatcher thread reads the agent link. Replies go to the thread
+//! that sent the request (matched by id); events go, in the agent's order,
+//! to the shim's handler, so a container's last output is written before its
+//! exit is reported. When the link ends (the guest powered off, or the VMM
+//! was killed) the handler gets [`VmEvent::Gone`] and every pending request
+//! fails.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Child;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guest_agent::protocol::{AgentMessage, Event, Reply, Request};
+
+use crate::cli::run::{pod_config, start_vm, Pod, PodDir};
+use crate::pod::agent_client::AgentLink;
+use crate::pod::vmm_process::{self, GuestInputs, NetBackend};
+
+/// How long a restored (or, the first time, cold-booted) guest has to answer.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a request may wait for its reply. Generous: a Run (mounting the
+/// image, starting the process) took over 60 s here with three pod VMs on
+/// two loaded cores, the guest's ring 0 being emulated.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Heartbeats are not watched here (the link's end is); a slow period keeps
+/// the guest's work low.
+const HEARTBEAT_MS: u64 = 5000;
+/// How long the guest has to stop its containers and power off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Errors of the pod VM.
+#[derive(Debug, thiserror::Error)]
+pub enum PodVmError {
+    /// The VM did not start or its agent did not answer.
+    #[error("the pod VM did not start: {0} (see {1}/console.log and vmm.log)")]
+    Start(String, String),
+    /// The agent refused a request.
+    #[error("the guest agent refused {what}: {reason}")]
+    Refused {
+        /// The request.
+        what: &'static str,
+        /// The agent's message.
+        reason: String,
+    },
+    /// The link is gone: the VM stopped.
+    #[error("the guest agent did not answer {0}: the pod VM has stopped (see the shim's log in containerd's)")]
+    NoAnswer(&'static str),
+    /// No reply within the request timeout (300 s).
+    #[error("the guest agent did not answer {0} within {secs} s; the guest hangs or the host is overloaded", secs = REQUEST_TIMEOUT.as_secs())]
+    Timeout(&'static str),
+    /// Local I/O failed.
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// What the dispatcher hands to the shim.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// An agent event.
+    Agent(Event),
+    /// The agent link ended: the VM is gone.
+    Gone,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Reply, String>>>>>;
+
+/// A running pod VM.
+pub struct PodVm {
+    dir: PodDir,
+    vmm: Mutex<Child>,
+    link: Mutex<AgentLink>,
+    pending: Pending,
+    /// Keeps the VMM's parent thread alive; dropped after `Drop` stopped the VMM.
+    _vmm_parent: Sender<()>,
+}
+
+impl PodVm {
+    /// Starts the VM for `inputs` in `dir`, configures it as `hostname`, and
+    /// starts the dispatcher that feeds `on_event`.
+    pub(crate) fn start(
+        dir: PodDir,
+        inputs: &GuestInputs,
+        state: &Path,
+        hostname: &str,
+        on_event: Box<dyn Fn(VmEvent) + Send>,
+    ) -> Result<Arc<PodVm>, PodVmError> {
+        // The VMM child gets SIGKILL when the thread that forked it ends
+        // (PR_SET_PDEATHSIG), and ttrpc's request threads come and go: so
+        // a thread of our own forks it and lives as long as this PodVm.
+        let (result_tx, result_rx) = mpsc::channel();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let inputs = inputs.clone();
+        let state = state.to_path_buf();
+        let name = hostname.to_string();
+        std::thread::Builder::new()
+            .name("vmm-parent".into())
+            .spawn(move || {
+                let pod = Pod { name };
+                let deadline = Instant::now() + AGENT_TIMEOUT;
+                let started = start_vm(
+                    &pod,
+                    &dir,
+                    &inputs,
+                    &state,
+                    NetBackend::Detached,
+                    false,
+                    deadline,
+                );
+                let _ = result_tx.send((dir, started));
+                // Returns when the PodVm (holding the sender) is dropped.
+                let _ = hold_rx.recv();
+            })
+            .map_err(|e| PodVmError::Io("cannot start the VMM's parent thread".into(), e))?;
+        let (dir, started) = result_rx
+            .recv()
+            .map_err(|_| PodVmError::Start("the VMM's parent thread died".into(), String::new()))?;
+        let (vmm, link) =
+            started.map_err(|f| PodVmError::Start(f.reason, dir.path.display().to_string()))?;
+        let rx = match link.subscribe() {
+            Ok(rx) => rx,
+            Err(e) => {
+                let mut vmm = vmm;
+                vmm_process::stop(&mut vmm);
+                return Err(PodVmError::Start(
+                    e.to_string(),
+                    dir.path.display().to_string(),
+                ));
+            }
+        };
+        let vm = Arc::new(PodVm {
+            dir,
+            vmm: Mutex::new(vmm),
+            link: Mutex::new(link),
+            pending: Arc::default(),
+            _vmm_parent: hold_tx,
+        });
+        let pending = vm.pending.clone();
+        let dir_path = vm.dir.path.clone();
+        std::thread::Builder::new()
+            .name("agent-dispatch".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        Ok(AgentMessage::Reply { id, result }) => {
+                            if let Some(tx) = lock(&pending).remove(&id) {
+                                let _ = tx.send(result);
+                            }
+                        }
+                        Ok(AgentMessage::Event(Event::Heartbeat { .. })) => {}
+                        Ok(AgentMessage::Event(event)) => on_event(VmEvent::Agent(event)),
+                        Err(e) => {
+                            log::info!("agent link ended: {}", crate::cli::error_chain(&e, ": "));
+                            break;
+                        }
+                    }
+                }
+                // Dropping the senders fails every waiting request.
+                lock(&pending).clear();
+                for file in ["console.log", "vmm.log"] {
+                    for line in vmm_process::log_tail(&dir_path.join(file), 10) {
+                        log::info!("{file}: {line}");
+                    }
+                }
+                on_event(VmEvent::Gone);
+            })
+            .map_err(|e| PodVmError::Io("cannot start the agent dispatcher".into(), e))?;
+        let config = pod_config(hostname, HEARTBEAT_MS, None)
+            .map_err(|e| PodVmError::Io("cannot read /dev/urandom".into(), e))?;
+        if let Err(e) = vm.request("configure", Request::Configure(config)) {
+            vm.stop();
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    /// Sends `request` and waits for its reply.
+    pub fn request(&self, what: &'static str, request: Request) -> Result<Reply, PodVmError> {
+        let (tx, rx) = mpsc::channel();
+        {
+            // Holding `pending` across the send: the dispatcher cannot see
+            // the reply before its entry exists.
+            let mut pending = lock(&self.pending);
+            let id = lock(&self.link)
+                .send(request)
+                .map_err(|_| PodVmError::NoAnswer(what))?;
+            pending.insert(id, tx);
+        }
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(reason)) => Err(PodVmError::Refused { what, reason }),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(PodVmError::Timeout(what)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(PodVmError::NoAnswer(what)),
+        }
+    }
+
+    /// The VMM's process id.
+    pub fn vmm_pid(&self) -> u32 {
+        lock(&self.vmm).id()
+    }
+
+    /// The pod's directory (console and VMM logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// Asks the guest to stop its containers and power off, then makes sure
+    /// the VMM is gone and reaped.
+    pub fn stop(&self) {
+        let running = matches!(lock(&self.vmm).try_wait(), Ok(None));
+        if running && self.request("shutdown", Request::Shutdown).is_ok() {
+            let _ = vmm_process::wait_for_exit(&mut lock(&self.vmm), SHUTDOWN_GRACE);
+        }
+        vmm_process::stop(&mut lock(&self.vmm));
+    }
+}
+
+impl Drop for PodVm {
+    fn drop(&mut self) {
+        vmm_process::stop(&mut lock(&self.vmm));
+    }
+}
+
+/// Locks `m`, ignoring poisoning: a panicking holder aborts the process
+/// (`panic = "abort"`), so a poisoned lock is never observed in release.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,240 @@
+//! What the shim reads from an OCI bundle's `config.json`: the process, the
+//! hostname, the CRI annotations that group containers into pods, and the
+//! network namespace.
+//!
+//! # Design
+//! Only these fields are read, through `serde_json::Value`, rather than the
+//! whole runtime spec with oci-spec's `runtime` feature: the guest agent
+//! runs containers from a [`RunSpec`], so the rest of the spec (seccomp,
+//! capabilities, mounts) has no consumer here.
+
+use std::path::{Path, PathBuf};
+
+use guest_agent::protocol::RunSpec;
+use serde_json::Value;
+
+/// CRI's annotation saying whether a container is a pod's sandbox.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// CRI's annotation naming the sandbox a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Errors reading a bundle's spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// config.json could not be read.
+    #[error("cannot read {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    /// config.json is not JSON.
+    #[error("{}: not valid JSON", .0.display())]
+    Json(PathBuf, #[source] serde_json::Error),
+    /// A field has the wrong shape.
+    #[error("{path}: {field}: {problem}")]
+    Field {
+        /// The file.
+        path: String,
+        /// The JSON path of the field, e.g. `process.args`.
+        field: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// The parts of a container's OCI spec the shim uses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerSpec {
+    /// `process.args`.
+    pub args: Vec<String>,
+    /// `process.env`.
+    pub env: Vec<String>,
+    /// `process.cwd`.
+    pub cwd: Option<String>,
+    /// `process.terminal`.
+    pub terminal: bool,
+    /// `process.user`, as `uid:gid`, when not root.
+    pub user: Option<String>,
+    /// `hostname`.
+    pub hostname: Option<String>,
+    /// The pod this container belongs to (see [`pod_id`]).
+    pub pod_id: String,
+    /// Whether the container is its pod's sandbox (or a one-container pod).
+    pub is_sandbox: bool,
+    /// `linux.namespaces[type=network].path`.
+    pub netns: Option<PathBuf>,
+}
+
+impl ContainerSpec {
+    /// Reads `bundle/config.json` of container `id`.
+    pub fn load(bundle: &Path, id: &str) -> Result<ContainerSpec, SpecError> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read(&path).map_err(|e| SpecError::Read(path.clone(), e))?;
+        let json: Value =
+            serde_json::from_slice(&text).map_err(|e| SpecError::Json(path.clone(), e))?;
+        ContainerSpec::from_json(&json, id).map_err(|(field, problem)| SpecError::Field {
+            path: path.display().to_string(),
+            field,
+            problem,
+        })
+    }
+
+    fn from_json(json: &Value, id: &str) -> Result<ContainerSpec, (&'static str, &'static str)> {
+        let process = &json["process"];
+        let args = strings(&process["args"]).ok_or(("process.args", "expected strings"))?;
+        if args.is_empty() {
+            return Err(("process.args", "empty: the container has no program to run"));
+        }
+        let env = strings(&process["env"]).ok_or(("process.env", "expected strings"))?;
+        let uid = process["user"]["uid"].as_u64().unwrap_or(0);
+        let gid = process["user"]["gid"].as_u64().unwrap_or(0);
+        let netns = json["linux"]["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|ns| ns["type"] == "network")
+            .and_then(|ns| ns["path"].as_str())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        let annotations = &json["annotations"];
+        let (pod_id, is_sandbox) = pod_id(
+            id,
+            annotations[CONTAINER_TYPE_ANNOTATION].as_str(),
+            annotations[SANDBOX_ID_ANNOTATION].as_str(),
+        );
+        Ok(ContainerSpec {
+            args,
+            env,
+            cwd: process["cwd"].as_str().map(str::to_string),
+            terminal: process["terminal"].as_bool().unwrap_or(false),
+            user: (uid != 0 || gid != 0).then(|| format!("{uid}:{gid}")),
+            hostname: json["hostname"].as_str().map(str::to_string),
+            pod_id,
+            is_sandbox,
+            netns,
+        })
+    }
+
+    /// The agent's request to run this container as `name` from `device`.
+    pub fn run_spec(&self, name: &str, device: &str) -> RunSpec {
+        RunSpec {
+            name: name.to_string(),
+            argv: self.args.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            rootfs: Some(guest_agent::protocol::Rootfs {
+                device: device.to_string(),
+                fstype: "erofs".into(),
+            }),
+            user: self.user.clone(),
+            ..RunSpec::default()
+        }
+    }
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Null => Some(Vec::new()),
+        Value::Array(items) => items
+            .iter()
+            .map(|s| s.as_str().map(str::to_string))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// The pod a container belongs to, and whether it is the pod's sandbox: a
+/// CRI container names its sandbox; a sandbox, or a container without CRI
+/// annotations (`ctr run`), is its own one-container pod.
+pub fn pod_id(id: &str, container_type: Option<&str>, sandbox_id: Option<&str>) -> (String, bool) {
+    match (container_type, sandbox_id) {
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => (sandbox.to_string(), false),
+        _ => (id.to_string(), true),
+    }
+}
+
+/// A guest hostname (a DNS label) for the pod: the spec's hostname when it
+/// is one, else `unipod-` and the first 12 characters of the pod id.
+pub fn guest_hostname(spec_hostname: Option<&str>, pod_id: &str) -> String {
+    let is_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if let Some(h) = spec_hostname.filter(|h| is_label(h)) {
+        return h.to_string();
+    }
+    let tail: String = pod_id
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
+    if tail.is_empty() {
+        "unipod".into()
+    } else {
+        format!("unipod-{tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_without_annotations_is_its_own_pod() {
+        assert_eq!(pod_id("web", None, None), ("web".into(), true));
+    }
+
+    #[test]
+    fn a_cri_container_joins_its_sandbox() {
+        assert_eq!(
+            pod_id("c1", Some("container"), Some("sb")),
+            ("sb".into(), false)
+        );
+        assert_eq!(
+            pod_id("sb", Some("sandbox"), Some("sb")),
+            ("sb".into(), true)
+        );
+    }
+
+    #[test]
+    fn spec_fields_are_read() {
+        let json = serde_json::json!({
+            "hostname": "web-0",
+            "process": {"args": ["/bin/sh", "-c", "echo hi"], "env": ["A=1"], "cwd": "/tmp",
+                        "user": {"uid": 1000, "gid": 10}},
+            "annotations": {CONTAINER_TYPE_ANNOTATION: "container", SANDBOX_ID_ANNOTATION: "pod1"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/x"}]}
+        });
+        let spec = ContainerSpec::from_json(&json, "c1").unwrap();
+        assert_eq!(spec.args, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(spec.env, ["A=1"]);
+        assert_eq!(spec.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(spec.user.as_deref(), Some("1000:10"));
+        assert_eq!(spec.pod_id, "pod1");
+        assert!(!spec.is_sandbox);
+        assert_eq!(spec.netns, Some(PathBuf::from("/var/run/netns/x")));
+        let run = spec.run_spec("c1", "/dev/vda");
+        assert_eq!(run.rootfs.unwrap().device, "/dev/vda");
+    }
+
+    #[test]
+    fn a_spec_without_args_names_the_field() {
+        let json = serde_json::json!({"process": {"args": []}});
+        assert_eq!(
+            ContainerSpec::from_json(&json, "c").unwrap_err().0,
+            "process.args"
+        );
+    }
+
+    #[test]
+    fn hostnames_are_dns_labels() {
+        assert_eq!(guest_hostname(Some("web-0"), "x"), "web-0");
+        assert_eq!(
+            guest_hostname(Some("Not_A_Label"), "ABCdef0123456789"),
+            "unipod-abcdef012345"
+        );
+        assert_eq!(guest_hostname(None, "--"), "unipod");
+    }
+}
