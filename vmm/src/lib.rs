@@ -16,6 +16,7 @@ pub mod devices;
 pub mod image;
 pub mod net;
 pub mod pod;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vmm;
 pub mod vstate;
