@@ -203,6 +203,12 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_renameat,
     libc::SYS_renameat2,
     libc::SYS_unlinkat,
+    // std's remove_file, rename, create_dir and remove_dir use the old
+    // non-at calls on x86_64 (the socket file is removed at exit).
+    libc::SYS_unlink,
+    libc::SYS_rename,
+    libc::SYS_mkdir,
+    libc::SYS_rmdir,
     libc::SYS_getdents64,
     // Kicking the vCPU threads out of KVM_RUN for a snapshot.
     libc::SYS_tgkill,
