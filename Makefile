@@ -8,7 +8,7 @@ UNIPOD := target/release/unipod
 AGENT_TARGET := x86_64-unknown-linux-musl
 AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 
-.PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall
+.PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall fuzz fuzz-smoke
 
 all: build kernel images
 
@@ -69,6 +69,19 @@ demo: build kernel images
 # All tests: unit tests and the end-to-end tests that boot real guests.
 test: build kernel images
 	cargo test --release --workspace -- --nocapture --test-threads 4
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+# Fuzzing (fuzz/, cargo-fuzz on stable; see docs/SECURITY.md). The smoke run
+# replays each target's committed corpus and fuzzes it for FUZZ_SECONDS
+# (10 s: about 1.5 min for all targets once built); `make fuzz` is the long
+# run, FUZZ_SECONDS per target (default 1 h), e.g. `make fuzz
+# FUZZ_TARGETS=vsock_queues FUZZ_SECONDS=600`.
+FUZZ_SECONDS ?= 10
+fuzz-smoke: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz: deps
+	FUZZ_SECONDS=$(if $(filter command line,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),3600) bash fuzz/run.sh $(FUZZ_TARGETS)
 
 # Benchmarks (about an hour on nested-PVM hosts): writes docs/BENCHMARKS.md
 # and docs/boot-timeline.svg. BENCH_ARGS="--only startup,warm --runs 3" for

@@ -126,39 +126,103 @@ fn guest_kernel_panic_is_reported_with_exit_code_3() {
     );
 }
 
-/// Bad kernel paths fail fast with a message naming the path and the fix, a
-/// setup-error exit code, and no console log left behind.
+/// Bad kernel and initrd files (missing, empty, a directory, garbage, a
+/// truncated ELF, oversized) fail fast with a message naming the flag, the
+/// path and the problem, a setup-error exit code, and no console log or
+/// vsock socket left behind.
 #[test]
-fn missing_or_garbage_kernel_is_a_clear_error_and_leaves_nothing() {
-    if skip_without_kvm("missing_or_garbage_kernel_is_a_clear_error_and_leaves_nothing") {
+fn bad_kernel_and_initrd_files_are_clear_errors_and_leave_nothing() {
+    if skip_without_kvm("bad_kernel_and_initrd_files_are_clear_errors_and_leave_nothing") {
         return;
     }
     let dir = temp_dir("bad-kernel");
-    let garbage = dir.join("garbage-vmlinux");
-    std::fs::write(&garbage, vec![0x5a; 64 * 1024]).expect("write garbage kernel");
-    let missing = dir.join("no-such-vmlinux");
+    let kernel = guest_artifact("vmlinux");
+    let initrd = guest_artifact("boot-test.cpio");
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write a bad input");
+        path
+    };
+    let sparse = |name: &str, len: u64| {
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(len))
+            .expect("make a sparse file");
+        path
+    };
+    let vmlinux = std::fs::read(&kernel).expect("read vmlinux");
+    let garbage = file("garbage", &[0x5a; 64 * 1024]);
+    let empty = file("empty", b"");
+    let truncated = file("truncated-vmlinux", &vmlinux[..8192]);
+    let huge_kernel = sparse("huge-vmlinux", 300 << 20);
+    let huge_initrd = sparse("huge-initrd", 200 << 20);
+    let a_dir = dir.join("a-dir");
+    std::fs::create_dir(&a_dir).expect("mkdir");
+    let missing = dir.join("no-such-file");
     let console = dir.join("console.log");
-    for (kernel, expected) in [
-        (&missing, "cannot read the file"),
-        (&garbage, "not a Linux kernel"),
-    ] {
+    let vsock = dir.join("vsock.sock");
+    // (--kernel, --initrd, expected message)
+    let cases: &[(&std::path::Path, &std::path::Path, &str)] = &[
+        (&missing, &initrd, "cannot read the file; check the path"),
+        (&a_dir, &initrd, "cannot read the file; check the path"),
+        (
+            &garbage,
+            &initrd,
+            "not a Linux kernel: expected an ELF vmlinux or a bzImage",
+        ),
+        (
+            &empty,
+            &initrd,
+            "not a Linux kernel: expected an ELF vmlinux or a bzImage",
+        ),
+        (&huge_kernel, &initrd, "not a Linux kernel"),
+        (&truncated, &initrd, "a damaged or truncated ELF kernel"),
+        (&kernel, &missing, "cannot read the file; check the path"),
+        (
+            &kernel,
+            &empty,
+            "the file is empty; expected a cpio archive",
+        ),
+        (
+            &kernel,
+            &a_dir,
+            "not a regular file; expected a cpio archive",
+        ),
+        (
+            &kernel,
+            &huge_initrd,
+            "209715200 bytes do not fit in guest memory above the kernel; raise --mem-mib",
+        ),
+    ];
+    for &(k, i, expected) in cases {
+        let bad = if k == kernel {
+            ("--initrd", i)
+        } else {
+            ("--kernel", k)
+        };
         let out = unipod(&[
             "boot",
             "--kernel",
-            kernel.to_str().expect("utf-8 path"),
+            k.to_str().expect("utf-8 path"),
+            "--initrd",
+            i.to_str().expect("utf-8 path"),
+            "--mem-mib",
+            "128",
             "--console-log",
             console.to_str().expect("utf-8 path"),
+            "--vsock-uds",
+            vsock.to_str().expect("utf-8 path"),
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let what = format!("{} {}", bad.0, bad.1.display());
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
         assert!(
-            stderr.contains(&kernel.display().to_string()),
-            "error must name the path: {stderr}"
+            stderr.contains(&format!("error: {what}: {expected}")),
+            "{what}: expected '{expected}': {stderr}"
         );
-        assert!(stderr.contains(expected), "expected '{expected}': {stderr}");
         assert!(
-            !console.exists(),
-            "a failed boot must not leave a console log behind"
+            !console.exists() && !vsock.exists(),
+            "{what}: a failed boot must not leave a console log or socket behind"
         );
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -241,4 +305,127 @@ fn smp_on_nested_pvm_is_refused_with_the_reason() {
         stderr.contains("--vcpus 2") && stderr.contains("use --vcpus 1"),
         "{stderr}"
     );
+}
+
+/// `unipod boot` of the boot-test guest with `env` set, stderr piped.
+fn spawn_boot_test_guest(env: (&str, &str), extra: &[&str]) -> std::process::Child {
+    let kernel = guest_artifact("vmlinux");
+    let initrd = guest_artifact("boot-test.cpio");
+    std::process::Command::new(env!("CARGO_BIN_EXE_unipod"))
+        .arg("boot")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(extra)
+        .env(env.0, env.1)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unipod boot starts")
+}
+
+/// The seccomp proof: a vCPU thread or the event loop that makes a
+/// forbidden system call (the hidden UNIPOD_SECCOMP_PROBE hook issues
+/// socket(AF_INET) right after the thread's filter is installed) takes the
+/// whole VMM down with SIGSYS, and only the VMM: this test process, its
+/// parent, lives on to check it. With --no-seccomp the same call goes
+/// through and the VMM still answers SIGTERM from its event loop.
+#[test]
+fn a_forbidden_syscall_kills_the_vmm_with_sigsys_unless_no_seccomp() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    if skip_without_kvm("a_forbidden_syscall_kills_the_vmm_with_sigsys_unless_no_seccomp") {
+        return;
+    }
+    for thread in ["vcpu", "main"] {
+        let out = spawn_boot_test_guest(("UNIPOD_SECCOMP_PROBE", thread), &[])
+            .wait_with_output()
+            .expect("wait for unipod boot");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("--- {thread}: unipod stderr ---\n{stderr}");
+        assert!(
+            stderr.contains(&format!("UNIPOD_SECCOMP_PROBE={thread}: issuing")),
+            "the {thread} thread never reached its probe"
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGSYS),
+            "{thread}: a forbidden call must kill the VMM with SIGSYS, got {}",
+            out.status
+        );
+    }
+
+    let mut vmm = spawn_boot_test_guest(("UNIPOD_SECCOMP_PROBE", "main"), &["--no-seccomp"]);
+    let mut lines = std::io::BufReader::new(vmm.stderr.take().expect("piped")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read stderr");
+        let probed = line.contains("UNIPOD_SECCOMP_PROBE=main: issuing");
+        seen.push(line);
+        if probed {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("issuing")),
+        "the unfiltered VMM never reached its probe:\n{}",
+        seen.join("\n")
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(vmm.id()).expect("pid fits")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal the VMM");
+    let status = vmm.wait().expect("wait for the VMM");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "with --no-seccomp the probe must pass and the event loop handle SIGTERM; got {status}:\n{}",
+        rest.join("\n")
+    );
+}
+
+/// A VMM killed by its seccomp filter fails the pod, and `unipod run` says
+/// it was seccomp.
+#[test]
+fn a_pod_whose_vmm_is_killed_by_seccomp_fails_naming_it() {
+    if skip_without_kvm("a_pod_whose_vmm_is_killed_by_seccomp_fails_naming_it") {
+        return;
+    }
+    let state = temp_dir("seccomp-pod");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unipod"))
+        .args([
+            "run",
+            "--cold",
+            "--network",
+            "none",
+            "--name",
+            "seccomp-probe",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--kernel")
+        .arg(guest_artifact("vmlinux"))
+        .arg("--initrd")
+        .arg(guest_artifact("initramfs.cpio"))
+        .args(["--", "true"])
+        .env("UNIPOD_SECCOMP_PROBE", "vcpu")
+        .output()
+        .expect("unipod run runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- unipod run stderr ---\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "a VM that died is unipod's failure"
+    );
+    assert!(
+        stderr.contains("SIGSYS")
+            && stderr.contains("seccomp filter stopped a forbidden system call"),
+        "the pod's failure must name seccomp"
+    );
+    let _ = std::fs::remove_dir_all(&state);
 }

@@ -17,6 +17,7 @@ pub mod file_error;
 pub mod image;
 pub mod net;
 pub mod pod;
+pub mod seccomp;
 pub mod shim;
 pub mod snapshot;
 pub mod vmm;

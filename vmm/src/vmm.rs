@@ -16,6 +16,7 @@ use crate::boot::{self, BootError};
 use crate::config::{ConfigError, CpuTemplate, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::virtio::block;
+use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::memory::{self, MemoryError};
@@ -85,6 +86,9 @@ pub enum VmmError {
     /// The signal that pauses vCPUs for a snapshot cannot be handled.
     #[error("the kick signal handler cannot be installed")]
     KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// A seccomp filter cannot be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// SMP guests hang on this host.
     #[error("--vcpus {0}: nested PVM hosts cannot start secondary vCPUs (the guest hangs at \"Booting SMP configuration\"; see docs/NESTED-KVM.md); use --vcpus 1")]
     SmpOnNestedPvm(u8),
@@ -293,7 +297,14 @@ impl Vmm {
     /// Runs the guest until it ends, and reports how. With `snapshot_to`,
     /// SIGUSR1 pauses the VM, saves it there and ends it
     /// ([`GuestExit::Snapshotted`]).
-    pub fn run(mut self, snapshot_to: Option<&Path>) -> Result<RunReport, VmmError> {
+    ///
+    /// With `seccomp` on, each vCPU thread and then this thread install
+    /// their filters before their loops start (see [`crate::seccomp`]).
+    pub fn run(
+        mut self,
+        snapshot_to: Option<&Path>,
+        seccomp: Seccomp,
+    ) -> Result<RunReport, VmmError> {
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(self.exit.clone()))));
@@ -326,8 +337,10 @@ impl Vmm {
                 self.vm.memory().clone(),
                 self.exit.clone(),
                 pause.clone(),
+                seccomp,
             )?);
         }
+        seccomp.apply(ThreadKind::Main)?;
         let exit = loop {
             if let Err(e) = manager.run() {
                 self.devices.shutdown();

@@ -45,6 +45,16 @@ pub enum BootError {
         #[source]
         source: Option<linux_loader::loader::Error>,
     },
+    /// The kernel starts like an ELF vmlinux but does not load: truncated,
+    /// damaged, or built for another machine.
+    #[error("--kernel {}: a damaged or truncated ELF kernel (rebuild it with 'make kernel')", .path.display())]
+    KernelElf {
+        /// The path given.
+        path: PathBuf,
+        /// What linux-loader said.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
     /// The initrd cannot be read.
     #[error("--initrd {}: cannot read the file; check the path (build it with 'make images')", .path.display())]
     InitrdFile {
@@ -53,6 +63,23 @@ pub enum BootError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The initrd is a directory or a device, or empty.
+    #[error("--initrd {}: {what}; expected a cpio archive (build it with 'make images')", .path.display())]
+    InitrdNotAFile {
+        /// The path given.
+        path: PathBuf,
+        /// "not a regular file" or "the file is empty".
+        what: &'static str,
+    },
+    /// The initrd changed or failed while being read.
+    #[error("--initrd {}: cannot read the file into guest memory", .path.display())]
+    InitrdRead {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
     },
     /// The initrd does not fit in guest memory above the kernel.
     #[error("--initrd {}: {size} bytes do not fit in guest memory above the kernel; raise --mem-mib", .path.display())]
@@ -144,7 +171,11 @@ pub fn load_kernel(
         source: Some(source),
     };
     if is_elf {
-        let res = Elf::load(mem, None, &mut file, himem).map_err(format_err)?;
+        let res =
+            Elf::load(mem, None, &mut file, himem).map_err(|source| BootError::KernelElf {
+                path: path.to_owned(),
+                source,
+            })?;
         let entry = match (protocol, res.pvh_boot_cap) {
             (BootProtocol::Linux64, _) => BootEntry::Linux64(res.kernel_load),
             (_, PvhBootCapability::PvhEntryPresent(addr)) => BootEntry::Pvh(addr),
@@ -181,7 +212,20 @@ pub fn load_initrd(
         source,
     };
     let mut file = File::open(path).map_err(file_err)?;
-    let size = file.metadata().map_err(file_err)?.len();
+    let meta = file.metadata().map_err(file_err)?;
+    let not_a_file = |what| BootError::InitrdNotAFile {
+        path: path.to_owned(),
+        what,
+    };
+    // A directory opens fine and fails only at the read; an empty initrd
+    // would boot to a kernel panic a minute later.
+    if !meta.is_file() {
+        return Err(not_a_file("not a regular file"));
+    }
+    let size = meta.len();
+    if size == 0 {
+        return Err(not_a_file("the file is empty"));
+    }
     let low_end = mem
         .iter()
         .next()
@@ -201,7 +245,10 @@ pub fn load_initrd(
         &mut file,
         usize::try_from(size).map_err(|_| too_large())?,
     )
-    .map_err(|_| BootError::GuestMemory("the initrd"))?;
+    .map_err(|source| BootError::InitrdRead {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(InitrdRange {
         addr: GuestAddress(addr),
         size,

@@ -36,6 +36,7 @@ use crate::config::{
 };
 use crate::device_manager::DeviceError;
 use crate::devices::virtio::net::{self, NetError};
+use crate::seccomp::Seccomp;
 use crate::vmm::{RunReport, Vmm, VmmError};
 use crate::vstate::exit::GuestExit;
 
@@ -253,6 +254,12 @@ pub struct BootArgs {
     /// disks must be the ones it was taken with (exit code 4 otherwise).
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
+    /// Run without the seccomp filters on the VMM's threads, for debugging
+    /// (a forbidden system call otherwise kills the VMM with SIGSYS).
+    /// UNIPOD_NO_SECCOMP=1 does the same, and reaches the VMM that
+    /// 'unipod run' starts.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// `--cpu-template` values.
@@ -349,7 +356,10 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
         Some(dir) => Vmm::restore(&config, dir, start)?,
         None => Vmm::new(&config, start)?,
     };
-    let report = vmm.run(args.snapshot_to.as_deref())?;
+    let report = vmm.run(
+        args.snapshot_to.as_deref(),
+        Seccomp::from_flag(args.no_seccomp),
+    )?;
     print_report(&report);
     Ok(match report.exit {
         GuestExit::Reset | GuestExit::Snapshotted => EXIT_OK,

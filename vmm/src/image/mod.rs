@@ -53,6 +53,8 @@ use sha2::{Digest as _, Sha256};
 
 mod archive;
 mod erofs;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod layer;
 pub mod reference;
 mod source;

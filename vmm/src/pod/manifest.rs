@@ -389,6 +389,16 @@ pub enum ManifestError {
         /// The path of the first use.
         first: String,
     },
+    /// A container's command line and environment are too large to send.
+    #[error("{path}: command, args and env take {bytes} bytes; at most {max} fit in the message that starts the container")]
+    TooLarge {
+        /// The container's path.
+        path: String,
+        /// Their size: each string's bytes plus one.
+        bytes: usize,
+        /// The limit, [`MAX_EXEC_BYTES`].
+        max: usize,
+    },
     /// A volume mount names a volume that `spec.volumes` does not declare.
     #[error("{path}: volume {name:?} is not declared in spec.volumes")]
     UndeclaredVolume {
@@ -429,6 +439,13 @@ fn did_you_mean(suggestion: Option<&str>) -> String {
 fn list(errors: &[ManifestError]) -> String {
     errors.iter().map(|e| format!("\n  {e}")).collect()
 }
+
+/// The most bytes a container's `command`, `args` and `env` may take
+/// together (each string plus one). The request that starts a container
+/// must fit in one protocol frame (1 MiB); Linux also refuses an exec whose
+/// arguments and environment pass a quarter of the stack limit (2 MiB by
+/// default). Checked here, so a huge list fails before a VM boots.
+pub const MAX_EXEC_BYTES: usize = 256 * 1024;
 
 /// Parses and validates the YAML text of a Kubernetes `v1` `Pod`.
 ///

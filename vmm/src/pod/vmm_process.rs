@@ -203,8 +203,24 @@ pub fn vmm_binary() -> std::io::Result<PathBuf> {
 pub fn alive(vmm: &mut Child) -> Result<(), String> {
     match vmm.try_wait() {
         Ok(None) => Ok(()),
-        Ok(Some(status)) => Err(format!("VMM exited ({status}) before the pod finished")),
+        Ok(Some(status)) => Err(format!(
+            "VMM exited ({status}) before the pod finished{}",
+            exit_hint(status)
+        )),
         Err(e) => Err(format!("cannot check the VMM process: {e}")),
+    }
+}
+
+/// What a VMM's exit status suggests beyond itself: SIGSYS is its seccomp
+/// filter stopping a forbidden system call (see vmm/src/seccomp.rs).
+fn exit_hint(status: std::process::ExitStatus) -> &'static str {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(libc::SIGSYS) => {
+            ": its seccomp filter stopped a forbidden system call (a VMM bug or a guest exploit; \
+             UNIPOD_NO_SECCOMP=1 turns the filter off to debug)"
+        }
+        _ => "",
     }
 }
 

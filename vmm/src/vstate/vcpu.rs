@@ -21,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::arch::{self, BootEntry};
 use crate::config::CpuTemplate;
 use crate::devices::Bus;
+use crate::seccomp::{Seccomp, ThreadKind};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::vm::Vm;
 
@@ -266,11 +267,17 @@ impl Vcpu {
         mem: GuestMemoryMmap,
         exit: Arc<ExitSignal>,
         pause: Arc<Pause>,
+        seccomp: Seccomp,
     ) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                if let Err(e) = seccomp.apply(ThreadKind::Vcpu) {
+                    let msg = crate::cli::error_chain(&e, ": ");
+                    exit.report(GuestExit::VcpuError(msg));
+                    return;
+                }
                 if let Some(reason) = self.run(&buses, &mem, &pause) {
                     exit.report(reason);
                 }

@@ -864,3 +864,34 @@ fn vm_size_rounds_memory_up_to_mib_and_uses_requests_without_limits() {
         }
     );
 }
+
+#[test]
+fn a_container_whose_env_cannot_be_sent_is_refused_before_any_vm() {
+    let env: String = (0..3000)
+        .map(|i| {
+            format!(
+                "\n        - name: VAR_{i}\n          value: \"{}\"",
+                "x".repeat(100)
+            )
+        })
+        .collect();
+    let problems = problems(&with_container_fields(&format!("      env:{env}\n")));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("spec.containers[0]: command, args and env take ")
+            && problems[0].ends_with(&format!(
+                "bytes; at most {MAX_EXEC_BYTES} fit in the message that starts the container"
+            )),
+        "{problems:?}"
+    );
+    // Just under the limit is fine.
+    let env: String = (0..2000)
+        .map(|i| {
+            format!(
+                "\n        - name: VAR_{i}\n          value: \"{}\"",
+                "x".repeat(100)
+            )
+        })
+        .collect();
+    parse_ok(&with_container_fields(&format!("      env:{env}\n")));
+}

@@ -632,6 +632,19 @@ impl Walker {
         let command = self.string_list(&obj, "command");
         let args = self.string_list(&obj, "args");
         let env = self.env(&obj);
+        let bytes: usize = command
+            .iter()
+            .chain(&args)
+            .map(|s| s.len() + 1)
+            .chain(env.iter().map(|(k, v)| k.len() + v.len() + 2))
+            .sum();
+        if bytes > super::MAX_EXEC_BYTES {
+            self.error(ManifestError::TooLarge {
+                path: obj.path.clone(),
+                bytes,
+                max: super::MAX_EXEC_BYTES,
+            });
+        }
         let working_dir = self
             .string(&obj, "workingDir")
             .and_then(|d| self.absolute_path(obj.path("workingDir"), d));
