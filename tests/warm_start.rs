@@ -212,8 +212,10 @@ fn restore(snapshot: &Path, kernel: &Path, sock: &Path) -> Output {
         .arg(sock.with_extension("log"))
         .arg("--restore")
         .arg(snapshot)
-        // Pod VMs (and so their snapshots) always have a net device.
+        // Pod VMs (and so their snapshots) always have a net device and
+        // the image slots (MAX_IMAGES_PER_POD).
         .arg("--net-detached")
+        .args(["--disk-slots", "4"])
         .output()
         .expect("unipod boot runs")
 }
