@@ -129,36 +129,17 @@ def measure_memory_overhead(runs, snap):
 
 # --- 2. Boot to init, against QEMU microvm --------------------------------------
 
-def ms_to_marker(cmd, marker, timeout=300):
-    """ms from spawning `cmd` until `marker` shows on its stdout, or None."""
-    t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    buf = b""
-    try:
-        while time.monotonic() - t0 < timeout:
-            chunk = p.stdout.read1(4096)
-            if not chunk:
-                return None
-            buf = buf[-len(marker):] + chunk
-            if marker in buf:
-                return (time.monotonic() - t0) * 1000
-        return None
-    finally:
-        p.kill()
-        p.wait()
-
-
 def measure_boot(runs):
     say(f"boot: {runs} x (unipod, QEMU microvm KVM, QEMU microvm TCG) to the boot-test marker; "
         "about 2.5 minutes per run on nested PVM")
     res = {"unipod": [], "qemu-kvm": [], "qemu-tcg": []}
     for i in range(runs):
-        res["unipod"].append(ms_to_marker([UNIPOD, "boot", "--kernel", KERNEL, "--initrd", BOOT_TEST,
+        res["unipod"].append(warm_start.ms_to_marker([UNIPOD, "boot", "--kernel", KERNEL, "--initrd", BOOT_TEST,
                                            "--mem-mib", "128"], BOOT_MARKER))
-        res["qemu-kvm"].append(ms_to_marker(QEMU_MICROVM + [
+        res["qemu-kvm"].append(warm_start.ms_to_marker(QEMU_MICROVM + [
             "-enable-kvm", "-cpu", "qemu64,+xsaveerptr,-cx16,-popcnt,-sse4.1,-sse4.2,-ssse3",
             "-kernel", KERNEL, "-initrd", BOOT_TEST, "-append", PVM_CMDLINE], BOOT_MARKER))
-        res["qemu-tcg"].append(ms_to_marker(QEMU_MICROVM + [
+        res["qemu-tcg"].append(warm_start.ms_to_marker(QEMU_MICROVM + [
             "-accel", "tcg", "-cpu", "qemu64", "-kernel", KERNEL, "-initrd", BOOT_TEST,
             "-append", "console=ttyS0 reboot=k panic=-1 quiet"], BOOT_MARKER))
         say(f"boot run {i + 1}: " + ", ".join(f"{k} {v[-1]} ms" for k, v in res.items()))
@@ -196,7 +177,7 @@ def measure_warm(runs, snap):
     ready = [warm_start.boot_until_ready(restore, 60)[1] for _ in range(runs)]
     tcg = []
     for _ in range(min(runs, 3)):
-        tcg.append(ms_to_marker(QEMU_MICROVM + ["-accel", "tcg", "-cpu", "qemu64", "-kernel", KERNEL,
+        tcg.append(warm_start.ms_to_marker(QEMU_MICROVM + ["-accel", "tcg", "-cpu", "qemu64", "-kernel", KERNEL,
                                                 "-initrd", INITRD, "-append", "console=ttyS0 reboot=k panic=-1"],
                                 b"listening on vsock"))
     r, t = median(ready), median(tcg)

@@ -86,28 +86,33 @@ def run_until_running(name, cold):
     return running, (time.monotonic() - t0) * 1000
 
 
+def ms_to_marker(cmd, marker, timeout=300):
+    """ms from spawning `cmd` until `marker` shows on its stdout, or None."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    buf = b""
+    try:
+        while time.monotonic() - t0 < timeout:
+            chunk = p.stdout.read1(4096)
+            if not chunk:
+                return None
+            buf = buf[-len(marker):] + chunk
+            if marker in buf:
+                return (time.monotonic() - t0) * 1000
+        return None
+    finally:
+        p.kill()
+        p.wait()
+
+
 def qemu_until_agent(timeout):
     """QEMU microvm (KVM) until the agent logs that it is starting, in ms."""
-    t0 = time.monotonic()
-    q = subprocess.Popen(
+    return ms_to_marker(
         ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "qemu64,+xsaveerptr,-popcnt,-sse4.1,-sse4.2,-ssse3",
          "-m", "128", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
          "-kernel", KERNEL, "-initrd", INITRD,
          "-append", f"console=ttyS0 reboot=k panic=-1 quiet {NESTED_CMDLINE}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        buf = b""
-        while time.monotonic() - t0 < timeout:
-            chunk = q.stdout.read1(4096)
-            if not chunk:
-                break
-            buf += chunk
-            if b"unipod-agent" in buf and b"starting" in buf:
-                return (time.monotonic() - t0) * 1000
-        return None
-    finally:
-        q.kill()
-        q.wait()
+        b") starting", timeout)  # "unipod-agent V (protocol N) starting"
 
 
 def memory_of(pids):
