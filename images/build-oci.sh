@@ -10,6 +10,9 @@
 #   OUT_DIR/busybox-oci.tar           the same layout as a tar
 #   OUT_DIR/busybox-docker-save.tar   the same image in 'docker save''s legacy
 #                                     format (manifest.json, <id>/layer.tar)
+#   OUT_DIR/pause-oci.tar             a pod sandbox ("pause") image for the
+#                                     CRI test: the same layers, Cmd sleep,
+#                                     named unipod-pause:latest
 #
 # Two layers, so that import has whiteouts to apply:
 #   1 (tar+gzip): /bin/busybox and a symlink per applet ('busybox --list'),
@@ -37,7 +40,8 @@ busybox=/bin/busybox
 key=$( { dpkg-query -W -f='${Version}' busybox-static; cat "$0"; } | sha256sum | cut -c1-16)
 stamp="$out/.busybox.key"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -f "$out/busybox/index.json" ] \
-  && [ -f "$out/busybox-oci.tar" ] && [ -f "$out/busybox-docker-save.tar" ]; then
+  && [ -f "$out/busybox-oci.tar" ] && [ -f "$out/busybox-docker-save.tar" ] \
+  && [ -f "$out/pause-oci.tar" ]; then
   say "busybox OCI image: $out/busybox (up to date)"
   exit 0
 fi
@@ -117,6 +121,23 @@ EOF
 echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
 "${TAR[@]}" --owner=0 --group=0 -C "$layout" -cf "$work/busybox-oci.tar" .
 
+# --- pause: the same layers, a config that sleeps, its own manifest ---
+pause="$work/pause"
+mkdir -p "$pause/blobs/sha256"
+cp "$blobs/$blob1" "$blobs/$blob2" "$pause/blobs/sha256/"
+sed 's/"Cmd":\["sh"\]/"Cmd":["sleep","2147483647"]/' "$work/config.json" >"$work/pause-config.json"
+pause_config=$(sha "$work/pause-config.json")
+cp "$work/pause-config.json" "$pause/blobs/sha256/$pause_config"
+sed "s/$config\",\"size\":$(size "$work/config.json")/$pause_config\",\"size\":$(size "$work/pause-config.json")/" \
+  "$work/manifest.json" >"$work/pause-manifest.json"
+pause_manifest=$(sha "$work/pause-manifest.json")
+cp "$work/pause-manifest.json" "$pause/blobs/sha256/$pause_manifest"
+cat >"$pause/index.json" <<EOF
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$pause_manifest","size":$(size "$work/pause-manifest.json"),"platform":{"architecture":"amd64","os":"linux"},"annotations":{"org.opencontainers.image.ref.name":"unipod-pause:latest"}}]}
+EOF
+cp "$layout/oci-layout" "$pause/"
+"${TAR[@]}" --owner=0 --group=0 -C "$pause" -cf "$work/pause-oci.tar" .
+
 # --- docker save (legacy format) ---
 save="$work/docker-save"
 mkdir -p "$save/$diff1" "$save/$diff2"
@@ -132,6 +153,6 @@ echo "{\"busybox\":{\"latest\":\"$config\"}}" >"$save/repositories"
 mkdir -p "$out"
 rm -rf "$out/busybox"
 mv "$layout" "$out/busybox"
-mv "$work/busybox-oci.tar" "$work/busybox-docker-save.tar" "$out/"
+mv "$work/busybox-oci.tar" "$work/busybox-docker-save.tar" "$work/pause-oci.tar" "$out/"
 echo "$key" >"$stamp"
 say "busybox OCI image: $out/busybox (manifest sha256:$manifest), $out/busybox-oci.tar, $out/busybox-docker-save.tar"

@@ -58,14 +58,26 @@ struct Containerd {
 }
 
 impl Containerd {
+    /// A containerd with the CRI plugin off, for `ctr`.
     fn start(tag: &str) -> Containerd {
+        let mut c = Containerd::launch(
+            tag,
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            None,
+        );
+        c.image = c.import("oci/busybox-oci.tar");
+        c
+    }
+
+    /// Starts containerd with `extra` in its config, in network namespace
+    /// `netns` (default: the host's), and waits until it answers.
+    fn launch(tag: &str, extra: &str, netns: Option<&str>) -> Containerd {
         ensure_containerd().expect("containerd is installed");
         let dir = workspace().join(format!("target/shim-e2e-{tag}"));
         cleanup_dir(&dir);
         std::fs::create_dir_all(&dir).expect("create the containerd dir");
         let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{extra}\
              [grpc]\n  address = \"{d}/c.sock\"\n\
              [ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
              [debug]\n  level = \"debug\"\n",
@@ -79,7 +91,15 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_default()
         );
         let log = std::fs::File::create(dir.join("containerd.log")).expect("log file");
-        let child = Command::new("containerd")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "containerd"]);
+                cmd
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
@@ -89,7 +109,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("containerd starts");
-        let mut c = Containerd {
+        let c = Containerd {
             dir,
             child,
             image: String::new(),
@@ -104,18 +124,23 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        let tar = guest_artifact("oci/busybox-oci.tar");
-        let out = c.ctr(&["images", "import", &tar.display().to_string()]);
+        c
+    }
+
+    /// Imports the OCI tarball `artifact` (under target/guest) and returns
+    /// the image's name.
+    fn import(&self, artifact: &str) -> String {
+        let tar = guest_artifact(artifact);
+        let out = self.ctr(&["images", "import", &tar.display().to_string()]);
         assert!(out.status.success(), "ctr images import: {}", text(&out));
         // "unpacking NAME (sha256:...)...done"
         let stdout = String::from_utf8_lossy(&out.stdout);
-        c.image = stdout
+        stdout
             .split_whitespace()
             .skip_while(|w| *w != "unpacking")
             .nth(1)
             .unwrap_or_else(|| panic!("no image name in: {stdout}"))
-            .to_string();
-        c
+            .to_string()
     }
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
@@ -513,4 +538,375 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
         !mounts.contains(&format!("{}/state", c.dir.display())),
         "a rootfs mount outlived the pod"
     );
+}
+
+/// The node's network namespace for the CRI test: containerd runs in it, so
+/// the CNI bridge and all pod traffic stay inside. Deleted on drop, with
+/// the bridge in it.
+struct NodeNetns(&'static str);
+
+impl NodeNetns {
+    fn create(name: &'static str) -> NodeNetns {
+        // A leftover of an interrupted run.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", name],
+            vec!["-n", name, "link", "set", "lo", "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+        }
+        NodeNetns(name)
+    }
+}
+
+impl Drop for NodeNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+    }
+}
+
+/// The CRI plugin, configured as a Kubernetes node using unipod would be
+/// (docs/CONTAINERD.md), with the CNI config in `net_dir`.
+fn cri_config(net_dir: &Path, pause_image: &str) -> String {
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 sandbox_image = \"{pause_image}\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+         \x20   default_runtime_name = \"unipod\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.unipod]\n\
+         \x20   runtime_type = \"{RUNTIME}\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+         \x20   bin_dir = \"/usr/lib/cni\"\n\
+         \x20   conf_dir = \"{d}/cni\"\n",
+        d = net_dir.display()
+    )
+}
+
+/// The pod network: a bridge holding the gateway, host-local IPAM.
+const CNI_SUBNET_PREFIX: &str = "10.89.0.";
+
+/// Writes the CNI config to `net_dir/cni`; its leases go to `net_dir/cni-ipam`.
+fn write_cni_conf(dir: &Path) {
+    let conf = format!(
+        r#"{{"cniVersion":"0.4.0","name":"unipod-e2e","plugins":[{{"type":"bridge","bridge":"unipodcni0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{CNI_SUBNET_PREFIX}0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{d}/cni-ipam"}}}}]}}"#,
+        d = dir.display()
+    );
+    std::fs::create_dir_all(dir.join("cni")).expect("create the CNI conf dir");
+    std::fs::write(dir.join("cni/10-unipod-e2e.conflist"), conf).expect("write the CNI conf");
+}
+
+/// Removes, on drop, the pod network namespaces CRI made after it was
+/// created: a failed test kills containerd before it could remove them, and
+/// their mounts died with its mount namespace, leaving empty files.
+struct CniNetnsGuard(Vec<String>);
+
+impl Drop for CniNetnsGuard {
+    fn drop(&mut self) {
+        for ns in cni_netns().iter().filter(|n| !self.0.contains(n)) {
+            let _ = std::fs::remove_file(Path::new("/var/run/netns").join(ns));
+        }
+    }
+}
+
+/// Network namespaces CRI made for pods (`/var/run/netns/cni-*`).
+fn cni_netns() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cni-"))
+        .collect()
+}
+
+/// The body of `GET path` from `ip:port`, sent from network namespace
+/// `netns` (on a thread of its own, which alone enters it), or the error.
+fn http_get_from(netns: &str, ip: &str, port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
+    let ns = std::fs::File::open(format!("/run/netns/{netns}")).map_err(|e| e.to_string())?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {netns}: {e}"))?;
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(20)))
+                .map_err(|e| e.to_string())?;
+            conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                .map_err(|e| format!("send to {addr}: {e}"))?;
+            let mut response = String::new();
+            conn.read_to_string(&mut response)
+                .map_err(|e| format!("read from {addr}: {e}"))?;
+            match response.split_once("\r\n\r\n") {
+                Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+                _ => Err(format!("unexpected response: {response:?}")),
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the client thread panicked".into()))
+    })
+}
+
+/// What a failed pod-network check needs: the pod's container log, the tc
+/// filters' packet counts and the links in the pod's namespace, the node's
+/// neighbours.
+fn network_report(c: &Containerd, node: &str, netns_before: &[String], app_log: &Path) -> String {
+    // The pods' namespaces are mounted in containerd's mount namespace
+    // (`ip netns exec` gave it its own): look from there.
+    let mnt = format!("--mount=/proc/{}/ns/mnt", c.child.id());
+    let run = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(&mnt)
+            .arg("ip")
+            .args(args)
+            .output()
+            .expect("run nsenter");
+        format!(
+            "$ ip {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let mut report = format!(
+        "app log:\n{}\n",
+        std::fs::read_to_string(app_log).unwrap_or_default()
+    );
+    let pods = shared_state_dir().join("shim").join(&c.namespace);
+    for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+        for file in ["console.log", "vmm.log"] {
+            let text = std::fs::read_to_string(pod.path().join(file)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            report += &format!(
+                "{}:\n{}\n",
+                pod.path().join(file).display(),
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+    }
+    for what in ["neigh", "addr", "route"] {
+        report += &run(&["-n", node, what]);
+    }
+    for ns in cni_netns().iter().filter(|n| !netns_before.contains(n)) {
+        report += &run(&["-n", ns, "-s", "link"]);
+        report += &run(&["-n", ns, "addr"]);
+        for dev in ["eth0", "unipod-tap0"] {
+            report += &run(&[
+                "netns", "exec", ns, "tc", "-s", "filter", "show", "dev", dev, "ingress",
+            ]);
+        }
+    }
+    report
+}
+
+mod cri {
+    //! A CRI client, as the kubelet talks to containerd: gRPC over the
+    //! Unix socket.
+    use std::path::PathBuf;
+
+    use hyper_util::rt::TokioIo;
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    pub async fn connect(socket: PathBuf) -> RuntimeServiceClient<Channel> {
+        // The URI is required but unused: the connector dials the socket.
+        let channel = Endpoint::from_static("http://[::]:0")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect to containerd's CRI socket");
+        RuntimeServiceClient::new(channel)
+    }
+}
+
+#[test]
+fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
+    use k8s_cri::v1::{
+        ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+        CreateContainerRequest, ImageSpec, PodSandboxConfig, PodSandboxMetadata,
+        PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+        StartContainerRequest, StopPodSandboxRequest, VersionRequest,
+    };
+
+    if skip("cri_runs_a_pod_on_its_cni_ip_in_our_vm") {
+        return;
+    }
+    let node = NodeNetns::create("unipod-e2e-node");
+    let netns_guard = CniNetnsGuard(cni_netns());
+    let netns_before = &netns_guard.0;
+    // The CNI config and the IPAM's leases, outside containerd's own dir.
+    let net_dir = workspace().join("target/shim-e2e-cri-net");
+    let _ = std::fs::remove_dir_all(&net_dir);
+    write_cni_conf(&net_dir);
+    // CRI looks images up by their normalized names (docker.io/library/...);
+    // ctr imports them under the index's short names, so each is tagged.
+    let pause = "docker.io/library/unipod-pause:latest";
+    let mut c = Containerd::launch("cri", &cri_config(&net_dir, pause), Some(node.0));
+    c.namespace = "k8s.io".into();
+    let normalized = |c: &Containerd, artifact: &str| {
+        let short = c.import(artifact);
+        let name = format!("docker.io/library/{short}");
+        let out = c.ctr(&["images", "tag", "--force", &short, &name]);
+        assert!(out.status.success(), "ctr images tag: {}", text(&out));
+        name
+    };
+    assert_eq!(normalized(&c, "oci/pause-oci.tar"), pause);
+    let busybox = normalized(&c, "oci/busybox-oci.tar");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let socket = c.dir.join("c.sock");
+    let log_dir = c.dir.join("pod-logs");
+    std::fs::create_dir_all(&log_dir).expect("create the pod log dir");
+    let pod_ip = rt.block_on(async {
+        let mut cri = cri::connect(socket).await;
+        let version = cri.version(VersionRequest::default()).await;
+        let version = version.expect("CRI Version").into_inner();
+        assert_eq!(version.runtime_name, "containerd", "{version:?}");
+
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                uid: "e2e-uid-1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: "web".into(),
+            log_directory: log_dir.display().to_string(),
+            ..Default::default()
+        };
+        let sandbox = cri
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: "unipod".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail()))
+            .into_inner()
+            .pod_sandbox_id;
+        let status = cri
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        let pod_ip = status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        assert!(
+            pod_ip.starts_with(CNI_SUBNET_PREFIX),
+            "the pod IP {pod_ip:?} is not from the CNI network {CNI_SUBNET_PREFIX}0/24"
+        );
+
+        // The page names the pod's IP as the guest sees it, and whether the
+        // kernel is ours (its command line names our virtio-mmio devices).
+        let serve = "mkdir -p /tmp/www; \
+             echo \"unipod-cri $(ip -4 -o addr show eth0 | awk '{print $4}') \
+             $(grep -c virtio_mmio.device /proc/cmdline)\" >/tmp/www/index.html; \
+             exec httpd -f -p 8080 -h /tmp/www";
+        let container = cri
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "app".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: busybox.clone(),
+                        ..Default::default()
+                    }),
+                    command: vec!["sh".into(), "-c".into(), serve.into()],
+                    log_path: "app.log".into(),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log_tail()))
+            .into_inner()
+            .container_id;
+        cri.start_container(StartContainerRequest {
+            container_id: container.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log_tail()));
+        let state = cri
+            .container_status(ContainerStatusRequest {
+                container_id: container.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        assert_eq!(state, Some(ContainerState::ContainerRunning as i32));
+
+        let vmms = vmm_pids(&c.namespace);
+        assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
+
+        // From the node to the pod IP: the page comes back from our guest.
+        let url = format!("http://{pod_ip}:8080/index.html");
+        let mut page = String::new();
+        // The guest is slow here: httpd may listen a few seconds after Start.
+        for _ in 0..30 {
+            match http_get_from(node.0, &pod_ip, 8080, "/index.html") {
+                Ok(body) => {
+                    page = body;
+                    break;
+                }
+                Err(e) => page = e,
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        assert_eq!(
+            page.trim(),
+            format!("unipod-cri {pod_ip}/24 1"),
+            "{url} from the node\n{}\n{}",
+            network_report(&c, node.0, netns_before, &log_dir.join("app.log")),
+            c.log_tail()
+        );
+
+        cri.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log_tail()));
+        cri.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log_tail()));
+        pod_ip
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
+            && shim_pids(&c.dir).is_empty()),
+        "VMMs {:?} or shims {:?} outlived the pod {pod_ip}",
+        vmm_pids(&c.namespace),
+        shim_pids(&c.dir)
+    );
+    assert_eq!(&cni_netns(), netns_before, "the pod's netns outlived it");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&net_dir);
 }

@@ -1,5 +1,6 @@
 //! A small, blocking rtnetlink client: look up, create, configure and delete
-//! links, and add IPv4 addresses and routes.
+//! links, add IPv4 addresses and routes, and redirect one link's frames to
+//! another with tc.
 //!
 //! The host side uses it to build the pod bridge and attach tap devices to it;
 //! the guest agent uses it to bring up `lo` and `eth0`.
@@ -47,8 +48,20 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute,
+    TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key,
+    TcU32Selector, TcU32SelectorFlags,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// An IPv4 route: (destination, prefix length, gateway); the destination is
+/// `None` for the default route.
+pub type Ipv4Route = (Option<Ipv4Addr>, u8, Option<Ipv4Addr>);
+
+/// Every Ethernet protocol, for a tc filter.
+const ETH_P_ALL: u16 = 0x0003;
 
 /// Flags for requests that create an object and must not replace one.
 const CREATE: u16 = NLM_F_CREATE | NLM_F_EXCL;
@@ -336,6 +349,120 @@ impl Netlink {
             .map(drop)
     }
 
+    /// Every IPv4 route of the main table.
+    pub fn routes(&mut self) -> Result<Vec<Ipv4Route>, NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let dump = RouteNetlinkMessage::GetRoute(msg);
+        let mut routes = Vec::new();
+        for reply in self.request("list routes".to_owned(), dump, NLM_F_DUMP)? {
+            let RouteNetlinkMessage::NewRoute(route) = reply else {
+                continue;
+            };
+            if route.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let (mut dest, mut gateway) = (None, None);
+            for attribute in route.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = Some(ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(ip),
+                    _ => {}
+                }
+            }
+            routes.push((dest, route.header.destination_prefix_length, gateway));
+        }
+        Ok(routes)
+    }
+
+    /// The MAC address and MTU of link `index`.
+    pub fn link_mac_and_mtu(&mut self, index: u32) -> Result<([u8; 6], u32), NetlinkError> {
+        let op = format!("read the MAC and MTU of link index {index}");
+        let link = self.get_link(op.clone(), link_message(index, vec![]))?;
+        let mac = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            _ => None,
+        });
+        let mtu = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        });
+        match (mac, mtu) {
+            (Some(mac), Some(mtu)) => Ok((mac, mtu)),
+            _ => Err(NetlinkError::Protocol {
+                op,
+                detail: "the link has no Ethernet address or no MTU".to_owned(),
+            }),
+        }
+    }
+
+    /// Gives link `index` an ingress qdisc, as `tc qdisc add dev X ingress`
+    /// does, so that filters can act on the frames it receives.
+    pub fn add_ingress_qdisc(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut qdisc = TcMessage::with_index(tc_index(index));
+        qdisc.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        qdisc.header.parent = TcHandle::INGRESS;
+        qdisc
+            .attributes
+            .push(TcAttribute::Kind("ingress".to_owned()));
+        let op = format!("add an ingress qdisc to link index {index}");
+        self.request(op, RouteNetlinkMessage::NewQueueDiscipline(qdisc), CREATE)
+            .map(drop)
+    }
+
+    /// Removes link `index`'s ingress qdisc, and with it its filters.
+    pub fn delete_ingress_qdisc(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut qdisc = TcMessage::with_index(tc_index(index));
+        qdisc.header.parent = TcHandle::INGRESS;
+        let op = format!("delete the ingress qdisc of link index {index}");
+        self.request(op, RouteNetlinkMessage::DelQueueDiscipline(qdisc), 0)
+            .map(drop)
+    }
+
+    /// Sends every frame that link `from` receives out of link `to`, as
+    /// `tc filter add dev FROM ingress protocol all u32 match u32 0 0 action
+    /// mirred egress redirect dev TO` does. `from` needs an ingress qdisc.
+    /// u32 rather than matchall: hosts without `CONFIG_NET_CLS_MATCHALL`
+    /// (this CI's) still have u32.
+    pub fn redirect_ingress(&mut self, from: u32, to: u32) -> Result<(), NetlinkError> {
+        let mut mirror = TcMirror::default();
+        mirror.generic.action = TcActionType::Stolen;
+        mirror.eaction = TcMirrorActionType::EgressRedir;
+        mirror.ifindex = to;
+        let mut action = TcAction::default();
+        action.attributes = vec![
+            TcActionAttribute::Kind("mirred".to_owned()),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
+        ];
+        let mut filter = TcMessage::with_index(tc_index(from));
+        filter.header.parent = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        // Priority 1, and every protocol (ETH_P_ALL, in network byte order).
+        filter.header.info = (1 << 16) | u32::from(ETH_P_ALL.to_be());
+        // One key that matches any frame: 0 under mask 0.
+        let mut selector = TcU32Selector::default();
+        selector.flags = TcU32SelectorFlags::Terminal;
+        selector.nkeys = 1;
+        selector.keys = vec![TcU32Key::default()];
+        filter.attributes = vec![
+            TcAttribute::Kind("u32".to_owned()),
+            TcAttribute::Options(vec![
+                TcOption::U32(TcFilterU32Option::Selector(selector)),
+                TcOption::U32(TcFilterU32Option::Action(vec![action])),
+            ]),
+        ];
+        let op = format!("redirect what link index {from} receives to link index {to}");
+        self.request(op, RouteNetlinkMessage::NewTrafficFilter(filter), CREATE)
+            .map(drop)
+    }
+
     fn set_link(&mut self, op: String, link: LinkMessage) -> Result<(), NetlinkError> {
         self.request(op, RouteNetlinkMessage::SetLink(link), 0)
             .map(drop)
@@ -432,6 +559,12 @@ impl Netlink {
     }
 }
 
+/// A tc message's interface index (`i32` in the kernel's `struct tcmsg`);
+/// link indices fit.
+fn tc_index(index: u32) -> i32 {
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
 fn link_message(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
     let mut link = LinkMessage::default();
     link.header.index = index;
@@ -489,32 +622,6 @@ mod tests {
         nl.get_link("test".to_owned(), link_message(index, vec![]))
             .unwrap()
             .attributes
-    }
-
-    /// (destination, prefix length, gateway) of every IPv4 route in the main table.
-    fn routes(nl: &mut Netlink) -> Vec<(Option<Ipv4Addr>, u8, Option<Ipv4Addr>)> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        let dump = RouteNetlinkMessage::GetRoute(msg);
-        let mut routes = Vec::new();
-        for reply in nl.request("test".to_owned(), dump, NLM_F_DUMP).unwrap() {
-            let RouteNetlinkMessage::NewRoute(route) = reply else {
-                continue;
-            };
-            if route.header.table != RouteHeader::RT_TABLE_MAIN {
-                continue;
-            }
-            let (mut dest, mut gateway) = (None, None);
-            for attribute in route.attributes {
-                match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = Some(ip),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(ip),
-                    _ => {}
-                }
-            }
-            routes.push((dest, route.header.destination_prefix_length, gateway));
-        }
-        routes
     }
 
     #[test]
@@ -580,7 +687,7 @@ mod tests {
             .unwrap_err()
             .is_already_exists());
         nl.add_route(Ipv4Addr::UNSPECIFIED, 0, gateway).unwrap();
-        let routes = routes(&mut nl);
+        let routes = nl.routes().unwrap();
         assert!(
             routes.contains(&(Some(net), 16, Some(gateway))),
             "{routes:?}"
@@ -671,5 +778,80 @@ mod tests {
                 "{err}"
             );
         }
+    }
+    #[test]
+    fn ingress_frames_are_redirected_to_another_link() {
+        let Some(mut nl) = fresh_netns("ingress_frames_are_redirected_to_another_link") else {
+            return;
+        };
+        let from = nl.create_bridge("br0").unwrap();
+        let to = nl.create_bridge("br1").unwrap();
+        let err = nl.redirect_ingress(from, to).unwrap_err();
+        assert!(err.errno().is_some(), "no ingress qdisc yet: {err}");
+        nl.add_ingress_qdisc(from).unwrap();
+        assert!(nl.add_ingress_qdisc(from).unwrap_err().is_already_exists());
+        nl.redirect_ingress(from, to).unwrap();
+
+        let mut dump = TcMessage::with_index(tc_index(from));
+        dump.header.parent = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        let replies = nl
+            .request(
+                "list filters".to_owned(),
+                RouteNetlinkMessage::GetTrafficFilter(dump),
+                NLM_F_DUMP,
+            )
+            .unwrap();
+        let targets: Vec<u32> = replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewTrafficFilter(f) => Some(&f.attributes),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|a| match a {
+                TcAttribute::Options(options) => Some(options),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcOption::U32(TcFilterU32Option::Action(actions)) => Some(actions),
+                _ => None,
+            })
+            .flatten()
+            .flat_map(|action| &action.attributes)
+            .filter_map(|a| match a {
+                TcActionAttribute::Options(options) => Some(options),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcActionOption::Mirror(TcActionMirrorOption::Parms(m))
+                    if m.eaction == TcMirrorActionType::EgressRedir =>
+                {
+                    Some(m.ifindex)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(targets, [to]);
+
+        nl.delete_ingress_qdisc(from).unwrap();
+        assert!(nl.delete_ingress_qdisc(from).is_err());
+        nl.add_ingress_qdisc(from).unwrap();
+    }
+
+    #[test]
+    fn a_links_mac_and_mtu_are_read_back() {
+        let Some(mut nl) = fresh_netns("a_links_mac_and_mtu_are_read_back") else {
+            return;
+        };
+        let br = nl.create_bridge("br0").unwrap();
+        let mac = [0x02, 0, 0, 0, 0x12, 0x34];
+        nl.set_mac(br, mac).unwrap();
+        nl.set_mtu(br, 1400).unwrap();
+        assert_eq!(nl.link_mac_and_mtu(br).unwrap(), (mac, 1400));
     }
 }

@@ -21,6 +21,9 @@
 //!   address, so they are unique exactly when the address is.
 //! - [`tap`]: a tap is created *non-persistent*: it exists only while the VMM
 //!   holds its file descriptor, so a killed VMM leaves no tap behind.
+//! - [`cni`]: under Kubernetes (the containerd shim) there is no bridge
+//!   of ours: CNI made the pod's namespace and interface, and a tap in that
+//!   namespace is redirected to and from it with tc.
 //! - [`nat`]: optional egress masquerading and hostPort DNAT with nftables.
 //!   Every rule unipod adds lives in the table `ip unipod` and carries a
 //!   comment naming its pod (`unipod pod=<name>`) or bridge, so
@@ -35,6 +38,7 @@
 
 pub mod attachment;
 pub mod bridge;
+pub mod cni;
 pub mod ipam;
 pub mod nat;
 pub mod tap;

@@ -11,15 +11,17 @@
 //! fails.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Child;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use guest_agent::protocol::{AgentMessage, Event, Reply, Request};
+use guest_agent::protocol::{AgentMessage, Event, NetworkConfig, Reply, Request};
 
 use crate::cli::run::{pod_config, start_vm, Pod, PodDir};
+use crate::net::Tap;
 use crate::pod::agent_client::AgentLink;
 use crate::pod::vmm_process::{self, GuestInputs, NetBackend};
 
@@ -82,13 +84,15 @@ pub struct PodVm {
 }
 
 impl PodVm {
-    /// Starts the VM for `inputs` in `dir`, configures it as `hostname`, and
-    /// starts the dispatcher that feeds `on_event`.
+    /// Starts the VM for `inputs` in `dir`, on the pod network `net` (none:
+    /// no network), configures it as `hostname`, and starts the dispatcher
+    /// that feeds `on_event`.
     pub(crate) fn start(
         dir: PodDir,
         inputs: &GuestInputs,
         state: &Path,
         hostname: &str,
+        net: Option<(Tap, NetworkConfig)>,
         on_event: Box<dyn Fn(VmEvent) + Send>,
     ) -> Result<Arc<PodVm>, PodVmError> {
         // The VMM child gets SIGKILL when the thread that forked it ends
@@ -99,20 +103,23 @@ impl PodVm {
         let inputs = inputs.clone();
         let state = state.to_path_buf();
         let name = hostname.to_string();
+        let (tap, network) = net.unzip();
+        let mac = network.as_ref().map(|n| n.mac);
         std::thread::Builder::new()
             .name("vmm-parent".into())
             .spawn(move || {
                 let pod = Pod { name };
                 let deadline = Instant::now() + AGENT_TIMEOUT;
-                let started = start_vm(
-                    &pod,
-                    &dir,
-                    &inputs,
-                    &state,
-                    NetBackend::Detached,
-                    false,
-                    deadline,
-                );
+                let backend = match (&tap, mac) {
+                    (Some(tap), Some(mac)) => NetBackend::Tap {
+                        fd: tap.as_fd(),
+                        mac,
+                    },
+                    _ => NetBackend::Detached,
+                };
+                let started = start_vm(&pod, &dir, &inputs, &state, backend, false, deadline);
+                // The VMM has its own copy; the tap lives as long as it does.
+                drop(tap);
                 let _ = result_tx.send((dir, started));
                 // Returns when the PodVm (holding the sender) is dropped.
                 let _ = hold_rx.recv();
@@ -121,8 +128,11 @@ impl PodVm {
         let (dir, started) = result_rx
             .recv()
             .map_err(|_| PodVmError::Start("the VMM's parent thread died".into(), String::new()))?;
-        let (vmm, link) =
-            started.map_err(|f| PodVmError::Start(f.reason, dir.path.display().to_string()))?;
+        let (vmm, link) = started.map_err(|f| {
+            // The pod dir goes with the failed Create: keep the logs' tails.
+            log_tails(&dir.path);
+            PodVmError::Start(f.reason, dir.path.display().to_string())
+        })?;
         let rx = match link.subscribe() {
             Ok(rx) => rx,
             Err(e) => {
@@ -163,15 +173,11 @@ impl PodVm {
                 }
                 // Dropping the senders fails every waiting request.
                 lock(&pending).clear();
-                for file in ["console.log", "vmm.log"] {
-                    for line in vmm_process::log_tail(&dir_path.join(file), 10) {
-                        log::info!("{file}: {line}");
-                    }
-                }
+                log_tails(&dir_path);
                 on_event(VmEvent::Gone);
             })
             .map_err(|e| PodVmError::Io("cannot start the agent dispatcher".into(), e))?;
-        let config = pod_config(hostname, HEARTBEAT_MS, None)
+        let config = pod_config(hostname, HEARTBEAT_MS, network)
             .map_err(|e| PodVmError::Io("cannot read /dev/urandom".into(), e))?;
         if let Err(e) = vm.request("configure", Request::Configure(config)) {
             vm.stop();
@@ -224,6 +230,15 @@ impl PodVm {
 impl Drop for PodVm {
     fn drop(&mut self) {
         vmm_process::stop(&mut lock(&self.vmm));
+    }
+}
+
+/// Logs the last lines of the pod VM's console and VMM logs in `dir`.
+fn log_tails(dir: &Path) {
+    for file in ["console.log", "vmm.log"] {
+        for line in vmm_process::log_tail(&dir.join(file), 10) {
+            log::info!("{file}: {line}");
+        }
     }
 }
 

@@ -19,19 +19,23 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult};
-use guest_agent::protocol::{Event, ExecSpec, Reply, Request, Stream};
+use guest_agent::protocol::{Event, ExecSpec, NetworkConfig, Reply, Request, Stream};
 use sha2::{Digest as _, Sha256};
 
 use super::pod_vm::{lock, PodVm, VmEvent};
 use super::rootfs;
 use super::spec::{guest_hostname, ContainerSpec};
 use crate::cli::run::{artifact, state_root, PodDir};
+use crate::net::attachment::{resolv_conf_search, resolv_conf_servers};
+use crate::net::{cni, Tap};
 use crate::pod::vmm_process::{GuestInputs, MAX_IMAGES_PER_POD};
 
 /// Guest memory of a pod VM; the warm-start snapshot is per memory size.
 const POD_MEM_MIB: u32 = 128;
 /// Seeds the erofs UUID of every packed rootfs ("unipod" in hex).
 const ROOTFS_UUID_SEED: &str = "756e69706f64";
+/// The longest pod directory name (see [`pod_dir_name`]).
+const POD_DIR_NAME_MAX: usize = 20;
 /// Exit status of a process whose VM went away.
 const EXIT_VM_GONE: u32 = 255;
 /// Exit status of a created task killed before it started (SIGKILL).
@@ -178,7 +182,18 @@ fn shim_root(namespace: &str) -> PathBuf {
 
 /// Where the shim of pod `pod_id` in `namespace` keeps its VM's files.
 fn pod_dir_path(namespace: &str, pod_id: &str) -> PathBuf {
-    shim_root(namespace).join(pod_id)
+    shim_root(namespace).join(pod_dir_name(pod_id))
+}
+
+/// A pod's directory name: its id, cut to [`POD_DIR_NAME_MAX`] characters.
+/// CRI's ids are 64 random hex digits, which would push the VM's vsock
+/// socket path past the 108 bytes a Unix socket address holds; 20 of them
+/// are as unique in practice (Docker shows 12).
+fn pod_dir_name(pod_id: &str) -> &str {
+    pod_id
+        .char_indices()
+        .nth(POD_DIR_NAME_MAX)
+        .map_or(pod_id, |(end, _)| &pod_id[..end])
 }
 
 impl Inner {
@@ -315,7 +330,11 @@ impl Inner {
             }
         });
         let hostname = guest_hostname(spec.hostname.as_deref(), &spec.pod_id);
-        let vm = PodVm::start(dir, &inputs, &state, &hostname, on_event)
+        let net = match &spec.netns {
+            Some(netns) => Some(pod_network(spec, netns)?),
+            None => None,
+        };
+        let vm = PodVm::start(dir, &inputs, &state, &hostname, net, on_event)
             .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
         log::info!("pod VM started: VMM pid {}", vm.vmm_pid());
         *lock(&self.vm) = Some(vm);
@@ -355,6 +374,30 @@ impl Inner {
             vm.stop();
         }
     }
+}
+
+/// Joins the pod VM to the network CNI made in `netns`: a tap redirected to
+/// and from its interface, whose address the guest takes, with the DNS
+/// settings CRI wrote for the pod.
+fn pod_network(spec: &ContainerSpec, netns: &Path) -> TtrpcResult<(Tap, NetworkConfig)> {
+    let joined = cni::join(netns)
+        .map_err(|e| err(Code::FAILED_PRECONDITION, crate::cli::error_chain(&e, ": ")))?;
+    let mut guest = joined.guest;
+    if let Some(path) = &spec.resolv_conf {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        guest.dns_servers = resolv_conf_servers(&text);
+        guest.dns_search = resolv_conf_search(&text);
+    }
+    log::info!(
+        "pod network: {} takes {}/{} via {} from {} in {}",
+        joined.tap.name(),
+        guest.address,
+        guest.prefix_len,
+        guest.gateway,
+        joined.interface,
+        netns.display()
+    );
+    Ok((joined.tap, guest))
 }
 
 /// Packs the rootfs into `image` and returns the image's sha256. The UUID
@@ -574,7 +617,7 @@ impl containerd_shim::Task for Service {
             Some(vm) => inner.disk_in_running_vm(&vm, &req, &bundle)?,
             None => {
                 // A leftover directory of a killed shim is wiped by create.
-                let dir = PodDir::create(&shim_root(&inner.namespace), &spec.pod_id)
+                let dir = PodDir::create(&shim_root(&inner.namespace), pod_dir_name(&spec.pod_id))
                     .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
                 let image = dir.path.join(format!("{}.erofs", req.id));
                 let digest = pack_and_digest(&bundle, &req.rootfs, &image)?;
@@ -1005,5 +1048,21 @@ impl containerd_shim::Task for Service {
         self.inner.stop_vm();
         self.inner.exit.signal();
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_pod_ids_are_cut_for_the_directory_name() {
+        let cri_id = "c324c6fe21bfa1fabea88883b04efcd868670d1ac43dd63de1ae92da4c9273e6";
+        assert_eq!(pod_dir_name(cri_id), "c324c6fe21bfa1fabea8");
+        assert_eq!(pod_dir_name("shim-hi"), "shim-hi");
+        assert_eq!(
+            pod_dir_name("ééééééééééééééééééééé"),
+            "éééééééééééééééééééé"
+        );
     }
 }

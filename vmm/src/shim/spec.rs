@@ -1,6 +1,6 @@
 //! What the shim reads from an OCI bundle's `config.json`: the process, the
-//! hostname, the CRI annotations that group containers into pods, and the
-//! network namespace.
+//! hostname, the CRI annotations that group containers into pods, the
+//! network namespace and the pod's resolv.conf.
 //!
 //! # Design
 //! Only these fields are read, through `serde_json::Value`, rather than the
@@ -60,6 +60,9 @@ pub struct ContainerSpec {
     pub is_sandbox: bool,
     /// `linux.namespaces[type=network].path`.
     pub netns: Option<PathBuf>,
+    /// The source of the bind mount on `/etc/resolv.conf` (CRI writes the
+    /// pod's DNS settings there).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl ContainerSpec {
@@ -93,6 +96,13 @@ impl ContainerSpec {
             .and_then(|ns| ns["path"].as_str())
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
+        let resolv_conf = json["mounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["destination"] == "/etc/resolv.conf")
+            .and_then(|m| m["source"].as_str())
+            .map(PathBuf::from);
         let annotations = &json["annotations"];
         let (pod_id, is_sandbox) = pod_id(
             id,
@@ -109,6 +119,7 @@ impl ContainerSpec {
             pod_id,
             is_sandbox,
             netns,
+            resolv_conf,
         })
     }
 
@@ -205,7 +216,9 @@ mod tests {
             "process": {"args": ["/bin/sh", "-c", "echo hi"], "env": ["A=1"], "cwd": "/tmp",
                         "user": {"uid": 1000, "gid": 10}},
             "annotations": {CONTAINER_TYPE_ANNOTATION: "container", SANDBOX_ID_ANNOTATION: "pod1"},
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/x"}]}
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/x"}]},
+            "mounts": [{"destination": "/etc/hosts", "source": "/h"},
+                       {"destination": "/etc/resolv.conf", "source": "/sb/resolv.conf"}]
         });
         let spec = ContainerSpec::from_json(&json, "c1").unwrap();
         assert_eq!(spec.args, ["/bin/sh", "-c", "echo hi"]);
@@ -215,6 +228,7 @@ mod tests {
         assert_eq!(spec.pod_id, "pod1");
         assert!(!spec.is_sandbox);
         assert_eq!(spec.netns, Some(PathBuf::from("/var/run/netns/x")));
+        assert_eq!(spec.resolv_conf, Some(PathBuf::from("/sb/resolv.conf")));
         let run = spec.run_spec("c1", "/dev/vda");
         assert_eq!(run.rootfs.unwrap().device, "/dev/vda");
     }
