@@ -19,6 +19,79 @@ use common::{
 #[test]
 fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
     let state = temp_dir("pods-bad-state");
+    let one = "    - name: a\n      image: busybox\n";
+    let huge_env: String = (0..20_000)
+        .map(|i| format!("        - {{name: V{i}, value: xxxxxxxxxxxxxxxxxxxx}}\n"))
+        .collect();
+    // Each level repeats the one below nine times: 9^9 nodes if expanded.
+    let alias_bomb: String = (1..10)
+        .map(|i| {
+            format!(
+                "  x{i}: &a{i} [{}]\n",
+                vec![format!("*a{}", i - 1); 9].join(",")
+            )
+        })
+        .collect();
+    let hostile = [
+        (
+            "dotdot-mount",
+            format!("{one}      volumeMounts: [{{name: d, mountPath: /data/../etc}}]\n  volumes: [{{name: d, emptyDir: {{}}}}]\n"),
+            "spec.containers[0].volumeMounts[0].mountPath: \"/data/../etc\" is not valid; expected an absolute path without \"..\"",
+        ),
+        (
+            "relative-mount",
+            format!("{one}      volumeMounts: [{{name: d, mountPath: ../../x}}]\n  volumes: [{{name: d, emptyDir: {{}}}}]\n"),
+            "spec.containers[0].volumeMounts[0].mountPath: \"../../x\" is not valid",
+        ),
+        (
+            "dotdot-workdir",
+            format!("{one}      workingDir: /../../\n"),
+            "spec.containers[0].workingDir: \"/../../\" is not valid",
+        ),
+        (
+            "dotdot-volume",
+            format!("{one}  volumes: [{{name: ../d, emptyDir: {{}}}}]\n"),
+            "spec.volumes[0].name: \"../d\" is not valid; expected a DNS-1123 label",
+        ),
+        (
+            "host-path",
+            format!("{one}  volumes: [{{name: d, hostPath: {{path: /etc/../root}}}}]\n"),
+            "spec.volumes[0].hostPath: not supported yet",
+        ),
+        (
+            "huge-env",
+            format!("{one}      env:\n{huge_env}"),
+            "spec.containers[0]: command, args and env take 548890 bytes; at most 262144 fit",
+        ),
+        (
+            "absurd-memory",
+            format!("{one}      resources: {{limits: {{memory: 1Ei}}}}\n"),
+            "a pod VM has at most 65536 MiB: lower resources.limits.memory",
+        ),
+        (
+            "absurd-grace",
+            format!("{one}  terminationGracePeriodSeconds: 99999999999999999999999\n"),
+            "spec.terminationGracePeriodSeconds: invalid type: integer",
+        ),
+        (
+            "absurd-ports",
+            format!("{one}      ports: [{{containerPort: 0, hostPort: 70000}}]\n"),
+            "spec.containers[0].ports[0].hostPort: 70000 is not valid; expected a port number from 1 to 65535",
+        ),
+        (
+            "deep-nesting",
+            format!("{one}      args: {}{}\n", "[".repeat(10_000), "]".repeat(10_000)),
+            "not a valid YAML document\n  caused by: recursion limit exceeded",
+        ),
+        (
+            "alias-bomb",
+            format!("{one}  x0: &a0 [lol]\n{alias_bomb}"),
+            "not a valid YAML document\n  caused by: repetition limit exceeded",
+        ),
+    ];
+    let hostile = hostile
+        .iter()
+        .map(|(name, containers, want)| (*name, containers.as_str(), "Never", *want));
     let cases = [
         (
             "unknown-field",
@@ -45,7 +118,7 @@ fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
             "spec.restartPolicy: \"Sometimes\" is not valid",
         ),
     ];
-    for (name, containers, policy, want) in cases {
+    for (name, containers, policy, want) in cases.into_iter().chain(hostile) {
         let path = manifest(
             name,
             &format!(
