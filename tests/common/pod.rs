@@ -107,29 +107,59 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// Counts what is there now, in `ns` (or on the host) and under `state`.
+    /// Everything under `state`, in `ns`, and every mount of the host: for
+    /// a test that has the state dir to itself.
     pub fn of(state: &Path, ns: Option<&Netns>) -> HostState {
+        Self::count(state, ns, None)
+    }
+
+    /// Only what concerns `pods` (their leases, processes, directories and
+    /// mounts naming their directories): for tests sharing a state dir with
+    /// tests running at the same time.
+    pub fn of_pods(state: &Path, ns: Option<&Netns>, pods: &[&str]) -> HostState {
+        Self::count(state, ns, Some(pods))
+    }
+
+    fn count(state: &Path, ns: Option<&Netns>, pods: Option<&[&str]>) -> HostState {
+        let state_text = state.to_string_lossy();
+        // A VMM names files in its pod's directory, a supervisor the state
+        // dir and the manifest (NAME.yaml in the tests).
+        let mentions = |text: &str| {
+            text.contains(state_text.as_ref())
+                && pods.is_none_or(|pods| {
+                    pods.iter().any(|p| {
+                        text.contains(&format!("/pods/{p}/"))
+                            || text.contains(&format!("/{p}.yaml"))
+                    })
+                })
+        };
+        let ours = |pod: &str| pods.is_none_or(|pods| pods.contains(&pod));
         // The host's own links change with whatever else runs there.
         let links = ns.map(Netns::links).unwrap_or_default();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         HostState {
             taps: links.into_iter().filter(|l| is_pod_tap(l)).collect(),
-            leases: lease_count(state),
-            mounts: std::fs::read_to_string("/proc/self/mountinfo")
-                .expect("mountinfo")
+            leases: leased_pods(state).iter().filter(|p| ours(p)).count(),
+            mounts: mountinfo
                 .lines()
+                .filter(|l| pods.is_none() || mentions(l))
                 .count(),
-            processes: processes_naming(state),
-            pod_dirs: dir_names(&state.join("pods")),
+            processes: processes(mentions),
+            pod_dirs: dir_names(&state.join("pods"))
+                .into_iter()
+                .filter(|d| ours(d))
+                .collect(),
         }
     }
 }
 
 /// Waits (the VMM's exit and the tap's removal lag `rm` by a moment) until
-/// the host is back to `before`, or panics naming what was left.
-pub fn assert_nothing_left(state: &Path, ns: Option<&Netns>, before: &HostState) {
+/// the host is back to `before` (taken with `now`), or panics naming what
+/// was left.
+pub fn assert_nothing_left(before: &HostState, now: impl Fn() -> HostState) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = HostState::of(state, ns);
+        let now = now();
         if &now == before {
             return;
         }
@@ -146,34 +176,38 @@ pub fn is_pod_tap(link: &str) -> bool {
     link.len() == 10 && link.starts_with("up") && link[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn lease_count(state: &Path) -> usize {
+/// The pods holding a lease, in every `net/<bridge>/leases.json` of `state`.
+fn leased_pods(state: &Path) -> Vec<String> {
     dir_names(&state.join("net"))
         .iter()
         .filter_map(|bridge| {
             std::fs::read_to_string(state.join("net").join(bridge).join("leases.json")).ok()
         })
-        .map(|text| {
+        .flat_map(|text| {
             let file: serde_json::Value = serde_json::from_str(&text).expect("leases.json is JSON");
-            file["leases"].as_object().map_or(0, |l| l.len())
+            file["leases"]
+                .as_object()
+                .map(|l| {
+                    l.values()
+                        .filter_map(|lease| Some(lease["pod"].as_str()?.to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
         })
-        .sum()
+        .collect()
 }
 
-/// Pids of live processes whose command line contains `path`.
-pub fn processes_naming(path: &Path) -> Vec<i32> {
-    let needle = path.to_string_lossy().into_owned();
+/// Pids of live processes whose command line `matches`.
+fn processes(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut pids: Vec<i32> = std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|pid: &i32| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // A zombie is gone but for its exit status.
-            let zombie = state
-                .rsplit(") ")
-                .next()
-                .is_some_and(|s| s.starts_with('Z'));
-            !zombie && String::from_utf8_lossy(&cmdline).contains(&needle)
+            let zombie = stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'));
+            !zombie && matches(&String::from_utf8_lossy(&cmdline))
         })
         .collect();
     pids.sort_unstable();
