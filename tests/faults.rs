@@ -196,6 +196,15 @@ impl SmallStateDir {
 
 impl Drop for SmallStateDir {
     fn drop(&mut self) {
+        // A failed test's pod would outlive its directory and keep the
+        // mount busy.
+        for pod in std::fs::read_dir(self.dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove(&self.dir, &pod.file_name().to_string_lossy());
+        }
         let _ = Command::new("umount").arg(&self.dir).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
