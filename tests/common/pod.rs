@@ -97,8 +97,10 @@ pub struct HostState {
     pub taps: Vec<String>,
     /// IPAM leases in every `net/<bridge>/leases.json` of the state dir.
     pub leases: usize,
-    /// Lines of /proc/self/mountinfo (unipod mounts nothing on the host;
-    /// this would catch it if it started to).
+    /// Lines of /proc/self/mountinfo naming the state dir (or the pods' own
+    /// directories): unipod mounts nothing on the host, and this would
+    /// catch it if it started to. Not every line: other work on the host
+    /// mounts and unmounts too.
     pub mounts: usize,
     /// Processes (supervisors, VMMs) whose command line names the state dir.
     pub processes: Vec<i32>,
@@ -140,10 +142,7 @@ impl HostState {
         HostState {
             taps: links.into_iter().filter(|l| is_pod_tap(l)).collect(),
             leases: leased_pods(state).iter().filter(|p| ours(p)).count(),
-            mounts: mountinfo
-                .lines()
-                .filter(|l| pods.is_none() || mentions(l))
-                .count(),
+            mounts: mountinfo.lines().filter(|l| mentions(l)).count(),
             processes: processes(mentions),
             pod_dirs: dir_names(&state.join("pods"))
                 .into_iter()
