@@ -210,10 +210,11 @@ fn pods_created_and_removed_four_at_a_time_leave_nothing_and_do_not_grow() {
     // which varies a little with how far the guest got when sampled (and
     // how busy its neighbours kept it). Each VMM is a new process, so what
     // could grow is what pods share (the snapshot, image files, host-side
-    // state the supervisor hands the VMM); that would climb past 10%.
-    let slack = first / 10;
+    // state the supervisor hands the VMM). The peaks seen here spread over
+    // about 1% (docs/SECURITY.md); growth past 5% is not that noise.
+    let slack = first / 20;
     assert!(
         last <= first + slack,
-        "VMM peak memory grew from {first} KiB to {last} KiB (more than 10%)"
+        "VMM peak memory grew from {first} KiB to {last} KiB (more than 5%)"
     );
 }
