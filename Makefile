@@ -8,7 +8,7 @@ UNIPOD := target/release/unipod
 AGENT_TARGET := x86_64-unknown-linux-musl
 AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 
-.PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall fuzz fuzz-smoke
+.PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall fuzz fuzz-smoke soak
 
 all: build kernel images
 
@@ -70,6 +70,13 @@ demo: build kernel images
 test: build kernel images
 	cargo test --release --workspace -- --nocapture --test-threads 4
 	@$(MAKE) --no-print-directory fuzz-smoke
+
+# The long load test: tests/load.rs with 100 create/run/remove cycles, four
+# pods at a time, instead of the 20 of `make test` (see docs/SECURITY.md
+# for how long it takes). SOAK_CYCLES=N for another count.
+SOAK_CYCLES ?= 100
+soak: build kernel images
+	UNIPOD_LOAD_CYCLES=$(SOAK_CYCLES) cargo test --release -p vmm --test load -- --nocapture
 
 # Fuzzing (fuzz/, cargo-fuzz on stable; see docs/SECURITY.md). The smoke run
 # replays each target's committed corpus and fuzzes it for FUZZ_SECONDS

@@ -8,95 +8,90 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::pod::{cmd, import_busybox, manifest, remove, run_pod, status, text, unipod, wait_for};
 use common::{
     guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir, Netns,
 };
 
-/// `unipod SUBCOMMAND --state-dir STATE args...`.
-fn unipod(state: &Path, subcommand: &str, args: &[&str]) -> Output {
-    cmd(state, subcommand, args).output().expect("unipod runs")
-}
-
-fn cmd(state: &Path, subcommand: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_unipod"));
-    c.arg(subcommand).arg("--state-dir").arg(state).args(args);
-    // Restarts in tests back off for 200 ms, not Kubernetes' 10 s.
-    c.env("UNIPOD_RESTART_BACKOFF_MS", "200");
-    c
-}
-
-/// `unipod run MANIFEST` with the agent guest, no network, and `extra`.
-fn run_pod(state: &Path, manifest: &Path, extra: &[&str]) -> Command {
-    let mut c = cmd(state, "run", &["--network", "none"]);
-    // A guest whose `nc` is connecting can go silent for seconds, longer
-    // when these tests' VMs starve each other (docs/NESTED-KVM.md).
-    c.env("UNIPOD_UNKNOWN_TIMEOUT_SECS", "180");
-    c.arg("--kernel")
-        .arg(guest_artifact("vmlinux"))
-        .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"))
-        .args(extra)
-        .arg(manifest);
-    c
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Writes a manifest named `name`.yaml into a fresh directory.
-fn manifest(name: &str, yaml: &str) -> PathBuf {
-    let path = temp_dir(&format!("pods-{name}")).join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).expect("write manifest");
-    path
-}
-
-/// Imports the busybox test image into `state` (a no-op when present).
-fn import_busybox(state: &Path) {
-    let oci = guest_artifact("oci/busybox");
-    let out = unipod(
-        state,
-        "image",
-        &["import", oci.to_str().expect("utf-8 path")],
-    );
-    assert!(out.status.success(), "image import: {:?}", text(&out));
-}
-
-/// The pod's status.json.
-fn status(state: &Path, pod: &str) -> serde_json::Value {
-    let path = state.join("pods").join(pod).join("status.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("status.json is JSON")
-}
-
-/// Waits until `check` holds for the pod's status, or panics.
-fn wait_for(state: &Path, pod: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(state, pod);
-        if check(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "pod {pod}: never {what}:\n{s:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Removes a pod left by an earlier, failed run of the test.
-fn remove(state: &Path, pod: &str) {
-    let _ = unipod(state, "rm", &["-f", pod]);
-}
-
 #[test]
 fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
     let state = temp_dir("pods-bad-state");
+    let one = "    - name: a\n      image: busybox\n";
+    let huge_env: String = (0..20_000)
+        .map(|i| format!("        - {{name: V{i}, value: xxxxxxxxxxxxxxxxxxxx}}\n"))
+        .collect();
+    // Each level repeats the one below nine times: 9^9 nodes if expanded.
+    let alias_bomb: String = (1..10)
+        .map(|i| {
+            format!(
+                "  x{i}: &a{i} [{}]\n",
+                vec![format!("*a{}", i - 1); 9].join(",")
+            )
+        })
+        .collect();
+    let hostile = [
+        (
+            "dotdot-mount",
+            format!("{one}      volumeMounts: [{{name: d, mountPath: /data/../etc}}]\n  volumes: [{{name: d, emptyDir: {{}}}}]\n"),
+            "spec.containers[0].volumeMounts[0].mountPath: \"/data/../etc\" is not valid; expected an absolute path without \"..\"",
+        ),
+        (
+            "relative-mount",
+            format!("{one}      volumeMounts: [{{name: d, mountPath: ../../x}}]\n  volumes: [{{name: d, emptyDir: {{}}}}]\n"),
+            "spec.containers[0].volumeMounts[0].mountPath: \"../../x\" is not valid",
+        ),
+        (
+            "dotdot-workdir",
+            format!("{one}      workingDir: /../../\n"),
+            "spec.containers[0].workingDir: \"/../../\" is not valid",
+        ),
+        (
+            "dotdot-volume",
+            format!("{one}  volumes: [{{name: ../d, emptyDir: {{}}}}]\n"),
+            "spec.volumes[0].name: \"../d\" is not valid; expected a DNS-1123 label",
+        ),
+        (
+            "host-path",
+            format!("{one}  volumes: [{{name: d, hostPath: {{path: /etc/../root}}}}]\n"),
+            "spec.volumes[0].hostPath: not supported yet",
+        ),
+        (
+            "huge-env",
+            format!("{one}      env:\n{huge_env}"),
+            "spec.containers[0]: command, args and env take 548890 bytes; at most 262144 fit",
+        ),
+        (
+            "absurd-memory",
+            format!("{one}      resources: {{limits: {{memory: 1Ei}}}}\n"),
+            "a pod VM has at most 65536 MiB: lower resources.limits.memory",
+        ),
+        (
+            "absurd-grace",
+            format!("{one}  terminationGracePeriodSeconds: 99999999999999999999999\n"),
+            "spec.terminationGracePeriodSeconds: invalid type: integer",
+        ),
+        (
+            "absurd-ports",
+            format!("{one}      ports: [{{containerPort: 0, hostPort: 70000}}]\n"),
+            "spec.containers[0].ports[0].hostPort: 70000 is not valid; expected a port number from 1 to 65535",
+        ),
+        (
+            "deep-nesting",
+            format!("{one}      args: {}{}\n", "[".repeat(10_000), "]".repeat(10_000)),
+            "not a valid YAML document\n  caused by: recursion limit exceeded",
+        ),
+        (
+            "alias-bomb",
+            format!("{one}  x0: &a0 [lol]\n{alias_bomb}"),
+            "not a valid YAML document\n  caused by: repetition limit exceeded",
+        ),
+    ];
+    let hostile = hostile
+        .iter()
+        .map(|(name, containers, want)| (*name, containers.as_str(), "Never", *want));
     let cases = [
         (
             "unknown-field",
@@ -123,7 +118,7 @@ fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
             "spec.restartPolicy: \"Sometimes\" is not valid",
         ),
     ];
-    for (name, containers, policy, want) in cases {
+    for (name, containers, policy, want) in cases.into_iter().chain(hostile) {
         let path = manifest(
             name,
             &format!(

@@ -477,6 +477,10 @@ pub(crate) struct Supervisor<'a> {
     tx: Sender<Msg>,
     /// When the supervisor took the pod: the start of its [`StartupTimeline`].
     accepted: Instant,
+    /// The last status write failed (a full disk): retry on every tick,
+    /// not only on the next change, so status.json catches up once there
+    /// is room again.
+    unsaved: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -500,6 +504,7 @@ impl<'a> Supervisor<'a> {
             last_phase: Some(PodPhase::Pending),
             tx,
             accepted: now,
+            unsaved: false,
         };
         let code = sup.run_pod(args, &rx);
         sup.flush_partial();
@@ -1036,16 +1041,24 @@ impl<'a> Supervisor<'a> {
     }
 
     fn save(&mut self, now: Instant) {
-        if !self.life.take_changed() && self.record.status.phase == self.life.phase() {
+        if !self.life.take_changed()
+            && !self.unsaved
+            && self.record.status.phase == self.life.phase()
+        {
             return;
         }
         let pod_ip = self.record.status.pod_ip.take();
         self.record.status = self.life.status(now);
         self.record.status.pod_ip = pod_ip;
         self.record.events = self.life.events().to_vec();
-        if let Err(e) = self.record.write(&self.p.dir) {
-            log::warn!("{}", super::error_chain(&e, ": "));
+        let result = self.record.write(&self.p.dir);
+        if let Err(e) = &result {
+            // Once per failure, not once per retry.
+            if !self.unsaved {
+                log::warn!("{}", super::error_chain(e, ": "));
+            }
         }
+        self.unsaved = result.is_err();
     }
 }
 

@@ -399,6 +399,17 @@ pub enum ManifestError {
         /// The limit, [`MAX_EXEC_BYTES`].
         max: usize,
     },
+    /// The containers' memory needs a bigger VM than the VMM makes.
+    #[error(
+        "spec.containers: the memory limits (or requests) need a VM of {mem_mib} MiB with the \
+         guest's own {GUEST_OVERHEAD_MIB} MiB; a pod VM has at most {} MiB: lower \
+         resources.limits.memory",
+        crate::config::MAX_MEM_MIB
+    )]
+    VmTooLarge {
+        /// The VM size the manifest asks for (saturated at `u32::MAX`).
+        mem_mib: u32,
+    },
     /// A volume mount names a volume that `spec.volumes` does not declare.
     #[error("{path}: volume {name:?} is not declared in spec.volumes")]
     UndeclaredVolume {

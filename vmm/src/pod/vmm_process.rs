@@ -212,13 +212,20 @@ pub fn alive(vmm: &mut Child) -> Result<(), String> {
 }
 
 /// What a VMM's exit status suggests beyond itself: SIGSYS is its seccomp
-/// filter stopping a forbidden system call (see vmm/src/seccomp.rs).
+/// filter stopping a forbidden system call (see vmm/src/seccomp.rs); exit
+/// code 3 (`EXIT_GUEST_CRASHED`) is the guest dying under it, most often a
+/// kernel panic, which is what the death of the guest's PID 1 (the agent)
+/// becomes.
 fn exit_hint(status: std::process::ExitStatus) -> &'static str {
     use std::os::unix::process::ExitStatusExt;
-    match status.signal() {
-        Some(libc::SIGSYS) => {
+    match (status.signal(), status.code()) {
+        (Some(libc::SIGSYS), _) => {
             ": its seccomp filter stopped a forbidden system call (a VMM bug or a guest exploit; \
              UNIPOD_NO_SECCOMP=1 turns the filter off to debug)"
+        }
+        (_, Some(crate::cli::EXIT_GUEST_CRASHED)) => {
+            ": the guest crashed (a kernel panic, e.g. its agent, PID 1, died, or a CPU fault); \
+             the pod's vmm.log names the crash and console.log shows the guest's last words"
         }
         _ => "",
     }
@@ -255,4 +262,22 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|l| format!("  | {l}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::exit_hint;
+
+    #[test]
+    fn a_crashed_guest_and_a_seccomp_kill_are_named_other_exits_are_not() {
+        // A wait status holds an exit code in its second byte.
+        let crashed = ExitStatus::from_raw(crate::cli::EXIT_GUEST_CRASHED << 8);
+        assert!(exit_hint(crashed).contains("the guest crashed (a kernel panic"));
+        assert!(exit_hint(ExitStatus::from_raw(libc::SIGSYS)).contains("seccomp"));
+        assert_eq!(exit_hint(ExitStatus::from_raw(1 << 8)), "");
+        assert_eq!(exit_hint(ExitStatus::from_raw(libc::SIGKILL)), "");
+    }
 }

@@ -895,3 +895,26 @@ fn a_container_whose_env_cannot_be_sent_is_refused_before_any_vm() {
         .collect();
     parse_ok(&with_container_fields(&format!("      env:{env}\n")));
 }
+
+#[test]
+fn memory_past_the_largest_vm_is_refused_and_the_largest_fits() {
+    let limits = |memory: &str| {
+        with_container_fields(&format!(
+            "      resources: {{limits: {{memory: {memory}}}}}\n"
+        ))
+    };
+    let max = crate::config::MAX_MEM_MIB;
+    let fits = format!("{}Mi", max - GUEST_OVERHEAD_MIB);
+    assert_eq!(parse_ok(&limits(&fits)).0.vm_size().mem_mib, max);
+    let over = format!("{}Mi", max - GUEST_OVERHEAD_MIB + 1);
+    assert_eq!(
+        problems(&limits(&over)),
+        [format!(
+            "spec.containers: the memory limits (or requests) need a VM of {} MiB with the \
+             guest's own 64 MiB; a pod VM has at most {max} MiB: lower resources.limits.memory",
+            max + 1
+        )]
+    );
+    // Past u32 MiB the size saturates, and is still refused.
+    assert_eq!(problems(&limits("1Ei")).len(), 1);
+}

@@ -414,7 +414,7 @@ impl Walker {
             .and_then(|v| self.spec(top.path("spec"), v));
         let metadata = metadata?;
         let spec = spec?;
-        Some(PodManifest {
+        let pod = PodManifest {
             name: metadata.name,
             labels: metadata.labels,
             annotations: metadata.annotations,
@@ -425,7 +425,14 @@ impl Walker {
             init_containers: spec.init_containers,
             containers: spec.containers,
             volumes: spec.volumes,
-        })
+        };
+        // Sized here, not when the VM boots: a pod the VMM would refuse
+        // must leave nothing behind.
+        let mem_mib = pod.vm_size().mem_mib;
+        if mem_mib > crate::config::MAX_MEM_MIB {
+            self.error(ManifestError::VmTooLarge { mem_mib });
+        }
+        Some(pod)
     }
 
     /// A required string field that must be `expected`.
