@@ -186,6 +186,8 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_sendto,
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
+    // The runtime API (crate::api): an image's fd arrives with SCM_RIGHTS.
+    libc::SYS_recvmsg,
     // Disks (lseek + read), the tap (read/write), snapshot files and the
     // final report (/proc/self/smaps).
     libc::SYS_lseek,
