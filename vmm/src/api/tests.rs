@@ -1,5 +1,5 @@
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -50,8 +50,6 @@ fn disks(images: &[&Path], slots: usize) -> Disks {
         .collect();
     Disks::from_blocks(blocks)
 }
-
-use std::path::Path;
 
 fn open(path: &Path) -> Vec<File> {
     vec![File::open(path).expect("open")]
