@@ -65,7 +65,7 @@ impl Containerd {
             "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
             None,
         );
-        c.image = c.import("oci/busybox-oci.tar");
+        c.image = c.import(&guest_artifact("oci/busybox-oci.tar"));
         c
     }
 
@@ -127,10 +127,8 @@ impl Containerd {
         c
     }
 
-    /// Imports the OCI tarball `artifact` (under target/guest) and returns
-    /// the image's name.
-    fn import(&self, artifact: &str) -> String {
-        let tar = guest_artifact(artifact);
+    /// Imports the OCI tarball `tar`; returns the image's name.
+    fn import(&self, tar: &Path) -> String {
         let out = self.ctr(&["images", "import", &tar.display().to_string()]);
         assert!(out.status.success(), "ctr images import: {}", text(&out));
         // "unpacking NAME (sha256:...)...done"
@@ -141,6 +139,84 @@ impl Containerd {
             .nth(1)
             .unwrap_or_else(|| panic!("no image name in: {stdout}"))
             .to_string()
+    }
+
+    /// Builds and imports `busybox-app:latest`: the busybox image plus a
+    /// layer with /etc/unipod-app-image, so its rootfs differs. Returns its
+    /// name.
+    fn import_app_image(&self) -> String {
+        use serde_json::{json, Value};
+        use sha2::{Digest, Sha256};
+
+        let layout = self.dir.join("app-oci");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(guest_artifact("oci/busybox"))
+            .arg(&layout)
+            .status();
+        assert!(cp.is_ok_and(|s| s.success()), "copy the busybox layout");
+        let blobs = layout.join("blobs/sha256");
+        let put = |bytes: &[u8]| -> (String, usize) {
+            let hex = format!("{:x}", Sha256::digest(bytes));
+            std::fs::write(blobs.join(&hex), bytes).expect("write blob");
+            (format!("sha256:{hex}"), bytes.len())
+        };
+        let read = |digest: &Value| -> Value {
+            let hex = digest
+                .as_str()
+                .expect("a digest")
+                .trim_start_matches("sha256:");
+            serde_json::from_slice(&std::fs::read(blobs.join(hex)).expect("read blob"))
+                .expect("JSON blob")
+        };
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
+                .expect("JSON index");
+        let mut manifest = read(&index["manifests"][0]["digest"]);
+        let mut config = read(&manifest["config"]["digest"]);
+
+        let marker = b"the app image\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_path("etc/unipod-app-image").expect("path");
+        header.set_size(marker.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        let mut layer = tar::Builder::new(Vec::new());
+        layer.append(&header, &marker[..]).expect("tar");
+        let (layer, layer_len) = put(&layer.into_inner().expect("tar"));
+        manifest["layers"]
+            .as_array_mut()
+            .expect("layers")
+            .push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_len}));
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .expect("diff_ids")
+            .push(json!(layer));
+        let (config, config_len) = put(&serde_json::to_vec(&config).expect("JSON"));
+        manifest["config"]["digest"] = json!(config);
+        manifest["config"]["size"] = json!(config_len);
+        let (manifest, manifest_len) = put(&serde_json::to_vec(&manifest).expect("JSON"));
+        let index = json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest,
+                "size": manifest_len,
+                "annotations": {"org.opencontainers.image.ref.name": "busybox-app:latest"}
+            }]
+        });
+        std::fs::write(layout.join("index.json"), index.to_string()).expect("write index");
+        let tar = self.dir.join("app-oci.tar");
+        let packed = Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status();
+        assert!(packed.is_ok_and(|s| s.success()), "tar the app layout");
+        self.import(&tar)
     }
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
@@ -756,7 +832,7 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
     let mut c = Containerd::launch("cri", &cri_config(&net_dir, pause), Some(node.0));
     c.namespace = "k8s.io".into();
     let normalized = |c: &Containerd, artifact: &str| {
-        let short = c.import(artifact);
+        let short = c.import(&guest_artifact(artifact));
         let name = format!("docker.io/library/{short}");
         let out = c.ctr(&["images", "tag", "--force", &short, &name]);
         assert!(out.status.success(), "ctr images tag: {}", text(&out));
@@ -898,6 +974,70 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log_tail()));
         pod_ip
     });
+
+#[test]
+fn a_pod_whose_containers_use_different_images_hot_attaches_the_second() {
+    if skip("a_pod_whose_containers_use_different_images_hot_attaches_the_second") {
+        return;
+    }
+    let c = Containerd::start("images");
+    let app = c.import_app_image();
+    let pod = "shim-images";
+    let run = |image: &str, id: &str, detach: bool, argv: &[&str]| {
+        let args = pod_member(image, pod, id, detach, argv);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.ctr(&args)
+    };
+    let out = run(&c.image, pod, true, &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "sandbox: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    // The app's file, and the disk its root's lower layer comes from.
+    let out = run(
+        &app,
+        "shim-images-app",
+        false,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/unipod-app-image && grep -o 'lowerdir=[^,]*' /proc/self/mounts | head -n 1",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "app: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"the app image"), "{}", text(&out));
+    assert_eq!(
+        lines.get(1),
+        Some(&"lowerdir=/run/unipod/images/vdb"),
+        "the app's image is the pod VM's second disk: {}",
+        text(&out)
+    );
+    // The sandbox still runs on the first image, which lacks the file.
+    let out = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        pod,
+        "/bin/sh",
+        "-c",
+        "test -e /etc/unipod-app-image",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "sandbox exec: {}", text(&out));
+    let vmms = vmm_pids(&c.namespace);
+    assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
+
+    kill_and_remove(&c, pod);
     assert!(
         wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
             .is_empty()
@@ -909,4 +1049,17 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
     assert_eq!(&cni_netns(), netns_before, "the pod's netns outlived it");
     drop(c);
     let _ = std::fs::remove_dir_all(&net_dir);
+
+        "VMMs {:?} or shims {:?} outlived the pod",
+        vmm_pids(&c.namespace),
+        shim_pids(&c.dir)
+    );
+    assert!(
+        !shared_state_dir()
+            .join("shim")
+            .join(&c.namespace)
+            .join(pod)
+            .exists(),
+        "the pod directory outlived the pod"
+    );
 }

@@ -74,6 +74,9 @@ pub enum DeviceError {
     /// No disk has that index (a bug in the caller).
     #[error("there is no disk {0}")]
     NoSuchDisk(usize),
+    /// Every disk holds an image already.
+    #[error("no free disk slot: all {0} disks hold an image; start the VM with more --disk-slots")]
+    NoFreeSlot(usize),
     /// More virtio devices than IRQs.
     #[error("too many virtio devices: IRQ {0} is past the last one ({IRQ_MAX})")]
     TooManyDevices(u32),
@@ -94,6 +97,48 @@ pub enum DeviceError {
         /// In the configuration.
         given: usize,
     },
+}
+
+/// The VM's disks, shared with whoever attaches images while the VM runs
+/// (the runtime API, see [`crate::api`]).
+#[derive(Clone, Default)]
+pub struct Disks(Vec<Arc<Mutex<Block>>>);
+
+impl Disks {
+    /// Disks made from devices directly (tests).
+    #[cfg(test)]
+    pub(crate) fn from_blocks(blocks: Vec<Arc<Mutex<Block>>>) -> Disks {
+        Disks(blocks)
+    }
+
+    /// Gives the empty slot `index` its image; the guest gets a
+    /// config-change interrupt and rereads the capacity. Returns the
+    /// capacity in 512-byte sectors.
+    pub fn attach(&self, index: usize, image: File) -> Result<u64, DeviceError> {
+        let block = self.0.get(index).ok_or(DeviceError::NoSuchDisk(index))?;
+        let sectors = block
+            .lock()
+            .expect("virtio-blk lock poisoned")
+            .attach(image)?;
+        log::debug!("disk {index}: attached an image of {sectors} sectors");
+        Ok(sectors)
+    }
+
+    /// Gives the first empty slot `image`; returns the slot's index (0 is
+    /// /dev/vda) and the capacity in sectors.
+    pub fn attach_to_free_slot(&self, image: File) -> Result<(usize, u64), DeviceError> {
+        for (index, block) in self.0.iter().enumerate() {
+            // Checked and filled under one lock, so two attaches cannot
+            // pick the same slot.
+            let mut block = block.lock().expect("virtio-blk lock poisoned");
+            if block.is_detached() {
+                let sectors = block.attach(image)?;
+                log::info!("disk {index}: hot-attached an image of {sectors} sectors");
+                return Ok((index, sectors));
+            }
+        }
+        Err(DeviceError::NoFreeSlot(self.0.len()))
+    }
 }
 
 /// Device state saved in a snapshot. Legacy devices other than the UART
@@ -302,16 +347,12 @@ impl DeviceManager {
     /// config-change interrupt and rereads the capacity. Returns the
     /// capacity in 512-byte sectors.
     pub fn attach_block(&self, index: usize, image: File) -> Result<u64, DeviceError> {
-        let (block, _) = self
-            .blocks
-            .get(index)
-            .ok_or(DeviceError::NoSuchDisk(index))?;
-        let sectors = block
-            .lock()
-            .expect("virtio-blk lock poisoned")
-            .attach(image)?;
-        log::debug!("disk {index}: attached an image of {sectors} sectors");
-        Ok(sectors)
+        self.disks().attach(index, image)
+    }
+
+    /// The disks, for attaching images while the VM runs.
+    pub fn disks(&self) -> Disks {
+        Disks(self.blocks.iter().map(|(block, _)| block.clone()).collect())
     }
 
     /// Each disk's counters, in order.

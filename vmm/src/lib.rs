@@ -7,6 +7,7 @@
 //! Architecture-specific code lives behind [`arch`]; nothing else uses
 //! `#[cfg(target_arch)]`.
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod cli;

@@ -186,6 +186,8 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_sendto,
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
+    // The runtime API (crate::api): an image's fd arrives with SCM_RIGHTS.
+    libc::SYS_recvmsg,
     // Disks (lseek + read), the tap (read/write), snapshot files and the
     // final report (/proc/self/smaps).
     libc::SYS_lseek,
@@ -305,6 +307,10 @@ fn probe(kind: ThreadKind) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
     use super::*;
 
     /// Runs `f` in a forked child with `kind`'s filter installed and
@@ -393,6 +399,32 @@ mod tests {
             let status = in_filtered_child(kind, execve_shell);
             assert!(killed_by_sigsys(status), "{kind}: {status:?}");
         }
+    }
+
+    /// A connected pair made before the fork, for [`api_request_is_read`].
+    static API_PAIR: std::sync::OnceLock<(UnixStream, UnixStream)> = std::sync::OnceLock::new();
+
+    fn api_request_is_read() {
+        let (client, server) = API_PAIR.get().expect("made before the fork");
+        let _ = (&*client).write_all(b"x");
+        let mut buf = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let _ = nix::sys::socket::recvmsg::<()>(
+            server.as_raw_fd(),
+            &mut iov,
+            None,
+            nix::sys::socket::MsgFlags::empty(),
+        );
+    }
+
+    #[test]
+    fn the_event_loop_may_read_runtime_api_requests() {
+        API_PAIR.get_or_init(|| UnixStream::pair().expect("socketpair"));
+        let status = in_filtered_child(ThreadKind::Main, api_request_is_read);
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(status.pid().expect("pid"), 0)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::epoll::EventSet;
 
+use crate::api::{ApiError, ApiServer};
 use crate::arch;
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, CpuTemplate, VmConfig};
@@ -89,6 +90,9 @@ pub enum VmmError {
     /// A seccomp filter cannot be built or installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The runtime API socket.
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// SMP guests hang on this host.
     #[error("--vcpus {0}: nested PVM hosts cannot start secondary vCPUs (the guest hangs at \"Booting SMP configuration\"; see docs/NESTED-KVM.md); use --vcpus 1")]
     SmpOnNestedPvm(u8),
@@ -121,6 +125,7 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
     vmm_start: Instant,
+    api: Option<ApiServer>,
 }
 
 /// Opens each disk's image (`None` for an empty slot), in order.
@@ -131,6 +136,16 @@ fn open_disks(config: &VmConfig) -> Result<Vec<Option<std::fs::File>>, VmmError>
         .map(|disk| disk.path.as_deref().map(block::open_image).transpose())
         .collect::<Result<_, _>>()
         .map_err(|e| VmmError::Devices(DeviceError::Block(e)))
+}
+
+/// The runtime API on `config`'s socket, if it asks for one; last of the
+/// devices' host files, like the vsock socket.
+fn bind_api(config: &VmConfig, devices: &DeviceManager) -> Result<Option<ApiServer>, VmmError> {
+    Ok(config
+        .api_sock
+        .as_deref()
+        .map(|path| ApiServer::bind(path, devices.disks()))
+        .transpose()?)
 }
 
 /// KVM and the CPU template for `config`, after the checks every VM needs.
@@ -173,6 +188,7 @@ impl Vmm {
         for image in images {
             devices.add_block(&vm, image, None)?;
         }
+        let api = bind_api(config, &devices)?;
 
         let mut cmdline = config.cmdline();
         let additions = devices.cmdline_additions();
@@ -199,6 +215,7 @@ impl Vmm {
             vcpus,
             exit,
             vmm_start,
+            api,
         })
     }
 
@@ -210,10 +227,14 @@ impl Vmm {
         // Outside the restore error: a missing image is not the snapshot's
         // fault, and must not get it thrown away.
         let images = open_disks(config)?;
-        Vmm::restore_inner(config, images, dir, vmm_start).map_err(|e| VmmError::Restore {
-            dir: dir.to_path_buf(),
-            source: Box::new(e),
-        })
+        let mut vmm =
+            Vmm::restore_inner(config, images, dir, vmm_start).map_err(|e| VmmError::Restore {
+                dir: dir.to_path_buf(),
+                source: Box::new(e),
+            })?;
+        // Outside as well: a socket in the way is not the snapshot's fault.
+        vmm.api = bind_api(config, &vmm.devices)?;
+        Ok(vmm)
     }
 
     fn restore_inner(
@@ -291,6 +312,7 @@ impl Vmm {
             vcpus,
             exit,
             vmm_start,
+            api: None,
         })
     }
 
@@ -315,6 +337,9 @@ impl Vmm {
         manager.add_subscriber(Arc::new(Mutex::new(stop)));
         for device in self.devices.subscribers() {
             manager.add_subscriber(device);
+        }
+        if let Some(api) = self.api.take() {
+            manager.add_subscriber(Arc::new(Mutex::new(api)));
         }
         vcpu::install_kick_handler().map_err(VmmError::KickHandler)?;
         let msr_indices = match snapshot_to {

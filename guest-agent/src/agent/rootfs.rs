@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{Rootfs, VolumeMount};
 use nix::errno::Errno;
@@ -49,6 +50,13 @@ pub const POD_ETC_DIR: &str = "/etc";
 pub const POD_ETC_FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
 /// Size of each container's writable layer (a tmpfs, in guest RAM).
 const UPPER_SIZE: &str = "50%";
+/// Where the kernel shows each block device's size (`<dev>/size`).
+pub const SYS_BLOCK_DIR: &str = "/sys/class/block";
+/// How long a disk may show no size before its image is mounted: the host
+/// hot-attaches an image to an empty slot, and the guest sees the size once
+/// its virtio-blk driver has handled the config-change interrupt.
+const DISK_SIZE_WAIT: Duration = Duration::from_secs(10);
+const DISK_SIZE_POLL: Duration = Duration::from_millis(20);
 
 /// Errors of root file system preparation; the reply to the host carries the
 /// chain.
@@ -75,6 +83,14 @@ pub enum RootfsError {
         #[source]
         source: Errno,
     },
+    /// The disk still shows no size.
+    #[error("{device} is still empty after {secs} s: the host attached no image to it, or the guest has not seen it yet")]
+    EmptyDisk {
+        /// The device.
+        device: String,
+        /// How long the agent waited.
+        secs: u64,
+    },
     /// A directory could not be created or removed.
     #[error("{path}")]
     Io {
@@ -100,6 +116,8 @@ pub struct Layout {
     pub run: PathBuf,
     /// [`POD_ETC_DIR`].
     pub pod_etc: PathBuf,
+    /// [`SYS_BLOCK_DIR`].
+    pub sys_block: PathBuf,
 }
 
 impl Default for Layout {
@@ -107,6 +125,7 @@ impl Default for Layout {
         Self {
             run: RUN_DIR.into(),
             pod_etc: POD_ETC_DIR.into(),
+            sys_block: SYS_BLOCK_DIR.into(),
         }
     }
 }
@@ -151,6 +170,27 @@ impl ContainerRoot {
     /// Lazy (`MNT_DETACH`): a process still inside keeps its view.
     pub fn remove(&self) -> Result<(), RootfsError> {
         remove_container_dir(&self.dir)
+    }
+}
+
+/// Waits up to `limit` until block device `dev` shows a non-zero size in
+/// `<sys_block>/<dev>/size`. Blocks the agent's loop, but only right after
+/// a hot-attach, and briefly: the driver's work item runs meanwhile.
+fn wait_for_size(sys_block: &Path, dev: &str, limit: Duration) -> Result<(), RootfsError> {
+    let path = sys_block.join(dev).join("size");
+    let deadline = Instant::now() + limit;
+    loop {
+        let sectors = fs::read_to_string(&path).map_err(io_err(&path))?;
+        if sectors.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(RootfsError::EmptyDisk {
+                device: format!("/dev/{dev}"),
+                secs: limit.as_secs(),
+            });
+        }
+        std::thread::sleep(DISK_SIZE_POLL);
     }
 }
 
@@ -219,6 +259,7 @@ impl Filesystems {
                 "give a file system type such as erofs or ext4",
             ));
         }
+        wait_for_size(&self.layout.sys_block, dev, DISK_SIZE_WAIT)?;
         let at = self.layout.run.join("images").join(dev);
         fs::create_dir_all(&at).map_err(io_err(&at))?;
         let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
@@ -374,10 +415,39 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_is_mounted_only_once_it_shows_a_size() {
+        let sys = std::env::temp_dir().join(format!("unipod-sys-block-{}", std::process::id()));
+        fs::create_dir_all(sys.join("vdb")).unwrap();
+        let size = sys.join("vdb/size");
+        fs::write(&size, "0\n").unwrap();
+        match wait_for_size(&sys, "vdb", Duration::from_millis(100)) {
+            Err(e @ RootfsError::EmptyDisk { .. }) => {
+                assert!(e.to_string().starts_with("/dev/vdb is still empty"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let writer = {
+            let size = size.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                fs::write(size, "16\n").unwrap();
+            })
+        };
+        wait_for_size(&sys, "vdb", Duration::from_secs(10)).expect("the size appears");
+        writer.join().unwrap();
+        assert!(matches!(
+            wait_for_size(&sys, "vdc", Duration::from_secs(1)),
+            Err(RootfsError::Io { .. })
+        ));
+        fs::remove_dir_all(&sys).unwrap();
+    }
+
+    #[test]
     fn image_devices_and_types_are_validated_before_mounting() {
         let mut fs = Filesystems::new(Layout {
             run: std::env::temp_dir().join("unipod-never-created"),
             pod_etc: "/nonexistent".into(),
+            sys_block: "/nonexistent".into(),
         });
         for (device, fstype, field) in [
             ("vda", "erofs", "device"),

@@ -551,6 +551,7 @@ mod tests {
             let fs = Filesystems::new(Layout {
                 run: work.join("run"),
                 pod_etc,
+                ..Layout::default()
             });
             Self {
                 work: work.to_path_buf(),

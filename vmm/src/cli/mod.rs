@@ -244,6 +244,12 @@ pub struct BootArgs {
     /// snapshot has.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub disk_slots: u8,
+    /// Serve the runtime API on the Unix socket PATH (created; it must not
+    /// exist, and is removed at exit). A client sends "ATTACH-DISK" and a
+    /// newline with an image's open fd (SCM_RIGHTS); unipod attaches it to
+    /// the first empty disk slot and answers "OK INDEX" or "ERR MESSAGE".
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
     /// On SIGUSR1, pause the VM, save it as a snapshot into DIR (an
     /// existing, empty directory) and exit 0. 'unipod run' uses this to
     /// build its warm-start cache.
@@ -325,6 +331,7 @@ impl From<&BootArgs> for VmConfig {
                     usize::from(args.disk_slots),
                 ))
                 .collect(),
+            api_sock: args.api_sock.clone(),
         }
     }
 }

@@ -524,12 +524,14 @@ fn launch(
     net: NetBackend,
     deadline: Instant,
 ) -> Result<(Child, AgentLink), StartFailure> {
-    // A refused restore may have left its socket behind.
+    // A refused restore may have left its sockets behind.
     let _ = std::fs::remove_file(dir.vsock());
+    let _ = std::fs::remove_file(dir.api_sock());
     let files = VmmFiles {
         vsock: &dir.vsock(),
         console_log: &dir.console_log(),
         vmm_log: &dir.vmm_log(),
+        api: Some(&dir.api_sock()),
     };
     let mut vmm = vmm_process::spawn(inputs, &files, mode, net).map_err(|e| StartFailure {
         reason: format!("cannot start the VMM process: {e}"),
@@ -905,6 +907,11 @@ impl PodDir {
 
     pub(crate) fn vsock(&self) -> PathBuf {
         self.path.join("vsock.sock")
+    }
+
+    /// The VMM's runtime API socket (see [`crate::api`]).
+    pub(crate) fn api_sock(&self) -> PathBuf {
+        self.path.join("api.sock")
     }
 
     pub(crate) fn console_log(&self) -> PathBuf {

@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// The virtio-blk devices, in the guest's order (/dev/vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
+    /// The runtime API's socket (see [`crate::api`]), if any.
+    pub api_sock: Option<PathBuf>,
 }
 
 /// A read-only virtio-blk device: an image, or an empty slot that a
@@ -243,6 +245,7 @@ impl Default for VmConfig {
             vsock: None,
             net: None,
             disks: Vec::new(),
+            api_sock: None,
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod manifest;
 pub mod phase;
 pub mod spec;
 pub mod status;
+pub mod vmm_api;
 pub mod vmm_process;
 pub mod warm_start;

@@ -96,6 +96,8 @@ pub struct VmmFiles<'a> {
     pub console_log: &'a Path,
     /// The VMM's own stderr.
     pub vmm_log: &'a Path,
+    /// The runtime API socket (hot-attaching images), if wanted.
+    pub api: Option<&'a Path>,
 }
 
 /// Starts `unipod boot` for `inputs`.
@@ -121,6 +123,9 @@ pub fn spawn(
         .arg(files.vsock)
         .arg("--console-log")
         .arg(files.console_log);
+    if let Some(api) = files.api {
+        cmd.arg("--api-sock").arg(api);
+    }
     for image in &inputs.images {
         cmd.arg("--disk").arg(image);
     }

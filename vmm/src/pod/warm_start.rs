@@ -122,6 +122,8 @@ fn boot_and_save(
         vsock: &vsock,
         console_log: &staging.join("console.log"),
         vmm_log: &vmm_log,
+        // The template gets no images after boot.
+        api: None,
     };
     // The template's virtio-net device has no tap; each restored pod
     // brings its own.

@@ -9,6 +9,10 @@
 //!   (the sandbox, or a `ctr run` container) starts the VM.
 //! - **Rootfs.** Each container's snapshot is packed into an erofs image
 //!   ([`rootfs`]) that the guest mounts read-only, as for `unipod run`.
+//!   The first container's image is the VM's first disk. A later one with
+//!   the same bytes shares its disk; another image is hot-attached to the
+//!   VM's next empty disk slot over the VMM's API socket ([`crate::api`]),
+//!   and the agent waits for the guest to see its size before mounting it.
 //! - **Processes.** A task is an agent container, an exec an agent exec;
 //!   each gets a short agent name (`c1`, `x2`) since containerd's ids may
 //!   exceed the agent's 63 characters. Output events are written to
@@ -24,9 +28,9 @@
 //!   reaper would race `Child::wait` on the VMM.
 //!
 //! # Limitations
-//! - One container per VM: a second container joining a running pod VM
-//!   needs hot-attaching its image to a free disk slot, which the VMM cannot
-//!   do yet; Create answers with an error saying so.
+//! - A pod VM holds at most `MAX_IMAGES_PER_POD` different images over its
+//!   life: a slot keeps its image until the VM ends, even once no container
+//!   uses it.
 //! - No tty and no stdin for a task's main process (the agent's `Run` has
 //!   neither); execs have both.
 //! - No pod network: the VM's NIC is detached (the guest has `lo` only).

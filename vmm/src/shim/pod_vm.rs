@@ -23,6 +23,7 @@ use guest_agent::protocol::{AgentMessage, Event, NetworkConfig, Reply, Request};
 use crate::cli::run::{pod_config, start_vm, Pod, PodDir};
 use crate::net::Tap;
 use crate::pod::agent_client::AgentLink;
+use crate::pod::vmm_api;
 use crate::pod::vmm_process::{self, GuestInputs, NetBackend};
 
 /// How long a restored (or, the first time, cold-booted) guest has to answer.
@@ -57,6 +58,9 @@ pub enum PodVmError {
     /// No reply within the request timeout (300 s).
     #[error("the guest agent did not answer {0} within {secs} s; the guest hangs or the host is overloaded", secs = REQUEST_TIMEOUT.as_secs())]
     Timeout(&'static str),
+    /// Hot-attaching an image failed.
+    #[error(transparent)]
+    Attach(#[from] crate::pod::vmm_api::VmmApiError),
     /// Local I/O failed.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
@@ -209,6 +213,14 @@ impl PodVm {
     /// The VMM's process id.
     pub fn vmm_pid(&self) -> u32 {
         lock(&self.vmm).id()
+    }
+
+    /// Hot-attaches `image` to the VM's next empty disk slot; returns the
+    /// guest's device for it. The guest sees its size a little later (the
+    /// agent waits for it before mounting).
+    pub fn attach_image(&self, image: &Path) -> Result<String, PodVmError> {
+        let index = vmm_api::attach_disk(&self.dir.api_sock(), image)?;
+        Ok(crate::pod::spec::device_name(index))
     }
 
     /// The pod's directory (console and VMM logs).

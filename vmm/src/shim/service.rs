@@ -343,7 +343,7 @@ impl Inner {
 
     /// The disk of the running pod VM that holds this container's rootfs:
     /// one with the same image bytes (a pod's containers often share an
-    /// image); a different image would need a disk slot hot-attached.
+    /// image), else the image hot-attached to the VM's next free slot.
     fn disk_in_running_vm(
         &self,
         vm: &PodVm,
@@ -351,21 +351,31 @@ impl Inner {
         bundle: &Path,
     ) -> TtrpcResult<String> {
         let image = vm.dir().join(format!("{}.erofs", req.id));
-        let digest = pack_and_digest(bundle, &req.rootfs, &image);
-        let _ = std::fs::remove_file(&image);
-        let digest = digest?;
-        let pod = lock(&self.pod);
-        match pod.disks.iter().find(|(d, _)| *d == digest) {
-            Some((_, device)) => Ok(device.clone()),
-            None => Err(err(
-                Code::UNIMPLEMENTED,
-                format!(
-                    "container {}: its image differs from the pod's ({} disk(s) of {MAX_IMAGES_PER_POD} in use); unipod cannot yet hot-attach another image to a running pod VM, so a pod's containers must share one image",
-                    req.id,
-                    pod.disks.len()
-                ),
-            )),
+        let digest = pack_and_digest(bundle, &req.rootfs, &image)?;
+        // Held across the attach, so that two Creates bringing the same new
+        // image attach it once; the VMM answers at once.
+        let mut pod = lock(&self.pod);
+        if let Some((_, device)) = pod.disks.iter().find(|(d, _)| *d == digest) {
+            let _ = std::fs::remove_file(&image);
+            return Ok(device.clone());
         }
+        // The image stays in the pod directory, with the first one, for
+        // the VM's life.
+        let device = vm.attach_image(&image).map_err(|e| {
+            let _ = std::fs::remove_file(&image);
+            err(
+                Code::INTERNAL,
+                format!(
+                    "container {}: cannot add its image to the pod VM ({} of at most {MAX_IMAGES_PER_POD} different images in use): {}",
+                    req.id,
+                    pod.disks.len(),
+                    crate::cli::error_chain(&e, ": ")
+                ),
+            )
+        })?;
+        log::info!("container {}: image attached as {device}", req.id);
+        pod.disks.push((digest, device.clone()));
+        Ok(device)
     }
 
     fn stop_vm(&self) {
