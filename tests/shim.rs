@@ -974,6 +974,18 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log_tail()));
         pod_ip
     });
+    assert!(
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
+            && shim_pids(&c.dir).is_empty()),
+        "VMMs {:?} or shims {:?} outlived the pod {pod_ip}",
+        vmm_pids(&c.namespace),
+        shim_pids(&c.dir)
+    );
+    assert_eq!(&cni_netns(), netns_before, "the pod's netns outlived it");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&net_dir);
+}
 
 #[test]
 fn a_pod_whose_containers_use_different_images_hot_attaches_the_second() {
@@ -1042,14 +1054,6 @@ fn a_pod_whose_containers_use_different_images_hot_attaches_the_second() {
         wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
             .is_empty()
             && shim_pids(&c.dir).is_empty()),
-        "VMMs {:?} or shims {:?} outlived the pod {pod_ip}",
-        vmm_pids(&c.namespace),
-        shim_pids(&c.dir)
-    );
-    assert_eq!(&cni_netns(), netns_before, "the pod's netns outlived it");
-    drop(c);
-    let _ = std::fs::remove_dir_all(&net_dir);
-
         "VMMs {:?} or shims {:?} outlived the pod",
         vmm_pids(&c.namespace),
         shim_pids(&c.dir)
