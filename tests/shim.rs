@@ -494,6 +494,27 @@ fn pod_member(image: &str, pod: &str, id: &str, detach: bool, argv: &[&str]) -> 
     args
 }
 
+/// Waits until no VMM or shim of `c` is left, then checks that the
+/// directory of pod `pod` went with them.
+fn assert_pod_gone(c: &Containerd, pod: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
+            .is_empty()
+            && shim_pids(&c.dir).is_empty()),
+        "VMMs {:?} or shims {:?} outlived the pod",
+        vmm_pids(&c.namespace),
+        shim_pids(&c.dir)
+    );
+    assert!(
+        !shared_state_dir()
+            .join("shim")
+            .join(&c.namespace)
+            .join(pod)
+            .exists(),
+        "the pod directory outlived the pod"
+    );
+}
+
 /// Kills task `id` with SIGKILL, waits until containerd sees it stopped,
 /// then removes the task and the container.
 fn kill_and_remove(c: &Containerd, id: &str) {
@@ -593,22 +614,7 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
         "the VM outlives a container while its sandbox runs"
     );
     kill_and_remove(&c, pod);
-    assert!(
-        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
-            .is_empty()
-            && shim_pids(&c.dir).is_empty()),
-        "VMMs {:?} or shims {:?} outlived the pod",
-        vmm_pids(&c.namespace),
-        shim_pids(&c.dir)
-    );
-    assert!(
-        !shared_state_dir()
-            .join("shim")
-            .join(&c.namespace)
-            .join(pod)
-            .exists(),
-        "the pod directory outlived the pod"
-    );
+    assert_pod_gone(&c, pod);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     assert!(
         !mounts.contains(&format!("{}/state", c.dir.display())),
@@ -1050,20 +1056,5 @@ fn a_pod_whose_containers_use_different_images_hot_attaches_the_second() {
     assert_eq!(vmms.len(), 1, "one pod, one VMM; found {vmms:?}");
 
     kill_and_remove(&c, pod);
-    assert!(
-        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
-            .is_empty()
-            && shim_pids(&c.dir).is_empty()),
-        "VMMs {:?} or shims {:?} outlived the pod",
-        vmm_pids(&c.namespace),
-        shim_pids(&c.dir)
-    );
-    assert!(
-        !shared_state_dir()
-            .join("shim")
-            .join(&c.namespace)
-            .join(pod)
-            .exists(),
-        "the pod directory outlived the pod"
-    );
+    assert_pod_gone(&c, pod);
 }
