@@ -13,7 +13,9 @@ AGENT := target/$(AGENT_TARGET)/release/unipod-agent
 all: build kernel images
 
 # Debian packages the build and tests need. Idempotent and quick when present.
-APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils
+# protobuf-compiler: the CRI client of tests/shim.rs (k8s-cri) is generated
+# with protoc at build time.
+APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils protobuf-compiler
 deps:
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
