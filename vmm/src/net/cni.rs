@@ -206,6 +206,23 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The tap goes with its fd: at once, or, if another test's child forked
+    /// while it was open, when that child execs (a moment later).
+    fn assert_tap_gone(ns: &str) {
+        let gone = (0..50).any(|_| {
+            let links = Command::new("ip")
+                .args(["-n", ns, "link"])
+                .output()
+                .unwrap();
+            let gone = !String::from_utf8_lossy(&links.stdout).contains(CNI_TAP_NAME);
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            gone
+        });
+        assert!(gone, "{CNI_TAP_NAME} outlived its fd by 5 s");
+    }
+
     #[test]
     fn the_tap_takes_over_the_cni_interface() {
         let Some(ns) = netns("the_tap_takes_over_the_cni_interface", "unipod-cni-t1") else {
@@ -248,13 +265,8 @@ mod tests {
         assert!(join(&path).is_err());
         assert!(tc_filters(&ns.0, "eth0").contains(CNI_TAP_NAME));
 
-        // The tap goes with its fd.
         drop(joined);
-        let links = Command::new("ip")
-            .args(["-n", &ns.0, "link"])
-            .output()
-            .unwrap();
-        assert!(!String::from_utf8_lossy(&links.stdout).contains(CNI_TAP_NAME));
+        assert_tap_gone(&ns.0);
     }
 
     #[test]
@@ -276,11 +288,7 @@ mod tests {
         ip(&["-n", &ns.0, "addr", "add", "10.88.0.8/16", "dev", "eth0"]);
         let err = join(&path).unwrap_err();
         assert!(matches!(err, CniError::NoGateway { .. }), "{err}");
-        let links = Command::new("ip")
-            .args(["-n", &ns.0, "link"])
-            .output()
-            .unwrap();
-        assert!(!String::from_utf8_lossy(&links.stdout).contains(CNI_TAP_NAME));
+        assert_tap_gone(&ns.0);
 
         let err = join(Path::new("/run/netns/unipod-no-such-netns")).unwrap_err();
         assert!(matches!(err, CniError::Enter(..)), "{err}");
