@@ -392,22 +392,7 @@ fn ctr_run_prints_output_and_returns_the_exit_code() {
     // --rm: nothing left.
     let containers = containerd.ctr(&["containers", "ls", "-q"]);
     assert_eq!(String::from_utf8_lossy(&containers.stdout).trim(), "");
-    assert!(
-        wait_until(Duration::from_secs(30), || vmm_pids(&c.namespace)
-            .is_empty()
-            && shim_pids(&containerd.dir).is_empty()),
-        "VMMs {:?} or shims {:?} outlived the task",
-        vmm_pids(&c.namespace),
-        shim_pids(&containerd.dir)
-    );
-    assert!(
-        !shared_state_dir()
-            .join("shim")
-            .join(&c.namespace)
-            .join("shim-hi")
-            .exists(),
-        "the pod directory outlived the task"
-    );
+    assert_pod_gone(c, "shim-hi");
 }
 
 #[test]
@@ -458,20 +443,7 @@ fn killing_the_vmm_exits_the_task_and_the_shim_cleans_up() {
     assert!(rm.status.success(), "{}", text(&rm));
     let rm = containerd.ctr(&["containers", "rm", "shim-kill"]);
     assert!(rm.status.success(), "{}", text(&rm));
-    assert!(
-        wait_until(Duration::from_secs(30), || shim_pids(&containerd.dir)
-            .is_empty()),
-        "the shim outlived its pod: {:?}",
-        shim_pids(&containerd.dir)
-    );
-    assert!(
-        !shared_state_dir()
-            .join("shim")
-            .join(&c.namespace)
-            .join("shim-kill")
-            .exists(),
-        "the pod directory outlived the pod"
-    );
+    assert_pod_gone(c, "shim-kill");
 }
 
 /// `ctr run` arguments that put container `id` into pod `pod` the way CRI
