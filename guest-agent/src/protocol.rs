@@ -124,6 +124,34 @@ pub enum Request {
     /// snapshot-restored guests alike. Replies [`Reply::Ok`], or an error
     /// naming the invalid field or the step that failed.
     Configure(PodConfig),
+    /// The resource use of a container's cgroup (its main process and
+    /// execs); replies [`Reply::Stats`], or an error when it has no cgroup.
+    Stats {
+        /// The container's name.
+        name: String,
+    },
+    /// Freeze every process of a container, execs included (cgroup v2
+    /// `cgroup.freeze`); replies [`Reply::Ok`] once the kernel reports the
+    /// cgroup frozen. SIGKILL still ends a frozen container.
+    Pause {
+        /// The container's name.
+        name: String,
+    },
+    /// Thaw a container frozen by [`Request::Pause`]; replies [`Reply::Ok`].
+    Resume {
+        /// The container's name.
+        name: String,
+    },
+    /// Set the window size of the terminal of a container or exec started
+    /// with `tty`; replies [`Reply::Ok`].
+    ResizePty {
+        /// The container's name (an exec's id).
+        name: String,
+        /// Rows (lines).
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
 }
 
 /// The process to run as a container.
@@ -161,6 +189,12 @@ pub struct RunSpec {
     /// pod is visible. Ignored without a `rootfs`.
     #[serde(default)]
     pub share_pid_namespace: bool,
+    /// Keep stdin open for [`Request::Stdin`]; otherwise it is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run it on a pseudo-terminal (stdout and stderr merge into stdout).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// A process to run in a running container (see [`Request::Exec`]).
@@ -325,6 +359,35 @@ pub enum Reply {
     Ok,
     /// Answer to [`Request::Ping`].
     Pong,
+    /// Answer to [`Request::Stats`].
+    Stats(ContainerStats),
+}
+
+/// A container cgroup's counters (cgroup v2 file names in brackets); a
+/// field is `None` when the guest kernel lacks its controller, and a limit
+/// is `None` when unlimited (`max`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// CPU time used, in microseconds (`cpu.stat` `usage_usec`).
+    pub cpu_usage_usec: u64,
+    /// Of which in user mode (`user_usec`).
+    pub cpu_user_usec: u64,
+    /// Of which in kernel mode (`system_usec`).
+    pub cpu_system_usec: u64,
+    /// Memory in use, in bytes (`memory.current`).
+    pub memory_bytes: Option<u64>,
+    /// The memory limit, in bytes (`memory.max`).
+    pub memory_limit_bytes: Option<u64>,
+    /// Anonymous memory, in bytes (`memory.stat` `anon`).
+    pub memory_anon_bytes: Option<u64>,
+    /// Page cache, in bytes (`memory.stat` `file`).
+    pub memory_file_bytes: Option<u64>,
+    /// OOM kills so far (`memory.events` `oom_kill`).
+    pub oom_kills: Option<u64>,
+    /// Processes (`pids.current`).
+    pub pids: Option<u64>,
+    /// The process limit (`pids.max`).
+    pub pids_limit: Option<u64>,
 }
 
 /// Which output stream an [`Event::Output`] chunk came from.
@@ -735,6 +798,8 @@ mod tests {
                 },
                 user: Some("65534:65534".into()),
                 share_pid_namespace: true,
+                stdin: true,
+                tty: true,
             }),
             Request::Run(RunSpec {
                 name: "x".into(),
@@ -760,6 +825,14 @@ mod tests {
                 network: Some(network_config()),
                 ..pod_config()
             }),
+            Request::Stats { name: "web".into() },
+            Request::Pause { name: "web".into() },
+            Request::Resume { name: "web".into() },
+            Request::ResizePty {
+                name: "web".into(),
+                rows: 24,
+                cols: 80,
+            },
         ];
         requests
             .into_iter()
@@ -810,6 +883,12 @@ mod tests {
             Ok(Reply::Started { pid: 1 }),
             Ok(Reply::Ok),
             Ok(Reply::Pong),
+            Ok(Reply::Stats(ContainerStats {
+                cpu_usage_usec: 10,
+                memory_bytes: Some(4096),
+                pids: Some(1),
+                ..ContainerStats::default()
+            })),
             Err("start /nope: No such file or directory".to_string()),
         ];
         events

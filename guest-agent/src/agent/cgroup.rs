@@ -26,6 +26,9 @@
 //! then fails the `Run`), and cannot tell an OOM kill from any other SIGKILL.
 //! No `cpu.weight` (requests) and no `memory.swap.max` (the guest has no
 //! swap).
+//!
+//! Pause is the cgroup v2 freezer (`cgroup.freeze`), which needs no
+//! controller: it freezes the container's execs too, as runc's does.
 
 #![forbid(unsafe_code)]
 
@@ -33,7 +36,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use guest_agent::protocol::Limits;
+use guest_agent::protocol::{ContainerStats, Limits};
 
 /// Where cgroup2 is mounted in the guest.
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
@@ -60,6 +63,20 @@ pub enum CgroupError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// `cgroup.events` did not follow a write to `cgroup.freeze` in time.
+    #[error(
+        "the kernel did not report the cgroup {} within {} s (cgroup.events: {events}; processes: {tasks}); one may be stuck in an uninterruptible sleep (state D)",
+        if *frozen { "frozen" } else { "thawed" },
+        FREEZE_TIMEOUT.as_secs()
+    )]
+    FreezeTimeout {
+        /// Whether freezing (or thawing) was asked for.
+        frozen: bool,
+        /// `cgroup.events`, on one line.
+        events: String,
+        /// `pid (comm) state` of each process of the cgroup.
+        tasks: String,
     },
     /// A limit needs a controller the guest kernel does not offer.
     #[error(
@@ -233,6 +250,89 @@ impl ContainerCgroup {
     pub fn remove(&self) -> Result<(), CgroupError> {
         fs::remove_dir(&self.dir).map_err(io_err(&self.dir))
     }
+
+    /// Reads the cgroup's counters; a controller's files that are missing
+    /// leave its fields `None`.
+    pub fn stats(&self) -> Result<ContainerStats, CgroupError> {
+        let path = self.dir.join("cpu.stat");
+        let cpu = fs::read_to_string(&path).map_err(io_err(&path))?;
+        Ok(stats_from(|file| {
+            if file == "cpu.stat" {
+                Some(cpu.clone())
+            } else {
+                fs::read_to_string(self.dir.join(file)).ok()
+            }
+        }))
+    }
+
+    /// `pid (comm) state` of each process in the cgroup, for errors.
+    fn task_states(&self) -> String {
+        let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .map(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // `pid (comm) S ...`: comm may hold spaces; the state follows its `)`.
+                match stat.rsplit_once(')') {
+                    Some((head, tail)) => {
+                        format!("{head}) {}", tail.trim().split(' ').next().unwrap_or("?"))
+                    }
+                    None => pid.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Freezes (`true`) or thaws the cgroup, then waits up to
+    /// [`FREEZE_TIMEOUT`] for `cgroup.events` to say so: a task in an
+    /// uninterruptible sleep delays freezing.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let path = self.dir.join("cgroup.freeze");
+        fs::write(&path, if frozen { "1" } else { "0" }).map_err(io_err(&path))?;
+        let events = self.dir.join("cgroup.events");
+        let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
+        loop {
+            let text = fs::read_to_string(&events).map_err(io_err(&events))?;
+            if keyed_value(&text, "frozen") == Some(u64::from(frozen)) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CgroupError::FreezeTimeout {
+                    frozen,
+                    events: text.split_whitespace().collect::<Vec<_>>().join(" "),
+                    tasks: self.task_states(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// How long [`ContainerCgroup::freeze`] waits for the kernel.
+pub const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`ContainerStats`] from a cgroup's interface files, read by `read`
+/// (`None`: the file is missing).
+pub fn stats_from(read: impl Fn(&str) -> Option<String>) -> ContainerStats {
+    let cpu = read("cpu.stat").unwrap_or_default();
+    let cpu_field = |key| keyed_value(&cpu, key).unwrap_or(0);
+    // A limit of `max` (unlimited) does not parse: `None`.
+    let number = |file: &str| read(file).and_then(|t| t.trim().parse().ok());
+    let memory_stat = read("memory.stat");
+    let stat = |key| memory_stat.as_deref().and_then(|t| keyed_value(t, key));
+    ContainerStats {
+        cpu_usage_usec: cpu_field("usage_usec"),
+        cpu_user_usec: cpu_field("user_usec"),
+        cpu_system_usec: cpu_field("system_usec"),
+        memory_bytes: number("memory.current"),
+        memory_limit_bytes: number("memory.max"),
+        memory_anon_bytes: stat("anon"),
+        memory_file_bytes: stat("file"),
+        oom_kills: read("memory.events").and_then(|t| keyed_value(&t, "oom_kill")),
+        pids: number("pids.current"),
+        pids_limit: number("pids.max"),
+    }
 }
 
 /// Each limit with its name and controller.
@@ -267,14 +367,18 @@ pub fn cpu_max(millis: Option<u64>) -> String {
 }
 
 fn read_oom_kills(dir: &Path) -> Option<u64> {
-    parse_oom_kills(&fs::read_to_string(dir.join("memory.events")).ok()?)
+    keyed_value(
+        &fs::read_to_string(dir.join("memory.events")).ok()?,
+        "oom_kill",
+    )
 }
 
-/// The `oom_kill` counter of a `memory.events` file.
-pub fn parse_oom_kills(memory_events: &str) -> Option<u64> {
-    memory_events.lines().find_map(|line| {
-        let (key, value) = line.split_once(' ')?;
-        (key == "oom_kill").then(|| value.trim().parse().ok())?
+/// The value of `key` in a flat-keyed cgroup file (`memory.events`,
+/// `cpu.stat`, ...: `<key> <u64>` lines).
+pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, value) = line.split_once(' ')?;
+        (k == key).then(|| value.trim().parse().ok())?
     })
 }
 
@@ -285,14 +389,53 @@ mod tests {
     #[test]
     fn oom_kill_counter_is_parsed() {
         let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 1\n";
-        assert_eq!(parse_oom_kills(events), Some(2));
+        assert_eq!(keyed_value(events, "oom_kill"), Some(2));
     }
 
     #[test]
     fn oom_group_kill_is_not_mistaken_for_oom_kill() {
-        assert_eq!(parse_oom_kills("oom_group_kill 1\n"), None);
-        assert_eq!(parse_oom_kills(""), None);
-        assert_eq!(parse_oom_kills("oom_kill many\n"), None);
+        assert_eq!(keyed_value("oom_group_kill 1\n", "oom_kill"), None);
+        assert_eq!(keyed_value("", "oom_kill"), None);
+        assert_eq!(keyed_value("oom_kill many\n", "oom_kill"), None);
+    }
+
+    #[test]
+    fn stats_come_from_the_cgroup_files_and_max_is_no_limit() {
+        let files = [
+            (
+                "cpu.stat",
+                "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n",
+            ),
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.stat", "anon 1024\nfile 2048\nanon_thp 0\n"),
+            ("memory.events", "oom 1\noom_kill 1\n"),
+            ("pids.current", "3\n"),
+            ("pids.max", "64\n"),
+        ];
+        let read = |f: &str| {
+            files
+                .iter()
+                .find(|(n, _)| *n == f)
+                .map(|(_, t)| t.to_string())
+        };
+        let s = stats_from(read);
+        assert_eq!(
+            (s.cpu_usage_usec, s.cpu_user_usec, s.cpu_system_usec),
+            (1500, 1000, 500)
+        );
+        assert_eq!(s.memory_bytes, Some(4096));
+        assert_eq!(s.memory_limit_bytes, None);
+        assert_eq!(
+            (s.memory_anon_bytes, s.memory_file_bytes),
+            (Some(1024), Some(2048))
+        );
+        assert_eq!(s.oom_kills, Some(1));
+        assert_eq!((s.pids, s.pids_limit), (Some(3), Some(64)));
+        // Without the memory and pids controllers: only CPU.
+        let cpu_only = stats_from(|f| (f == "cpu.stat").then(|| "usage_usec 7\n".to_string()));
+        assert_eq!(cpu_only.cpu_usage_usec, 7);
+        assert_eq!((cpu_only.memory_bytes, cpu_only.pids), (None, None));
     }
 
     #[test]

@@ -30,9 +30,12 @@
 //! An exec ([`Container::exec`]) enters a running container: its mount and
 //! pid namespaces, cgroup, environment (plus the exec's), user and working
 //! directory. It is tracked like a container, under its own id, but its end
-//! kills only its own process group, not the container's cgroup. Its stdin
-//! is a pipe (or the pty master) the agent writes [`Request::Stdin`] data to
-//! without blocking, through a bounded buffer ([`STDIN_BUFFER`]).
+//! kills only its own process group, not the container's cgroup.
+//!
+//! Either kind may ask for stdin and a tty. Its stdin is then a pipe (or
+//! the pty master) the agent writes [`Request::Stdin`] data to without
+//! blocking, through a bounded buffer ([`STDIN_BUFFER`]). On a tty, stdout
+//! and stderr are the one pty master, and the host sets its window size.
 //!
 //! [`Request::Stdin`]: guest_agent::protocol::Request::Stdin
 //!
@@ -43,7 +46,7 @@
 //! and the stop falls to the `SIGKILL` after the grace period, as in
 //! Kubernetes.
 //!
-//! A `tty` exec's pty comes from the agent's `/dev/pts`, not from the
+//! A `tty` process's pty comes from the agent's `/dev/pts`, not from the
 //! container's private one: it works as a terminal (and `/dev/tty`), but
 //! `tty` inside an image container cannot name it.
 
@@ -56,8 +59,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    ExecSpec, Limits, RunSpec, Stream, EXIT_CODE_CANNOT_EXECUTE, EXIT_CODE_NOT_FOUND,
-    REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED, REASON_SIGNALED,
+    ContainerStats, ExecSpec, Limits, RunSpec, Stream, EXIT_CODE_CANNOT_EXECUTE,
+    EXIT_CODE_NOT_FOUND, REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED, REASON_SIGNALED,
 };
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -169,8 +172,34 @@ pub enum ContainerError {
         source: Errno,
     },
     /// Stdin data for a process started without stdin.
-    #[error("{0:?} was not started with stdin: exec it with stdin: true")]
+    #[error("{0:?} was not started with stdin: start it with stdin: true")]
     NoStdin(String),
+    /// A window size for a process started without a tty.
+    #[error("{0:?} was not started with a tty: start it with tty: true")]
+    NoTty(String),
+    /// TIOCSWINSZ failed.
+    #[error("cannot set the terminal size of {name:?}")]
+    Resize {
+        /// The container or exec.
+        name: String,
+        /// The cause.
+        #[source]
+        source: Errno,
+    },
+    /// Stats or a pause for a container without a cgroup of its own.
+    #[error(
+        "{0:?} has no cgroup of its own (an exec, or the guest lacks cgroup2): name its container"
+    )]
+    NoCgroup(String),
+    /// Reading the cgroup, or freezing it, failed.
+    #[error("container {name:?}")]
+    Cgroup {
+        /// The container.
+        name: String,
+        /// The cause.
+        #[source]
+        source: CgroupError,
+    },
     /// Stdin data after EOF, or after the process closed its stdin.
     #[error("the stdin of {0:?} is closed")]
     StdinClosed(String),
@@ -365,9 +394,7 @@ enum Role {
         root: Option<ContainerRoot>,
         exec: ExecContext,
     },
-    Exec {
-        stdin: Option<StdinPipe>,
-    },
+    Exec,
 }
 
 /// A running (or exited but not yet drained) container, or exec.
@@ -384,6 +411,75 @@ pub struct Container {
     role: Role,
     /// Output comes from a pty master (EIO is its EOF).
     tty: bool,
+    /// Where [`Request::Stdin`] data goes, when started with stdin.
+    ///
+    /// [`Request::Stdin`]: guest_agent::protocol::Request::Stdin
+    stdin: Option<StdinPipe>,
+}
+
+/// A process's stdio, from the agent's side: what the child gets, and the
+/// pty master when it runs on a terminal.
+struct ChildStdio {
+    child: [Stdio; 3],
+    pty_master: Option<OwnedFd>,
+}
+
+impl ChildStdio {
+    /// Pipes for stdout and stderr, and one for stdin if `stdin` (else
+    /// `/dev/null`); or, with `tty`, one pty for all three.
+    fn new(tty: bool, stdin: bool) -> std::io::Result<Self> {
+        if tty {
+            let pty = nix::pty::openpty(None, None)?;
+            // The agent keeps no slave fd once the child has its copies, so
+            // the master reads EIO (EOF) when the session is gone.
+            let slave = || pty.slave.try_clone().map(Stdio::from);
+            return Ok(Self {
+                child: [slave()?, slave()?, slave()?],
+                pty_master: Some(pty.master),
+            });
+        }
+        let stdin = if stdin { Stdio::piped() } else { Stdio::null() };
+        Ok(Self {
+            child: [stdin, Stdio::piped(), Stdio::piped()],
+            pty_master: None,
+        })
+    }
+
+    /// The agent's ends, all nonblocking: stdout, stderr and stdin (when
+    /// `stdin`), from the pty master or the child's pipes.
+    fn parent_ends(
+        pty_master: Option<OwnedFd>,
+        child: &mut std::process::Child,
+        stdin: bool,
+        name: &str,
+    ) -> std::io::Result<(Option<OwnedFd>, Option<OwnedFd>, Option<StdinPipe>)> {
+        let tty = pty_master.is_some();
+        let (stdout, stderr, stdin_fd) = match pty_master {
+            Some(master) => {
+                let writer = if stdin {
+                    Some(master.try_clone()?)
+                } else {
+                    None
+                };
+                (Some(master), None, writer)
+            }
+            None => (
+                child.stdout.take().map(OwnedFd::from),
+                child.stderr.take().map(OwnedFd::from),
+                child.stdin.take().map(OwnedFd::from),
+            ),
+        };
+        for fd in stdout.iter().chain(stderr.iter()).chain(stdin_fd.iter()) {
+            set_nonblocking(name, fd);
+        }
+        let stdin = stdin_fd.map(|fd| StdinPipe {
+            fd: Some(fd),
+            pending: Vec::new(),
+            closing: false,
+            tty,
+        });
+        Ok((stdout, stderr, stdin))
+    }
 }
 
 /// The pid namespace a child is born in.
@@ -478,6 +574,8 @@ fn spawn(l: Launch<'_>) -> Result<std::process::Child, ContainerError> {
         None => spawn_err(source),
     })
 }
+
+nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, nix::pty::Winsize);
 
 /// Sets an fd nonblocking, logging a failure.
 fn set_nonblocking(name: &str, fd: &OwnedFd) {
@@ -584,24 +682,27 @@ impl Container {
             join_mounts: None,
             cwd: spec.cwd.as_deref().map(cstring).transpose()?,
             user: user.clone().filter(|u| u != &User::root()),
-            controlling_tty: false,
+            controlling_tty: spec.tty,
         };
+        let io_err = |source| ContainerError::Spawn {
+            argv0: spec.argv.first().cloned().unwrap_or_default(),
+            source,
+        };
+        let stdio = ChildStdio::new(spec.tty, spec.stdin).map_err(io_err)?;
         let mut child = spawn(Launch {
             argv: &spec.argv,
             env: spec.env.iter().map(String::as_str).collect(),
-            stdio: [Stdio::null(), Stdio::piped(), Stdio::piped()],
+            stdio: stdio.child,
             setup,
             pid_ns,
         })?;
         let pid = child.id();
-        let stdout = child.stdout.take().map(OwnedFd::from);
-        let stderr = child.stderr.take().map(OwnedFd::from);
+        let (stdout, stderr, stdin) =
+            ChildStdio::parent_ends(stdio.pty_master, &mut child, spec.stdin, &spec.name)
+                .map_err(io_err)?;
         // Deliberately not waited on: the agent's waitpid(-1) reaper gets the
         // status. Dropping a Child neither waits nor kills.
         drop(child);
-        for fd in stdout.iter().chain(stderr.iter()) {
-            set_nonblocking(&spec.name, fd);
-        }
         let exec = ExecContext {
             env: spec.env.clone(),
             cwd: spec.cwd.clone(),
@@ -618,7 +719,8 @@ impl Container {
             cgroup,
             drain_deadline: None,
             role: Role::Main { root: None, exec },
-            tty: false,
+            tty: spec.tty,
+            stdin,
         })
     }
 
@@ -672,53 +774,19 @@ impl Container {
             argv0: spec.argv.first().cloned().unwrap_or_default(),
             source,
         };
-        let (stdio, tty_master) = if spec.tty {
-            let pty = nix::pty::openpty(None, None).map_err(|e| io_err(e.into()))?;
-            // The agent keeps no slave fd once the child has its copies, so
-            // the master reads EIO (EOF) when the session is gone.
-            let slave = || pty.slave.try_clone().map(Stdio::from).map_err(io_err);
-            ([slave()?, slave()?, slave()?], Some(pty.master))
-        } else {
-            let stdin = if spec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            };
-            ([stdin, Stdio::piped(), Stdio::piped()], None)
-        };
+        let stdio = ChildStdio::new(spec.tty, spec.stdin).map_err(io_err)?;
         let mut child = spawn(Launch {
             argv: &spec.argv,
             env,
-            stdio,
+            stdio: stdio.child,
             setup,
             pid_ns,
         })?;
         let pid = child.id();
-        let (stdout, stderr, stdin_fd) = match tty_master {
-            Some(master) => {
-                let writer = if spec.stdin {
-                    Some(master.try_clone().map_err(io_err)?)
-                } else {
-                    None
-                };
-                (Some(master), None, writer)
-            }
-            None => (
-                child.stdout.take().map(OwnedFd::from),
-                child.stderr.take().map(OwnedFd::from),
-                child.stdin.take().map(OwnedFd::from),
-            ),
-        };
+        let (stdout, stderr, stdin) =
+            ChildStdio::parent_ends(stdio.pty_master, &mut child, spec.stdin, &spec.id)
+                .map_err(io_err)?;
         drop(child);
-        for fd in stdout.iter().chain(stderr.iter()).chain(stdin_fd.iter()) {
-            set_nonblocking(&spec.id, fd);
-        }
-        let stdin = stdin_fd.map(|fd| StdinPipe {
-            fd: Some(fd),
-            pending: Vec::new(),
-            closing: false,
-            tty: spec.tty,
-        });
         Ok(Self {
             name: spec.id.clone(),
             pid,
@@ -727,8 +795,9 @@ impl Container {
             termination: None,
             cgroup: None,
             drain_deadline: None,
-            role: Role::Exec { stdin },
+            role: Role::Exec,
             tty: spec.tty,
+            stdin,
         })
     }
 
@@ -744,7 +813,7 @@ impl Container {
 
     /// True for an exec, false for a container's main process.
     pub fn is_exec(&self) -> bool {
-        matches!(self.role, Role::Exec { .. })
+        matches!(self.role, Role::Exec)
     }
 
     /// True until the main process has been reaped.
@@ -795,20 +864,15 @@ impl Container {
     pub fn on_reaped(&mut self, t: Termination, now: Instant) {
         self.termination = Some(t);
         self.drain_deadline = Some(now + DRAIN_IDLE);
-        if let Role::Exec { stdin } = &mut self.role {
-            *stdin = None;
-        }
+        self.stdin = None;
         self.kill_all();
     }
 
-    /// Queues `data` for the exec's stdin and writes what it can; empty
+    /// Queues `data` for the process's stdin and writes what it can; empty
     /// `data` closes stdin once the queue is written.
     pub fn write_stdin(&mut self, data: &[u8]) -> Result<(), ContainerError> {
         let name = self.name.clone();
-        let Role::Exec { stdin } = &mut self.role else {
-            return Err(ContainerError::NoStdin(name));
-        };
-        let Some(pipe) = stdin else {
+        let Some(pipe) = &mut self.stdin else {
             return Err(match self.termination {
                 Some(_) => ContainerError::StdinClosed(name),
                 None => ContainerError::NoStdin(name),
@@ -839,19 +903,75 @@ impl Container {
 
     /// The stdin fd, while data waits for it to take more.
     pub fn stdin_waiting(&self) -> Option<BorrowedFd<'_>> {
-        match &self.role {
-            Role::Exec { stdin: Some(p) } if !p.pending.is_empty() => {
-                p.fd.as_ref().map(AsFd::as_fd)
-            }
+        match &self.stdin {
+            Some(p) if !p.pending.is_empty() => p.fd.as_ref().map(AsFd::as_fd),
             _ => None,
         }
     }
 
     /// Writes waiting stdin data, once the fd can take more.
     pub fn flush_stdin(&mut self) {
-        if let Role::Exec { stdin: Some(p) } = &mut self.role {
+        if let Some(p) = &mut self.stdin {
             p.flush();
         }
+    }
+
+    /// Sets the window size of the process's terminal.
+    pub fn resize_pty(&self, rows: u16, cols: u16) -> Result<(), ContainerError> {
+        if !self.tty {
+            return Err(ContainerError::NoTty(self.name.clone()));
+        }
+        let master = self
+            .stdout
+            .as_ref()
+            .or(self.stdin.as_ref().and_then(|p| p.fd.as_ref()));
+        let Some(master) = master else {
+            // The session is over: no terminal left to size.
+            return Err(ContainerError::Resize {
+                name: self.name.clone(),
+                source: Errno::EIO,
+            });
+        };
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one `winsize` from a valid pointer; the
+        // fd is a pty master this container owns.
+        unsafe { set_window_size(master.as_raw_fd(), &size) }
+            .map(drop)
+            .map_err(|source| ContainerError::Resize {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    /// The cgroup's counters (a container's main process only).
+    pub fn stats(&self) -> Result<ContainerStats, ContainerError> {
+        self.own_cgroup()?
+            .stats()
+            .map_err(|source| ContainerError::Cgroup {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    /// Freezes or thaws every process of the container (execs too).
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        self.own_cgroup()?
+            .freeze(frozen)
+            .map_err(|source| ContainerError::Cgroup {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    fn own_cgroup(&self) -> Result<&ContainerCgroup, ContainerError> {
+        self.cgroup
+            .as_ref()
+            .ok_or_else(|| ContainerError::NoCgroup(self.name.clone()))
     }
 
     /// Stops waiting for output: closes both pipes.
@@ -999,6 +1119,7 @@ impl Container {
                 exec: ExecContext::default(),
             },
             tty: false,
+            stdin: None,
         };
         (c, write)
     }
@@ -1174,6 +1295,44 @@ mod tests {
         c.kill_all();
         let (_, _, t) = c.wait_output();
         assert_eq!(t, Termination::Signaled(9));
+    }
+
+    #[test]
+    fn a_main_process_can_have_a_sized_tty_and_stdin() {
+        let mut tty = spec(
+            "term",
+            &["/bin/sh", "-c", "read line; stty size; echo got:$line"],
+            &["PATH=/usr/bin:/bin"],
+        );
+        tty.tty = true;
+        tty.stdin = true;
+        let mut c = Container::start(&tty, None, None).unwrap();
+        c.resize_pty(33, 101).unwrap();
+        c.write_stdin(b"hello\n").unwrap();
+        let (out, err, t) = c.wait_output();
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.contains("33 101") && out.contains("got:hello"),
+            "{out:?}"
+        );
+        assert!(err.is_empty(), "a tty merges stderr into stdout");
+        assert_eq!(t, Termination::Exited(0));
+
+        let plain = spec("plain", &["/bin/true"], &[]);
+        let mut c = Container::start(&plain, None, None).unwrap();
+        let no_tty = c.resize_pty(24, 80).unwrap_err();
+        assert!(matches!(no_tty, ContainerError::NoTty(_)), "{no_tty:?}");
+        let no_stdin = c.write_stdin(b"x").unwrap_err();
+        assert!(
+            matches!(no_stdin, ContainerError::NoStdin(_)),
+            "{no_stdin:?}"
+        );
+        let no_cgroup = c.stats().unwrap_err();
+        assert!(
+            matches!(no_cgroup, ContainerError::NoCgroup(_)),
+            "{no_cgroup:?}"
+        );
+        c.wait_output();
     }
 
     #[test]

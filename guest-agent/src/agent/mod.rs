@@ -585,7 +585,7 @@ impl Agent {
                 .map(|()| Reply::Ok)
                 .map_err(|e| Chain(&e).to_string()),
             None => Err(format!(
-                "no running exec named {name:?} (running: {:?})",
+                "no running container or exec named {name:?} (running: {:?})",
                 self.containers.running_names()
             )),
         };
@@ -791,6 +791,39 @@ impl Agent {
             Request::Configure(config) => self.configure(id, &config),
             Request::Exec(spec) => self.exec(id, spec, now),
             Request::Stdin { name, data } => self.stdin(id, &name, &data),
+            Request::Stats { name } => {
+                let result = self.with_container(&name, |c| c.stats().map(Reply::Stats));
+                self.reply(id, result);
+            }
+            Request::Pause { name } => {
+                let result = self.with_container(&name, |c| c.freeze(true).map(|()| Reply::Ok));
+                self.reply(id, result);
+            }
+            Request::Resume { name } => {
+                let result = self.with_container(&name, |c| c.freeze(false).map(|()| Reply::Ok));
+                self.reply(id, result);
+            }
+            Request::ResizePty { name, rows, cols } => {
+                let result =
+                    self.with_container(&name, |c| c.resize_pty(rows, cols).map(|()| Reply::Ok));
+                self.reply(id, result);
+            }
+        }
+    }
+
+    /// Applies `f` to the running container (or exec) `name`; the error
+    /// names the running ones when there is no such container.
+    fn with_container(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Container) -> Result<Reply, ContainerError>,
+    ) -> Result<Reply, String> {
+        match self.containers.get(name).filter(|c| c.is_running()) {
+            Some(c) => f(c).map_err(|e| Chain(&e).to_string()),
+            None => Err(format!(
+                "no running container named {name:?} (running: {:?})",
+                self.containers.running_names()
+            )),
         }
     }
 

@@ -152,6 +152,9 @@ pub fn run_spec(
         },
         user: image.user.clone().filter(|u| !u.is_empty()),
         share_pid_namespace: pod.share_process_namespace,
+        // `unipod run` has no terminal to attach; the shim sets these.
+        stdin: false,
+        tty: false,
     })
 }
 
