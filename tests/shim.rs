@@ -16,8 +16,15 @@ use common::{guest_artifact, shared_state_dir, skip_without_kvm, skip_without_ro
 
 const RUNTIME: &str = "io.containerd.unipod.v2";
 
-/// Installs Debian's containerd (and the CNI plugins) when missing.
+/// Installs Debian's containerd (and the CNI plugins) when missing, once
+/// per test binary: tests run in parallel, and concurrent `apt-get`s fail
+/// on dpkg's lock.
 fn ensure_containerd() -> Result<(), String> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(install_containerd).clone()
+}
+
+fn install_containerd() -> Result<(), String> {
     let installed = |p: &str| {
         Command::new("dpkg-query")
             .args(["-W", "-f=${Status}", p])
@@ -592,6 +599,208 @@ fn a_pod_of_annotated_containers_shares_one_vm() {
         !mounts.contains(&format!("{}/state", c.dir.display())),
         "a rootfs mount outlived the pod"
     );
+}
+
+/// The value of `metric` in `ctr tasks metrics` table output.
+fn metric(table: &str, metric: &str) -> Option<u64> {
+    table.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some(metric)).then(|| words.next()?.parse().ok())?
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+#[test]
+fn a_task_can_be_measured_paused_and_resumed() {
+    if skip("a_task_can_be_measured_paused_and_resumed") {
+        return;
+    }
+    let c = Containerd::start("pause");
+    let id = "shim-pause";
+    // One line per second of the guest's clock, which the agent set from
+    // the host's when the pod started.
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &c.image,
+        id,
+        "sh",
+        "-c",
+        "while true; do date +%s >> /tmp/ticks; sleep 1; done",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log_tail());
+    let ticks = |c: &Containerd, exec_id: &str| -> Vec<u64> {
+        let out = c.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            exec_id,
+            id,
+            "cat",
+            "/tmp/ticks",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let mut n = 0;
+    let mut next_exec = || {
+        n += 1;
+        format!("t{n}")
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || !ticks(&c, &next_exec())
+            .is_empty()),
+        "the container never ticked: {}",
+        c.log_tail()
+    );
+
+    let out = c.ctr(&["tasks", "metrics", id]);
+    assert!(out.status.success(), "metrics: {}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    // sh and its sleep (or date), in the container's cgroup.
+    assert!(
+        metric(&table, "pids.current").is_some_and(|n| n >= 1),
+        "{table}"
+    );
+    assert!(
+        metric(&table, "memory.usage").is_some_and(|n| n > 0),
+        "{table}"
+    );
+    assert!(
+        metric(&table, "cpu.usage_usec").is_some_and(|n| n > 0),
+        "{table}"
+    );
+
+    let out = c.ctr(&["tasks", "pause", id]);
+    assert!(
+        out.status.success(),
+        "pause: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    let paused_at = unix_now();
+    let tasks = String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout).into_owned();
+    assert!(tasks.contains("PAUSED"), "{tasks}");
+    let out = c.ctr(&["tasks", "exec", "--exec-id", "frozen", id, "true"]);
+    assert!(
+        !out.status.success(),
+        "an exec into a paused task must fail"
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let resumed_at = unix_now();
+    let out = c.ctr(&["tasks", "resume", id]);
+    assert!(
+        out.status.success(),
+        "resume: {}\n{}",
+        text(&out),
+        c.log_tail()
+    );
+    let tasks = String::from_utf8_lossy(&c.ctr(&["tasks", "ls"]).stdout).into_owned();
+    assert!(tasks.contains("RUNNING"), "{tasks}");
+    let mut all = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            all = ticks(&c, &next_exec());
+            all.iter().any(|&t| t > resumed_at)
+        }),
+        "no tick after the resume: {all:?}"
+    );
+    // The guest clock is within a second of the host's: 2 s of margin.
+    let while_paused: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|&t| t > paused_at + 2 && t + 2 < resumed_at)
+        .collect();
+    assert!(
+        while_paused.is_empty(),
+        "ticks {while_paused:?} while paused from {paused_at} to {resumed_at}"
+    );
+
+    kill_and_remove(&c, id);
+    assert_pod_gone(&c, id);
+}
+
+#[test]
+fn ctr_run_with_a_tty_sizes_the_terminal_and_forwards_stdin() {
+    if skip("ctr_run_with_a_tty_sizes_the_terminal_and_forwards_stdin") {
+        return;
+    }
+    let c = Containerd::start("tty");
+    let id = "shim-tty";
+    // ctr runs on a terminal of ours, 33x101: it resizes the task's tty
+    // to match after the start, and copies what we type to its stdin.
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let slave = || Stdio::from(pty.slave.try_clone().expect("dup the pty slave"));
+    let mut child = c
+        .ctr_cmd(&[
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &c.image,
+            id,
+            "sh",
+            "-c",
+            "echo ready; read line; stty size; echo got:$line; exit 3",
+        ])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .expect("ctr runs");
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let mut master = master.try_clone().expect("dup the pty master");
+        let screen = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once ctr, the last holder of the slave, has exited.
+            while let Ok(n @ 1..) = std::io::Read::read(&mut master, &mut buf) {
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let seen = |what: &str| String::from_utf8_lossy(&screen.lock().unwrap()).contains(what);
+    let ready = wait_until(Duration::from_secs(120), || seen("ready"));
+    if ready {
+        // ctr's resize follows the start at once; give it a moment.
+        std::thread::sleep(Duration::from_secs(1));
+        std::io::Write::write_all(&mut master, b"hello\r").expect("type into the terminal");
+    }
+    let exited = wait_until(Duration::from_secs(120), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("reap ctr");
+    drop(master);
+    let _ = reader.join();
+    let screen = String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    assert!(ready && exited, "ctr -t: {screen:?}\n{}", c.log_tail());
+    assert!(screen.contains("33 101"), "the tty size: {screen:?}");
+    assert!(screen.contains("got:hello"), "stdin: {screen:?}");
+    assert_eq!(status.code(), Some(3), "{screen:?}");
+    assert_pod_gone(&c, id);
 }
 
 /// The node's network namespace for the CRI test: containerd runs in it, so

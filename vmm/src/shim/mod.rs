@@ -31,10 +31,18 @@
 //! - A pod VM holds at most `MAX_IMAGES_PER_POD` different images over its
 //!   life: a slot keeps its image until the VM ends, even once no container
 //!   uses it.
-//! - No tty and no stdin for a task's main process (the agent's `Run` has
-//!   neither); execs have both.
-//! - No pod network: the VM's NIC is detached (the guest has `lo` only).
-//! - Pause, Resume, Checkpoint, Update and Stats answer NotImplemented.
+//! - Checkpoint and Update answer NotImplemented.
+//! - Pause freezes the container's cgroup in the guest (execs included);
+//!   the VM itself keeps running.
+//!
+//! # Task calls beyond start and stop
+//! - **Stats** reads the container's guest cgroup and answers with
+//!   containerd's cgroup v2 `Metrics` (CPU, memory, OOM kills, pids).
+//! - **Pause/Resume** write the guest cgroup's `cgroup.freeze` and wait
+//!   for the kernel to confirm it; they publish `/tasks/paused` and
+//!   `/tasks/resumed`.
+//! - **A tty or stdin** works for a task's main process as for an exec;
+//!   ResizePty sets the guest pty's window size.
 
 pub mod pod_vm;
 pub mod rootfs;

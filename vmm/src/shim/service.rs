@@ -8,18 +8,25 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use containerd_shim::api::{self, Status};
-use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+use containerd_shim::protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
+use containerd_shim::protos::protobuf::{EnumOrUnknown, Message as _, MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult};
-use guest_agent::protocol::{Event, ExecSpec, NetworkConfig, Reply, Request, Stream};
+use guest_agent::protocol::{
+    ContainerStats, Event, ExecSpec, NetworkConfig, Reply, Request, Stream,
+};
 use sha2::{Digest as _, Sha256};
 
 use super::pod_vm::{lock, PodVm, VmEvent};
@@ -40,6 +47,9 @@ const POD_DIR_NAME_MAX: usize = 20;
 const EXIT_VM_GONE: u32 = 255;
 /// Exit status of a created task killed before it started (SIGKILL).
 const EXIT_KILLED: u32 = 137;
+/// The type of [`Metrics`] in a stats `Any`, as containerd's typeurl names
+/// it (the proto's full name, with no `type.googleapis.com/` prefix).
+const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
 /// The shim: both the `start`/`delete` commands and the task service.
 #[derive(Clone)]
@@ -89,6 +99,8 @@ struct Task {
 enum State {
     Created,
     Running,
+    /// Running, with its container's cgroup frozen.
+    Paused,
     Stopped,
 }
 
@@ -378,6 +390,41 @@ impl Inner {
         Ok(device)
     }
 
+    /// Freezes (pause) or thaws (resume) task `id`'s container.
+    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
+        let (from, to, what) = if frozen {
+            (State::Running, State::Paused, "pause")
+        } else {
+            (State::Paused, State::Running, "resume")
+        };
+        let name = {
+            let mut pod = lock(&self.pod);
+            let p = process(&mut pod, id, "")?;
+            if p.state != from {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    format!("cannot {what} task {id}: it is {:?}", p.state),
+                ));
+            }
+            p.agent_name.clone()
+        };
+        let request = if frozen {
+            Request::Pause { name }
+        } else {
+            Request::Resume { name }
+        };
+        self.vm()?
+            .request(what, request)
+            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+        let mut pod = lock(&self.pod);
+        let p = process(&mut pod, id, "")?;
+        // It may have exited meanwhile.
+        if p.state == from {
+            p.state = to;
+        }
+        Ok(())
+    }
+
     fn stop_vm(&self) {
         let vm = lock(&self.vm).take();
         if let Some(vm) = vm {
@@ -457,11 +504,43 @@ fn status(state: State) -> EnumOrUnknown<Status> {
     EnumOrUnknown::new(match state {
         State::Created => Status::CREATED,
         State::Running => Status::RUNNING,
+        State::Paused => Status::PAUSED,
         State::Stopped => Status::STOPPED,
     })
 }
 
-/// Feeds containerd's stdin FIFO of an exec to the agent; EOF closes it.
+/// containerd's cgroup v2 metrics for a container's stats; `max` limits
+/// (`None`) are `u64::MAX`, as runc reports them.
+fn metrics(s: &ContainerStats) -> Metrics {
+    let limit = |l: Option<u64>| l.unwrap_or(u64::MAX);
+    Metrics {
+        pids: MessageField::some(PidsStat {
+            current: s.pids.unwrap_or(0),
+            limit: limit(s.pids_limit),
+            ..Default::default()
+        }),
+        cpu: MessageField::some(CPUStat {
+            usage_usec: s.cpu_usage_usec,
+            user_usec: s.cpu_user_usec,
+            system_usec: s.cpu_system_usec,
+            ..Default::default()
+        }),
+        memory: MessageField::some(MemoryStat {
+            usage: s.memory_bytes.unwrap_or(0),
+            usage_limit: limit(s.memory_limit_bytes),
+            anon: s.memory_anon_bytes.unwrap_or(0),
+            file: s.memory_file_bytes.unwrap_or(0),
+            ..Default::default()
+        }),
+        memory_events: MessageField::some(MemoryEvents {
+            oom_kill: s.oom_kills.unwrap_or(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Feeds containerd's stdin FIFO of a process to the agent; EOF closes it.
 fn pump_stdin(vm: Arc<PodVm>, path: String, agent_name: String) {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
@@ -604,12 +683,7 @@ impl containerd_shim::Task for Service {
         let bundle = PathBuf::from(&req.bundle);
         let spec = ContainerSpec::load(&bundle, &req.id)
             .map_err(|e| err(Code::INVALID_ARGUMENT, crate::cli::error_chain(&e, ": ")))?;
-        if req.terminal || spec.terminal {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "process.terminal: unipod runs a task's main process without a tty; drop -t (ctr) or tty: true (Kubernetes), or use an exec with a tty",
-            ));
-        }
+        let terminal = req.terminal || spec.terminal;
         let agent_name = {
             let mut pod = lock(&inner.pod);
             pod.next_name += 1;
@@ -620,7 +694,7 @@ impl containerd_shim::Task for Service {
             &req.stdin,
             &req.stdout,
             &req.stderr,
-            false,
+            terminal,
         );
         let running_vm = lock(&inner.vm).clone();
         let device = match running_vm {
@@ -695,7 +769,9 @@ impl containerd_shim::Task for Service {
                 .tasks
                 .get(&req.id)
                 .ok_or_else(|| not_found(&req.id, ""))?;
-            let run = task.spec.run_spec(&task.main.agent_name, &task.device);
+            let mut run = task.spec.run_spec(&task.main.agent_name, &task.device);
+            run.stdin = !task.main.stdin.is_empty();
+            run.tty = task.main.terminal;
             let p = process(&mut pod, &req.id, &req.exec_id)?;
             if p.state != State::Created {
                 return Err(err(
@@ -744,8 +820,7 @@ impl containerd_shim::Task for Service {
             p.state = State::Running;
         }
         p.start_published = true;
-        let stdin =
-            (is_exec && !p.stdin.is_empty()).then(|| (p.stdin.clone(), p.agent_name.clone()));
+        let stdin = (!p.stdin.is_empty()).then(|| (p.stdin.clone(), p.agent_name.clone()));
         if is_exec {
             inner.publish(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -827,7 +902,7 @@ impl containerd_shim::Task for Service {
                     inner.exited(&mut pod, &name, EXIT_KILLED);
                     return Ok(api::Empty::default());
                 }
-                State::Running => p.agent_name.clone(),
+                State::Running | State::Paused => p.agent_name.clone(),
             }
         };
         let signal = i32::try_from(req.signal).map_err(|_| {
@@ -870,7 +945,7 @@ impl containerd_shim::Task for Service {
         let inner = &self.inner;
         let mut pod = lock(&inner.pod);
         let p = process(&mut pod, &req.id, &req.exec_id)?;
-        if p.state == State::Running {
+        if matches!(p.state, State::Running | State::Paused) {
             return Err(err(
                 Code::FAILED_PRECONDITION,
                 format!("{} is still running; kill it first", p.agent_name),
@@ -948,11 +1023,20 @@ impl containerd_shim::Task for Service {
             .tasks
             .get(&req.id)
             .ok_or_else(|| not_found(&req.id, ""))?;
-        if task.main.state != State::Running {
-            return Err(err(
-                Code::FAILED_PRECONDITION,
-                format!("task {} is not running", req.id),
-            ));
+        match task.main.state {
+            State::Running => {}
+            State::Paused => {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is paused; resume it first", req.id),
+                ))
+            }
+            _ => {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is not running", req.id),
+                ))
+            }
         }
         if task.execs.contains_key(&req.exec_id) {
             return Err(err(
@@ -1002,7 +1086,7 @@ impl containerd_shim::Task for Service {
         let name = {
             let mut pod = lock(&self.inner.pod);
             let p = process(&mut pod, &req.id, &req.exec_id)?;
-            if p.exec.is_some() || req.exec_id.is_empty() || p.state != State::Running {
+            if p.exec.is_some() || p.stdin.is_empty() || p.state == State::Stopped {
                 return Ok(api::Empty::default());
             }
             p.agent_name.clone()
@@ -1032,6 +1116,99 @@ impl containerd_shim::Task for Service {
             .collect();
         Ok(api::PidsResponse {
             processes,
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.inner.freeze(&req.id, true)?;
+        self.inner.publish(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: req.id,
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.inner.freeze(&req.id, false)?;
+        self.inner.publish(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: req.id,
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::default())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let name = {
+            let mut pod = lock(&self.inner.pod);
+            let p = process(&mut pod, &req.id, &req.exec_id)?;
+            if !p.terminal {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    format!("{} has no tty to resize", p.agent_name),
+                ));
+            }
+            p.agent_name.clone()
+        };
+        let size = |v: u32, what: &str| {
+            u16::try_from(v).map_err(|_| {
+                err(
+                    Code::INVALID_ARGUMENT,
+                    format!("{what} {v} is too large (65535 at most)"),
+                )
+            })
+        };
+        let request = Request::ResizePty {
+            name,
+            rows: size(req.height, "height")?,
+            cols: size(req.width, "width")?,
+        };
+        self.inner
+            .vm()?
+            .request("resize-pty", request)
+            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+        Ok(api::Empty::default())
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let name = {
+            let mut pod = lock(&self.inner.pod);
+            process(&mut pod, &req.id, "")?.agent_name.clone()
+        };
+        let reply = self
+            .inner
+            .vm()?
+            .request("stats", Request::Stats { name })
+            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+        let Reply::Stats(stats) = reply else {
+            return Err(err(
+                Code::INTERNAL,
+                format!("unexpected agent reply {reply:?}"),
+            ));
+        };
+        let value = metrics(&stats)
+            .write_to_bytes()
+            .map_err(|e| err(Code::INTERNAL, format!("cannot encode the metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(Any {
+                type_url: METRICS_TYPE_URL.into(),
+                value,
+                ..Default::default()
+            }),
             ..Default::default()
         })
     }
