@@ -195,7 +195,15 @@ pub struct RunSpec {
     /// Run it on a pseudo-terminal (stdout and stderr merge into stdout).
     #[serde(default)]
     pub tty: bool,
+    /// This container's `/etc/resolv.conf`, in place of the pod's (CRI
+    /// writes one per pod and bind-mounts it into each app container);
+    /// needs a `rootfs`, at most [`MAX_RESOLV_CONF`] bytes.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
+
+/// The largest [`RunSpec::resolv_conf`] the agent takes.
+pub const MAX_RESOLV_CONF: usize = 64 * 1024;
 
 /// A process to run in a running container (see [`Request::Exec`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -800,6 +808,7 @@ mod tests {
                 share_pid_namespace: true,
                 stdin: true,
                 tty: true,
+                resolv_conf: Some("nameserver 10.0.0.53\n".into()),
             }),
             Request::Run(RunSpec {
                 name: "x".into(),

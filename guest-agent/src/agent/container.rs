@@ -60,7 +60,8 @@ use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
     ContainerStats, ExecSpec, Limits, RunSpec, Stream, EXIT_CODE_CANNOT_EXECUTE,
-    EXIT_CODE_NOT_FOUND, REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED, REASON_SIGNALED,
+    EXIT_CODE_NOT_FOUND, MAX_RESOLV_CONF, REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED,
+    REASON_SIGNALED,
 };
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -171,6 +172,9 @@ pub enum ContainerError {
         #[source]
         source: Errno,
     },
+    /// A `resolv_conf` the container cannot have.
+    #[error("invalid resolv_conf: {0}")]
+    InvalidResolvConf(&'static str),
     /// Stdin data for a process started without stdin.
     #[error("{0:?} was not started with stdin: start it with stdin: true")]
     NoStdin(String),
@@ -271,6 +275,16 @@ pub fn validate(spec: &RunSpec) -> Result<(), ContainerError> {
             path: v.path.clone(),
             problem,
         });
+    }
+    if let Some(text) = &spec.resolv_conf {
+        if spec.rootfs.is_none() {
+            return Err(ContainerError::InvalidResolvConf(
+                "it needs a rootfs: the container would share the guest's /etc",
+            ));
+        }
+        if text.len() > MAX_RESOLV_CONF {
+            return Err(ContainerError::InvalidResolvConf("it is over 64 KiB"));
+        }
     }
     Ok(())
 }

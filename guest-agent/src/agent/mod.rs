@@ -520,9 +520,12 @@ impl Agent {
             return Ok(None);
         };
         let lower = self.filesystems.mount_image(rootfs)?;
-        let root = self
-            .filesystems
-            .prepare(&spec.name, &lower, &spec.volume_mounts)?;
+        let root = self.filesystems.prepare(
+            &spec.name,
+            &lower,
+            &spec.volume_mounts,
+            spec.resolv_conf.as_deref(),
+        )?;
         Ok(Some(root))
     }
 

@@ -282,11 +282,14 @@ impl Filesystems {
     /// Makes the root of container `name` (a validated path component): a
     /// fresh tmpfs with an overlay of `lower` (replacing any earlier one of
     /// that name), the volumes' directories, and the list of bind mounts.
+    /// `resolv_conf`, when given, is the container's own `/etc/resolv.conf`
+    /// in place of the pod's.
     pub fn prepare(
         &self,
         name: &str,
         lower: &Path,
         volume_mounts: &[VolumeMount],
+        resolv_conf: Option<&str>,
     ) -> Result<ContainerRoot, RootfsError> {
         let dir = self.layout.run.join("containers").join(name);
         remove_container_dir(&dir)?;
@@ -314,7 +317,7 @@ impl Filesystems {
             binds: Vec::new(),
         };
         // From here on, a failure removes what was made.
-        match self.fill(&mut root, lower, volume_mounts) {
+        match self.fill(&mut root, lower, volume_mounts, resolv_conf) {
             Ok(()) => Ok(root),
             Err(e) => {
                 let _ = root.remove();
@@ -328,6 +331,7 @@ impl Filesystems {
         root: &mut ContainerRoot,
         lower: &Path,
         volume_mounts: &[VolumeMount],
+        resolv_conf: Option<&str>,
     ) -> Result<(), RootfsError> {
         let (upper, work) = (root.dir.join("upper"), root.dir.join("work"));
         for d in [&upper, &work, &root.merged] {
@@ -351,9 +355,21 @@ impl Filesystems {
             target: root.merged.clone(),
             source,
         })?;
+        // The container's own resolv.conf sits beside its layers, on its tmpfs.
+        let own_resolv_conf = match resolv_conf {
+            Some(text) => {
+                let path = root.dir.join("resolv.conf");
+                fs::write(&path, text).map_err(io_err(&path))?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut binds: Vec<Bind> = POD_ETC_FILES
             .iter()
-            .map(|f| self.layout.pod_etc.join(f))
+            .map(|f| match (*f, &own_resolv_conf) {
+                ("resolv.conf", Some(own)) => own.clone(),
+                _ => self.layout.pod_etc.join(f),
+            })
             .filter(|p| p.is_file())
             .map(|source| Bind {
                 target: format!(

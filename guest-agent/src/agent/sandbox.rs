@@ -563,7 +563,12 @@ mod tests {
         fn start(&self, spec: &RunSpec) -> Result<Container, ContainerError> {
             let root = self
                 .fs
-                .prepare(&spec.name, &self.lower, &spec.volume_mounts)
+                .prepare(
+                    &spec.name,
+                    &self.lower,
+                    &spec.volume_mounts,
+                    spec.resolv_conf.as_deref(),
+                )
                 .unwrap();
             Container::start(spec, None, Some(root))
         }
@@ -674,6 +679,35 @@ mod tests {
     }
 
     #[test]
+    fn a_container_s_own_resolv_conf_replaces_the_pod_s() {
+        in_private_mounts(|work| {
+            let pod = Pod::new(work);
+            std::fs::write(work.join("pod-etc/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
+            let (out, _, t) = pod.run(&sh("plain", "cat /etc/resolv.conf"));
+            assert_eq!(
+                (out.as_str(), t),
+                ("nameserver 10.0.0.1\n", Termination::Exited(0))
+            );
+            let mut own = sh("own", "cat /etc/resolv.conf; cat /etc/hostname");
+            own.resolv_conf = Some("nameserver 10.89.0.53\nsearch cri.test\n".into());
+            let (out, _, t) = pod.run(&own);
+            assert_eq!(
+                (out.as_str(), t),
+                (
+                    "nameserver 10.89.0.53\nsearch cri.test\nweb-0\n",
+                    Termination::Exited(0)
+                ),
+                "its own resolv.conf, the pod's other files"
+            );
+            assert_eq!(
+                std::fs::read_to_string(work.join("pod-etc/resolv.conf")).unwrap(),
+                "nameserver 10.0.0.1\n",
+                "the pod's file is untouched"
+            );
+        });
+    }
+
+    #[test]
     fn a_shared_pid_namespace_is_the_agent_s() {
         in_private_mounts(|work| {
             let pod = Pod::new(work);
@@ -701,7 +735,7 @@ mod tests {
             );
 
             spec.user = Some("ghost".into());
-            let root = pod.fs.prepare("web", &pod.lower, &[]).unwrap();
+            let root = pod.fs.prepare("web", &pod.lower, &[], None).unwrap();
             let err = Container::start(&spec, None, Some(root)).unwrap_err();
             assert!(err.to_string().contains("\"ghost\""), "{err}");
             assert!(!pod.work.join("run/containers/web").exists(), "cleaned up");

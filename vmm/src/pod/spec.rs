@@ -152,9 +152,11 @@ pub fn run_spec(
         },
         user: image.user.clone().filter(|u| !u.is_empty()),
         share_pid_namespace: pod.share_process_namespace,
-        // `unipod run` has no terminal to attach; the shim sets these.
+        // `unipod run` has no terminal to attach, and its containers take
+        // the pod's resolv.conf; the shim sets these.
         stdin: false,
         tty: false,
+        resolv_conf: None,
     })
 }
 
