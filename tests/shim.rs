@@ -998,7 +998,7 @@ mod cri {
 fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
     use k8s_cri::v1::{
         ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-        CreateContainerRequest, ImageSpec, PodSandboxConfig, PodSandboxMetadata,
+        CreateContainerRequest, DnsConfig, ImageSpec, PodSandboxConfig, PodSandboxMetadata,
         PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
         StartContainerRequest, StopPodSandboxRequest, VersionRequest,
     };
@@ -1050,6 +1050,13 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
             }),
             hostname: "web".into(),
             log_directory: log_dir.display().to_string(),
+            // CRI writes it to the pod's resolv.conf, which it binds into
+            // app containers only.
+            dns_config: Some(DnsConfig {
+                servers: vec!["10.89.0.53".into()],
+                searches: vec!["unipod.test".into()],
+                options: Vec::new(),
+            }),
             ..Default::default()
         };
         let sandbox = cri
@@ -1079,11 +1086,15 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
             "the pod IP {pod_ip:?} is not from the CNI network {CNI_SUBNET_PREFIX}0/24"
         );
 
-        // The page names the pod's IP as the guest sees it, and whether the
-        // kernel is ours (its command line names our virtio-mmio devices).
+        // The page names the pod's IP as the guest sees it, whether the
+        // kernel is ours (its command line names our virtio-mmio devices),
+        // and the container's nameserver and search domain.
         let serve = "mkdir -p /tmp/www; \
              echo \"unipod-cri $(ip -4 -o addr show eth0 | awk '{print $4}') \
-             $(grep -c virtio_mmio.device /proc/cmdline)\" >/tmp/www/index.html; \
+             $(grep -c virtio_mmio.device /proc/cmdline) \
+             $(awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf) \
+             $(awk '$1 == \"search\" {print $2}' /etc/resolv.conf)\" \
+             >/tmp/www/index.html; \
              exec httpd -f -p 8080 -h /tmp/www";
         let container = cri
             .create_container(CreateContainerRequest {
@@ -1143,7 +1154,7 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
         }
         assert_eq!(
             page.trim(),
-            format!("unipod-cri {pod_ip}/24 1"),
+            format!("unipod-cri {pod_ip}/24 1 10.89.0.53 unipod.test"),
             "{url} from the node\n{}\n{}",
             network_report(&c, node.0, netns_before, &log_dir.join("app.log")),
             c.log_tail()

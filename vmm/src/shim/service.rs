@@ -440,10 +440,9 @@ fn pod_network(spec: &ContainerSpec, netns: &Path) -> TtrpcResult<(Tap, NetworkC
     let joined = cni::join(netns)
         .map_err(|e| err(Code::FAILED_PRECONDITION, crate::cli::error_chain(&e, ": ")))?;
     let mut guest = joined.guest;
-    if let Some(path) = &spec.resolv_conf {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        guest.dns_servers = resolv_conf_servers(&text);
-        guest.dns_search = resolv_conf_search(&text);
+    if let Some(text) = &spec.resolv_conf_text {
+        guest.dns_servers = resolv_conf_servers(text);
+        guest.dns_search = resolv_conf_search(text);
     }
     log::info!(
         "pod network: {} takes {}/{} via {} from {} in {}",

@@ -63,6 +63,9 @@ pub struct ContainerSpec {
     /// The source of the bind mount on `/etc/resolv.conf` (CRI writes the
     /// pod's DNS settings there).
     pub resolv_conf: Option<PathBuf>,
+    /// What that file says, read by [`ContainerSpec::load`]: the guest
+    /// gives the container this `/etc/resolv.conf`, as runc's bind would.
+    pub resolv_conf_text: Option<String>,
 }
 
 impl ContainerSpec {
@@ -72,11 +75,18 @@ impl ContainerSpec {
         let text = std::fs::read(&path).map_err(|e| SpecError::Read(path.clone(), e))?;
         let json: Value =
             serde_json::from_slice(&text).map_err(|e| SpecError::Json(path.clone(), e))?;
-        ContainerSpec::from_json(&json, id).map_err(|(field, problem)| SpecError::Field {
-            path: path.display().to_string(),
-            field,
-            problem,
-        })
+        let mut spec =
+            ContainerSpec::from_json(&json, id).map_err(|(field, problem)| SpecError::Field {
+                path: path.display().to_string(),
+                field,
+                problem,
+            })?;
+        if let Some(resolv_conf) = &spec.resolv_conf {
+            let text = std::fs::read_to_string(resolv_conf)
+                .map_err(|e| SpecError::Read(resolv_conf.clone(), e))?;
+            spec.resolv_conf_text = Some(text);
+        }
+        Ok(spec)
     }
 
     fn from_json(json: &Value, id: &str) -> Result<ContainerSpec, (&'static str, &'static str)> {
@@ -120,6 +130,7 @@ impl ContainerSpec {
             is_sandbox,
             netns,
             resolv_conf,
+            resolv_conf_text: None,
         })
     }
 
@@ -135,6 +146,7 @@ impl ContainerSpec {
                 fstype: "erofs".into(),
             }),
             user: self.user.clone(),
+            resolv_conf: self.resolv_conf_text.clone(),
             ..RunSpec::default()
         }
     }
@@ -231,6 +243,27 @@ mod tests {
         assert_eq!(spec.resolv_conf, Some(PathBuf::from("/sb/resolv.conf")));
         let run = spec.run_spec("c1", "/dev/vda");
         assert_eq!(run.rootfs.unwrap().device, "/dev/vda");
+    }
+
+    #[test]
+    fn load_reads_the_resolv_conf_the_container_gets() {
+        let bundle = std::env::temp_dir().join(format!("unipod-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let resolv = bundle.join("resolv.conf");
+        let config = serde_json::json!({
+            "process": {"args": ["sh"]},
+            "mounts": [{"destination": "/etc/resolv.conf", "source": resolv}]
+        });
+        std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+        let missing = ContainerSpec::load(&bundle, "c").unwrap_err().to_string();
+        assert!(missing.contains("resolv.conf"), "{missing}");
+        std::fs::write(&resolv, "nameserver 10.89.0.53\n").unwrap();
+        let spec = ContainerSpec::load(&bundle, "c").unwrap();
+        std::fs::remove_dir_all(&bundle).unwrap();
+        assert_eq!(
+            spec.run_spec("c", "/dev/vda").resolv_conf.as_deref(),
+            Some("nameserver 10.89.0.53\n")
+        );
     }
 
     #[test]
