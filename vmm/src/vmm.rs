@@ -21,6 +21,7 @@ use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::profile::GuestProfile;
 use crate::vstate::vcpu::{self, Pause, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -87,6 +88,9 @@ pub enum VmmError {
     /// The signal that pauses vCPUs for a snapshot cannot be handled.
     #[error("the kick signal handler cannot be installed")]
     KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// The guest profile could not be started or written.
+    #[error("guest profile {}", .0.display())]
+    GuestProfile(PathBuf, #[source] std::io::Error),
     /// A seccomp filter cannot be built or installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -322,10 +326,15 @@ impl Vmm {
     ///
     /// With `seccomp` on, each vCPU thread and then this thread install
     /// their filters before their loops start (see [`crate::seccomp`]).
+    ///
+    /// With `guest_profile`, the guest's RIP is sampled while it runs and
+    /// the counts are written to that file at the end (see
+    /// [`crate::vstate::profile`]).
     pub fn run(
         mut self,
         snapshot_to: Option<&Path>,
         seccomp: Seccomp,
+        guest_profile: Option<&Path>,
     ) -> Result<RunReport, VmmError> {
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(VmmError::EventLoop)?;
@@ -353,6 +362,7 @@ impl Vmm {
         };
         let pause = Arc::new(Pause::new(self.vcpus.len(), msr_indices));
 
+        let profile = guest_profile.map(GuestProfile::new);
         let first_run = self.vmm_start.elapsed();
         let first_run_cpu = process_cpu_time();
         let mut threads = Vec::new();
@@ -363,8 +373,18 @@ impl Vmm {
                 self.exit.clone(),
                 pause.clone(),
                 seccomp,
+                profile.clone(),
             )?);
         }
+        let profile_error = |p: &GuestProfile, e| VmmError::GuestProfile(p.path().into(), e);
+        // Declared after `threads`, so dropped (stopped) before them on
+        // every return.
+        let sampler = match &profile {
+            // SAFETY: the sampler is finished or dropped before `threads`
+            // (see above), and install_kick_handler ran above.
+            Some(p) => Some(unsafe { p.start_sampler(&threads) }.map_err(|e| profile_error(p, e))?),
+            None => None,
+        };
         seccomp.apply(ThreadKind::Main)?;
         let exit = loop {
             if let Err(e) = manager.run() {
@@ -395,6 +415,9 @@ impl Vmm {
             (exit, _) => exit,
         };
         self.devices.shutdown();
+        if let (Some(profile), Some(sampler)) = (&profile, sampler) {
+            sampler.finish().map_err(|e| profile_error(profile, e))?;
+        }
         let (vmm_hwm_kib, guest_resident_kib) = memory_usage(self.vm.memory());
         // vCPU threads still in KVM_RUN end with the process; the VM's memory
         // stays mapped until then because the threads hold clones of it.

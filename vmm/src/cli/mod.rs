@@ -15,7 +15,7 @@
 //! - 4: `--restore` refused the snapshot (corrupt, other version, other
 //!   inputs) or KVM refused its state; nothing was started.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,6 +50,8 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_GUEST_CRASHED: i32 = 3;
 /// Exit code: the snapshot given to `--restore` cannot be used.
 pub const EXIT_SNAPSHOT_REJECTED: i32 = 4;
+/// A directory where every VMM writes a guest profile (`--guest-profile`).
+const GUEST_PROFILE_ENV: &str = "UNIPOD_GUEST_PROFILE";
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -266,6 +268,13 @@ pub struct BootArgs {
     /// 'unipod run' starts.
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Sample where the guest's vCPUs are every millisecond and write the
+    /// counts per guest address to FILE when the VM ends (a developer tool;
+    /// bench/guest_profile.py names the guest kernel functions).
+    /// UNIPOD_GUEST_PROFILE=DIR does the same for the VMMs 'unipod run'
+    /// starts, each writing DIR/vmm-PID.prof.
+    #[arg(long, value_name = "FILE")]
+    pub guest_profile: Option<PathBuf>,
 }
 
 /// `--cpu-template` values.
@@ -363,9 +372,14 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
         Some(dir) => Vmm::restore(&config, dir, start)?,
         None => Vmm::new(&config, start)?,
     };
+    let profile = args.guest_profile.clone().or_else(|| {
+        std::env::var_os(GUEST_PROFILE_ENV)
+            .map(|dir| Path::new(&dir).join(format!("vmm-{}.prof", std::process::id())))
+    });
     let report = vmm.run(
         args.snapshot_to.as_deref(),
         Seccomp::from_flag(args.no_seccomp),
+        profile.as_deref(),
     )?;
     print_report(&report);
     Ok(match report.exit {

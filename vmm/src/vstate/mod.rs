@@ -2,5 +2,6 @@
 
 pub mod exit;
 pub mod memory;
+pub mod profile;
 pub mod vcpu;
 pub mod vm;

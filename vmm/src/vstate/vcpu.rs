@@ -23,6 +23,7 @@ use crate::config::CpuTemplate;
 use crate::devices::Bus;
 use crate::seccomp::{Seccomp, ThreadKind};
 use crate::vstate::exit::{ExitSignal, GuestExit};
+use crate::vstate::profile::GuestProfile;
 use crate::vstate::vm::Vm;
 
 /// Errors while creating or configuring a vCPU.
@@ -268,6 +269,7 @@ impl Vcpu {
         exit: Arc<ExitSignal>,
         pause: Arc<Pause>,
         seccomp: Seccomp,
+        profile: Option<Arc<GuestProfile>>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
@@ -278,7 +280,7 @@ impl Vcpu {
                     exit.report(GuestExit::VcpuError(msg));
                     return;
                 }
-                if let Some(reason) = self.run(&buses, &mem, &pause) {
+                if let Some(reason) = self.run(&buses, &mem, &pause, profile.as_deref()) {
                     exit.report(reason);
                 }
             })
@@ -286,7 +288,13 @@ impl Vcpu {
     }
 
     /// The run loop; `None` when it stopped for a pause.
-    fn run(mut self, buses: &IoBuses, mem: &GuestMemoryMmap, pause: &Pause) -> Option<GuestExit> {
+    fn run(
+        mut self,
+        buses: &IoBuses,
+        mem: &GuestMemoryMmap,
+        pause: &Pause,
+        profile: Option<&GuestProfile>,
+    ) -> Option<GuestExit> {
         loop {
             if pause.requested.load(Ordering::SeqCst) {
                 pause.deliver(self.index, self.save_state(&pause.msr_indices));
@@ -326,7 +334,12 @@ impl Vcpu {
                     "KVM entry failed: reason {reason:#x} on host CPU {cpu}"
                 )),
                 Ok(other) => GuestExit::VcpuError(format!("unhandled exit {other:?}")),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if let Some(profile) = profile {
+                        profile.record(self.rip());
+                    }
+                    continue;
+                }
                 Err(e) => GuestExit::VcpuError(format!("KVM_RUN failed: {e}")),
             };
             return Some(exit);
@@ -372,7 +385,7 @@ impl Vcpu {
 }
 
 /// Signal that kicks a vCPU thread out of `KVM_RUN`.
-fn kick_signal() -> i32 {
+pub(super) fn kick_signal() -> i32 {
     libc::SIGRTMIN() + 1
 }
 
