@@ -40,8 +40,11 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Largest accepted value of a frame's length word (version word + JSON).
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
-/// Heartbeat period when the kernel command line has no `unipod.heartbeat_ms=`.
-pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
+/// Heartbeat period when the kernel command line has no `unipod.heartbeat_ms=`,
+/// and `unipod run`'s default. As kubelet's node status period: each
+/// heartbeat wakes the guest, which on nested PVM hosts costs about 40 ms of
+/// host CPU (docs/PERFORMANCE.md), so 1 s kept 4% of a CPU busy per idle pod.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 10_000;
 /// Bytes before the JSON body: the length word and the version word.
 pub const HEADER_LEN: usize = 6;
 /// Most bytes a [`FrameDecoder`] buffers: one largest frame plus as much again

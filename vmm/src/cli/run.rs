@@ -79,8 +79,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub agent_timeout_secs: u64,
     /// Agent heartbeat period in milliseconds. The pod becomes Unknown after
-    /// three missed heartbeats plus a second.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// three missed heartbeats plus a second. Each heartbeat wakes the
+    /// guest, which costs host CPU; a shorter period notices a hung guest
+    /// sooner.
+    #[arg(long, value_name = "MS", default_value_t = guest_agent::protocol::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// How long the pod may stay Unknown before unipod gives up on it,
     /// stops the VM and reports Failed.

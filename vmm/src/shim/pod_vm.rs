@@ -34,7 +34,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Heartbeats are not watched here (the link's end is); a slow period keeps
 /// the guest's work low.
-const HEARTBEAT_MS: u64 = 5000;
+const HEARTBEAT_MS: u64 = guest_agent::protocol::DEFAULT_HEARTBEAT_MS;
 /// How long the guest has to stop its containers and power off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
