@@ -558,5 +558,10 @@ fn exec_runs_in_a_container_with_stdin_and_its_exit_code() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
     assert!(out.status.success());
+    // Past one default heartbeat period (10 s), the pod was never judged
+    // silent: the manifest path once used a fixed 4 s threshold.
+    std::thread::sleep(Duration::from_secs(12));
+    let (desc, _) = text(&unipod(&state, "describe", &["pods-exec"]));
+    assert!(!desc.contains("AgentUnresponsive"), "{desc}");
     remove(&state, "pods-exec");
 }

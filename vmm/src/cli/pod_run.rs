@@ -135,6 +135,10 @@ pub(crate) struct Prepared {
     pub(crate) init: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) app: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) ports: Vec<PublishedPort>,
+    /// Silence that makes the pod Unknown ([`RunArgs::unknown_after`]).
+    pub(crate) unknown_after: Duration,
+    /// Unknown this long makes it Failed.
+    pub(crate) give_up_after: Duration,
 }
 
 /// Checks everything that can be checked without side effects.
@@ -241,6 +245,8 @@ pub(crate) fn prepare(
             init: entries,
             app,
             ports,
+            unknown_after: args.unknown_after(),
+            give_up_after: args.give_up_after(),
         },
         warnings,
     ))
@@ -316,6 +322,8 @@ fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
     let cfg = LifecycleConfig::new(
         p.manifest.restart_policy,
         p.manifest.termination_grace_period,
+        p.unknown_after,
+        p.give_up_after,
     );
     Lifecycle::new(
         &p.manifest.name,

@@ -86,7 +86,12 @@ pub struct RunArgs {
     pub heartbeat_ms: u64,
     /// How long the pod may stay Unknown before unipod gives up on it,
     /// stops the VM and reports Failed.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        env = "UNIPOD_UNKNOWN_TIMEOUT_SECS"
+    )]
     pub unknown_timeout_secs: u64,
     /// Boot the guest from scratch instead of restoring the warm-start
     /// snapshot.
@@ -163,6 +168,17 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The agent's silence after which the pod is Unknown: three missed
+    /// heartbeats and a second.
+    pub fn unknown_after(&self) -> Duration {
+        3 * Duration::from_millis(self.heartbeat_ms) + Duration::from_secs(1)
+    }
+
+    /// How long the pod may stay Unknown before it is Failed.
+    pub fn give_up_after(&self) -> Duration {
+        Duration::from_secs(self.unknown_timeout_secs)
+    }
+
     /// Splits the positional words (`raw` is the process's arguments): the
     /// words after `--` are the command, a word before it the manifest. Then
     /// checks that MANIFEST and the flags of the command form are not mixed.
@@ -363,10 +379,7 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
-    let mut phase = PhaseTracker::new(
-        Duration::from_millis(3 * args.heartbeat_ms) + Duration::from_secs(1),
-        Duration::from_secs(args.unknown_timeout_secs),
-    );
+    let mut phase = PhaseTracker::new(args.unknown_after(), args.give_up_after());
     let backend = match &net {
         Some(net) => NetBackend::Tap {
             fd: net.tap_fd(),
@@ -1023,6 +1036,23 @@ mod tests {
         assert!(err.contains("\"a\""), "{err}");
         let twice: Vec<Sidecar> = ["a=x", "a=y"].iter().map(|s| s.parse().unwrap()).collect();
         assert!(validate_sidecars("pod", &twice).is_err());
+    }
+
+    #[test]
+    fn the_unknown_threshold_follows_the_heartbeat() {
+        use clap::Parser;
+        let args = |extra: &[&str]| {
+            let argv = [&["unipod", "run"], extra, &["--", "true"]].concat();
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Run(args) => args,
+                _ => unreachable!("a run command"),
+            }
+        };
+        let default = args(&[]);
+        assert_eq!(default.unknown_after(), Duration::from_secs(31));
+        let fast = args(&["--heartbeat-ms", "500", "--unknown-timeout-secs", "7"]);
+        assert_eq!(fast.unknown_after(), Duration::from_millis(2500));
+        assert_eq!(fast.give_up_after(), Duration::from_secs(7));
     }
 
     #[test]
