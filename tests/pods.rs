@@ -274,6 +274,23 @@ spec:
     assert_eq!(logs, "out\nerr\n");
     let (logs, _) = text(&unipod(&state, "logs", &["pods-ok", "-c", "second"]));
     assert_eq!(logs, "init two\n");
+    // A reader that has gone (`unipod get | head`) ends get and logs with
+    // SIGPIPE, as it ends ls, not with a panic (SIGABRT).
+    for (subcommand, args) in [("get", &["pods-ok"][..]), ("logs", &["pods-ok"][..])] {
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        drop(read_end);
+        let out = cmd(&state, subcommand, args)
+            .stdout(write_end)
+            .output()
+            .expect("runs");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGPIPE),
+            "{subcommand} into a closed pipe: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = unipod(&state, "rm", &["pods-ok"]);
     assert!(out.status.success(), "{:?}", text(&out));
     assert!(!state.join("pods/pods-ok").exists());

@@ -20,6 +20,16 @@ fn main() {
         })
         .init();
     let mut cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Get(_) | Command::Describe(_) | Command::Logs(_)
+    ) {
+        // These only print and have nothing to clean up: a reader that goes
+        // away (`unipod logs -f | head`) ends them quietly, as it ends `ls`.
+        // Rust ignores SIGPIPE, which made the next print panic instead.
+        // SAFETY: single-threaded here, and SIG_DFL installs no handler code.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Command::Run(args) = &mut cli.command {
         let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
         if let Err(e) = args.split_manifest(&raw) {

@@ -390,7 +390,8 @@ fn detach(p: &Prepared) -> Result<i32, PodRunError> {
         let record = PodRecord::read(&p.dir).ok();
         match record.as_ref().map(|r| r.status.phase) {
             Some(PodPhase::Running | PodPhase::Succeeded) => {
-                println!("{}", p.manifest.name);
+                // The pod runs either way; a closed stdout is no failure.
+                let _ = writeln!(std::io::stdout(), "{}", p.manifest.name);
                 return Ok(0);
             }
             Some(PodPhase::Failed) => {
