@@ -7,7 +7,7 @@
 //! images to).
 //!
 //! Virtio devices take MMIO windows and IRQs in the order they are added:
-//! vsock, net, then the disks. A restore adds them in the same order, so
+//! vsock, net, the disks, then the balloon. A restore adds them in the same order, so
 //! each gets the window the guest knows it by.
 
 use std::fs::File;
@@ -25,6 +25,7 @@ use crate::config::{ConsoleOutput, NetConfig, TapFd, VsockConfig};
 use crate::devices::legacy::serial::SavedSerial;
 use crate::devices::legacy::{boot_timer, i8042, serial};
 use crate::devices::legacy::{BootTimer, ConsoleWriter, SerialConsole, I8042};
+use crate::devices::virtio::balloon::{Balloon, BalloonError, BalloonMetrics};
 use crate::devices::virtio::block::{Block, BlockError, BlockMetrics};
 use crate::devices::virtio::mmio::{
     MmioRestoreError, MmioState, MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET,
@@ -71,6 +72,9 @@ pub enum DeviceError {
     /// A disk or its image.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// The balloon device.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
     /// No disk has that index (a bug in the caller).
     #[error("there is no disk {0}")]
     NoSuchDisk(usize),
@@ -156,6 +160,10 @@ pub struct DevicesState {
     /// images are not saved: a restored disk starts as an empty slot.
     #[serde(default)]
     pub blocks: Vec<MmioState>,
+    /// The balloon's transport, if the VM had one (absent in older
+    /// snapshots).
+    #[serde(default)]
+    pub balloon: Option<MmioState>,
 }
 
 /// Where the virtio-mmio windows start: right after the boot timer.
@@ -170,6 +178,8 @@ type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
 type NetHandles = (Arc<Mutex<Net>>, Arc<Mutex<MmioTransport>>);
 /// A disk and its transport, kept for attaching, metrics and snapshots.
 type BlockHandles = (Arc<Mutex<Block>>, Arc<Mutex<MmioTransport>>);
+/// The balloon and its transport, kept for metrics and snapshots.
+type BalloonHandles = (Arc<Mutex<Balloon>>, Arc<Mutex<MmioTransport>>);
 
 /// The VM's devices, reachable through its buses.
 pub struct DeviceManager {
@@ -179,6 +189,7 @@ pub struct DeviceManager {
     vsock: Option<VsockHandles>,
     net: Option<NetHandles>,
     blocks: Vec<BlockHandles>,
+    balloon: Option<BalloonHandles>,
     /// `virtio_mmio.device=` announcements for the kernel command line.
     virtio_cmdline: Vec<String>,
     panic_line: Arc<Mutex<Option<String>>>,
@@ -235,6 +246,7 @@ impl DeviceManager {
             vsock: None,
             net: None,
             blocks: Vec::new(),
+            balloon: None,
             virtio_cmdline: Vec::new(),
             panic_line,
             boot_time,
@@ -343,6 +355,32 @@ impl DeviceManager {
         Ok(index)
     }
 
+    /// Adds the free-page-reporting balloon. With `saved` transport state
+    /// (after a restore) it resumes where the snapshot left it.
+    pub fn add_balloon(&mut self, vm: &Vm, saved: Option<&MmioState>) -> Result<(), DeviceError> {
+        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
+        let balloon = Arc::new(Mutex::new(Balloon::new(interrupt.clone())?));
+        let transport = match saved {
+            None => MmioTransport::new(balloon.clone(), interrupt, vm.memory().clone()),
+            Some(state) => {
+                MmioTransport::restore(balloon.clone(), interrupt, vm.memory().clone(), state)
+                    .map_err(|e| DeviceError::Restore("virtio-balloon", e))?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        self.add_virtio(vm, balloon.clone(), transport.clone(), base, irq)?;
+        self.subscribers.push(balloon.clone());
+        self.balloon = Some((balloon, transport));
+        Ok(())
+    }
+
+    /// The balloon's counters, if the VM has one.
+    pub fn balloon_metrics(&self) -> Option<BalloonMetrics> {
+        self.balloon
+            .as_ref()
+            .map(|(balloon, _)| balloon.lock().expect("balloon lock poisoned").metrics())
+    }
+
     /// Gives the empty slot `index` its image; the guest gets a
     /// config-change interrupt and rereads the capacity. Returns the
     /// capacity in 512-byte sectors.
@@ -392,6 +430,10 @@ impl DeviceManager {
                 .iter()
                 .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state())
                 .collect(),
+            balloon: self
+                .balloon
+                .as_ref()
+                .map(|(_, t)| t.lock().expect("virtio lock poisoned").save_state()),
         }
     }
 
@@ -462,6 +504,9 @@ impl DeviceManager {
         for (i, metrics) in self.block_metrics().iter().enumerate() {
             log::info!("virtio-blk {i}: {metrics:?}");
         }
+        if let Some(metrics) = self.balloon_metrics() {
+            log::info!("virtio-balloon: {metrics:?}");
+        }
     }
 
     /// The buses, for the vCPU threads.
@@ -514,6 +559,7 @@ mod tests {
             vsock: Some(transport_state(3)),
             net: Some(transport_state(2)),
             blocks: vec![transport_state(1), attached],
+            balloon: Some(transport_state(3)),
         };
         let json = serde_json::to_string(&state).expect("serializable");
         let back: DevicesState = serde_json::from_str(&json).expect("deserializable");
@@ -527,10 +573,11 @@ mod tests {
             vsock: Some(transport_state(3)),
             net: None,
             blocks: Vec::new(),
+            balloon: None,
         };
         let mut json = serde_json::to_value(&state).expect("serializable");
         let fields = json.as_object_mut().expect("a JSON object");
-        for old in ["net", "blocks"] {
+        for old in ["net", "blocks", "balloon"] {
             fields.remove(old).expect("serialized");
         }
         let back: DevicesState = serde_json::from_value(json).expect("old state loads");

@@ -192,6 +192,9 @@ impl Vmm {
         for image in images {
             devices.add_block(&vm, image, None)?;
         }
+        if config.free_page_reporting {
+            devices.add_balloon(&vm, None)?;
+        }
         let api = bind_api(config, &devices)?;
 
         let mut cmdline = config.cmdline();
@@ -300,6 +303,17 @@ impl Vmm {
         }
         for (image, state) in images.into_iter().zip(saved_disks) {
             devices.add_block(&vm, image, Some(state))?;
+        }
+        match (config.free_page_reporting, &saved.devices.balloon) {
+            (true, Some(state)) => devices.add_balloon(&vm, Some(state))?,
+            (false, None) => {}
+            (true, None) => return Err(DeviceError::Mismatch("has no balloon device").into()),
+            (false, Some(_)) => {
+                return Err(DeviceError::Mismatch(
+                    "has a balloon device; pass --free-page-reporting",
+                )
+                .into())
+            }
         }
         log::info!(
             "restored {} vCPU(s) from {} in {:?}",

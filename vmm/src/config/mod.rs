@@ -103,6 +103,9 @@ pub struct VmConfig {
     pub disks: Vec<BlockConfig>,
     /// The runtime API's socket (see [`crate::api`]), if any.
     pub api_sock: Option<PathBuf>,
+    /// A virtio-balloon device for free page reporting: memory the guest
+    /// frees goes back to the host.
+    pub free_page_reporting: bool,
 }
 
 /// A read-only virtio-blk device: an image, or an empty slot that a
@@ -246,6 +249,7 @@ impl Default for VmConfig {
             net: None,
             disks: Vec::new(),
             api_sock: None,
+            free_page_reporting: false,
         }
     }
 }

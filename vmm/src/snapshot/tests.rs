@@ -126,6 +126,7 @@ fn sample(dir: &Path) -> Snapshot {
                     config_generation: 0,
                 },
             ],
+            balloon: None,
         },
         memory: vec![RegionState {
             guest_addr: 0,

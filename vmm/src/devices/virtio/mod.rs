@@ -8,9 +8,12 @@
 //! event-loop thread, never on a vCPU thread; interrupts leave through an
 //! irqfd ([`Interrupt`]).
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
