@@ -18,7 +18,7 @@ use crate::config::{ConfigError, CpuTemplate, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::virtio::block;
 use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
-use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
+use crate::snapshot::{self, HashMemo, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::profile::GuestProfile;
@@ -251,9 +251,10 @@ impl Vmm {
         vmm_start: Instant,
     ) -> Result<Vmm, VmmError> {
         let (kvm, template) = open_kvm(config)?;
-        let key = snapshot::key(config, template)?;
+        let memo = HashMemo::beside(dir);
+        let key = snapshot::key(config, template, &memo)?;
         log::debug!("snapshot key {key} after {:?}", vmm_start.elapsed());
-        let (saved, memory_file) = Snapshot::open(dir, &key)?;
+        let (saved, memory_file) = Snapshot::open(dir, &key, &memo)?;
         log::debug!("snapshot read and checked after {:?}", vmm_start.elapsed());
         let vm = Vm::new(&kvm, memory::restore(&memory_file, &saved.memory)?)?;
         vm.restore_state(&saved.vm)?;
@@ -479,7 +480,7 @@ impl Vmm {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Snapshot {
-            key: snapshot::key(&self.config, self.template)?,
+            key: snapshot::key(&self.config, self.template, &HashMemo::beside(dir))?,
             info: SnapshotInfo {
                 kernel: self.config.kernel.clone(),
                 initrd: self.config.initrd.clone(),

@@ -525,7 +525,7 @@ fn find_snapshot(
     inputs: &GuestInputs,
     deadline: Instant,
 ) -> Result<(String, PathBuf), WarmStartError> {
-    let key = warm_start::key(inputs)?;
+    let key = warm_start::key(inputs, cache)?;
     let dir = warm_start::snapshot_for(cache, &key, inputs, deadline, &mut not_interrupted)?;
     Ok((key, dir))
 }

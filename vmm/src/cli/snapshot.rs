@@ -111,7 +111,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
                             vcpus: info.vcpus,
                             ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
                         });
-                        match inputs.map(|i| warm_start::key(&i)) {
+                        match inputs.map(|i| warm_start::key(&i, &cache)) {
                             Some(Ok(key)) if key == entry.key => None,
                             Some(Ok(_)) => Some("its kernel or initramfs changed".into()),
                             Some(Err(e)) => Some(format!("its inputs are gone: {e}")),
@@ -144,7 +144,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
                 )?,
                 *mem_mib,
             );
-            let key = warm_start::key(&inputs).map_err(WarmStartError::from)?;
+            let key = warm_start::key(&inputs, &cache).map_err(WarmStartError::from)?;
             let deadline = Instant::now() + Duration::from_secs(*timeout_secs);
             let dir = warm_start::snapshot_for(&cache, &key, &inputs, deadline, &mut || Ok(()))?;
             println!("{key} {}", dir.display());

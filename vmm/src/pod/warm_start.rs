@@ -47,10 +47,11 @@ pub enum WarmStartError {
 
 /// The snapshot key for a pod VM with `inputs`, as `unipod boot` will
 /// compute it.
-pub fn key(inputs: &GuestInputs) -> Result<String, SnapshotError> {
+pub fn key(inputs: &GuestInputs, cache: &SnapshotCache) -> Result<String, SnapshotError> {
     snapshot::key(
         &boot_config(inputs),
         CpuTemplate::Auto.resolve(arch::detect_host()),
+        &cache.hash_memo(),
     )
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use super::{Snapshot, SnapshotInfo, STATE_FILE};
+use super::{HashMemo, Snapshot, SnapshotInfo, STATE_FILE};
 
 /// One cached snapshot, as `unipod snapshot ls` shows it.
 #[derive(Debug)]
@@ -38,6 +38,12 @@ impl SnapshotCache {
         SnapshotCache {
             root: state_dir.join("snapshots"),
         }
+    }
+
+    /// The hashes of the inputs and memory files its snapshots were
+    /// checked against (see [`HashMemo`]).
+    pub fn hash_memo(&self) -> HashMemo {
+        HashMemo::new(self.root.join(".hashes"))
     }
 
     /// Where the snapshot for `key` lives.
@@ -118,8 +124,10 @@ impl SnapshotCache {
         Ok(Some(freed))
     }
 
-    /// Removes staging directories left by interrupted creations; returns
-    /// the bytes freed. Lock files stay: a running creation may hold one.
+    /// Removes staging directories left by interrupted creations, and the
+    /// remembered hashes (shortcuts only: the next restore rereads its
+    /// files once); returns the bytes freed. Lock files stay: a running
+    /// creation may hold one.
     pub fn remove_leftovers(&self) -> u64 {
         let Ok(dirs) = std::fs::read_dir(&self.root) else {
             return 0;
@@ -141,6 +149,11 @@ impl SnapshotCache {
                 freed += disk_usage(&d.path());
                 let _ = std::fs::remove_dir_all(d.path());
             }
+        }
+        let memos = self.root.join(".hashes");
+        if memos.is_dir() {
+            freed += disk_usage(&memos);
+            let _ = std::fs::remove_dir_all(&memos);
         }
         freed
     }

@@ -19,6 +19,7 @@
 //! key: a restored VM's disks start empty and take the images it is given.
 
 pub mod cache;
+pub mod hash_memo;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -32,6 +33,8 @@ use crate::device_manager::DevicesState;
 use crate::vstate::memory::RegionState;
 use crate::vstate::vcpu::VcpuState;
 use crate::vstate::vm::VmState;
+
+pub use self::hash_memo::HashMemo;
 
 /// Bumped whenever the saved state changes shape or meaning.
 pub const FORMAT_VERSION: u32 = 1;
@@ -205,9 +208,14 @@ impl Snapshot {
     }
 
     /// Reads the snapshot in `dir` and checks that it fits `expected_key` and
-    /// that its memory file is whole and unchanged. Returns the state and the
-    /// open memory file.
-    pub fn open(dir: &Path, expected_key: &str) -> Result<(Snapshot, File), SnapshotError> {
+    /// that its memory file is whole and unchanged (its hash comes from
+    /// `memo` when the file was not written since the last check). Returns
+    /// the state and the open memory file.
+    pub fn open(
+        dir: &Path,
+        expected_key: &str,
+        memo: &HashMemo,
+    ) -> Result<(Snapshot, File), SnapshotError> {
         let snapshot = Snapshot::read_state(dir)?;
         if snapshot.key != expected_key {
             return Err(SnapshotError::KeyMismatch {
@@ -228,7 +236,9 @@ impl Snapshot {
                 found: len,
             });
         }
-        if hash_file(&file).map_err(SnapshotError::io(&path, "cannot read"))?
+        if memo
+            .hash(&path, &file)
+            .map_err(SnapshotError::io(&path, "cannot read"))?
             != snapshot.memory_hash
         {
             return Err(SnapshotError::Checksum(path));
@@ -268,7 +278,14 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// contents, vCPUs, memory, the resolved CPU template, the command line, and
 /// the device set (a net device or not, the number of disks; the images
 /// themselves do not count).
-pub fn key(config: &VmConfig, template: CpuTemplate) -> Result<String, SnapshotError> {
+///
+/// The kernel's and initramfs's hashes come from `memo` when they were not
+/// written since they were last hashed.
+pub fn key(
+    config: &VmConfig,
+    template: CpuTemplate,
+    memo: &HashMemo,
+) -> Result<String, SnapshotError> {
     let mut hasher = Xxh3::new();
     hasher.update(
         format!(
@@ -280,17 +297,19 @@ pub fn key(config: &VmConfig, template: CpuTemplate) -> Result<String, SnapshotE
     for path in std::iter::once(&config.kernel).chain(config.initrd.as_ref()) {
         let file = File::open(path).map_err(SnapshotError::io(path, "cannot open"))?;
         hasher.update(
-            &hash_file(&file)
+            &memo
+                .hash(path, &file)
                 .map_err(SnapshotError::io(path, "cannot read"))?
                 .to_le_bytes(),
         );
     }
     hasher.update(
         format!(
-            "initrd={} net={} disks={} vcpus={} mem={} template={template:?} cmdline={}\n",
+            "initrd={} net={} disks={} balloon={} vcpus={} mem={} template={template:?} cmdline={}\n",
             config.initrd.is_some(),
             config.net.is_some(),
             config.disks.len(),
+            config.free_page_reporting,
             config.vcpus,
             config.mem_mib,
             config.cmdline()

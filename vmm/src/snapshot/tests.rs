@@ -162,7 +162,8 @@ fn every_state_struct_round_trips() {
     let dir = TempDir::new("roundtrip");
     let original = sample(&dir.0);
     original.write_state(&dir.0).expect("written");
-    let (back, _memory) = Snapshot::open(&dir.0, &original.key).expect("opened");
+    let (back, _memory) =
+        Snapshot::open(&dir.0, &original.key, &HashMemo::default()).expect("opened");
     assert_eq!(json(&back), json(&original));
     assert_eq!(back.vcpus[0].regs.rip, 0xffff_ffff_8100_0000);
     assert_eq!(back.devices, original.devices);
@@ -226,7 +227,7 @@ fn a_foreign_file_is_not_a_snapshot() {
 fn other_inputs_do_not_fit() {
     let dir = TempDir::new("key");
     sample(&dir.0).write_state(&dir.0).unwrap();
-    let err = Snapshot::open(&dir.0, "ffffffffffffffff").unwrap_err();
+    let err = Snapshot::open(&dir.0, "ffffffffffffffff", &HashMemo::default()).unwrap_err();
     assert!(matches!(err, SnapshotError::KeyMismatch { .. }), "{err}");
 }
 
@@ -239,7 +240,7 @@ fn damaged_memory_files_are_refused() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let err = Snapshot::open(&dir.0, &snap.key).unwrap_err();
+    let err = Snapshot::open(&dir.0, &snap.key, &HashMemo::default()).unwrap_err();
     assert!(matches!(err, SnapshotError::Checksum(_)), "{err}");
     File::options()
         .write(true)
@@ -247,7 +248,7 @@ fn damaged_memory_files_are_refused() {
         .unwrap()
         .set_len(4096)
         .unwrap();
-    let err = Snapshot::open(&dir.0, &snap.key).unwrap_err();
+    let err = Snapshot::open(&dir.0, &snap.key, &HashMemo::default()).unwrap_err();
     assert!(
         matches!(err, SnapshotError::Truncated { found: 4096, .. }),
         "{err}"
@@ -263,10 +264,10 @@ fn the_key_follows_every_input() {
         kernel: kernel.clone(),
         ..Default::default()
     };
-    let base = key(&config, CpuTemplate::NestedPvm).unwrap();
+    let base = key(&config, CpuTemplate::NestedPvm, &HashMemo::default()).unwrap();
     assert_eq!(
         base,
-        key(&config, CpuTemplate::NestedPvm).unwrap(),
+        key(&config, CpuTemplate::NestedPvm, &HashMemo::default()).unwrap(),
         "stable"
     );
     let changed = [
@@ -276,6 +277,7 @@ fn the_key_follows_every_input() {
                 ..config.clone()
             },
             CpuTemplate::NestedPvm,
+            &HashMemo::default(),
         ),
         key(
             &VmConfig {
@@ -283,6 +285,7 @@ fn the_key_follows_every_input() {
                 ..config.clone()
             },
             CpuTemplate::NestedPvm,
+            &HashMemo::default(),
         ),
         key(
             &VmConfig {
@@ -290,14 +293,24 @@ fn the_key_follows_every_input() {
                 ..config.clone()
             },
             CpuTemplate::NestedPvm,
+            &HashMemo::default(),
         ),
-        key(&config, CpuTemplate::Host),
+        key(&config, CpuTemplate::Host, &HashMemo::default()),
+        key(
+            &VmConfig {
+                free_page_reporting: true,
+                ..config.clone()
+            },
+            CpuTemplate::NestedPvm,
+            &HashMemo::default(),
+        ),
         key(
             &VmConfig {
                 disks: vec![crate::config::BlockConfig::slot()],
                 ..config.clone()
             },
             CpuTemplate::NestedPvm,
+            &HashMemo::default(),
         ),
     ];
     for k in changed {
@@ -313,13 +326,13 @@ fn the_key_follows_every_input() {
         ..config.clone()
     };
     assert_eq!(
-        key(&slot, CpuTemplate::NestedPvm).unwrap(),
-        key(&image, CpuTemplate::NestedPvm).unwrap(),
+        key(&slot, CpuTemplate::NestedPvm, &HashMemo::default()).unwrap(),
+        key(&image, CpuTemplate::NestedPvm, &HashMemo::default()).unwrap(),
         "a slot and an image fit the same snapshot"
     );
     std::fs::write(&kernel, b"kernel v2").unwrap();
     assert_ne!(
-        key(&config, CpuTemplate::NestedPvm).unwrap(),
+        key(&config, CpuTemplate::NestedPvm, &HashMemo::default()).unwrap(),
         base,
         "kernel contents"
     );
