@@ -480,13 +480,16 @@ impl Vmm {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Snapshot {
-            key: snapshot::key(&self.config, self.template, &HashMemo::beside(dir))?,
+            // No memo: this runs under the event loop's seccomp filter,
+            // which has no stat or readlink for it.
+            key: snapshot::key(&self.config, self.template, &HashMemo::default())?,
             info: SnapshotInfo {
                 kernel: self.config.kernel.clone(),
                 initrd: self.config.initrd.clone(),
                 mem_mib: self.config.mem_mib,
                 vcpus: self.config.vcpus,
                 created_unix,
+                free_page_reporting: self.config.free_page_reporting,
             },
             vm,
             vcpus,

@@ -55,6 +55,9 @@ impl HashMemo {
     /// XXH3 of `file`, opened from `path`: the memo's when the file has not
     /// changed since, else read (and remembered when it has settled).
     pub fn hash(&self, path: &Path, file: &File) -> std::io::Result<u64> {
+        let Some(memo) = self.memo_path(path) else {
+            return hash_file(file);
+        };
         let meta = file.metadata()?;
         let stamp = format!(
             "{} {} {} {}.{:09} {}.{:09}",
@@ -66,8 +69,7 @@ impl HashMemo {
             meta.ctime(),
             meta.ctime_nsec()
         );
-        let memo = self.memo_path(path);
-        if let Some(hash) = memo.as_deref().and_then(|m| read_memo(m, &stamp)) {
+        if let Some(hash) = read_memo(&memo, &stamp) {
             return Ok(hash);
         }
         let hash = hash_file(file)?;
@@ -79,7 +81,7 @@ impl HashMemo {
         let settled = SystemTime::now()
             .duration_since(changed)
             .is_ok_and(|age| age >= SETTLE);
-        if let (Some(memo), true) = (memo, settled) {
+        if settled {
             // A memo is only a shortcut: failing to write one costs the
             // next restore a read, nothing more.
             if let Err(e) = write_memo(&memo, &format!("{stamp} {hash:016x}\n")) {
