@@ -28,8 +28,19 @@ use crate::vstate::vm::{Vm, VmError};
 /// Kernel switches for nested PVM hosts. The CPUID template alone is not
 /// enough there: some of the kernel's early `cpuid` reads see the host CPU, so
 /// the features are also turned off by name (see docs/NESTED-KVM.md).
+/// `erms` and `fsrm` go too: with them the kernel clears and copies memory
+/// with `rep stosb`/`rep movsb`, which KVM's emulator runs one byte per
+/// step; without, with 8-byte moves.
 pub const NESTED_PVM_CMDLINE: &str =
-    "noxsave nosmap nosmep clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16";
+    "noxsave nosmap nosmep clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm";
+
+/// The kernel switches unipod adds for `template`'s host.
+pub fn host_cmdline(template: CpuTemplate) -> &'static str {
+    match template {
+        CpuTemplate::NestedPvm => NESTED_PVM_CMDLINE,
+        _ => "",
+    }
+}
 
 /// Errors while building or running the VMM.
 #[derive(Debug, thiserror::Error)]

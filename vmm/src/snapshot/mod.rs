@@ -305,14 +305,15 @@ pub fn key(
     }
     hasher.update(
         format!(
-            "initrd={} net={} disks={} balloon={} vcpus={} mem={} template={template:?} cmdline={}\n",
+            "initrd={} net={} disks={} balloon={} vcpus={} mem={} template={template:?} cmdline={} host_cmdline={}\n",
             config.initrd.is_some(),
             config.net.is_some(),
             config.disks.len(),
             config.free_page_reporting,
             config.vcpus,
             config.mem_mib,
-            config.cmdline()
+            config.cmdline(),
+            crate::vmm::host_cmdline(template)
         )
         .as_bytes(),
     );
