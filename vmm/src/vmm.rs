@@ -213,8 +213,9 @@ impl Vmm {
         if !additions.is_empty() {
             cmdline = format!("{cmdline} {additions}");
         }
-        if template == CpuTemplate::NestedPvm {
-            cmdline = format!("{cmdline} {NESTED_PVM_CMDLINE}");
+        let host = host_cmdline(template);
+        if !host.is_empty() {
+            cmdline = format!("{cmdline} {host}");
         }
         log::debug!("kernel cmdline: {cmdline}");
         boot::write_boot_info(vm.memory(), &kernel, &boot::cmdline_from(&cmdline)?, initrd)?;

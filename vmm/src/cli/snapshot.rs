@@ -109,6 +109,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
                     Ok(info) => {
                         let inputs = info.initrd.clone().map(|initrd| GuestInputs {
                             vcpus: info.vcpus,
+                            free_page_reporting: info.free_page_reporting,
                             ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
                         });
                         match inputs.map(|i| warm_start::key(&i, &cache)) {

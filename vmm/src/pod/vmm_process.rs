@@ -65,7 +65,14 @@ pub struct GuestInputs {
     /// The pod's image files (erofs), at most [`MAX_IMAGES_PER_POD`], given
     /// to the first disks in order; the template VM of a snapshot has none.
     pub images: Vec<PathBuf>,
+    /// A free-page-reporting balloon, so memory the pod frees goes back to
+    /// the host: on unless [`FREE_PAGE_REPORTING_ENV`] is `0` (to measure
+    /// what it buys).
+    pub free_page_reporting: bool,
 }
+
+/// Environment variable: `0` starts pod VMs without the balloon.
+pub const FREE_PAGE_REPORTING_ENV: &str = "UNIPOD_FREE_PAGE_REPORTING";
 
 impl GuestInputs {
     /// One vCPU and no images.
@@ -76,6 +83,7 @@ impl GuestInputs {
             mem_mib,
             vcpus: 1,
             images: Vec::new(),
+            free_page_reporting: std::env::var_os(FREE_PAGE_REPORTING_ENV).is_none_or(|v| v != "0"),
         }
     }
 
@@ -131,6 +139,9 @@ pub fn spawn(
     }
     let slots = MAX_IMAGES_PER_POD.saturating_sub(inputs.images.len());
     cmd.arg("--disk-slots").arg(slots.to_string());
+    if inputs.free_page_reporting {
+        cmd.arg("--free-page-reporting");
+    }
     match mode {
         BootMode::Cold => {}
         BootMode::Restore(dir) => {

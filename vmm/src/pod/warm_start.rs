@@ -69,6 +69,7 @@ fn boot_config(inputs: &GuestInputs) -> VmConfig {
             tap: None,
         }),
         disks: vec![BlockConfig::slot(); vmm_process::MAX_IMAGES_PER_POD],
+        free_page_reporting: inputs.free_page_reporting,
         ..VmConfig::default()
     }
 }

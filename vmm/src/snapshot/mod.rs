@@ -121,6 +121,10 @@ pub struct SnapshotInfo {
     pub vcpus: u8,
     /// When it was taken, seconds since the Unix epoch.
     pub created_unix: u64,
+    /// Whether the VM has the free-page-reporting balloon (absent in older
+    /// snapshots, which had none).
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 /// A saved VM, without its memory.

@@ -71,6 +71,7 @@ fn sample(dir: &Path) -> Snapshot {
             mem_mib: 128,
             vcpus: 1,
             created_unix: 1_800_000_000,
+            free_page_reporting: true,
         },
         vm: VmState {
             irqchips: vec![
