@@ -262,28 +262,15 @@ impl DeviceManager {
         config: &VsockConfig,
         saved: Option<&MmioState>,
     ) -> Result<(), DeviceError> {
-        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
-        let vsock = Arc::new(Mutex::new(Vsock::new(
-            config.cid,
-            &config.uds,
-            interrupt.clone(),
-        )?));
-        let transport = match saved {
-            None => MmioTransport::new(vsock.clone(), interrupt, vm.memory().clone()),
-            Some(state) => {
-                MmioTransport::restore(vsock.clone(), interrupt, vm.memory().clone(), state)
-                    .map_err(|e| DeviceError::Restore("vsock", e))?
-            }
-        };
-        let transport = Arc::new(Mutex::new(transport));
-        self.add_virtio(vm, vsock.clone(), transport.clone(), base, irq)?;
+        let (vsock, transport) = self.add_virtio(vm, saved, "vsock", |interrupt| {
+            Ok(Vsock::new(config.cid, &config.uds, interrupt)?)
+        })?;
         if saved.is_some_and(|s| s.activated) {
             let mut dev = vsock.lock().expect("vsock lock poisoned");
             if !dev.reset_transport() {
                 log::warn!("the guest left no vsock event buffer; old connections linger");
             }
         }
-        self.subscribers.push(vsock.clone());
         self.vsock = Some((vsock, transport));
         Ok(())
     }
@@ -297,25 +284,15 @@ impl DeviceManager {
         config: &NetConfig,
         saved: Option<&MmioState>,
     ) -> Result<(), DeviceError> {
-        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
         let tap = config
             .tap
             .as_ref()
             .map(TapFd::try_clone_owned)
             .transpose()
             .map_err(DeviceError::TapDup)?;
-        let net = Arc::new(Mutex::new(Net::new(config.mac.0, tap, interrupt.clone())?));
-        let transport = match saved {
-            None => MmioTransport::new(net.clone(), interrupt, vm.memory().clone()),
-            Some(state) => {
-                MmioTransport::restore(net.clone(), interrupt, vm.memory().clone(), state)
-                    .map_err(|e| DeviceError::Restore("net", e))?
-            }
-        };
-        let transport = Arc::new(Mutex::new(transport));
-        self.add_virtio(vm, net.clone(), transport.clone(), base, irq)?;
-        self.subscribers.push(net.clone());
-        self.net = Some((net, transport));
+        self.net = Some(self.add_virtio(vm, saved, "net", |interrupt| {
+            Ok(Net::new(config.mac.0, tap, interrupt)?)
+        })?);
         Ok(())
     }
 
@@ -331,24 +308,15 @@ impl DeviceManager {
         saved: Option<&MmioState>,
     ) -> Result<usize, DeviceError> {
         let index = self.blocks.len();
-        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
         let serial = format!("unipod-disk{index}");
         let (initial, later) = match saved {
             None => (image, None),
             Some(_) => (None, image),
         };
-        let block = Arc::new(Mutex::new(Block::new(&serial, initial, interrupt.clone())?));
-        let transport = match saved {
-            None => MmioTransport::new(block.clone(), interrupt, vm.memory().clone()),
-            Some(state) => {
-                MmioTransport::restore(block.clone(), interrupt, vm.memory().clone(), state)
-                    .map_err(|e| DeviceError::Restore("virtio-blk", e))?
-            }
-        };
-        let transport = Arc::new(Mutex::new(transport));
-        self.add_virtio(vm, block.clone(), transport.clone(), base, irq)?;
-        self.subscribers.push(block.clone());
-        self.blocks.push((block, transport));
+        let disk = self.add_virtio(vm, saved, "virtio-blk", |interrupt| {
+            Ok(Block::new(&serial, initial, interrupt)?)
+        })?;
+        self.blocks.push(disk);
         if let Some(image) = later {
             self.attach_block(index, image)?;
         }
@@ -358,19 +326,9 @@ impl DeviceManager {
     /// Adds the free-page-reporting balloon. With `saved` transport state
     /// (after a restore) it resumes where the snapshot left it.
     pub fn add_balloon(&mut self, vm: &Vm, saved: Option<&MmioState>) -> Result<(), DeviceError> {
-        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
-        let balloon = Arc::new(Mutex::new(Balloon::new(interrupt.clone())?));
-        let transport = match saved {
-            None => MmioTransport::new(balloon.clone(), interrupt, vm.memory().clone()),
-            Some(state) => {
-                MmioTransport::restore(balloon.clone(), interrupt, vm.memory().clone(), state)
-                    .map_err(|e| DeviceError::Restore("virtio-balloon", e))?
-            }
-        };
-        let transport = Arc::new(Mutex::new(transport));
-        self.add_virtio(vm, balloon.clone(), transport.clone(), base, irq)?;
-        self.subscribers.push(balloon.clone());
-        self.balloon = Some((balloon, transport));
+        self.balloon = Some(self.add_virtio(vm, saved, "virtio-balloon", |interrupt| {
+            Ok(Balloon::new(interrupt)?)
+        })?);
         Ok(())
     }
 
@@ -452,16 +410,30 @@ impl DeviceManager {
         Ok((Arc::new(Interrupt::new(irqfd)), base, irq))
     }
 
-    /// Puts a virtio device's transport on the MMIO bus and announces it to
-    /// the kernel.
-    fn add_virtio(
+    /// Makes the device `make` builds on the next MMIO window and IRQ,
+    /// with a new transport, or one resumed from `saved` (`name` says which
+    /// device failed to), puts it on the bus, announces it to the kernel
+    /// and hands it to the event loop.
+    fn add_virtio<D>(
         &mut self,
         vm: &Vm,
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        transport: Arc<Mutex<MmioTransport>>,
-        base: u64,
-        irq: u32,
-    ) -> Result<(), DeviceError> {
+        saved: Option<&MmioState>,
+        name: &'static str,
+        make: impl FnOnce(Arc<Interrupt>) -> Result<D, DeviceError>,
+    ) -> Result<(Arc<Mutex<D>>, Arc<Mutex<MmioTransport>>), DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let (interrupt, base, irq) = self.next_virtio_slot(vm)?;
+        let device = Arc::new(Mutex::new(make(interrupt.clone())?));
+        let transport = match saved {
+            None => MmioTransport::new(device.clone(), interrupt, vm.memory().clone()),
+            Some(state) => {
+                MmioTransport::restore(device.clone(), interrupt, vm.memory().clone(), state)
+                    .map_err(|e| DeviceError::Restore(name, e))?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
         {
             let dev = device.lock().expect("virtio device lock poisoned");
             for (i, evt) in dev.queue_events().iter().enumerate() {
@@ -475,10 +447,13 @@ impl DeviceManager {
                     .map_err(DeviceError::IoEvent)?;
             }
         }
-        self.buses.mmio.insert(transport, base, MMIO_WINDOW_LEN)?;
+        self.buses
+            .mmio
+            .insert(transport.clone(), base, MMIO_WINDOW_LEN)?;
         self.virtio_cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
-        Ok(())
+        self.subscribers.push(device.clone());
+        Ok((device, transport))
     }
 
     /// What the kernel command line must add so the guest finds the devices.
