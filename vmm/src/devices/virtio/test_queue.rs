@@ -31,6 +31,21 @@ impl MockQueue {
         self.q.create_queue().expect("a valid mock queue")
     }
 
+    /// The table slot the next published descriptor takes.
+    pub fn next_free(&self) -> u16 {
+        self.next_desc % self.size
+    }
+
+    /// The descriptor stored at table slot `index`.
+    pub fn desc(&self, index: u16) -> Descriptor {
+        Descriptor::from(
+            self.q
+                .desc_table()
+                .load(index)
+                .expect("the table is in memory"),
+        )
+    }
+
     /// Publishes descriptors (addr, len, flags, next) as given, from the
     /// next free table slot; the first is the head, which it returns.
     pub fn add_raw(&mut self, descs: &[(u64, u32, u32, u16)]) -> u16 {

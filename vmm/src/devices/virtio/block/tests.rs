@@ -16,13 +16,12 @@ use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_INT_CONFIG,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::mmio::{MmioState, MmioTransport, SavedQueue};
+use crate::devices::virtio::test_queue::MockQueue;
 use crate::devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 
@@ -31,6 +30,8 @@ const MEM_SIZE: usize = 0x100_0000;
 /// The test image: 8 whole sectors and 100 bytes of a ninth.
 const IMAGE_LEN: usize = 8 * 512 + 100;
 const W: u32 = VRING_DESC_F_WRITE;
+/// Where the test's buffers start, past the request queue's rings.
+const BUFS: u64 = 0x10_0000;
 
 /// A file with known contents, removed when dropped.
 struct TempImage {
@@ -64,89 +65,6 @@ impl Drop for TempImage {
     }
 }
 
-/// The request queue, the descriptors the test published and where buffers
-/// go.
-struct MockQueue {
-    q: MockSplitQueue<'static, GuestMemoryMmap>,
-    next_desc: u16,
-    used_seen: u16,
-    next_buf: u64,
-}
-
-impl MockQueue {
-    fn new(mem: &'static GuestMemoryMmap, ring: u64) -> MockQueue {
-        MockQueue {
-            q: MockSplitQueue::create(mem, GuestAddress(ring), QSIZE),
-            next_desc: 0,
-            used_seen: 0,
-            next_buf: 0x10_0000,
-        }
-    }
-
-    /// Publishes descriptors (addr, len, flags, next) as given, from the next
-    /// free table slot; the first is the head.
-    fn add_raw(&mut self, descs: &[(u64, u32, u32, u16)]) -> u16 {
-        let head = self.next_desc % QSIZE;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let index = (head + u16::try_from(i).unwrap()) % QSIZE;
-            let desc = Descriptor::new(addr, len, u16::try_from(flags).unwrap(), next);
-            self.q
-                .desc_table()
-                .store(index, RawDescriptor::from(desc))
-                .unwrap();
-        }
-        self.next_desc = self
-            .next_desc
-            .wrapping_add(u16::try_from(descs.len()).unwrap());
-        let idx = self.q.avail().idx().load();
-        self.q
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(head);
-        self.q.avail().idx().store(idx.wrapping_add(1));
-        head
-    }
-
-    /// Publishes a chain of (addr, len, flags) descriptors; returns its head.
-    fn add_chain(&mut self, descs: &[(u64, u32, u32)]) -> u16 {
-        let first = self.next_desc % QSIZE;
-        let raw: Vec<(u64, u32, u32, u16)> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let next = (first + u16::try_from(i).unwrap() + 1) % QSIZE;
-                let flags = if i + 1 == descs.len() {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT
-                };
-                (addr, len, flags, next)
-            })
-            .collect();
-        self.add_raw(&raw)
-    }
-
-    /// Used entries (head index, length) since the last call.
-    fn take_used(&mut self) -> Vec<(u16, u32)> {
-        let idx = self.q.used().idx().load();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let elem = self
-                .q
-                .used()
-                .ring()
-                .ref_at(usize::from(self.used_seen % QSIZE))
-                .unwrap()
-                .load();
-            out.push((u16::try_from(elem.id()).unwrap(), elem.len()));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
-
 /// A request as the test published it.
 struct Req {
     head: u16,
@@ -155,9 +73,11 @@ struct Req {
     status: u64,
 }
 
+/// An active device, its request queue and where the next buffer goes.
 struct Harness {
     mem: &'static GuestMemoryMmap,
     q: MockQueue,
+    next_buf: u64,
     block: Block,
     irq: Arc<Interrupt>,
 }
@@ -178,17 +98,23 @@ impl Harness {
         let mem = memory();
         let irq = interrupt();
         let mut block = Block::new("unipod-disk0", image, irq.clone()).unwrap();
-        let q = MockQueue::new(mem, 0);
+        let q = MockQueue::new(mem, 0, QSIZE);
         block
-            .activate((*mem).clone(), vec![q.q.create_queue().unwrap()])
+            .activate((*mem).clone(), vec![q.create_queue()])
             .unwrap();
-        Harness { mem, q, block, irq }
+        Harness {
+            mem,
+            q,
+            next_buf: BUFS,
+            block,
+            irq,
+        }
     }
 
     /// A buffer of `len` bytes filled with `fill`.
     fn buffer(&mut self, len: u32, fill: u8) -> u64 {
-        let addr = self.q.next_buf;
-        self.q.next_buf += u64::from(len).next_multiple_of(16);
+        let addr = self.next_buf;
+        self.next_buf += u64::from(len).next_multiple_of(16);
         self.mem
             .write_slice(&vec![fill; len as usize], GuestAddress(addr))
             .unwrap();
@@ -397,7 +323,7 @@ fn hostile_chains_fail_or_are_dropped_and_the_device_keeps_working() {
         h.q.add_chain(&[(hdr, 16, 0), (u64::MAX - 1, 4, W)]),
         {
             // A descriptor that points at itself: longer than the queue.
-            let me = h.q.next_desc % QSIZE;
+            let me = h.q.next_free();
             h.q.add_raw(&[(status, 1, W | VRING_DESC_F_NEXT, me)])
         },
         // A next index outside the table.
@@ -559,11 +485,12 @@ fn a_reset_device_is_idle_until_activated_again() {
     assert_eq!(h.block.capacity(), 9, "the image stays");
 
     // The driver sets up fresh rings and starts again.
-    let q = MockQueue::new(h.mem, 0x8_0000);
+    let q = MockQueue::new(h.mem, 0x8_0000, QSIZE);
     h.block
-        .activate(h.mem.clone(), vec![q.q.create_queue().unwrap()])
+        .activate(h.mem.clone(), vec![q.create_queue()])
         .unwrap();
     h.q = q;
+    h.next_buf = BUFS;
     let req = h.read(3, &[512]);
     assert_eq!(h.serve(), vec![(req.head, 513)]);
     assert_eq!(h.data(&req), image.bytes[1536..2048]);

@@ -15,8 +15,6 @@ use virtio_bindings::virtio_net::{
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::tap_offloads;
 use super::*;
 use crate::devices::virtio::mmio::{MmioState, MmioTransport, SavedQueue};
+use crate::devices::virtio::test_queue::MockQueue;
 use crate::devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const QSIZE: u16 = 64;
@@ -38,28 +37,26 @@ const LINUX_FEATURES: u64 = VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_GUEST_CSUM
     | 1 << VIRTIO_NET_F_GUEST_TSO4;
 
-/// One queue, the descriptors the test published and where buffers go.
-struct MockQueue {
-    q: MockSplitQueue<'static, GuestMemoryMmap>,
-    next_desc: u16,
-    used_seen: u16,
+/// One queue, where its buffers go and each published chain's buffers.
+struct NetQueue {
+    q: MockQueue,
     next_buf: u64,
     /// Each published head's descriptors, for reading back what the device
     /// wrote.
     chains: HashMap<u16, Vec<(u64, u32)>>,
 }
 
-impl MockQueue {
-    fn new(mem: &'static GuestMemoryMmap, ring: u64, bufs: u64) -> MockQueue {
-        MockQueue {
-            q: MockSplitQueue::create(mem, GuestAddress(ring), QSIZE),
-            next_desc: 0,
-            used_seen: 0,
+impl NetQueue {
+    /// A queue whose rings start at `ring` and whose buffers start at `bufs`.
+    fn new(mem: &'static GuestMemoryMmap, ring: u64, bufs: u64) -> NetQueue {
+        NetQueue {
+            q: MockQueue::new(mem, ring, QSIZE),
             next_buf: bufs,
             chains: HashMap::new(),
         }
     }
 
+    /// The address of a fresh `len`-byte buffer.
     fn buffer(&mut self, len: usize) -> u64 {
         let addr = self.next_buf;
         self.next_buf += (len as u64).next_multiple_of(16);
@@ -68,46 +65,16 @@ impl MockQueue {
 
     /// Publishes a chain of (addr, len, flags) descriptors; returns its head.
     fn add_chain(&mut self, descs: &[(u64, u32, u32)]) -> u16 {
-        let first = self.next_desc % QSIZE;
-        let raw: Vec<(u64, u32, u32, u16)> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let next = (first + u16::try_from(i).unwrap() + 1) % QSIZE;
-                let flags = if i + 1 == descs.len() {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT
-                };
-                (addr, len, flags, next)
-            })
-            .collect();
-        self.add_raw(&raw)
+        let head = self.q.add_chain(descs);
+        self.chains
+            .insert(head, descs.iter().map(|&(a, l, _)| (a, l)).collect());
+        head
     }
 
-    /// Publishes descriptors (addr, len, flags, next) as given, from the next
-    /// free table slot; the first is the head.
+    /// Publishes descriptors (addr, len, flags, next) as given; returns the
+    /// head.
     fn add_raw(&mut self, descs: &[(u64, u32, u32, u16)]) -> u16 {
-        let head = self.next_desc % QSIZE;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let index = (head + u16::try_from(i).unwrap()) % QSIZE;
-            let desc = Descriptor::new(addr, len, u16::try_from(flags).unwrap(), next);
-            self.q
-                .desc_table()
-                .store(index, RawDescriptor::from(desc))
-                .unwrap();
-        }
-        self.next_desc = self
-            .next_desc
-            .wrapping_add(u16::try_from(descs.len()).unwrap());
-        let idx = self.q.avail().idx().load();
-        self.q
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(head);
-        self.q.avail().idx().store(idx.wrapping_add(1));
+        let head = self.q.add_raw(descs);
         self.chains
             .insert(head, descs.iter().map(|&(a, l, _, _)| (a, l)).collect());
         head
@@ -115,20 +82,7 @@ impl MockQueue {
 
     /// Used entries (head index, length) since the last call.
     fn take_used(&mut self) -> Vec<(u16, u32)> {
-        let idx = self.q.used().idx().load();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let elem = self
-                .q
-                .used()
-                .ring()
-                .ref_at(usize::from(self.used_seen % QSIZE))
-                .unwrap()
-                .load();
-            out.push((u16::try_from(elem.id()).unwrap(), elem.len()));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+        self.q.take_used()
     }
 
     /// The first `len` bytes the device wrote into chain `head`.
@@ -152,8 +106,8 @@ type Received = (Vec<u8>, Vec<(u16, u32)>);
 
 struct Harness {
     mem: &'static GuestMemoryMmap,
-    rx: MockQueue,
-    tx: MockQueue,
+    rx: NetQueue,
+    tx: NetQueue,
     net: Net,
     /// The host end of the fake tap.
     peer: OwnedFd,
@@ -199,12 +153,9 @@ impl Harness {
         let mem = memory();
         let irq = interrupt();
         let mut net = Net::new(MAC, tap, irq.clone()).unwrap();
-        let rx = MockQueue::new(mem, 0x0, 0x10_0000);
-        let tx = MockQueue::new(mem, 0x1_0000, 0x50_0000);
-        let queues: Vec<Queue> = [&rx, &tx]
-            .iter()
-            .map(|m| m.q.create_queue().unwrap())
-            .collect();
+        let rx = NetQueue::new(mem, 0x0, 0x10_0000);
+        let tx = NetQueue::new(mem, 0x1_0000, 0x50_0000);
+        let queues: Vec<Queue> = [&rx, &tx].iter().map(|m| m.q.create_queue()).collect();
         net.set_acked_features(acked);
         net.activate((*mem).clone(), queues).unwrap();
         Harness {
@@ -416,7 +367,7 @@ fn hostile_tx_chains_are_returned_empty_and_the_device_keeps_working() {
     h.tx.add_chain(&[(good, 0, 0)]);
     h.tx.add_chain(&[(good, 20, 0)]);
     // A descriptor that points at itself: longer than the queue.
-    let me = h.tx.next_desc % QSIZE;
+    let me = h.tx.q.next_free();
     h.tx.add_raw(&[(good, 100, VRING_DESC_F_NEXT, me)]);
     // A next index outside the table.
     h.tx.add_raw(&[(good, 12, VRING_DESC_F_NEXT, QSIZE + 5)]);
@@ -442,7 +393,7 @@ fn hostile_rx_chains_are_returned_empty_and_the_frame_takes_good_ones() {
         h.rx.add_chain(&[(buf, 8, VRING_DESC_F_WRITE)]),        // no room for the header
         h.rx.add_chain(&[(buf, 0, VRING_DESC_F_WRITE)]),        // zero length
     ];
-    let me = h.rx.next_desc % QSIZE;
+    let me = h.rx.q.next_free();
     let looped =
         h.rx.add_raw(&[(buf, 100, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, me)]);
     let good_a = h.give_rx(1, 1000)[0];

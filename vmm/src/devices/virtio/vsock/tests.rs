@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -16,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::{CONN_BUF_SIZE, MAX_CONNECTIONS};
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::test_queue::MockQueue;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use virtio_vsock::packet::PKT_HEADER_SIZE;
 
@@ -23,26 +22,25 @@ const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 64;
 const HDR: usize = PKT_HEADER_SIZE;
 
-/// One queue and where its next descriptors and buffers go.
-struct MockQueue {
-    q: MockSplitQueue<'static, GuestMemoryMmap>,
-    next_desc: u16,
+/// One queue and where its next buffers go, in a region reused from its
+/// start once full.
+struct VsockQueue {
+    q: MockQueue,
     next_buf: u64,
     buf_end: u64,
-    used_seen: u16,
 }
 
-impl MockQueue {
-    fn new(mem: &'static GuestMemoryMmap, ring: u64, bufs: u64) -> MockQueue {
-        MockQueue {
-            q: MockSplitQueue::create(mem, GuestAddress(ring), QSIZE),
-            next_desc: 0,
+impl VsockQueue {
+    /// A queue whose rings start at `ring` and whose buffers start at `bufs`.
+    fn new(mem: &'static GuestMemoryMmap, ring: u64, bufs: u64) -> VsockQueue {
+        VsockQueue {
+            q: MockQueue::new(mem, ring, QSIZE),
             next_buf: bufs,
             buf_end: bufs + 0x40_0000,
-            used_seen: 0,
         }
     }
 
+    /// The address of a fresh `len`-byte buffer.
     fn buffer(&mut self, len: u32) -> u64 {
         if self.next_buf + u64::from(len) > self.buf_end {
             self.next_buf = self.buf_end - 0x40_0000;
@@ -54,55 +52,17 @@ impl MockQueue {
 
     /// Publishes a chain of (addr, len, flags) descriptors.
     fn add_chain(&mut self, descs: &[(u64, u32, u32)]) {
-        let first = self.next_desc % QSIZE;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let last = i + 1 == descs.len();
-                let index = u16::try_from(i).unwrap();
-                let next = (first + index + 1) % QSIZE;
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT
-                };
-                RawDescriptor::from(Descriptor::new(
-                    addr,
-                    len,
-                    u16::try_from(flags).unwrap(),
-                    next,
-                ))
-            })
-            .collect();
-        self.q.add_desc_chains(&raw, first).unwrap();
-        self.next_desc = self
-            .next_desc
-            .wrapping_add(u16::try_from(descs.len()).unwrap());
+        self.q.add_chain(descs);
     }
 
     /// Used entries (head index, length) since the last call.
     fn take_used(&mut self) -> Vec<(u16, u32)> {
-        let idx = self.q.used().idx().load();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let elem = self
-                .q
-                .used()
-                .ring()
-                .ref_at(usize::from(self.used_seen % QSIZE))
-                .unwrap()
-                .load();
-            out.push((u16::try_from(elem.id()).unwrap(), elem.len()));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+        self.q.take_used()
     }
 
+    /// The buffer address of descriptor `index`.
     fn desc_addr(&self, index: u16) -> u64 {
-        Descriptor::from(self.q.desc_table().load(index).unwrap())
-            .addr()
-            .0
+        self.q.desc(index).addr().0
     }
 }
 
@@ -120,9 +80,9 @@ struct Pkt {
 
 struct Harness {
     mem: &'static GuestMemoryMmap,
-    rx: MockQueue,
-    tx: MockQueue,
-    ev: MockQueue,
+    rx: VsockQueue,
+    tx: VsockQueue,
+    ev: VsockQueue,
     vsock: Vsock,
     uds: PathBuf,
     irq: Arc<Interrupt>,
@@ -151,13 +111,10 @@ impl Harness {
         let uds = dir.join("v.sock");
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         let mut vsock = Vsock::new(GUEST_CID, &uds, irq.clone()).unwrap();
-        let rx = MockQueue::new(mem, 0x0, 0x10_0000);
-        let tx = MockQueue::new(mem, 0x1_0000, 0x50_0000);
-        let ev = MockQueue::new(mem, 0x2_0000, 0x90_0000);
-        let queues: Vec<Queue> = [&rx, &tx, &ev]
-            .iter()
-            .map(|m| m.q.create_queue().unwrap())
-            .collect();
+        let rx = VsockQueue::new(mem, 0x0, 0x10_0000);
+        let tx = VsockQueue::new(mem, 0x1_0000, 0x50_0000);
+        let ev = VsockQueue::new(mem, 0x2_0000, 0x90_0000);
+        let queues: Vec<Queue> = [&rx, &tx, &ev].iter().map(|m| m.q.create_queue()).collect();
         vsock.activate((*mem).clone(), queues).unwrap();
         Harness {
             mem,
