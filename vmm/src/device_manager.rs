@@ -172,14 +172,16 @@ const VIRTIO_MMIO_START: u64 = DEVICE_MMIO_START + boot_timer::BOOT_TIMER_LEN;
 /// A device the VMM's event loop must drive.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
+/// A virtio device and its transport.
+type VirtioHandles<D> = (Arc<Mutex<D>>, Arc<Mutex<MmioTransport>>);
 /// The vsock device and its transport, kept for shutdown and snapshots.
-type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
+type VsockHandles = VirtioHandles<Vsock>;
 /// The net device and its transport, kept for metrics and snapshots.
-type NetHandles = (Arc<Mutex<Net>>, Arc<Mutex<MmioTransport>>);
+type NetHandles = VirtioHandles<Net>;
 /// A disk and its transport, kept for attaching, metrics and snapshots.
-type BlockHandles = (Arc<Mutex<Block>>, Arc<Mutex<MmioTransport>>);
+type BlockHandles = VirtioHandles<Block>;
 /// The balloon and its transport, kept for metrics and snapshots.
-type BalloonHandles = (Arc<Mutex<Balloon>>, Arc<Mutex<MmioTransport>>);
+type BalloonHandles = VirtioHandles<Balloon>;
 
 /// The VM's devices, reachable through its buses.
 pub struct DeviceManager {
@@ -420,7 +422,7 @@ impl DeviceManager {
         saved: Option<&MmioState>,
         name: &'static str,
         make: impl FnOnce(Arc<Interrupt>) -> Result<D, DeviceError>,
-    ) -> Result<(Arc<Mutex<D>>, Arc<Mutex<MmioTransport>>), DeviceError>
+    ) -> Result<VirtioHandles<D>, DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {

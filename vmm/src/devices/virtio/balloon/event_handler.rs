@@ -9,15 +9,11 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::Balloon;
 
-impl Balloon {
-    /// Event tokens: queue `i`'s eventfd is registered with token `i`
-    /// (inflate, deflate, reporting), below this bound.
-    const QUEUE_TOKENS: u32 = super::QUEUE_SIZES.len() as u32;
-}
-
 impl MutEventSubscriber for Balloon {
+    /// Event tokens: queue `i`'s eventfd (inflate, deflate, reporting) is
+    /// registered with token `i`.
     fn init(&mut self, ops: &mut EventOps) {
-        for (token, evt) in (0..Self::QUEUE_TOKENS).zip(&self.queue_events) {
+        for (token, evt) in (0u32..).zip(&self.queue_events) {
             let fd = evt.as_raw_fd();
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
                 log::error!("virtio-balloon: cannot watch fd {fd}: {e}");
@@ -26,13 +22,14 @@ impl MutEventSubscriber for Balloon {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let token = events.data();
-        if token >= Self::QUEUE_TOKENS {
+        let Ok(index) = usize::try_from(events.data()) else {
             return;
-        }
-        let index = usize::try_from(token).expect("a queue index");
+        };
+        let Some(evt) = self.queue_events.get(index) else {
+            return;
+        };
         // Drain the counter; the queue says what to do.
-        let _ = self.queue_events[index].read();
+        let _ = evt.read();
         self.process(index);
     }
 }

@@ -16,6 +16,10 @@ const MEM_SIZE: usize = 0x100_0000;
 const W: u32 = VRING_DESC_F_WRITE;
 /// Where the test's pages start, past the three queues' rings.
 const PAGES: u64 = 0x10_0000;
+/// [`PAGE_SIZE`] as a descriptor length and as a buffer length.
+const PAGE_LEN: u32 = 4096;
+const PAGE_BYTES: usize = 4096;
+const _: () = assert!(PAGE_LEN as u64 == PAGE_SIZE && PAGE_BYTES as u64 == PAGE_SIZE);
 
 /// An active balloon on `mem`, its three queues and its interrupt line.
 struct Harness {
@@ -56,14 +60,14 @@ impl Harness {
     fn fill_page(&self, n: u64, byte: u8) -> u64 {
         let addr = PAGES + n * PAGE_SIZE;
         self.mem
-            .write_slice(&[byte; PAGE_SIZE as usize], GuestAddress(addr))
+            .write_slice(&[byte; PAGE_BYTES], GuestAddress(addr))
             .unwrap();
         addr
     }
 
     /// The distinct bytes of page `n`.
     fn page_bytes(&self, n: u64) -> Vec<u8> {
-        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let mut page = vec![0u8; PAGE_BYTES];
         self.mem
             .read_slice(&mut page, GuestAddress(PAGES + n * PAGE_SIZE))
             .unwrap();
@@ -94,7 +98,7 @@ fn reported_pages_of_anonymous_memory_read_back_as_zeros() {
     let first = h.fill_page(0, 0xab);
     h.fill_page(1, 0xab);
     h.fill_page(2, 0xcd);
-    let head = h.queues[2].add_chain(&[(first, 2 * PAGE_SIZE as u32, W)]);
+    let head = h.queues[2].add_chain(&[(first, 2 * PAGE_LEN, W)]);
     assert!(h.balloon.process_queue(2));
     assert_eq!(h.queues[2].take_used(), [(head, 0)]);
     assert_eq!((h.page_bytes(0), h.page_bytes(1)), (vec![0], vec![0]));
@@ -108,7 +112,7 @@ fn reported_pages_of_a_restored_vm_fall_back_to_the_snapshot() {
     // The snapshot's page says 0x11; the restored guest wrote 0x22 over it.
     let template = anonymous_memory();
     template
-        .write_slice(&[0x11; PAGE_SIZE as usize], GuestAddress(PAGES))
+        .write_slice(&[0x11; PAGE_BYTES], GuestAddress(PAGES))
         .unwrap();
     let path = std::env::temp_dir().join(format!("unipod-balloon-{}.mem", std::process::id()));
     let file = std::fs::OpenOptions::new()
@@ -124,7 +128,7 @@ fn reported_pages_of_a_restored_vm_fall_back_to_the_snapshot() {
     std::fs::remove_file(&path).unwrap();
     let mut h = Harness::new(restored);
     let page = h.fill_page(0, 0x22);
-    h.queues[2].add_chain(&[(page, PAGE_SIZE as u32, W)]);
+    h.queues[2].add_chain(&[(page, PAGE_LEN, W)]);
     assert!(h.balloon.process_queue(2));
     assert_eq!(h.page_bytes(0), [0x11], "the pod's private copy is gone");
 }
@@ -136,7 +140,7 @@ fn hostile_ranges_are_skipped_and_the_good_ones_in_the_chain_served() {
         h.fill_page(n, 0x5a);
     }
     let page = |n: u64| PAGES + n * PAGE_SIZE;
-    let p = PAGE_SIZE as u32;
+    let p = PAGE_LEN;
     let end = MEM_SIZE as u64;
     let head = h.queues[2].add_chain(&[
         (page(0) + 8, p, W),         // unaligned address
@@ -178,7 +182,7 @@ fn process_interrupts_the_guest_only_when_a_buffer_was_used() {
     h.balloon.process(2);
     assert_eq!(h.irq.status(), 0, "nothing queued, no interrupt");
     let page = h.fill_page(0, 1);
-    h.queues[2].add_chain(&[(page, PAGE_SIZE as u32, W)]);
+    h.queues[2].add_chain(&[(page, PAGE_LEN, W)]);
     h.balloon.process(2);
     assert_ne!(h.irq.status(), 0);
 }
@@ -188,7 +192,7 @@ fn an_inactive_or_reset_device_serves_nothing() {
     let mut h = Harness::new(anonymous_memory());
     h.balloon.reset();
     let page = h.fill_page(0, 9);
-    h.queues[2].add_chain(&[(page, PAGE_SIZE as u32, W)]);
+    h.queues[2].add_chain(&[(page, PAGE_LEN, W)]);
     assert!(!h.balloon.process_queue(2));
     assert!(h.balloon.active_queues().is_empty());
     assert_eq!(h.page_bytes(0), [9]);
