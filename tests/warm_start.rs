@@ -212,10 +212,11 @@ fn restore(snapshot: &Path, kernel: &Path, sock: &Path) -> Output {
         .arg(sock.with_extension("log"))
         .arg("--restore")
         .arg(snapshot)
-        // Pod VMs (and so their snapshots) always have a net device and
-        // the image slots (MAX_IMAGES_PER_POD).
+        // Pod VMs (and so their snapshots) always have a net device, the
+        // image slots (MAX_IMAGES_PER_POD) and the balloon.
         .arg("--net-detached")
         .args(["--disk-slots", "4"])
+        .arg("--free-page-reporting")
         .output()
         .expect("unipod boot runs")
 }
