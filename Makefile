@@ -106,6 +106,7 @@ check: deps
 	cargo clippy --workspace --all-targets --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 	@if ! command -v cargo-deny >/dev/null; then echo "[check] installing cargo-deny"; cargo install --locked --quiet cargo-deny; fi
+	cargo fetch --locked --quiet  # every platform's crates, which deny reads
 	cargo deny --offline check licenses bans sources
 
 ci: check test

@@ -9,7 +9,7 @@
 //! still matches means the file was not written since, as for git's index
 //! and make: every write changes ctime, which user space cannot set back.
 //!
-//! A file changed within [`SETTLE`] of being hashed gets no memo (git's
+//! A file changed within `SETTLE` of being hashed gets no memo (git's
 //! "racy" entries): file times are coarse (a kernel tick), so a write in the
 //! same tick as the hash would leave the stamp unchanged.
 //!
