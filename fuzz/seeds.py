@@ -62,6 +62,18 @@ mem = memory(0xc00, [
 put("blk_queues", "in-getid-out", guest(0x03, 0, mem))
 put("blk_queues", "detached", guest(0x03, 1, mem))
 
+# balloon: on the reporting queue (2) one good 4 KiB report, then a chain of
+# a good, an unaligned and a read-only range; on inflate (0) a chain the
+# device must return unused.
+mem = memory(0x900, [
+    (0x600, desc(0x2000, 4096, WRITE, 0) + desc(0x3000, 4096, WRITE | NEXT, 2)
+            + desc(0x3001, 4096, WRITE | NEXT, 3) + desc(0x1000, 4096, 0, 0)),
+    (0x700, avail([0, 1])),
+    (0x000, desc(0x2000, 4096, 0, 0)), (0x100, avail([0])),
+])
+put("balloon_queues", "reports", guest(0x20, 0, mem))
+put("balloon_queues", "reports-first", guest(0x30, 1, mem))
+
 for i, line in enumerate([b"CONNECT 1024\n", b"CONNECT 4294967296\n", b"CONNECT 7\r\n", b"connect 1\n"]):
     put("vsock_connect_line", str(i), line)
 
