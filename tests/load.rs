@@ -148,6 +148,7 @@ fn pods_created_and_removed_four_at_a_time_leave_nothing_and_do_not_grow() {
     let before = host();
 
     let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
     let failures = Mutex::new(Vec::new());
     let peaks = Mutex::new(BTreeMap::new());
@@ -169,6 +170,14 @@ fn pods_created_and_removed_four_at_a_time_leave_nothing_and_do_not_grow() {
                     if let Err(e) = cycle(&ns, &state, &format!("load-{n}")) {
                         eprintln!("FAILED {e}");
                         failures.lock().expect("not poisoned").push(e);
+                    }
+                    // Progress for the long soak; cycles end out of order.
+                    let finished = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                    if finished.is_multiple_of(10) {
+                        eprintln!(
+                            "load: {finished} of {total} cycles done in {:.0} s",
+                            started.elapsed().as_secs_f64()
+                        );
                     }
                 })
             })
