@@ -140,6 +140,7 @@ pub fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_sys_util::tempfile::TempFile;
 
     #[test]
     fn memory_has_the_requested_size() {
@@ -155,15 +156,9 @@ mod tests {
         mem.write_slice(b"hello", GuestAddress(0x1000)).unwrap();
         mem.write_slice(b"end", GuestAddress((8 << 20) - 3))
             .unwrap();
-        let path = std::env::temp_dir().join(format!("unipod-mem-{}", std::process::id()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        let regions = save(&mem, &file).expect("saved");
+        let temp = TempFile::new_with_prefix(std::env::temp_dir().join("unipod-mem")).unwrap();
+        let file = temp.as_file();
+        let regions = save(&mem, file).expect("saved");
         assert_eq!(file.metadata().unwrap().len(), 8 << 20);
         // Two pages of data; the rest is holes (st_blocks counts 512 B units).
         use std::os::unix::fs::MetadataExt;
@@ -172,7 +167,7 @@ mod tests {
             "file is not sparse"
         );
 
-        let restored = restore(&file, &regions).expect("restored");
+        let restored = restore(file, &regions).expect("restored");
         let mut buf = [0u8; 5];
         restored.read_slice(&mut buf, GuestAddress(0x1000)).unwrap();
         assert_eq!(&buf, b"hello");
@@ -182,6 +177,5 @@ mod tests {
         let mut on_disk = [0u8; 5];
         file.read_exact_at(&mut on_disk, 0x1000).unwrap();
         assert_eq!(&on_disk, b"hello", "guest writes must not reach the file");
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
 use crate::devices::virtio::test_queue::MockQueue;
@@ -114,18 +115,10 @@ fn reported_pages_of_a_restored_vm_fall_back_to_the_snapshot() {
     template
         .write_slice(&[0x11; PAGE_BYTES], GuestAddress(PAGES))
         .unwrap();
-    let path = std::env::temp_dir().join(format!("unipod-balloon-{}.mem", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let regions = memory::save(template, &file).unwrap();
+    let file = TempFile::new_with_prefix(std::env::temp_dir().join("unipod-balloon")).unwrap();
+    let regions = memory::save(template, file.as_file()).unwrap();
     let restored: &'static GuestMemoryMmap =
-        Box::leak(Box::new(memory::restore(&file, &regions).unwrap()));
-    std::fs::remove_file(&path).unwrap();
+        Box::leak(Box::new(memory::restore(file.as_file(), &regions).unwrap()));
     let mut h = Harness::new(restored);
     let page = h.fill_page(0, 0x22);
     h.queues[2].add_chain(&[(page, PAGE_LEN, W)]);
