@@ -335,8 +335,9 @@ def measure_idle_memory(runs, overhead):
                   ("idle pod, host view: VMM Private_Dirty (its own pages)", spread(dirty))],
         "note": "Goals: VMM overhead at most 4 MiB (Firecracker: at most 5 MiB); idle pod at most 32 MiB. "
                 "A restored pod's clean pages are the snapshot file's page cache, shared by every pod "
-                "restored from it, so Private_Dirty is what each extra pod really costs. No balloon or "
-                "free page reporting yet: after a restore the guest rarely frees pages back.",
+                "restored from it, so Private_Dirty is what each extra pod really costs. Pod VMs report "
+                "free pages to the host (virtio-balloon; docs/PERFORMANCE.md, \"Free page reporting\"), "
+                "which matters for pods that free memory; an idle pod frees little.",
         "data": {"guest_used": guest_used, "private_dirty": dirty},
     }
 
@@ -353,8 +354,8 @@ def measure_rate(count):
     names = [f"bench-rate{i}" for i in range(count)]
     remove_pods(names)
     results = [None] * count
-    # 20 emulated guests starting at once on 2 cores miss heartbeats for longer
-    # than the default 30 s Unknown timeout; this measures the rate, not that.
+    # 20 emulated guests starting at once on 2 cores can miss heartbeats for
+    # longer than the default Unknown timeout; this measures the rate, not that.
     env = dict(os.environ, UNIPOD_UNKNOWN_TIMEOUT_SECS="300")
     t0 = time.monotonic()
 
@@ -376,8 +377,9 @@ def measure_rate(count):
                   ("seconds until the last returned", f"{took:.1f}"),
                   ("pods per second", f"{ok / took:.2f}")],
         "note": "On 2 cores the guests' emulated kernels compete for the CPU, so the rate is CPU-bound. "
-                "Run with UNIPOD_UNKNOWN_TIMEOUT_SECS=300: with the default 30 s, starved guests miss "
-                "heartbeats long enough to be failed. " + (f"Failures: {'; '.join(errors)[:600]}" if errors else ""),
+                "Run with UNIPOD_UNKNOWN_TIMEOUT_SECS=300, so that it measures the rate: starved guests "
+                "can miss heartbeats for longer than the default allows (seen with the former 1 s "
+                "heartbeat; not measured again with the 10 s one). " + (f"Failures: {'; '.join(errors)[:600]}" if errors else ""),
         "data": {"ok": ok, "seconds": took},
     }
 
@@ -451,15 +453,19 @@ def measure_density(limit, minutes):
         "title": "Density: idle busybox pods at once",
         "command": f"python3 bench/bench.py --only density --density-max {limit} --density-minutes {minutes} "
                    "(starts `sleep 3600` pods one by one, checks every 10 that all are still Running)",
-        "table": [("measure", "value"), ("pods Running at once", str(alive)), ("stopped because", why),
+        "table": [("measure", "value"), ("pods started", str(len(names))),
+                  ("pods Running at once, at the end", str(alive)), ("stopped because", why),
                   ("host memory used by them", f"{used:.0f} MiB ({used / max(alive, 1):.1f} MiB per pod)"),
                   ("time to start them", f"{took:.0f} s"),
                   ("CPU of all their VMMs over 60 s once started, per pod",
                    f"{idle_cpu:.2f}% of one CPU" if idle_cpu is not None else "n/a")],
         "note": "Goal: 250 or more on this 24 GiB host. Memory is not the limit here; CPU is: each idle "
                 "guest's wake-ups (its heartbeat, every 10 s) are emulated ring-0 work, and each start "
-                "costs seconds of it. The per-pod idle CPU bounds how many idle pods 2 cores carry.",
-        "data": {"alive": alive, "why": why, "idle_cpu_percent": idle_cpu},
+                "costs seconds of it. The per-pod idle CPU bounds how many idle pods 2 cores carry, and it "
+                "grows with the number of guests (docs/PERFORMANCE.md, \"Density\"). Once the CPU is "
+                "saturated, guests miss heartbeats and their pods turn Unknown, then Failed: fewer pods "
+                "are Running at the end than were started.",
+        "data": {"started": len(names), "alive": alive, "why": why, "idle_cpu_percent": idle_cpu},
     }
 
 
