@@ -30,9 +30,12 @@ use crate::vstate::vm::{Vm, VmError};
 /// the features are also turned off by name (see docs/NESTED-KVM.md).
 /// `erms` and `fsrm` go too: with them the kernel clears and copies memory
 /// with `rep stosb`/`rep movsb`, which KVM's emulator runs one byte per
-/// step; without, with 8-byte moves.
-pub const NESTED_PVM_CMDLINE: &str =
-    "noxsave nosmap nosmep clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm";
+/// step; without, with 8-byte moves. `clocksource=kvm-clock`: PVM cannot
+/// offset a guest's TSC, so after a restore the TSC clocksource jumps by the
+/// snapshot's age and the guest pays a timekeeping catch-up per second of
+/// it; kvm-clock resumes from the saved KVM clock instead.
+pub const NESTED_PVM_CMDLINE: &str = "noxsave nosmap nosmep \
+     clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock";
 
 /// The kernel switches unipod adds for `template`'s host.
 pub fn host_cmdline(template: CpuTemplate) -> &'static str {
