@@ -30,10 +30,10 @@ use crate::vstate::vm::{Vm, VmError};
 /// the features are also turned off by name (see docs/NESTED-KVM.md).
 /// `erms` and `fsrm` go too: with them the kernel clears and copies memory
 /// with `rep stosb`/`rep movsb`, which KVM's emulator runs one byte per
-/// step; without, with 8-byte moves. `clocksource=kvm-clock`: PVM cannot
-/// offset a guest's TSC, so after a restore the TSC clocksource jumps by the
-/// snapshot's age and the guest pays a timekeeping catch-up per second of
-/// it; kvm-clock resumes from the saved KVM clock instead.
+/// step; without, with 8-byte moves. `clocksource=kvm-clock`: a restored
+/// TSC does not take effect under PVM, so after a restore the TSC
+/// clocksource jumps by the snapshot's age and the guest pays a timekeeping
+/// catch-up per second of it; kvm-clock resumes from the saved KVM clock.
 pub const NESTED_PVM_CMDLINE: &str = "noxsave nosmap nosmep \
      clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock";
 
