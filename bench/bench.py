@@ -93,9 +93,10 @@ def boot_report(extra, stop_after):
 
 def restored_report(snap, stop_after):
     """boot_report of a VM restored from the pod snapshot `snap`."""
-    sock = os.path.join(tempfile.mkdtemp(dir=STATE), "v.sock")
-    return boot_report(["--initrd", INITRD, "--restore", snap, "--vsock-uds", sock] + warm_start.POD_DEVICES,
-                       stop_after)
+    with tempfile.TemporaryDirectory(dir=STATE) as tmp:
+        sock = os.path.join(tmp, "v.sock")
+        return boot_report(["--initrd", INITRD, "--restore", snap, "--vsock-uds", sock] + warm_start.POD_DEVICES,
+                           stop_after)
 
 
 def measure_startup(runs, snap):
