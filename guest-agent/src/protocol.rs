@@ -31,11 +31,14 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version word carried by every frame; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: a container's `Run` carries its OCI runtime spec (`RunSpec::spec`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The vsock port the agent listens on (any CID).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Largest accepted value of a frame's length word (version word + JSON).
@@ -157,20 +160,29 @@ pub enum Request {
     },
 }
 
-/// The process to run as a container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A container to run: its OCI runtime spec plus what only the pod VM knows.
+///
+/// The spec is the one contract for a container's runtime settings, for the
+/// shim (containerd's spec, passed through) and for manifest pods (built as
+/// containerd's CRI plugin builds one). The agent applies it as runc does:
+/// `process` (args, env, cwd, terminal, user and additional gids, the five
+/// capability sets, `noNewPrivileges`, rlimits, `oomScoreAdj`), `root.readonly`,
+/// `mounts`, and from `linux`: `resources` (memory, cpu, pids), the `pid`
+/// namespace (a new one, or the pod's when it has a `path` or is absent),
+/// `seccomp`, `maskedPaths`, `readonlyPaths` and `sysctl`. A field the spec
+/// leaves out is left as the agent has it (all capabilities, no seccomp),
+/// as runc leaves it; [`process_spec`] builds such a spec. The network, IPC
+/// and UTS namespaces are always the pod's: the VM is the pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Container name: 1-63 characters of `[A-Za-z0-9_.-]`, not starting with
     /// `.` (it names a cgroup directory); unique among the pod's running
     /// containers, and carried by every event about this one.
     pub name: String,
-    /// Program and arguments; `argv[0]` is looked up in the spec's `PATH`
-    /// (or `/usr/local/bin:/bin:/usr/bin`) when it has no `/`.
-    pub argv: Vec<String>,
-    /// The whole environment, as `KEY=VALUE` strings; nothing is inherited.
-    pub env: Vec<String>,
-    /// Working directory, inside the container's root; `/` when `None`.
-    pub cwd: Option<String>,
+    /// The OCI runtime spec. `process.args[0]` is looked up in the spec's
+    /// `PATH` (or `/usr/local/bin:/bin:/usr/bin`) when it has no `/`; the
+    /// environment is exactly `process.env`; nothing is inherited.
+    pub spec: Box<Spec>,
     /// The container's image; `None` runs it in the guest's own root file
     /// system (the agent initramfs), as before images existed.
     #[serde(default)]
@@ -178,32 +190,146 @@ pub struct RunSpec {
     /// Pod volumes (emptyDir) mounted into the container; needs a `rootfs`.
     #[serde(default)]
     pub volume_mounts: Vec<VolumeMount>,
-    /// cgroup v2 limits of the container; a limit whose controller the guest
-    /// lacks fails the `Run` with an error naming the controller.
+    /// A user to look up in the rootfs, as containerd's CRI plugin looks up
+    /// the image's user (which the host cannot, for a manifest pod): `uid`,
+    /// `uid:gid`, `name` or `name:group`. It sets `process.user`'s uid and
+    /// gid (a bare uid or name takes its `/etc/passwd` group, else 0), and
+    /// the groups `/etc/group` lists the user in come before
+    /// `additionalGids`. `None` takes `process.user` as it is.
     #[serde(default)]
-    pub limits: Limits,
-    /// `uid`, `uid:gid`, or a user name looked up in the rootfs's
-    /// `/etc/passwd`; root when `None`.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Join the pod's shared pid namespace (Kubernetes
-    /// `shareProcessNamespace`) instead of getting a new one. The shared one
-    /// is the guest's own, where the agent is pid 1 and every process of the
-    /// pod is visible. Ignored without a `rootfs`.
-    #[serde(default)]
-    pub share_pid_namespace: bool,
+    pub image_user: Option<String>,
     /// Keep stdin open for [`Request::Stdin`]; otherwise it is `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
-    /// Run it on a pseudo-terminal (stdout and stderr merge into stdout).
-    #[serde(default)]
-    pub tty: bool,
     /// This container's `/etc/resolv.conf`, in place of the pod's (CRI
     /// writes one per pod and bind-mounts it into each app container);
     /// needs a `rootfs`, at most [`MAX_RESOLV_CONF`] bytes.
     #[serde(default)]
     pub resolv_conf: Option<String>,
 }
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            spec: Box::new(process_spec(Vec::new(), Vec::new(), None)),
+            rootfs: None,
+            volume_mounts: Vec::new(),
+            image_user: None,
+            stdin: false,
+            resolv_conf: None,
+        }
+    }
+}
+
+/// A runtime spec that runs `argv` with `env` in `cwd` (`/` when `None`) as
+/// root and sets nothing else: no mounts, capabilities, seccomp or
+/// namespaces, so the agent keeps its own (`unipod run -- CMD`).
+pub fn process_spec(argv: Vec<String>, env: Vec<String>, cwd: Option<String>) -> Spec {
+    let mut process = Process::default();
+    process.set_args(Some(argv));
+    process.set_env(Some(env));
+    process.set_cwd(cwd.unwrap_or_else(|| "/".into()).into());
+    process.set_terminal(None);
+    process.set_capabilities(None);
+    process.set_rlimits(None);
+    process.set_no_new_privileges(None);
+    process.set_console_size(None);
+    let mut spec = Spec::default();
+    spec.set_version(OCI_VERSION.into());
+    spec.set_process(Some(process));
+    spec.set_root(None);
+    spec.set_mounts(None);
+    spec.set_hostname(None);
+    spec.set_annotations(None);
+    spec.set_linux(None);
+    spec
+}
+
+/// The runtime-spec version unipod writes (that of containerd 1.6's specs).
+pub const OCI_VERSION: &str = "1.0.2-dev";
+
+impl RunSpec {
+    /// `process.args`.
+    pub fn argv(&self) -> &[String] {
+        self.process()
+            .and_then(|p| p.args().as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// `process.env`.
+    pub fn env(&self) -> &[String] {
+        self.process()
+            .and_then(|p| p.env().as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// `process.cwd`, unless it is `/` or empty.
+    pub fn cwd(&self) -> Option<String> {
+        let cwd = self.process()?.cwd().to_str()?;
+        (!cwd.is_empty() && cwd != "/").then(|| cwd.to_string())
+    }
+
+    /// `process.terminal`.
+    pub fn tty(&self) -> bool {
+        self.process().and_then(|p| p.terminal()).unwrap_or(false)
+    }
+
+    /// Whether the container joins the pod's pid namespace (the guest's):
+    /// the spec has no `pid` namespace, or one with a `path` (CRI's
+    /// `shareProcessNamespace` names the sandbox's).
+    pub fn share_pid_namespace(&self) -> bool {
+        let namespaces = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref());
+        let pid = namespaces
+            .into_iter()
+            .flatten()
+            .find(|ns| ns.typ() == LinuxNamespaceType::Pid);
+        pid.is_none_or(|ns| ns.path().is_some())
+    }
+
+    /// The cgroup limits of `linux.resources`.
+    pub fn limits(&self) -> Limits {
+        let resources = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref());
+        let Some(r) = resources else {
+            return Limits::default();
+        };
+        let memory_bytes = r
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .and_then(|l| u64::try_from(l).ok());
+        let cpu_millis = r.cpu().as_ref().and_then(|c| {
+            let quota = u64::try_from(c.quota()?).ok()?;
+            let period = c.period().unwrap_or(CPU_PERIOD_US);
+            (period > 0).then(|| quota.saturating_mul(1000) / period)
+        });
+        let pids = r
+            .pids()
+            .as_ref()
+            .and_then(|p| u64::try_from(p.limit()).ok());
+        Limits {
+            memory_bytes,
+            cpu_millis,
+            pids,
+        }
+    }
+
+    fn process(&self) -> Option<&Process> {
+        self.spec.process().as_ref()
+    }
+}
+
+/// The CFS period the host writes with a CPU limit, in microseconds (as the
+/// kubelet does).
+pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// The largest [`RunSpec::resolv_conf`] the agent takes.
 pub const MAX_RESOLV_CONF: usize = 64 * 1024;
@@ -252,7 +378,8 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
-/// cgroup v2 limits; `None` is unlimited.
+/// cgroup v2 limits; `None` is unlimited. Read from a spec's
+/// `linux.resources` by [`RunSpec::limits`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// `memory.max`, in bytes.
@@ -786,13 +913,85 @@ mod tests {
         }
     }
 
+    /// A spec as containerd writes one, in part.
+    fn web_spec() -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2-dev",
+            "process": {
+                "terminal": true,
+                "user": {"uid": 1000, "gid": 1000, "additionalGids": [5]},
+                "args": ["/bin/sh", "-c", "echo hi"],
+                "env": ["PATH=/bin", "EMPTY="],
+                "cwd": "/tmp",
+                "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]},
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {
+                "resources": {
+                    "memory": {"limit": 67108864},
+                    "cpu": {"quota": 50000, "period": 100000},
+                    "pids": {"limit": 64}
+                },
+                "namespaces": [{"type": "pid"}, {"type": "mount"}],
+                "seccomp": {
+                    "defaultAction": "SCMP_ACT_ERRNO",
+                    "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]
+                },
+                "maskedPaths": ["/proc/kcore"]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_spec_reads_its_process_and_limits_from_the_oci_spec() {
+        let run = RunSpec {
+            name: "web".into(),
+            spec: Box::new(web_spec()),
+            ..RunSpec::default()
+        };
+        assert_eq!(run.argv(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(run.env(), ["PATH=/bin", "EMPTY="]);
+        assert_eq!(run.cwd().as_deref(), Some("/tmp"));
+        assert!(run.tty());
+        assert!(
+            !run.share_pid_namespace(),
+            "a pid namespace without a path is new"
+        );
+        assert_eq!(
+            run.limits(),
+            Limits {
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(500),
+                pids: Some(64),
+            }
+        );
+        let bare = RunSpec::default();
+        assert!(bare.share_pid_namespace() && !bare.tty());
+        assert_eq!((bare.limits(), bare.cwd()), (Limits::default(), None));
+    }
+
+    #[test]
+    fn a_pid_namespace_with_a_path_is_the_pod_s() {
+        let mut spec = web_spec();
+        let linux = spec.linux_mut().as_mut().unwrap();
+        let mut ns = linux.namespaces().clone().unwrap();
+        ns[0].set_path(Some("/proc/1/ns/pid".into()));
+        linux.set_namespaces(Some(ns));
+        let run = RunSpec {
+            spec: Box::new(spec),
+            ..RunSpec::default()
+        };
+        assert!(run.share_pid_namespace());
+    }
+
     fn host_messages() -> Vec<HostMessage> {
         let requests = vec![
             Request::Run(RunSpec {
                 name: "web".into(),
-                argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
-                env: vec!["PATH=/bin".into(), "EMPTY=".into()],
-                cwd: Some("/tmp".into()),
+                spec: Box::new(web_spec()),
                 rootfs: Some(Rootfs {
                     device: "/dev/vda".into(),
                     fstype: "erofs".into(),
@@ -802,22 +1001,12 @@ mod tests {
                     path: "/data".into(),
                     read_only: true,
                 }],
-                limits: Limits {
-                    memory_bytes: Some(64 << 20),
-                    cpu_millis: Some(500),
-                    pids: None,
-                },
-                user: Some("65534:65534".into()),
-                share_pid_namespace: true,
+                image_user: Some("65534:65534".into()),
                 stdin: true,
-                tty: true,
                 resolv_conf: Some("nameserver 10.0.0.53\n".into()),
             }),
             Request::Run(RunSpec {
                 name: "x".into(),
-                argv: vec![],
-                env: vec![],
-                cwd: None,
                 ..RunSpec::default()
             }),
             Request::Signal {
@@ -952,7 +1141,7 @@ mod tests {
         })
         .unwrap();
         let json = br#"{"id":3,"request":"ping"}"#;
-        assert_eq!(frame, frame_with_header(2 + 25, 1, json));
+        assert_eq!(frame, frame_with_header(2 + 25, PROTOCOL_VERSION, json));
         let reply = encode_frame(&AgentMessage::Reply {
             id: 3,
             result: Err("no".into()),
@@ -1047,24 +1236,24 @@ mod tests {
 
     #[test]
     fn unknown_version_is_rejected() {
-        let frame = frame_with_header(4, 2, b"{}");
+        let frame = frame_with_header(4, PROTOCOL_VERSION + 1, b"{}");
         let err = read_frame::<_, HostMessage>(&mut frame.as_slice()).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::UnsupportedVersion(2)),
+            matches!(err, ProtocolError::UnsupportedVersion(v) if v == PROTOCOL_VERSION + 1),
             "{err:?}"
         );
         let mut d = FrameDecoder::new();
         d.push(&frame[..HEADER_LEN]);
         let err = d.next_frame::<HostMessage>().unwrap_err();
         assert!(
-            matches!(err, ProtocolError::UnsupportedVersion(2)),
+            matches!(err, ProtocolError::UnsupportedVersion(v) if v == PROTOCOL_VERSION + 1),
             "{err:?}"
         );
     }
 
     #[test]
     fn oversized_and_undersized_lengths_are_rejected_from_the_header() {
-        let big = frame_with_header(MAX_FRAME_LEN + 1, 1, b"");
+        let big = frame_with_header(MAX_FRAME_LEN + 1, PROTOCOL_VERSION, b"");
         let err = read_frame::<_, HostMessage>(&mut big.as_slice()).unwrap_err();
         assert!(
             matches!(err, ProtocolError::TooLarge(n) if n == MAX_FRAME_LEN + 1),
@@ -1079,7 +1268,7 @@ mod tests {
         assert!(d.next_frame::<Request>().is_err());
 
         for n in [0, 1] {
-            let short = frame_with_header(n, 1, b"");
+            let short = frame_with_header(n, PROTOCOL_VERSION, b"");
             let err = read_frame::<_, HostMessage>(&mut short.as_slice()).unwrap_err();
             assert!(matches!(err, ProtocolError::TooShort), "{err:?}");
         }
@@ -1100,7 +1289,7 @@ mod tests {
 
     #[test]
     fn garbage_json_is_a_decode_error_and_the_stream_stays_in_sync() {
-        let mut wire = frame_with_header(2 + 9, 1, b"not json!");
+        let mut wire = frame_with_header(2 + 9, PROTOCOL_VERSION, b"not json!");
         wire.extend(
             encode_frame(&HostMessage {
                 id: 9,
@@ -1126,7 +1315,11 @@ mod tests {
     #[test]
     fn unknown_request_variant_is_a_decode_error() {
         let body = br#"{"id":1,"request":"self_destruct"}"#;
-        let wire = frame_with_header(2 + u32::try_from(body.len()).unwrap(), 1, body);
+        let wire = frame_with_header(
+            2 + u32::try_from(body.len()).unwrap(),
+            PROTOCOL_VERSION,
+            body,
+        );
         assert!(matches!(
             read_frame::<_, HostMessage>(&mut wire.as_slice()),
             Err(ProtocolError::Decode(_))

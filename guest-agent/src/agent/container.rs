@@ -71,6 +71,7 @@ use nix::unistd::Pid;
 use super::cgroup::{CgroupError, Cgroups, ContainerCgroup};
 use super::cpu;
 use super::logger::Chain;
+use super::oci::{self, FsPlan, OciError, ProcessSecurity};
 use super::rootfs::{is_component, is_mount_path, ContainerRoot, RootfsError};
 use super::sandbox::{self, ChildSetup, MountPlan, PidNsForChildren, Step};
 use super::user::{self, User, UserError};
@@ -119,6 +120,18 @@ pub enum ContainerError {
     /// The user could not be resolved.
     #[error(transparent)]
     User(#[from] UserError),
+    /// The runtime spec asks for what the agent cannot apply.
+    #[error("runtime spec")]
+    Spec(#[from] OciError),
+    /// A sysctl could not be written.
+    #[error("linux.sysctl: write {path}")]
+    Sysctl {
+        /// The `/proc/sys` file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The root file system could not be prepared.
     #[error("prepare the root file system")]
     Rootfs(#[from] RootfsError),
@@ -259,7 +272,8 @@ fn validate_argv_env(argv: &[String], env: &[String]) -> Result<(), ContainerErr
 /// Checks a spec without side effects.
 pub fn validate(spec: &RunSpec) -> Result<(), ContainerError> {
     validate_name(&spec.name)?;
-    validate_argv_env(&spec.argv, &spec.env)?;
+    validate_argv_env(spec.argv(), spec.env())?;
+    oci::check_unsupported(&spec.spec)?;
     for v in &spec.volume_mounts {
         let problem = if spec.rootfs.is_none() {
             "volumes need a rootfs: the container would share the guest's file system"
@@ -354,6 +368,9 @@ struct ExecContext {
     env: Vec<String>,
     cwd: Option<String>,
     user: Option<User>,
+    /// The container's capabilities, seccomp, ...: an exec gets them too,
+    /// as runc gives an exec the container's process settings.
+    security: ProcessSecurity,
     /// The container has its own mount (and maybe pid) namespace.
     namespaced: bool,
     /// Its cgroup's `cgroup.procs`.
@@ -406,7 +423,7 @@ enum Role {
     Main {
         /// Its overlay, removed with it.
         root: Option<ContainerRoot>,
-        exec: ExecContext,
+        exec: Box<ExecContext>,
     },
     Exec,
 }
@@ -546,12 +563,13 @@ fn spawn(l: Launch<'_>) -> Result<std::process::Child, ContainerError> {
     let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
         .map_err(|e| spawn_err(e.into()))?;
     let bind_targets: Vec<String> = l.setup.bind_targets();
+    let mount_targets: Vec<String> = l.setup.mount_targets();
     let setup = l.setup;
-    // SAFETY: the closure runs between fork and exec, where only
-    // async-signal-safe calls are allowed: `ChildSetup::run` makes raw
-    // syscalls through nix on paths the parent prepared (converted on the
-    // stack) and fds it opened, and builds io::Errors from errno, none of
-    // which allocates or takes locks.
+    // SAFETY: the closure runs between fork and exec: `ChildSetup::run`
+    // makes raw syscalls through nix on paths and fds the parent prepared,
+    // and builds io::Errors from errno. The few allocations it makes
+    // (creating mount points) cannot deadlock: the agent is single-threaded,
+    // so no other thread can hold the allocator's lock at the fork.
     unsafe {
         cmd.pre_exec(move || setup.run(report_write.as_raw_fd()));
     }
@@ -574,10 +592,13 @@ fn spawn(l: Launch<'_>) -> Result<std::process::Child, ContainerError> {
     spawned.map_err(|source| match sandbox::read_report(&report_read) {
         Some(f) => {
             let mut step = f.step.describe().to_string();
-            if f.step == Step::Bind {
-                if let Some(t) = bind_targets.get(f.index) {
-                    step = format!("{step} {t}");
-                }
+            let targets = match f.step {
+                Step::Bind => &bind_targets,
+                Step::Mount => &mount_targets,
+                _ => &Vec::new(),
+            };
+            if let Some(t) = targets.get(f.index) {
+                step = format!("{step} {t}");
             }
             ContainerError::Setup {
                 argv0: argv0.clone(),
@@ -614,8 +635,9 @@ impl Container {
         spec: &RunSpec,
         cgroups: Option<&Cgroups>,
         root: Option<ContainerRoot>,
+        seccomp: &mut oci::seccomp::Cache,
     ) -> Result<Self, ContainerError> {
-        let started = Self::start_in(spec, cgroups, root.as_ref());
+        let started = Self::start_in(spec, cgroups, root.as_ref(), seccomp);
         match started {
             Ok(mut c) => {
                 if let Role::Main { root: r, .. } = &mut c.role {
@@ -638,15 +660,21 @@ impl Container {
         spec: &RunSpec,
         cgroups: Option<&Cgroups>,
         root: Option<&ContainerRoot>,
+        seccomp: &mut oci::seccomp::Cache,
     ) -> Result<Self, ContainerError> {
         let fs_root = root.map_or(Path::new("/"), ContainerRoot::merged);
-        let user = match &spec.user {
-            Some(u) => Some(user::resolve(u, fs_root)?),
-            None => None,
-        };
+        let user = Some(user::from_spec(
+            &spec.spec,
+            spec.image_user.as_deref(),
+            fs_root,
+        )?);
+        let security = ProcessSecurity::new(&spec.spec, seccomp)?;
+        let fs_plan = FsPlan::new(&spec.spec)?;
+        let (argv, env, limits, tty) = (spec.argv(), spec.env(), spec.limits(), spec.tty());
+        let cwd = spec.cwd();
         // Checked here because a bad cwd would otherwise surface as a
         // confusing failure "of the program".
-        if let Some(cwd) = &spec.cwd {
+        if let Some(cwd) = &cwd {
             if let Err(source) = std::fs::read_dir(fs_root.join(cwd.trim_start_matches('/'))) {
                 return Err(ContainerError::Cwd {
                     cwd: cwd.clone(),
@@ -655,14 +683,14 @@ impl Container {
             }
         }
         let cgroup = match cgroups {
-            None if has_limits(&spec.limits) => return Err(ContainerError::NoCgroups),
+            None if has_limits(&limits) => return Err(ContainerError::NoCgroups),
             None => None,
-            Some(c) if has_limits(&spec.limits) => Some(
-                c.create(&spec.name, &spec.limits)
+            Some(c) if has_limits(&limits) => Some(
+                c.create(&spec.name, &limits)
                     .map_err(ContainerError::Limits)?,
             ),
             Some(c) => c
-                .create(&spec.name, &spec.limits)
+                .create(&spec.name, &limits)
                 .inspect_err(|e| {
                     log::warn!("{}: running without a cgroup: {}", spec.name, Chain(e))
                 })
@@ -675,37 +703,44 @@ impl Container {
                 })
                 .ok()
         });
+        for (path, value) in oci::sysctls(&spec.spec)? {
+            std::fs::write(&path, value).map_err(|source| ContainerError::Sysctl {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let mounts = match root {
-            Some(r) => Some(
-                MountPlan::new(r, Path::new(GUEST_DEV)).map_err(|(path, e)| {
+            Some(r) => Some(MountPlan::new(r, Path::new(GUEST_DEV), fs_plan).map_err(
+                |(path, e)| {
                     ContainerError::Rootfs(RootfsError::Io {
                         path: path.into(),
                         source: e.into(),
                     })
-                })?,
-            ),
+                },
+            )?),
             None => None,
         };
         let pid_ns = match root {
-            Some(_) if !spec.share_pid_namespace => PidNs::New,
+            Some(_) if !spec.share_pid_namespace() => PidNs::New,
             _ => PidNs::Inherit,
         };
         let setup = ChildSetup {
             cgroup_procs: procs,
             mounts,
             join_mounts: None,
-            cwd: spec.cwd.as_deref().map(cstring).transpose()?,
+            cwd: cwd.as_deref().map(cstring).transpose()?,
             user: user.clone().filter(|u| u != &User::root()),
-            controlling_tty: spec.tty,
+            controlling_tty: tty,
+            security: security.clone(),
         };
         let io_err = |source| ContainerError::Spawn {
-            argv0: spec.argv.first().cloned().unwrap_or_default(),
+            argv0: argv.first().cloned().unwrap_or_default(),
             source,
         };
-        let stdio = ChildStdio::new(spec.tty, spec.stdin).map_err(io_err)?;
+        let stdio = ChildStdio::new(tty, spec.stdin).map_err(io_err)?;
         let mut child = spawn(Launch {
-            argv: &spec.argv,
-            env: spec.env.iter().map(String::as_str).collect(),
+            argv,
+            env: env.iter().map(String::as_str).collect(),
             stdio: stdio.child,
             setup,
             pid_ns,
@@ -718,9 +753,10 @@ impl Container {
         // status. Dropping a Child neither waits nor kills.
         drop(child);
         let exec = ExecContext {
-            env: spec.env.clone(),
-            cwd: spec.cwd.clone(),
+            env: env.to_vec(),
+            cwd,
             user,
+            security,
             namespaced: root.is_some(),
             cgroup_procs: cgroup.as_ref().map(ContainerCgroup::procs_path),
         };
@@ -732,8 +768,11 @@ impl Container {
             termination: None,
             cgroup,
             drain_deadline: None,
-            role: Role::Main { root: None, exec },
-            tty: spec.tty,
+            role: Role::Main {
+                root: None,
+                exec: Box::new(exec),
+            },
+            tty,
             stdin,
         })
     }
@@ -777,6 +816,7 @@ impl Container {
             cwd: ctx.cwd.as_deref().map(cstring).transpose()?,
             user: ctx.user.clone().filter(|u| u != &User::root()),
             controlling_tty: spec.tty,
+            security: ctx.security.clone(),
         };
         let env = ctx
             .env
@@ -1130,7 +1170,7 @@ impl Container {
             drain_deadline: None,
             role: Role::Main {
                 root: None,
-                exec: ExecContext::default(),
+                exec: Box::default(),
             },
             tty: false,
             stdin: None,
@@ -1146,13 +1186,20 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, argv: &[&str], env: &[&str]) -> RunSpec {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         RunSpec {
             name: name.into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|s| s.to_string()).collect(),
-            cwd: None,
+            spec: Box::new(guest_agent::protocol::process_spec(
+                strings(argv),
+                strings(env),
+                None,
+            )),
             ..RunSpec::default()
         }
+    }
+
+    fn start(spec: &RunSpec) -> Result<Container, ContainerError> {
+        Container::start(spec, None, None, &mut Default::default())
     }
 
     #[test]
@@ -1202,8 +1249,7 @@ mod tests {
 
     #[test]
     fn missing_program_is_exit_127_and_names_argv0() {
-        let err =
-            Container::start(&spec("t", &["/nonexistent/prog"], &[]), None, None).unwrap_err();
+        let err = start(&spec("t", &["/nonexistent/prog"], &[])).unwrap_err();
         assert_eq!(err.start_exit_code(), 127);
         let msg = Chain(&err).to_string();
         assert!(
@@ -1220,8 +1266,8 @@ mod tests {
     fn runs_with_exactly_the_given_env_and_separate_streams() {
         let script = "env; echo oops >&2; exit 3";
         let mut s = spec("t", &["/bin/sh", "-c", script], &["A=1", "B=x=y"]);
-        s.cwd = Some("/".into());
-        let mut c = Container::start(&s, None, None).unwrap();
+        oci::test_util::set_cwd(&mut s, "/");
+        let mut c = start(&s).unwrap();
         assert!(c.is_running());
         let (out, err, t) = run_to_end(&mut c);
         let mut vars: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
@@ -1242,7 +1288,7 @@ mod tests {
         let mut term = SigSet::empty();
         term.add(Signal::SIGTERM);
         term.thread_block().unwrap();
-        let started = Container::start(&spec("t", &["/bin/sleep", "30"], &[]), None, None);
+        let started = start(&spec("t", &["/bin/sleep", "30"], &[]));
         term.thread_unblock().unwrap();
         let mut c = started.unwrap();
         c.signal(15).unwrap();
@@ -1258,8 +1304,8 @@ mod tests {
     #[test]
     fn missing_cwd_is_exit_126() {
         let mut s = spec("t", &["/bin/true"], &[]);
-        s.cwd = Some("/nonexistent-dir".into());
-        let err = Container::start(&s, None, None).unwrap_err();
+        oci::test_util::set_cwd(&mut s, "/nonexistent-dir");
+        let err = start(&s).unwrap_err();
         assert!(matches!(err, ContainerError::Cwd { .. }), "{err:?}");
         assert_eq!(err.start_exit_code(), 126);
     }
@@ -1276,16 +1322,18 @@ mod tests {
     #[test]
     fn limits_without_cgroups_are_refused() {
         let mut s = spec("t", &["/bin/true"], &[]);
-        s.limits.pids = Some(10);
-        let err = Container::start(&s, None, None).unwrap_err();
+        oci::test_util::merge(
+            &mut s,
+            serde_json::json!({"linux": {"resources": {"pids": {"limit": 10}}}}),
+        );
+        let err = start(&s).unwrap_err();
         assert!(matches!(err, ContainerError::NoCgroups), "{err:?}");
         assert_eq!(err.start_exit_code(), 126);
     }
 
     #[test]
     fn stdin_reaches_an_exec_and_eof_ends_it() {
-        let mut c =
-            Container::start(&spec("box", &["/bin/sleep", "30"], &["A=1"]), None, None).unwrap();
+        let mut c = start(&spec("box", &["/bin/sleep", "30"], &["A=1"])).unwrap();
         let mut cat = exec_spec("e1", "box", &["/bin/cat"]);
         cat.stdin = true;
         let mut e = Container::exec(&cat, &c).unwrap();
@@ -1318,9 +1366,9 @@ mod tests {
             &["/bin/sh", "-c", "read line; stty size; echo got:$line"],
             &["PATH=/usr/bin:/bin"],
         );
-        tty.tty = true;
+        oci::test_util::merge(&mut tty, serde_json::json!({"process": {"terminal": true}}));
         tty.stdin = true;
-        let mut c = Container::start(&tty, None, None).unwrap();
+        let mut c = start(&tty).unwrap();
         c.resize_pty(33, 101).unwrap();
         c.write_stdin(b"hello\n").unwrap();
         let (out, err, t) = c.wait_output();
@@ -1333,7 +1381,7 @@ mod tests {
         assert_eq!(t, Termination::Exited(0));
 
         let plain = spec("plain", &["/bin/true"], &[]);
-        let mut c = Container::start(&plain, None, None).unwrap();
+        let mut c = start(&plain).unwrap();
         let no_tty = c.resize_pty(24, 80).unwrap_err();
         assert!(matches!(no_tty, ContainerError::NoTty(_)), "{no_tty:?}");
         let no_stdin = c.write_stdin(b"x").unwrap_err();
@@ -1351,7 +1399,7 @@ mod tests {
 
     #[test]
     fn stdin_is_bounded() {
-        let mut c = Container::start(&spec("box", &["/bin/sleep", "30"], &[]), None, None).unwrap();
+        let mut c = start(&spec("box", &["/bin/sleep", "30"], &[])).unwrap();
         // Reads nothing: everything beyond the pipe's capacity waits.
         let mut stuck = exec_spec("e", "box", &["/bin/sleep", "30"]);
         stuck.stdin = true;
@@ -1375,7 +1423,7 @@ mod tests {
 
     #[test]
     fn a_tty_exec_gets_a_controlling_terminal() {
-        let mut c = Container::start(&spec("box", &["/bin/sleep", "30"], &[]), None, None).unwrap();
+        let mut c = start(&spec("box", &["/bin/sleep", "30"], &[])).unwrap();
         let script = "tty; echo ok > /dev/tty; read line; echo got $line";
         let mut tty = exec_spec("t", "box", &["/bin/sh", "-c", script]);
         (tty.tty, tty.stdin) = (true, true);

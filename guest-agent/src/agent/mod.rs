@@ -65,6 +65,7 @@ pub mod identity;
 pub mod init;
 pub mod logger;
 pub mod network;
+pub mod oci;
 pub mod pod;
 pub mod rootfs;
 pub mod sandbox;
@@ -225,6 +226,8 @@ struct Agent {
     cgroups: Option<Cgroups>,
     /// Image mounts, container roots and volumes.
     filesystems: Filesystems,
+    /// Compiled seccomp profiles, shared by the containers that use one.
+    seccomp: oci::seccomp::Cache,
     containers: Containers,
     /// `ContainerExited` frames queued and written, to know when the last one
     /// reached a host.
@@ -265,6 +268,7 @@ impl Agent {
             },
             cgroups,
             filesystems: Filesystems::new(Layout::default()),
+            seccomp: oci::seccomp::Cache::default(),
             containers: Containers::default(),
             exits_queued: 0,
             exits_written: 0,
@@ -486,13 +490,13 @@ impl Agent {
             // emptied by its exit, still holds its OOM count.
             cgroups.remove_leftovers();
         }
-        let started = self
-            .prepare_root(&spec)
-            .and_then(|root| Container::start(&spec, self.cgroups.as_ref(), root));
+        let started = self.prepare_root(&spec).and_then(|root| {
+            Container::start(&spec, self.cgroups.as_ref(), root, &mut self.seccomp)
+        });
         match started {
             Ok(c) => {
                 let (name, pid) = (c.name().to_string(), c.pid());
-                log::info!("{name}: started {:?} as pid {pid}", spec.argv);
+                log::info!("{name}: started {:?} as pid {pid}", spec.argv());
                 self.containers.insert(c);
                 self.reply(id, Ok(Reply::Started { pid }));
                 self.queue(FrameKind::Event, Event::ContainerStarted { name, pid });

@@ -62,6 +62,8 @@ use nix::sys::stat::Mode;
 use nix::unistd::{chdir, pivot_root, setgid, setgroups, setsid, setuid};
 use nix::NixPath;
 
+use super::oci::mounts::{MountKind, SpecMount};
+use super::oci::{FsPlan, ProcessSecurity};
 use super::rootfs::{Bind, ContainerRoot};
 use super::user::User;
 
@@ -94,11 +96,11 @@ pub enum Step {
     Propagation,
     /// Entering the new root (`pivot_root`).
     EnterRoot,
-    /// Mounting `/proc`.
-    Proc,
-    /// Mounting `/sys`.
-    Sys,
-    /// Mounting `/dev` and its nodes.
+    /// Mounting a spec mount; the index says which.
+    Mount,
+    /// Masking `maskedPaths`, making `readonlyPaths` read-only.
+    Paths,
+    /// Binding the default device nodes into a tmpfs `/dev`.
     Dev,
     /// Mounting a bind (pod file or volume); the index says which.
     Bind,
@@ -108,10 +110,17 @@ pub enum Step {
     Cwd,
     /// `setgroups`, `setgid`, `setuid`.
     User,
+    /// Making the root read-only.
+    ReadonlyRoot,
+    /// Rlimits, OOM score, umask, bounding set, seccomp (before the user
+    /// switch).
+    SecurityBeforeUser,
+    /// Capability sets, `no_new_privs`, seccomp (after it).
+    SecurityAfterUser,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 17] = [
         Step::SignalMask,
         Step::Setsid,
         Step::ControllingTty,
@@ -119,13 +128,16 @@ impl Step {
         Step::Unshare,
         Step::Propagation,
         Step::EnterRoot,
-        Step::Proc,
-        Step::Sys,
+        Step::Mount,
+        Step::Paths,
         Step::Dev,
         Step::Bind,
         Step::JoinMounts,
         Step::Cwd,
         Step::User,
+        Step::ReadonlyRoot,
+        Step::SecurityBeforeUser,
+        Step::SecurityAfterUser,
     ];
 
     fn from_u8(b: u8) -> Option<Self> {
@@ -142,13 +154,18 @@ impl Step {
             Step::Unshare => "create a mount namespace",
             Step::Propagation => "make the mounts private",
             Step::EnterRoot => "enter the root file system",
-            Step::Proc => "mount /proc",
-            Step::Sys => "mount /sys",
-            Step::Dev => "set up /dev",
+            Step::Mount => "mount",
+            Step::Paths => "mask or make read-only linux.maskedPaths/readonlyPaths",
+            Step::Dev => "bind the device nodes into /dev",
             Step::Bind => "bind-mount",
             Step::JoinMounts => "join the container's mount namespace",
             Step::Cwd => "change to the working directory",
             Step::User => "switch user",
+            Step::ReadonlyRoot => "make the root read-only (root.readonly)",
+            Step::SecurityBeforeUser => {
+                "apply rlimits, oomScoreAdj, umask, seccomp or the bounding set"
+            }
+            Step::SecurityAfterUser => "apply capabilities, noNewPrivileges or seccomp",
         }
     }
 }
@@ -158,7 +175,7 @@ impl Step {
 pub struct Failure {
     /// The failed step.
     pub step: Step,
-    /// For [`Step::Bind`]: which bind.
+    /// For [`Step::Bind`] and [`Step::Mount`]: which one.
     pub index: usize,
 }
 
@@ -180,7 +197,21 @@ pub struct MountPlan {
     /// The merged overlay, in the agent's view.
     root: String,
     dev_nodes: Vec<ChildBind>,
+    /// The spec's mounts, in order (binds with their source cloned).
+    mounts: Vec<ChildMount>,
+    /// The pod's files and volumes.
     binds: Vec<ChildBind>,
+    masked_paths: Vec<String>,
+    readonly_paths: Vec<String>,
+    readonly_root: bool,
+}
+
+/// One of the spec's mounts as the child makes it.
+#[derive(Debug)]
+struct ChildMount {
+    spec: SpecMount,
+    /// A bind's source, cloned by the parent.
+    bind: Option<ChildBind>,
 }
 
 /// `OPEN_TREE_CLONE`, from include/uapi/linux/mount.h.
@@ -224,9 +255,10 @@ fn attach_tree(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
 }
 
 impl MountPlan {
-    /// Opens every bind source of `root` (the pod files and volumes) and the
-    /// device nodes from `dev` (the guest's `/dev`).
-    pub fn new(root: &ContainerRoot, dev: &Path) -> Result<Self, (String, Errno)> {
+    /// Opens every bind source of `root` (the pod files and volumes) and of
+    /// `fs` (the spec's binds), and the device nodes from `dev` (the guest's
+    /// `/dev`).
+    pub fn new(root: &ContainerRoot, dev: &Path, fs: FsPlan) -> Result<Self, (String, Errno)> {
         let child_bind = |b: &Bind| {
             let tree = clone_tree(&b.source).map_err(|e| (b.source.display().to_string(), e))?;
             Ok(ChildBind {
@@ -252,15 +284,40 @@ impl MountPlan {
             .iter()
             .map(child_bind)
             .collect::<Result<_, _>>()?;
+        let mounts = fs
+            .mounts
+            .into_iter()
+            .map(|spec| {
+                let bind = match &spec.kind {
+                    MountKind::Bind { source, .. } => Some(child_bind(&Bind {
+                        source: source.into(),
+                        target: spec.target.clone(),
+                        dir: Path::new(source).is_dir(),
+                        read_only: spec.flags.contains(MsFlags::MS_RDONLY),
+                    })?),
+                    MountKind::Fs { .. } => None,
+                };
+                Ok(ChildMount { spec, bind })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             root: root.merged().display().to_string(),
             dev_nodes,
+            mounts,
             binds,
+            masked_paths: fs.masked_paths,
+            readonly_paths: fs.readonly_paths,
+            readonly_root: fs.readonly_root,
         })
     }
 
-    /// In the child: a new mount namespace rooted at the overlay, with
-    /// `/proc`, `/sys`, `/dev` and the binds mounted.
+    /// The targets of the spec's mounts, in order, to name a failed one.
+    pub fn mount_targets(&self) -> Vec<String> {
+        self.mounts.iter().map(|m| m.spec.target.clone()).collect()
+    }
+
+    /// In the child: a new mount namespace rooted at the overlay, with the
+    /// spec's mounts, the pod's binds, the masked and read-only paths.
     fn enter(&self) -> Result<(), (Step, usize, Errno)> {
         let at = |step| move |e| (step, 0, e);
         unshare(CloneFlags::CLONE_NEWNS).map_err(at(Step::Unshare))?;
@@ -268,16 +325,27 @@ impl MountPlan {
         mount(None::<&str>, "/", None::<&str>, slave, None::<&str>)
             .map_err(at(Step::Propagation))?;
         self.enter_root().map_err(at(Step::EnterRoot))?;
-
-        let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mkdir("/proc").map_err(at(Step::Proc))?;
-        mount(Some("proc"), "/proc", Some("proc"), locked, None::<&str>).map_err(at(Step::Proc))?;
-        mkdir("/sys").map_err(at(Step::Sys))?;
-        let ro = locked | MsFlags::MS_RDONLY;
-        mount(Some("sysfs"), "/sys", Some("sysfs"), ro, None::<&str>).map_err(at(Step::Sys))?;
-        self.mount_dev().map_err(at(Step::Dev))?;
+        for (i, m) in self.mounts.iter().enumerate() {
+            spec_mount(m).map_err(|e| (Step::Mount, i, e))?;
+            if m.spec.target == "/dev"
+                && matches!(&m.spec.kind, MountKind::Fs { fstype, .. } if fstype == "tmpfs")
+            {
+                self.populate_dev().map_err(at(Step::Dev))?;
+            }
+        }
         for (i, b) in self.binds.iter().enumerate() {
             bind(b).map_err(|e| (Step::Bind, i, e))?;
+        }
+        for path in &self.masked_paths {
+            mask(path).map_err(at(Step::Paths))?;
+        }
+        for path in &self.readonly_paths {
+            read_only(path).map_err(at(Step::Paths))?;
+        }
+        if self.readonly_root {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+                .map_err(at(Step::ReadonlyRoot))?;
         }
         Ok(())
     }
@@ -291,52 +359,101 @@ impl MountPlan {
         chdir("/")
     }
 
-    fn mount_dev(&self) -> nix::Result<()> {
-        mkdir("/dev")?;
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-        mount(
-            Some("tmpfs"),
-            "/dev",
-            Some("tmpfs"),
-            flags,
-            Some("mode=0755,size=65536k"),
-        )?;
+    /// The guest's default device nodes and the usual links in a fresh
+    /// tmpfs `/dev`, as runc creates its default devices.
+    fn populate_dev(&self) -> nix::Result<()> {
         for node in &self.dev_nodes {
             bind(node)?;
         }
-        mkdir("/dev/pts")?;
-        mount(
-            Some("devpts"),
-            "/dev/pts",
-            Some("devpts"),
-            flags,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
-        )?;
-        mkdir("/dev/shm")?;
-        mount(
-            Some("shm"),
-            "/dev/shm",
-            Some("tmpfs"),
-            flags | MsFlags::MS_NODEV,
-            Some("mode=1777,size=65536k"),
-        )?;
         for (target, link) in DEV_LINKS {
-            std::os::unix::fs::symlink(target, link).map_err(io_errno)?;
+            match std::os::unix::fs::symlink(target, link) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_errno(e)),
+            }
         }
         Ok(())
     }
 }
 
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+/// Makes one of the spec's mounts (inside the container's root).
+fn spec_mount(m: &ChildMount) -> nix::Result<()> {
+    let target = m.spec.target.as_str();
+    match (&m.spec.kind, &m.bind) {
+        (MountKind::Bind { recursive, .. }, Some(b)) => {
+            let _ = recursive; // open_tree(OPEN_TREE_CLONE) copies one mount.
+            bind(b)?;
+        }
+        (MountKind::Fs { fstype, source }, _) => {
+            std::fs::create_dir_all(target).map_err(io_errno)?;
+            mount(
+                Some(source.as_str()),
+                target,
+                Some(fstype.as_str()),
+                m.spec.flags,
+                m.spec.data.as_deref(),
+            )?;
+        }
+        (MountKind::Bind { .. }, None) => return Err(Errno::EINVAL),
+    }
+    if !m.spec.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            m.spec.propagation,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
 }
 
-/// `mkdir` that accepts an existing directory.
-fn mkdir(path: &str) -> nix::Result<()> {
-    match nix::unistd::mkdir(path, Mode::from_bits_truncate(0o755)) {
-        Ok(()) | Err(Errno::EEXIST) => Ok(()),
-        Err(e) => Err(e),
+/// Masks `path` as runc does: `/dev/null` over a file, an empty read-only
+/// tmpfs over a directory; a missing path is left alone.
+fn mask(path: &str) -> nix::Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_errno(e)),
+    };
+    if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
     }
+}
+
+/// Makes `path` a read-only bind of itself; a missing path is left alone.
+fn read_only(path: &str) -> nix::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    match mount(Some(path), path, None::<&str>, flags, None::<&str>) {
+        Ok(()) => {}
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, path, None::<&str>, ro, None::<&str>)
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Creates the target (a directory, or an empty file in an existing or new
@@ -382,9 +499,19 @@ pub struct ChildSetup {
     pub user: Option<User>,
     /// Make stdin (a pty slave) the controlling terminal.
     pub controlling_tty: bool,
+    /// Capabilities, seccomp, rlimits, ... of the runtime spec.
+    pub security: ProcessSecurity,
 }
 
 impl ChildSetup {
+    /// The targets of the spec's mounts, in order, to name a failed one.
+    pub fn mount_targets(&self) -> Vec<String> {
+        self.mounts
+            .as_ref()
+            .map(MountPlan::mount_targets)
+            .unwrap_or_default()
+    }
+
     /// The targets of the bind mounts, in order, to name a failed one.
     pub fn bind_targets(&self) -> Vec<String> {
         let binds = self.mounts.iter().flat_map(|m| &m.binds);
@@ -428,11 +555,17 @@ impl ChildSetup {
         if let Some(cwd) = &self.cwd {
             chdir(cwd.as_c_str()).map_err(at(Step::Cwd))?;
         }
+        self.security
+            .before_user()
+            .map_err(at(Step::SecurityBeforeUser))?;
         if let Some(u) = &self.user {
             setgroups(&u.groups).map_err(at(Step::User))?;
             setgid(u.gid).map_err(at(Step::User))?;
             setuid(u.uid).map_err(at(Step::User))?;
         }
+        self.security
+            .after_user()
+            .map_err(at(Step::SecurityAfterUser))?;
         Ok(())
     }
 }
@@ -518,6 +651,7 @@ mod tests {
 
     use super::*;
     use crate::agent::container::{Container, ContainerError, Termination};
+    use crate::agent::oci::test_util::{merge, set_cwd};
     use crate::agent::rootfs::{Filesystems, Layout};
 
     /// A pod on a private tmpfs: the image (a plain directory), the run
@@ -535,7 +669,10 @@ mod tests {
                 std::fs::create_dir_all(lower.join(d)).unwrap();
             }
             std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
-            for applet in ["sh", "cat", "ls", "id", "echo", "sleep", "test", "readlink"] {
+            for applet in [
+                "sh", "cat", "ls", "id", "echo", "sleep", "test", "readlink", "grep", "touch",
+                "mkdir",
+            ] {
                 std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
             }
             std::fs::write(
@@ -570,7 +707,7 @@ mod tests {
                     spec.resolv_conf.as_deref(),
                 )
                 .unwrap();
-            Container::start(spec, None, Some(root))
+            Container::start(spec, None, Some(root), &mut Default::default())
         }
 
         /// Runs `script` to its end; stdout, stderr and how it ended.
@@ -583,17 +720,37 @@ mod tests {
         }
     }
 
+    /// `sh -c script` with the mounts and namespaces containerd gives a
+    /// container.
     fn sh(name: &str, script: &str) -> RunSpec {
-        RunSpec {
+        let mut run = RunSpec {
             name: name.into(),
-            argv: vec!["sh".into(), "-c".into(), script.into()],
-            env: vec!["PATH=/bin".into()],
+            spec: Box::new(guest_agent::protocol::process_spec(
+                vec!["sh".into(), "-c".into(), script.into()],
+                vec!["PATH=/bin".into()],
+                None,
+            )),
             rootfs: Some(guest_agent::protocol::Rootfs {
                 device: "(test: a directory)".into(),
                 fstype: "none".into(),
             }),
             ..RunSpec::default()
-        }
+        };
+        let ro = ["nosuid", "noexec", "nodev", "ro"];
+        merge(
+            &mut run,
+            serde_json::json!({
+                "mounts": [
+                    {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ro}
+                ],
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+            }),
+        );
+        run
     }
 
     /// Runs `test` on a thread in a private mount namespace, with a fresh
@@ -712,7 +869,10 @@ mod tests {
         in_private_mounts(|work| {
             let pod = Pod::new(work);
             let mut spec = sh("web", "echo $$");
-            spec.share_pid_namespace = true;
+            merge(
+                &mut spec,
+                serde_json::json!({"linux": {"namespaces": [{"type": "mount"}]}}),
+            );
             let mut c = pod.start(&spec).unwrap();
             let pid = c.pid();
             let (out, _, _) = c.wait_output();
@@ -726,17 +886,18 @@ mod tests {
         in_private_mounts(|work| {
             let pod = Pod::new(work);
             let mut spec = sh("web", "id -u; id -g; cwd=$(pwd); echo $cwd");
-            spec.user = Some("nobody".into());
-            spec.cwd = Some("/home/web".into());
+            spec.image_user = Some("nobody".into());
+            set_cwd(&mut spec, "/home/web");
             let (out, _, t) = pod.run(&spec);
             assert_eq!(
                 (out.as_str(), t),
                 ("65534\n65534\n/home/web\n", Termination::Exited(0))
             );
 
-            spec.user = Some("ghost".into());
+            spec.image_user = Some("ghost".into());
             let root = pod.fs.prepare("web", &pod.lower, &[], None).unwrap();
-            let err = Container::start(&spec, None, Some(root)).unwrap_err();
+            let err =
+                Container::start(&spec, None, Some(root), &mut Default::default()).unwrap_err();
             assert!(err.to_string().contains("\"ghost\""), "{err}");
             assert!(!pod.work.join("run/containers/web").exists(), "cleaned up");
         });
@@ -764,6 +925,75 @@ mod tests {
             let (out, err, _) = pod.run(&reader);
             assert_eq!(out, "shared\nrefused\n");
             assert!(err.contains("Read-only file system"), "{err}");
+        });
+    }
+
+    #[test]
+    fn the_spec_s_security_settings_apply_as_runc_applies_them() {
+        in_private_mounts(|work| {
+            let pod = Pod::new(work);
+            let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+                          echo kcore=$(cat /proc/kcore | wc -c); \
+                          touch /x 2>/dev/null || echo root-ro; \
+                          echo 1 > /proc/sys/kernel/shm_rmid_forced 2>/dev/null || echo sys-ro; \
+                          mkdir /dev/shm/d 2>&1; id -G";
+            let mut spec = sh("web", script);
+            let caps = ["CAP_CHOWN", "CAP_SETGID", "CAP_SETUID"];
+            merge(
+                &mut spec,
+                serde_json::json!({
+                    "root": {"path": "rootfs", "readonly": true},
+                    "process": {
+                        "user": {"uid": 0, "gid": 0, "additionalGids": [1234]},
+                        "noNewPrivileges": true,
+                        "capabilities": {"bounding": caps, "effective": ["CAP_CHOWN"], "permitted": caps}
+                    },
+                    "linux": {
+                        "maskedPaths": ["/proc/kcore", "/proc/missing"],
+                        "readonlyPaths": ["/proc/sys"],
+                        "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 28}
+                        ]}
+                    }
+                }),
+            );
+            let (out, err, t) = pod.run(&spec);
+            assert_eq!(t, Termination::Exited(0), "{out}{err}");
+            let lines: Vec<&str> = out.lines().collect();
+            // Root's exec makes its effective set the bounding set, under
+            // runc too: the kernel's rule for uid 0, not the spec's.
+            assert!(lines.contains(&"CapEff:\t00000000000000c1"), "{out}");
+            assert!(lines.contains(&"CapBnd:\t00000000000000c1"), "{out}");
+            assert!(lines.contains(&"NoNewPrivs:\t1"), "{out}");
+            assert!(lines.contains(&"Seccomp:\t2"), "{out}");
+            assert!(lines.contains(&"kcore=0"), "{out}");
+            assert!(
+                lines.contains(&"root-ro") && lines.contains(&"sys-ro"),
+                "{out}"
+            );
+            assert!(
+                out.contains("No space left on device"),
+                "seccomp errnoRet: {out}"
+            );
+            assert!(lines.contains(&"0 1234"), "additional gids: {out}");
+        });
+    }
+
+    #[test]
+    fn an_unknown_mount_type_fails_the_start_naming_it() {
+        in_private_mounts(|work| {
+            let pod = Pod::new(work);
+            let mut spec = sh("web", "true");
+            merge(
+                &mut spec,
+                serde_json::json!({"mounts": [{"destination": "/mnt", "type": "nfs", "source": "h:/"}]}),
+            );
+            let err = pod.start(&spec).unwrap_err();
+            let err = crate::agent::logger::Chain(&err).to_string();
+            assert!(
+                err.contains("mounts[0] (/mnt)") && err.contains("nfs"),
+                "{err}"
+            );
         });
     }
 

@@ -1,4 +1,5 @@
-//! A container's user: `RunSpec::user` resolved against its root file system.
+//! A container's user: the runtime spec's `process.user`, or
+//! `RunSpec::image_user` resolved against its root file system.
 //!
 //! # Design
 //!
@@ -139,6 +140,35 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<User, UserErr
         gid: Gid::from_raw(gid),
         groups,
     })
+}
+
+/// The user of a runtime spec: `image_user` (see `RunSpec::image_user`)
+/// resolved in `root`, else `process.user`'s uid and gid; either way with
+/// `process.user.additionalGids` added to the groups.
+pub fn from_spec(
+    spec: &oci_spec::runtime::Spec,
+    image_user: Option<&str>,
+    root: &Path,
+) -> Result<User, UserError> {
+    let spec_user = spec.process().as_ref().map(|p| p.user());
+    let mut user = match image_user {
+        Some(u) => resolve(u, root)?,
+        None => {
+            let (uid, gid) = spec_user.map_or((0, 0), |u| (u.uid(), u.gid()));
+            User {
+                uid: Uid::from_raw(uid),
+                gid: Gid::from_raw(gid),
+                groups: vec![Gid::from_raw(gid)],
+            }
+        }
+    };
+    let extra = spec_user.and_then(|u| u.additional_gids().as_ref());
+    for g in extra.into_iter().flatten().map(|g| Gid::from_raw(*g)) {
+        if !user.groups.contains(&g) {
+            user.groups.push(g);
+        }
+    }
+    Ok(user)
 }
 
 /// Resolves `spec` against `<root>/etc/passwd` and `<root>/etc/group`.

@@ -28,8 +28,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, NetworkConfig, PodConfig, Reply, Request, RunSpec, Stream,
-    AGENT_VSOCK_PORT,
+    process_spec, AgentMessage, DebugCommand, Event, NetworkConfig, PodConfig, Reply, Request,
+    RunSpec, Stream, AGENT_VSOCK_PORT,
 };
 
 use crate::cli::EXIT_SNAPSHOT_REJECTED;
@@ -657,11 +657,14 @@ fn supervise(
     };
     let mut sidecar_ids = Vec::new();
     for sidecar in &args.sidecar {
+        let argv = vec!["/bin/sh".into(), "-c".into(), sidecar.command.clone()];
         let spec = RunSpec {
             name: sidecar.name.clone(),
-            argv: vec!["/bin/sh".into(), "-c".into(), sidecar.command.clone()],
-            env: container_env(&args.env),
-            cwd: args.workdir.clone(),
+            spec: Box::new(process_spec(
+                argv,
+                container_env(&args.env),
+                args.workdir.clone(),
+            )),
             ..RunSpec::default()
         };
         match link.send(Request::Run(spec)) {
@@ -671,9 +674,11 @@ fn supervise(
     }
     let spec = RunSpec {
         name: pod.name.clone(),
-        argv: args.command.clone(),
-        env: container_env(&args.env),
-        cwd: args.workdir.clone(),
+        spec: Box::new(process_spec(
+            args.command.clone(),
+            container_env(&args.env),
+            args.workdir.clone(),
+        )),
         ..RunSpec::default()
     };
     let run_id = match link.send(Request::Run(spec)) {

@@ -13,6 +13,7 @@ pub mod control;
 pub mod lifecycle;
 pub mod manifest;
 pub mod phase;
+pub mod runtime_spec;
 pub mod spec;
 pub mod status;
 pub mod vmm_api;

@@ -8,8 +8,9 @@
 //!   `command` alone runs as written);
 //! - the environment is the image's `Env`, then the container's `env`,
 //!   a later entry of one name replacing the earlier in place;
-//! - `workingDir` defaults to the image's WorkingDir, and the user is the
-//!   image's User (the manifest has no securityContext yet);
+//! - `workingDir` defaults to the image's WorkingDir, the runtime spec is
+//!   CRI's default (`runtime_spec.rs`), and the user is the image's User
+//!   (the manifest has no securityContext yet);
 //! - each distinct image (by digest) gets one disk, in the order the pod
 //!   first names them, init containers first: `/dev/vda`, `/dev/vdb`, ...
 //!
@@ -19,16 +20,17 @@
 
 #![forbid(unsafe_code)]
 
-use guest_agent::protocol::{Limits, Rootfs, RunSpec, VolumeMount};
+use guest_agent::protocol::{Rootfs, RunSpec, VolumeMount};
 
 use super::manifest::{ContainerSpec, PodManifest};
+use super::runtime_spec::{self, Process};
 use crate::image::{ImageConfig, StoredImage};
 
 /// The file system type of imported images.
 pub const IMAGE_FSTYPE: &str = "erofs";
 
 /// A problem merging a container with its image.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// Nothing to run.
     #[error("container {0:?}: nothing to run: the image has no Entrypoint or Cmd and the manifest no command")]
@@ -127,11 +129,18 @@ pub fn run_spec(
         .as_ref()
         .map(|p| p.display().to_string())
         .or_else(|| image.working_dir.clone().filter(|d| !d.is_empty()));
-    Ok(RunSpec {
-        name: container.name.clone(),
+    let spec = runtime_spec::default_spec(&Process {
         argv: argv(container, image)?,
         env: env(container, image),
         cwd,
+        memory_bytes: container.resources.limits.memory_bytes,
+        cpu_millis: container.resources.limits.cpu_millis,
+        share_pid_namespace: pod.share_process_namespace,
+    });
+    let image_user = image.user.clone().filter(|u| !u.is_empty());
+    Ok(RunSpec {
+        name: container.name.clone(),
+        spec: Box::new(spec),
         rootfs: Some(Rootfs {
             device: device_name(disk),
             fstype: IMAGE_FSTYPE.into(),
@@ -145,17 +154,10 @@ pub fn run_spec(
                 read_only: m.read_only,
             })
             .collect(),
-        limits: Limits {
-            memory_bytes: container.resources.limits.memory_bytes,
-            cpu_millis: container.resources.limits.cpu_millis,
-            pids: None,
-        },
-        user: image.user.clone().filter(|u| !u.is_empty()),
-        share_pid_namespace: pod.share_process_namespace,
+        image_user,
         // `unipod run` has no terminal to attach, and its containers take
         // the pod's resolv.conf; the shim sets these.
         stdin: false,
-        tty: false,
         resolv_conf: None,
     })
 }
@@ -207,10 +209,10 @@ mod tests {
             );
         }
         let p = pod("");
-        assert_eq!(
+        assert!(matches!(
             argv(&p.containers[0], &ImageConfig::default()),
-            Err(SpecError::NoCommand("c".into()))
-        );
+            Err(SpecError::NoCommand(c)) if c == "c"
+        ));
         let only_cmd = image(&[], &["sh"]);
         assert_eq!(argv(&p.containers[0], &only_cmd).unwrap(), ["sh"]);
     }
@@ -232,8 +234,8 @@ mod tests {
             "      volumeMounts:\n        - name: v\n          mountPath: /data\n          readOnly: true\n",
         ));
         let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 1).unwrap();
-        assert_eq!(spec.cwd.as_deref(), Some("/srv"));
-        assert_eq!(spec.user.as_deref(), Some("1000:1000"));
+        assert_eq!(spec.cwd().as_deref(), Some("/srv"));
+        assert_eq!(spec.image_user.as_deref(), Some("1000:1000"));
         assert_eq!(
             spec.rootfs,
             Some(Rootfs {
@@ -241,8 +243,8 @@ mod tests {
                 fstype: "erofs".into()
             })
         );
-        assert_eq!(spec.limits.memory_bytes, Some(64 << 20));
-        assert_eq!(spec.limits.cpu_millis, Some(500));
+        assert_eq!(spec.limits().memory_bytes, Some(64 << 20));
+        assert_eq!(spec.limits().cpu_millis, Some(500));
         assert_eq!(
             spec.volume_mounts,
             [VolumeMount {
@@ -251,10 +253,10 @@ mod tests {
                 read_only: true
             }]
         );
-        assert!(spec.share_pid_namespace);
+        assert!(spec.share_pid_namespace());
         let p = pod("      workingDir: /work\n");
         let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 0).unwrap();
-        assert_eq!(spec.cwd.as_deref(), Some("/work"));
+        assert_eq!(spec.cwd().as_deref(), Some("/work"));
     }
 
     #[test]
@@ -269,10 +271,10 @@ mod tests {
         };
         let (a, b, c) = (img("sha256:a"), img("sha256:b"), img("sha256:c"));
         assert_eq!(assign_disks(&[&a, &b, &a, &c], 4).unwrap(), [0, 1, 0, 2]);
-        assert_eq!(
+        assert!(matches!(
             assign_disks(&[&a, &b, &c], 2),
             Err(SpecError::TooManyImages { found: 3, max: 2 })
-        );
+        ));
         assert_eq!(device_name(0), "/dev/vda");
         assert_eq!(device_name(3), "/dev/vdd");
     }

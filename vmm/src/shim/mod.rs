@@ -46,6 +46,7 @@
 
 pub mod pod_vm;
 pub mod rootfs;
+pub mod runtime_spec;
 mod service;
 pub mod spec;
 

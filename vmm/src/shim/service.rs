@@ -768,9 +768,10 @@ impl containerd_shim::Task for Service {
                 .tasks
                 .get(&req.id)
                 .ok_or_else(|| not_found(&req.id, ""))?;
-            let mut run = task.spec.run_spec(&task.main.agent_name, &task.device);
+            let mut run =
+                task.spec
+                    .run_spec(&task.main.agent_name, &task.device, task.main.terminal);
             run.stdin = !task.main.stdin.is_empty();
-            run.tty = task.main.terminal;
             let p = process(&mut pod, &req.id, &req.exec_id)?;
             if p.state != State::Created {
                 return Err(err(

@@ -1,16 +1,18 @@
-//! What the shim reads from an OCI bundle's `config.json`: the process, the
-//! hostname, the CRI annotations that group containers into pods, the
-//! network namespace and the pod's resolv.conf.
+//! What the shim reads from an OCI bundle's `config.json`: the whole runtime
+//! spec, which goes to the guest agent adjusted for the VM
+//! (`runtime_spec.rs`), and what the shim itself needs: the hostname, the
+//! CRI annotations that group containers into pods, the network namespace
+//! and the pod's resolv.conf.
 //!
 //! # Design
-//! Only these fields are read, through `serde_json::Value`, rather than the
-//! whole runtime spec with oci-spec's `runtime` feature: the guest agent
-//! runs containers from a [`RunSpec`], so the rest of the spec (seccomp,
-//! capabilities, mounts) has no consumer here.
+//! The shim's own fields are read through `serde_json::Value`, so that each
+//! error names its field; the spec the agent applies is oci-spec's
+//! `runtime::Spec`, the same type manifest pods build.
 
 use std::path::{Path, PathBuf};
 
 use guest_agent::protocol::RunSpec;
+use oci_spec::runtime::Spec;
 use serde_json::Value;
 
 /// CRI's annotation saying whether a container is a pod's sandbox.
@@ -39,19 +41,13 @@ pub enum SpecError {
     },
 }
 
-/// The parts of a container's OCI spec the shim uses.
+/// A container's OCI spec, and the parts of it the shim uses.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ContainerSpec {
-    /// `process.args`.
-    pub args: Vec<String>,
-    /// `process.env`.
-    pub env: Vec<String>,
-    /// `process.cwd`.
-    pub cwd: Option<String>,
+    /// The runtime spec, adjusted for the guest (`runtime_spec::for_guest`).
+    pub runtime: Box<Spec>,
     /// `process.terminal`.
     pub terminal: bool,
-    /// `process.user`, as `uid:gid`, when not root.
-    pub user: Option<String>,
     /// `hostname`.
     pub hostname: Option<String>,
     /// The pod this container belongs to (see [`pod_id`]).
@@ -95,9 +91,14 @@ impl ContainerSpec {
         if args.is_empty() {
             return Err(("process.args", "empty: the container has no program to run"));
         }
-        let env = strings(&process["env"]).ok_or(("process.env", "expected strings"))?;
-        let uid = process["user"]["uid"].as_u64().unwrap_or(0);
-        let gid = process["user"]["gid"].as_u64().unwrap_or(0);
+        strings(&process["env"]).ok_or(("process.env", "expected strings"))?;
+        let runtime: Spec = serde_json::from_value(json.clone()).map_err(|_| {
+            (
+                "(the runtime spec)",
+                "not an OCI runtime spec oci-spec can read",
+            )
+        })?;
+        let runtime = super::runtime_spec::for_guest(runtime)?;
         let netns = json["linux"]["namespaces"]
             .as_array()
             .into_iter()
@@ -119,12 +120,10 @@ impl ContainerSpec {
             annotations[CONTAINER_TYPE_ANNOTATION].as_str(),
             annotations[SANDBOX_ID_ANNOTATION].as_str(),
         );
+        let _ = args;
         Ok(ContainerSpec {
-            args,
-            env,
-            cwd: process["cwd"].as_str().map(str::to_string),
+            runtime: Box::new(runtime),
             terminal: process["terminal"].as_bool().unwrap_or(false),
-            user: (uid != 0 || gid != 0).then(|| format!("{uid}:{gid}")),
             hostname: json["hostname"].as_str().map(str::to_string),
             pod_id,
             is_sandbox,
@@ -134,18 +133,20 @@ impl ContainerSpec {
         })
     }
 
-    /// The agent's request to run this container as `name` from `device`.
-    pub fn run_spec(&self, name: &str, device: &str) -> RunSpec {
+    /// The agent's request to run this container as `name` from `device`,
+    /// on a terminal if `terminal`.
+    pub fn run_spec(&self, name: &str, device: &str, terminal: bool) -> RunSpec {
+        let mut spec = self.runtime.clone();
+        if let Some(p) = spec.process_mut().as_mut() {
+            p.set_terminal(Some(terminal));
+        }
         RunSpec {
             name: name.to_string(),
-            argv: self.args.clone(),
-            env: self.env.clone(),
-            cwd: self.cwd.clone(),
+            spec,
             rootfs: Some(guest_agent::protocol::Rootfs {
                 device: device.to_string(),
                 fstype: "erofs".into(),
             }),
-            user: self.user.clone(),
             resolv_conf: self.resolv_conf_text.clone(),
             ..RunSpec::default()
         }
@@ -228,20 +229,23 @@ mod tests {
             "process": {"args": ["/bin/sh", "-c", "echo hi"], "env": ["A=1"], "cwd": "/tmp",
                         "user": {"uid": 1000, "gid": 10}},
             "annotations": {CONTAINER_TYPE_ANNOTATION: "container", SANDBOX_ID_ANNOTATION: "pod1"},
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/x"}]},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"},
+                                     {"type": "network", "path": "/var/run/netns/x"}]},
             "mounts": [{"destination": "/etc/hosts", "source": "/h"},
                        {"destination": "/etc/resolv.conf", "source": "/sb/resolv.conf"}]
         });
         let spec = ContainerSpec::from_json(&json, "c1").unwrap();
-        assert_eq!(spec.args, ["/bin/sh", "-c", "echo hi"]);
-        assert_eq!(spec.env, ["A=1"]);
-        assert_eq!(spec.cwd.as_deref(), Some("/tmp"));
-        assert_eq!(spec.user.as_deref(), Some("1000:10"));
         assert_eq!(spec.pod_id, "pod1");
         assert!(!spec.is_sandbox);
         assert_eq!(spec.netns, Some(PathBuf::from("/var/run/netns/x")));
         assert_eq!(spec.resolv_conf, Some(PathBuf::from("/sb/resolv.conf")));
-        let run = spec.run_spec("c1", "/dev/vda");
+        let run = spec.run_spec("c1", "/dev/vda", true);
+        assert_eq!(run.argv(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(run.env(), ["A=1"]);
+        assert_eq!(run.cwd().as_deref(), Some("/tmp"));
+        assert!(run.tty(), "the task's terminal wins");
+        let user = run.spec.process().as_ref().unwrap().user();
+        assert_eq!((user.uid(), user.gid()), (1000, 10));
         assert_eq!(run.rootfs.unwrap().device, "/dev/vda");
     }
 
@@ -251,8 +255,9 @@ mod tests {
         std::fs::create_dir_all(&bundle).unwrap();
         let resolv = bundle.join("resolv.conf");
         let config = serde_json::json!({
-            "process": {"args": ["sh"]},
-            "mounts": [{"destination": "/etc/resolv.conf", "source": resolv}]
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [{"destination": "/etc/resolv.conf", "source": resolv}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "network"}]}
         });
         std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
         let missing = ContainerSpec::load(&bundle, "c").unwrap_err().to_string();
@@ -261,7 +266,7 @@ mod tests {
         let spec = ContainerSpec::load(&bundle, "c").unwrap();
         std::fs::remove_dir_all(&bundle).unwrap();
         assert_eq!(
-            spec.run_spec("c", "/dev/vda").resolv_conf.as_deref(),
+            spec.run_spec("c", "/dev/vda", false).resolv_conf.as_deref(),
             Some("nameserver 10.89.0.53\n")
         );
     }
