@@ -51,6 +51,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use super::security_context::{PodSecurityContext, SecurityContext};
+
 mod names;
 mod quantity;
 #[cfg(test)]
@@ -104,6 +106,8 @@ pub struct PodManifest {
     pub containers: Vec<ContainerSpec>,
     /// `spec.volumes`, with unique names.
     pub volumes: Vec<Volume>,
+    /// `spec.securityContext`.
+    pub security_context: PodSecurityContext,
 }
 
 /// `spec.restartPolicy`.
@@ -146,6 +150,8 @@ pub struct ContainerSpec {
     pub resources: Resources,
     /// `volumeMounts`, each naming one of the pod's volumes.
     pub volume_mounts: Vec<VolumeMount>,
+    /// `securityContext`.
+    pub security_context: SecurityContext,
 }
 
 /// One entry of a container's `ports`.

@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod phase;
 pub mod runtime_spec;
+pub mod security_context;
 pub mod spec;
 pub mod status;
 pub mod vmm_api;

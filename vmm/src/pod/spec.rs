@@ -8,9 +8,10 @@
 //!   `command` alone runs as written);
 //! - the environment is the image's `Env`, then the container's `env`,
 //!   a later entry of one name replacing the earlier in place;
-//! - `workingDir` defaults to the image's WorkingDir, the runtime spec is
-//!   CRI's default (`runtime_spec.rs`), and the user is the image's User
-//!   (the manifest has no securityContext yet);
+//! - `workingDir` defaults to the image's WorkingDir; the runtime spec is
+//!   CRI's default (`runtime_spec.rs`) with the pod's and the container's
+//!   `securityContext` applied (`security_context.rs`), the image's User
+//!   being the user unless `runAsUser` says otherwise;
 //! - each distinct image (by digest) gets one disk, in the order the pod
 //!   first names them, init containers first: `/dev/vda`, `/dev/vdb`, ...
 //!
@@ -24,6 +25,7 @@ use guest_agent::protocol::{Rootfs, RunSpec, VolumeMount};
 
 use super::manifest::{ContainerSpec, PodManifest};
 use super::runtime_spec::{self, Process};
+use super::security_context::{self, SecurityError, Subject};
 use crate::image::{ImageConfig, StoredImage};
 
 /// The file system type of imported images.
@@ -35,6 +37,9 @@ pub enum SpecError {
     /// Nothing to run.
     #[error("container {0:?}: nothing to run: the image has no Entrypoint or Cmd and the manifest no command")]
     NoCommand(String),
+    /// The `securityContext` cannot be applied.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// More images than disk slots.
     #[error("the pod uses {found} distinct images; a pod VM has disks for at most {max}")]
     TooManyImages {
@@ -129,7 +134,7 @@ pub fn run_spec(
         .as_ref()
         .map(|p| p.display().to_string())
         .or_else(|| image.working_dir.clone().filter(|d| !d.is_empty()));
-    let spec = runtime_spec::default_spec(&Process {
+    let mut spec = runtime_spec::default_spec(&Process {
         argv: argv(container, image)?,
         env: env(container, image),
         cwd,
@@ -137,7 +142,19 @@ pub fn run_spec(
         cpu_millis: container.resources.limits.cpu_millis,
         share_pid_namespace: pod.share_process_namespace,
     });
-    let image_user = image.user.clone().filter(|u| !u.is_empty());
+    let path = container_path(pod, &container.name);
+    let image_user = security_context::apply(
+        &mut spec,
+        &pod.security_context,
+        &container.security_context,
+        image.user.as_deref(),
+        &security_context::seccomp_dir(),
+        Subject {
+            pod: &pod.name,
+            container: &container.name,
+            path: &path,
+        },
+    )?;
     Ok(RunSpec {
         name: container.name.clone(),
         spec: Box::new(spec),
@@ -160,6 +177,17 @@ pub fn run_spec(
         stdin: false,
         resolv_conf: None,
     })
+}
+
+/// The manifest path of the container named `name`, e.g.
+/// `spec.initContainers[0]`.
+fn container_path(pod: &PodManifest, name: &str) -> String {
+    let find = |list: &[ContainerSpec]| list.iter().position(|c| c.name == name);
+    match (find(&pod.init_containers), find(&pod.containers)) {
+        (Some(i), _) => format!("spec.initContainers[{i}]"),
+        (None, Some(i)) => format!("spec.containers[{i}]"),
+        (None, None) => format!("container {name}"),
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::pod::security_context::SeccompProfile;
 
 /// The smallest valid pod; tests add to it or break it.
 const MINIMAL: &str = "
@@ -38,6 +39,7 @@ fn container(name: &str) -> ContainerSpec {
         ports: Vec::new(),
         resources: Resources::default(),
         volume_mounts: Vec::new(),
+        security_context: Default::default(),
     }
 }
 
@@ -181,6 +183,7 @@ spec:
                     read_only: false,
                 },
             ],
+            security_context: SecurityContext::default(),
         }],
         volumes: vec![
             Volume {
@@ -199,6 +202,7 @@ spec:
                 source: VolumeSource::EmptyDir(EmptyDir::default()),
             },
         ],
+        security_context: PodSecurityContext::default(),
     };
     assert_eq!(pod, expected);
 }
@@ -220,6 +224,7 @@ fn minimal_manifest_gets_kubernetes_defaults() {
             init_containers: Vec::new(),
             containers: vec![container("c")],
             volumes: Vec::new(),
+            security_context: Default::default(),
         }
     );
 }
@@ -637,7 +642,6 @@ status:
             "spec.dnsPolicy",
             "spec.nodeName",
             "spec.tolerations",
-            "spec.securityContext",
             "spec.containers[0].imagePullPolicy",
             "spec.containers[0].terminationMessagePolicy",
         ]
@@ -649,12 +653,96 @@ status:
 }
 
 #[test]
-fn non_empty_security_context_is_refused() {
-    let yaml = format!("{MINIMAL}  securityContext:\n    runAsUser: 1000\n");
-    assert_eq!(
-        problems(&yaml),
-        ["spec.securityContext.runAsUser: not supported yet"]
+fn security_contexts_are_read_at_both_levels() {
+    let yaml = format!(
+        "{MINIMAL}      securityContext:
+        runAsUser: 1001
+        runAsNonRoot: true
+        readOnlyRootFilesystem: true
+        allowPrivilegeEscalation: false
+        capabilities: {{drop: [NET_RAW], add: [SYS_TIME]}}
+        seccompProfile: {{type: Localhost, localhostProfile: profiles/deny.json}}
+        procMount: Unmasked
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    supplementalGroups: [4000]
+    fsGroup: 2000
+    sysctls: [{{name: net.ipv4.ping_group_range, value: \"0 1000\"}}]
+    seccompProfile: {{type: RuntimeDefault}}
+"
     );
+    let (pod, warnings) = parse_ok(&yaml);
+    assert_eq!(warnings, Vec::new());
+    assert_eq!(
+        pod.security_context,
+        PodSecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(3000),
+            run_as_non_root: None,
+            supplemental_groups: vec![4000],
+            fs_group: Some(2000),
+            sysctls: vec![("net.ipv4.ping_group_range".into(), "0 1000".into())],
+            seccomp_profile: Some(SeccompProfile::RuntimeDefault),
+        }
+    );
+    assert_eq!(
+        pod.containers[0].security_context,
+        SecurityContext {
+            run_as_user: Some(1001),
+            run_as_group: None,
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: true,
+            allow_privilege_escalation: Some(false),
+            privileged: false,
+            add_capabilities: vec!["SYS_TIME".into()],
+            drop_capabilities: vec!["NET_RAW".into()],
+            seccomp_profile: Some(SeccompProfile::Localhost("profiles/deny.json".into())),
+            proc_mount_unmasked: true,
+        }
+    );
+}
+
+#[test]
+fn host_namespaces_and_localhost_apparmor_are_refused() {
+    let yaml = format!(
+        "{MINIMAL}      securityContext:
+        appArmorProfile: {{type: Localhost, localhostProfile: k8s-deny}}
+  hostPID: true
+  hostNetwork: false
+  hostIPC: true
+"
+    );
+    let problems = problems(&yaml);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].starts_with("spec.hostPID: "), "{problems:?}");
+    assert!(problems[0].contains("own VM"), "{problems:?}");
+    assert!(problems[1].starts_with("spec.hostIPC: "), "{problems:?}");
+    assert!(
+        problems[2].starts_with("spec.containers[0].securityContext.appArmorProfile.type: "),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn apparmor_and_selinux_defaults_are_accepted_with_a_warning() {
+    let yaml = format!(
+        "{MINIMAL}      securityContext:
+        seLinuxOptions: {{level: \"s0:c123,c456\"}}
+  securityContext:
+    appArmorProfile: {{type: RuntimeDefault}}
+"
+    );
+    let (_, warnings) = parse_ok(&yaml);
+    let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.securityContext.appArmorProfile",
+            "spec.containers[0].securityContext.seLinuxOptions"
+        ]
+    );
+    assert!(warnings[0].message.contains("VM"), "{}", warnings[0]);
 }
 
 #[test]

@@ -66,8 +66,11 @@ const SPEC_FIELDS: &[&str] = &[
     "hostname",
     "shareProcessNamespace",
     "terminationGracePeriodSeconds",
-    // Accepted only when empty; see `Walker::security_context`.
     "securityContext",
+    // Refused when true: see `security::HOST_NAMESPACES`.
+    "hostPID",
+    "hostIPC",
+    "hostNetwork",
 ];
 const SPEC_IGNORED: Ignored = &[
     (
@@ -110,6 +113,7 @@ const CONTAINER_FIELDS: &[&str] = &[
     "ports",
     "resources",
     "volumeMounts",
+    "securityContext",
 ];
 const CONTAINER_IGNORED: Ignored = &[
     (
@@ -139,6 +143,8 @@ const DNS_LABEL: &str = "a DNS-1123 label: at most 63 lowercase letters, digits 
 const PORT_NAME: &str = "an IANA service name: at most 15 lowercase letters, digits or '-', \
                          with a letter, no \"--\" and no '-' at either end, e.g. \"http\"";
 const ABSOLUTE_PATH: &str = "an absolute path without \"..\", e.g. \"/data\"";
+
+mod security;
 
 /// Validates the pod at `root` and builds it.
 pub(super) fn pod(root: &Value) -> Result<(PodManifest, Vec<Warning>), ManifestError> {
@@ -188,6 +194,7 @@ struct Spec {
     init_containers: Vec<ContainerSpec>,
     containers: Vec<ContainerSpec>,
     volumes: Vec<Volume>,
+    security_context: crate::pod::security_context::PodSecurityContext,
 }
 
 #[derive(Default)]
@@ -425,6 +432,7 @@ impl Walker {
             init_containers: spec.init_containers,
             containers: spec.containers,
             volumes: spec.volumes,
+            security_context: spec.security_context,
         };
         // Sized here, not when the VM boots: a pod the VMM would refuse
         // must leave nothing behind.
@@ -465,7 +473,8 @@ impl Walker {
 
     fn spec(&mut self, path: String, value: &Value) -> Option<Spec> {
         let obj = self.object(path, value, SPEC_FIELDS, SPEC_IGNORED)?;
-        self.security_context(&obj);
+        self.host_namespaces(&obj);
+        let security_context = self.pod_security_context(&obj);
         let (volumes, declared) = self.volumes(&obj);
 
         // Init containers first, so a clash names the app container as the
@@ -524,25 +533,8 @@ impl Walker {
             init_containers,
             containers: containers?,
             volumes,
+            security_context,
         })
-    }
-
-    /// `spec.securityContext` is ignored when empty (`{}`, as `kubectl get -o
-    /// yaml` prints it): there is nothing in it to apply. Each field of a
-    /// non-empty one is unsupported.
-    fn security_context(&mut self, spec: &Obj<'_>) {
-        let Some(value) = spec.get("securityContext") else {
-            return;
-        };
-        let path = spec.path("securityContext");
-        if value.as_mapping().is_some_and(Mapping::is_empty) {
-            self.warnings.push(Warning {
-                path,
-                message: "ignored: it is empty, so there is nothing to apply".to_owned(),
-            });
-        } else {
-            self.object(path, value, &[], &[]);
-        }
     }
 
     /// The volumes, and where each name was declared, invalid ones included
@@ -661,6 +653,7 @@ impl Walker {
             .and_then(|v| self.resources(obj.path("resources"), v))
             .unwrap_or_default();
         let volume_mounts = self.volume_mounts(&obj, declared);
+        let security_context = self.container_security_context(&obj);
         Some(ContainerSpec {
             name: name?,
             image: image?,
@@ -671,6 +664,7 @@ impl Walker {
             ports,
             resources,
             volume_mounts,
+            security_context,
         })
     }
 
