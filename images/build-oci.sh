@@ -83,8 +83,12 @@ echo "owned by nobody" >"$l1/home/nobody/.profile"
 
 # --- layer 2 ---
 l2="$work/layer2"
-mkdir -p "$l2"/{etc,opt/opaque}
+mkdir -p "$l2"/{bin,etc,opt/opaque}
 chmod 0755 "$l2"
+# A setuid-root busybox, for tests/security.rs: allowPrivilegeEscalation:
+# false (no_new_privs) must keep it from gaining root.
+cp "$busybox" "$l2/bin/busybox-suid"
+chmod 4755 "$l2/bin/busybox-suid"
 : >"$l2/etc/.wh.unipod-whiteout-me"
 : >"$l2/opt/opaque/.wh..wh..opq"
 echo "added by layer 2" >"$l2/opt/opaque/upper"
