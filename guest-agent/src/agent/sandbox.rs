@@ -9,11 +9,13 @@
 //! detaches the old root, so nothing of the agent's file system is left in
 //! the namespace. (`pivot_root` refuses an initramfs root, which has no
 //! parent mount; the agent moved its root onto a bind mount at boot, see
-//! `init::mount_filesystems`.) Then, inside the new root, it mounts
-//! `/proc` (of its pid namespace), `/sys` read-only, a tmpfs `/dev` with the
-//! guest's `null`, `zero`, `full`, `random`, `urandom` and `tty`
-//! bind-mounted in, a private `devpts` (`newinstance`) and `/dev/shm`, and
-//! finally the volumes and the pod's `/etc` files. The parent clones each
+//! `init::mount_filesystems`.) Then, inside the new root, it makes the
+//! runtime spec's mounts in order (`/proc` of its pid namespace, `/sys`, a
+//! tmpfs `/dev` into which the guest's `null`, `zero`, `full`, `random`,
+//! `urandom` and `tty` are bind-mounted, `devpts`, ...), then the volumes
+//! and the pod's `/etc` files, then masks `maskedPaths`, makes
+//! `readonlyPaths` and, if asked, the root read-only (see `oci/mod.rs` for
+//! the whole order, capabilities and seccomp included). The parent clones each
 //! bind source into a detached mount (`open_tree(OPEN_TREE_CLONE)`, Linux
 //! 5.2) that the child attaches with `move_mount` after entering its root,
 //! so every target path is resolved inside the container's root: a symlink
@@ -43,9 +45,8 @@
 //! # Limitations
 //!
 //! Network, IPC and UTS namespaces are the pod's (the agent's): containers
-//! reach each other on localhost. Containers run as root with all
-//! capabilities unless a `user` is given; there is no seccomp and no user
-//! namespace.
+//! reach each other on localhost. There is no user namespace. An `rbind`
+//! of a guest path copies one mount, not the mounts below it.
 
 use std::ffi::CString;
 use std::fs::File;

@@ -3,9 +3,9 @@
 //!
 //! # Design
 //!
-//! [`Plan::new`] checks the spec and prepares everything that can be done
-//! before the fork (parsing mounts, compiling seccomp, resolving names),
-//! so the child (`sandbox.rs`) only makes syscalls. The child then, between
+//! [`ProcessSecurity::new`], [`FsPlan::new`] and [`sysctls`] check the spec
+//! and prepare everything that can be done before the fork (parsing mounts,
+//! compiling seccomp), so the child (`sandbox.rs`) mostly makes syscalls. The child then, between
 //! fork and exec, as runc's `init` does:
 //! 1. enters its mount namespace and root, mounts `mounts` in order (with a
 //!    tmpfs `/dev`, the guest's default device nodes are bound in, as runc
