@@ -85,7 +85,8 @@ case "$kind" in
     chmod 1777 "$root/tmp"
     echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
     echo "root:x:0:" > "$root/etc/group"
-    install -m 0755 "$agent" "$root/init"
+    # Stripped: its symbols would only take guest memory (tmpfs).
+    install -m 0755 -s "$agent" "$root/init"
     ;;
 esac
 # The kernel opens /dev/console for init's stdio before anything is mounted.
