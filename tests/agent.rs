@@ -237,7 +237,7 @@ fn a_plain_unix_socket_client_speaks_connect_and_the_agent_protocol() {
 
     // Frame: u32 BE length, u16 BE version, JSON.
     let (version, ready) = read_raw_frame(&mut s);
-    assert_eq!(version, 1);
+    assert_eq!(version, guest_agent::protocol::PROTOCOL_VERSION);
     assert!(ready.contains("\"ready\""), "first frame is Ready: {ready}");
 
     s.write_all(&raw_frame(r#"{"id":7,"request":"ping"}"#))
@@ -314,7 +314,7 @@ fn connect_when_listening(uds: &Path, vmm: &mut Child) -> (UnixStream, String) {
 fn raw_frame(json: &str) -> Vec<u8> {
     let len = u32::try_from(json.len() + 2).unwrap();
     let mut f = len.to_be_bytes().to_vec();
-    f.extend(1u16.to_be_bytes());
+    f.extend(guest_agent::protocol::PROTOCOL_VERSION.to_be_bytes());
     f.extend(json.as_bytes());
     f
 }
