@@ -40,16 +40,10 @@ use crate::seccomp::Seccomp;
 use crate::vmm::{RunReport, Vmm, VmmError};
 use crate::vstate::exit::GuestExit;
 
-/// Exit code: the guest shut down cleanly.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: unipod failed to set up or run the VM.
-pub const EXIT_SETUP_ERROR: i32 = 1;
-/// Exit code: bad usage (clap's own code).
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code: the guest crashed.
-pub const EXIT_GUEST_CRASHED: i32 = 3;
-/// Exit code: the snapshot given to `--restore` cannot be used.
-pub const EXIT_SNAPSHOT_REJECTED: i32 = 4;
+pub use crate::error_chain::error_chain;
+pub use crate::exit_code::{
+    EXIT_GUEST_CRASHED, EXIT_OK, EXIT_SETUP_ERROR, EXIT_SNAPSHOT_REJECTED, EXIT_USAGE,
+};
 /// A directory where every VMM writes a guest profile (`--guest-profile`).
 const GUEST_PROFILE_ENV: &str = "UNIPOD_GUEST_PROFILE";
 
@@ -393,18 +387,6 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
         GuestExit::Stopped(signo) => 128 + signo,
         _ => EXIT_GUEST_CRASHED,
     })
-}
-
-/// `e` followed by each of its causes, joined by `separator`.
-pub fn error_chain(e: &dyn std::error::Error, separator: &str) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg.push_str(separator);
-        msg.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    msg
 }
 
 /// The exit code for a `unipod boot` that failed with `e`.

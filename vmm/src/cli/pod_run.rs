@@ -58,8 +58,7 @@ use crate::pod::status::{
 };
 use crate::pod::vmm_process::{self, GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
 
-/// Exit code: the pod Failed.
-pub const EXIT_POD_FAILED: i32 = 1;
+pub use crate::exit_code::EXIT_POD_FAILED;
 
 const TICK: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);

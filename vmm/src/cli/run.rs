@@ -32,7 +32,7 @@ use guest_agent::protocol::{
     AGENT_VSOCK_PORT,
 };
 
-use crate::cli::EXIT_SNAPSHOT_REJECTED;
+use crate::exit_code::EXIT_SNAPSHOT_REJECTED;
 use crate::net::attachment::AttachRequest;
 use crate::net::{
     Attachment, Ipv4Cidr, NetError, PodNetwork, PublishedPort, DEFAULT_BRIDGE, DEFAULT_POD_CIDR,
@@ -43,10 +43,7 @@ use crate::pod::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles}
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;
 
-/// Exit code: unipod itself failed (VM, agent or setup), as `docker run`.
-pub const EXIT_RUN_ERROR: i32 = 125;
-/// Exit code: interrupted by the user (128 + SIGINT).
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub use crate::exit_code::{EXIT_INTERRUPTED, EXIT_RUN_ERROR};
 
 const TICK: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);

@@ -2,7 +2,7 @@
 //! and the pod phase.
 //!
 //! # Design
-//! `unipod run` (in [`crate::cli`]) starts the VMM as a child process, then
+//! `unipod run` starts the VMM as a child process, then
 //! talks to the agent in the guest only through the VMM's hybrid-vsock Unix
 //! socket. Keeping the VMM in its own process means a VMM crash is seen as
 //! what it is (the pod fails with a reason), and the same path serves the

@@ -239,7 +239,7 @@ fn exit_hint(status: std::process::ExitStatus) -> &'static str {
             ": its seccomp filter stopped a forbidden system call (a VMM bug or a guest exploit; \
              UNIPOD_NO_SECCOMP=1 turns the filter off to debug)"
         }
-        (_, Some(crate::cli::EXIT_GUEST_CRASHED)) => {
+        (_, Some(crate::exit_code::EXIT_GUEST_CRASHED)) => {
             ": the guest crashed (a kernel panic, e.g. its agent, PID 1, died, or a CPU fault); \
              the pod's vmm.log names the crash and console.log shows the guest's last words"
         }
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn a_crashed_guest_and_a_seccomp_kill_are_named_other_exits_are_not() {
         // A wait status holds an exit code in its second byte.
-        let crashed = ExitStatus::from_raw(crate::cli::EXIT_GUEST_CRASHED << 8);
+        let crashed = ExitStatus::from_raw(crate::exit_code::EXIT_GUEST_CRASHED << 8);
         assert!(exit_hint(crashed).contains("the guest crashed (a kernel panic"));
         assert!(exit_hint(ExitStatus::from_raw(libc::SIGSYS)).contains("seccomp"));
         assert_eq!(exit_hint(ExitStatus::from_raw(1 << 8)), "");

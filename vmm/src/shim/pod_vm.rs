@@ -170,7 +170,10 @@ impl PodVm {
                         Ok(AgentMessage::Event(Event::Heartbeat { .. })) => {}
                         Ok(AgentMessage::Event(event)) => on_event(VmEvent::Agent(event)),
                         Err(e) => {
-                            log::info!("agent link ended: {}", crate::cli::error_chain(&e, ": "));
+                            log::info!(
+                                "agent link ended: {}",
+                                crate::error_chain::error_chain(&e, ": ")
+                            );
                             break;
                         }
                     }

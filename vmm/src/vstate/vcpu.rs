@@ -276,7 +276,7 @@ impl Vcpu {
             .name(format!("vcpu{index}"))
             .spawn(move || {
                 if let Err(e) = seccomp.apply(ThreadKind::Vcpu) {
-                    let msg = crate::cli::error_chain(&e, ": ");
+                    let msg = crate::error_chain::error_chain(&e, ": ");
                     exit.report(GuestExit::VcpuError(msg));
                     return;
                 }
