@@ -25,26 +25,6 @@ use crate::vstate::profile::GuestProfile;
 use crate::vstate::vcpu::{self, Pause, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
-/// Kernel switches for nested PVM hosts. The CPUID template alone is not
-/// enough there: some of the kernel's early `cpuid` reads see the host CPU, so
-/// the features are also turned off by name (see docs/NESTED-KVM.md).
-/// `erms` and `fsrm` go too: with them the kernel clears and copies memory
-/// with `rep stosb`/`rep movsb`, which KVM's emulator runs one byte per
-/// step; without, with 8-byte moves. `clocksource=kvm-clock`: a restored
-/// TSC does not take effect under PVM, so after a restore the TSC
-/// clocksource jumps by the snapshot's age and the guest pays a timekeeping
-/// catch-up per second of it; kvm-clock resumes from the saved KVM clock.
-pub const NESTED_PVM_CMDLINE: &str = "noxsave nosmap nosmep \
-     clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock";
-
-/// The kernel switches unipod adds for `template`'s host.
-pub fn host_cmdline(template: CpuTemplate) -> &'static str {
-    match template {
-        CpuTemplate::NestedPvm => NESTED_PVM_CMDLINE,
-        _ => "",
-    }
-}
-
 /// Errors while building or running the VMM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -216,7 +196,7 @@ impl Vmm {
         if !additions.is_empty() {
             cmdline = format!("{cmdline} {additions}");
         }
-        let host = host_cmdline(template);
+        let host = crate::config::cmdline::host_cmdline(template);
         if !host.is_empty() {
             cmdline = format!("{cmdline} {host}");
         }
