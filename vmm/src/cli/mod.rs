@@ -175,7 +175,7 @@ pub struct BootArgs {
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MEM_MIB)]
     pub mem_mib: u32,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -583,6 +583,45 @@ mod tests {
         }
         assert!(parse_run(&[]).is_err(), "CMD or MANIFEST is required");
         assert!(parse_run(&["a.yaml", "b.yaml"]).is_err());
+    }
+
+    #[test]
+    fn a_pod_vms_boot_args_give_the_vmm_the_config_its_snapshot_key_hashes() {
+        use crate::pod::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
+        let inputs = GuestInputs {
+            vcpus: 2,
+            images: vec!["a.erofs".into()],
+            free_page_reporting: true,
+            ..GuestInputs::new("k".into(), "i".into(), 192)
+        };
+        let files = VmmFiles {
+            vsock: Path::new("v.sock"),
+            console_log: Path::new("c.log"),
+            vmm_log: Path::new("vmm.log"),
+            api: Some(Path::new("api.sock")),
+        };
+        let argv = inputs.boot_args(
+            &files,
+            BootMode::Restore(Path::new("snap")),
+            &NetBackend::Detached,
+        );
+        let cli = Cli::try_parse_from(std::iter::once("unipod".into()).chain(argv))
+            .expect("the VMM accepts its arguments");
+        let Command::Boot(args) = cli.command else {
+            panic!("parsed as boot")
+        };
+        assert_eq!(args.restore, Some(PathBuf::from("snap")));
+        let parsed = VmConfig::from(&args);
+        let expected = VmConfig {
+            console: ConsoleOutput::File("c.log".into()),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds: "v.sock".into(),
+            }),
+            api_sock: Some("api.sock".into()),
+            ..inputs.vm_config(DEFAULT_MAC)
+        };
+        assert_eq!(parsed, expected);
     }
 
     #[test]

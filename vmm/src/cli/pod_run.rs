@@ -56,7 +56,8 @@ use crate::pod::status::{
     format_time, unix_now, NetworkRecord, PodRecord, PodStatus, ProcessRef, StartupTimeline,
     STATUS_VERSION,
 };
-use crate::pod::vmm_process::{self, GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
+use crate::pod::vm_inputs::{GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
+use crate::pod::vmm_process;
 
 pub use crate::exit_code::EXIT_POD_FAILED;
 

@@ -39,7 +39,8 @@ use crate::net::{
 };
 use crate::pod::agent_client::{AgentError, AgentLink};
 use crate::pod::phase::{PhaseTracker, PodPhase};
-use crate::pod::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles};
+use crate::pod::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
+use crate::pod::vmm_process;
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;
 
@@ -62,9 +63,9 @@ pub struct RunArgs {
     /// target/guest/initramfs.cpio (built by 'make images').
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
-    pub mem_mib: u32,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "N")]
+    pub mem_mib: Option<u32>,
     /// Environment for the container, KEY=VALUE; repeatable. Nothing else is
     /// inherited except PATH=/usr/local/bin:/usr/bin:/bin.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
@@ -230,7 +231,7 @@ impl RunArgs {
                 "--publish (use the ports' hostPort)",
             ),
             (
-                self.mem_mib != 128,
+                self.mem_mib.is_some(),
                 "--mem-mib (the VM is sized from the limits)",
             ),
             (self.debug_stop_heartbeat, "--debug-stop-heartbeat"),
@@ -353,7 +354,7 @@ pub fn run(args: &RunArgs) -> Result<i32, RunError> {
             "--initrd",
             "make images",
         )?,
-        args.mem_mib,
+        args.mem_mib.unwrap_or(crate::config::DEFAULT_MEM_MIB),
     );
     install_signal_handlers();
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 
 use crate::cli::run::{artifact, state_root, RunError};
-use crate::pod::vmm_process::GuestInputs;
+use crate::pod::vm_inputs::GuestInputs;
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;
 
@@ -54,7 +54,7 @@ pub enum SnapshotCommand {
         #[arg(long, value_name = "PATH")]
         initrd: Option<PathBuf>,
         /// Guest memory in MiB.
-        #[arg(long, value_name = "N", default_value_t = 128)]
+        #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MEM_MIB)]
         mem_mib: u32,
         /// How long the template VM may take to boot, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 300)]

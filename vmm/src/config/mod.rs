@@ -17,6 +17,10 @@ pub use cmdline::{BASE_CMDLINE, MAX_CMDLINE_LEN};
 
 pub mod cmdline;
 
+/// Guest memory of a VM, in MiB, when nothing sizes it: `unipod boot`,
+/// `unipod run -- CMD`, `unipod snapshot create` and the containerd shim's
+/// pod VMs. A warm-start snapshot serves one memory size.
+pub const DEFAULT_MEM_MIB: u32 = 128;
 /// Smallest guest memory that boots our kernel with an initramfs.
 pub const MIN_MEM_MIB: u32 = 32;
 /// Largest guest memory accepted; a sanity bound, not a hard limit of KVM.
@@ -241,7 +245,7 @@ impl Default for VmConfig {
             kernel: PathBuf::new(),
             initrd: None,
             extra_cmdline: String::new(),
-            mem_mib: 128,
+            mem_mib: DEFAULT_MEM_MIB,
             vcpus: 1,
             console: ConsoleOutput::Stdout,
             cpu_template: CpuTemplate::Auto,

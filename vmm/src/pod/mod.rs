@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod phase;
 pub mod spec;
 pub mod status;
+pub mod vm_inputs;
 pub mod vmm_api;
 pub mod vmm_process;
 pub mod warm_start;

@@ -16,9 +16,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::agent_client::{AgentError, AgentLink};
-use super::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles};
+use super::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
+use super::vmm_process;
 use crate::arch;
-use crate::config::{BlockConfig, CpuTemplate, NetConfig, VmConfig, DEFAULT_MAC};
+use crate::config::{CpuTemplate, DEFAULT_MAC};
 use crate::snapshot::cache::{disk_usage, SnapshotCache};
 use crate::snapshot::{self, SnapshotError};
 
@@ -45,33 +46,16 @@ pub enum WarmStartError {
     Save(String),
 }
 
-/// The snapshot key for a pod VM with `inputs`, as `unipod boot` will
-/// compute it.
+/// The snapshot key for a pod VM with `inputs`: the hash of the config its
+/// template VM boots with, as `unipod boot` will compute it (the vsock
+/// device, the net device's MAC and tap and the disks' images do not enter
+/// the key).
 pub fn key(inputs: &GuestInputs, cache: &SnapshotCache) -> Result<String, SnapshotError> {
     snapshot::key(
-        &boot_config(inputs),
+        &inputs.template().vm_config(DEFAULT_MAC),
         CpuTemplate::Auto.resolve(arch::detect_host()),
         &cache.hash_memo(),
     )
-}
-
-/// The configuration `unipod boot` builds from the arguments
-/// [`vmm_process::spawn`] passes (the vsock device does not enter the key;
-/// the net device does, though not its MAC or tap).
-fn boot_config(inputs: &GuestInputs) -> VmConfig {
-    VmConfig {
-        kernel: inputs.kernel.clone(),
-        initrd: Some(inputs.initrd.clone()),
-        mem_mib: inputs.mem_mib,
-        vcpus: inputs.vcpus,
-        net: Some(NetConfig {
-            mac: DEFAULT_MAC,
-            tap: None,
-        }),
-        disks: vec![BlockConfig::slot(); vmm_process::MAX_IMAGES_PER_POD],
-        free_page_reporting: inputs.free_page_reporting,
-        ..VmConfig::default()
-    }
 }
 
 /// The snapshot directory for `key`, made first if needed. `check` runs

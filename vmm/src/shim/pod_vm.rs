@@ -23,8 +23,9 @@ use guest_agent::protocol::{AgentMessage, Event, NetworkConfig, Reply, Request};
 use crate::cli::run::{pod_config, start_vm, Pod, PodDir};
 use crate::net::Tap;
 use crate::pod::agent_client::AgentLink;
+use crate::pod::vm_inputs::{GuestInputs, NetBackend};
 use crate::pod::vmm_api;
-use crate::pod::vmm_process::{self, GuestInputs, NetBackend};
+use crate::pod::vmm_process;
 
 /// How long a restored (or, the first time, cold-booted) guest has to answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -35,10 +35,8 @@ use super::spec::{guest_hostname, ContainerSpec};
 use crate::cli::run::{artifact, state_root, PodDir};
 use crate::net::attachment::{resolv_conf_search, resolv_conf_servers};
 use crate::net::{cni, Tap};
-use crate::pod::vmm_process::{GuestInputs, MAX_IMAGES_PER_POD};
+use crate::pod::vm_inputs::{GuestInputs, MAX_IMAGES_PER_POD};
 
-/// Guest memory of a pod VM; the warm-start snapshot is per memory size.
-const POD_MEM_MIB: u32 = 128;
 /// Seeds the erofs UUID of every packed rootfs ("unipod" in hex).
 const ROOTFS_UUID_SEED: &str = "756e69706f64";
 /// The longest pod directory name (see [`pod_dir_name`]).
@@ -332,7 +330,7 @@ impl Inner {
                 .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?,
             artifact(None, "initramfs.cpio", "--initrd", "make images")
                 .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?,
-            POD_MEM_MIB,
+            crate::config::DEFAULT_MEM_MIB,
         );
         inputs.images = vec![image.to_path_buf()];
         let weak: Weak<Inner> = Arc::downgrade(self);
