@@ -4,7 +4,7 @@
 //! `unipod run -- CMD` exits with the container's exit code, or 125 when
 //! unipod itself failed and 130 when interrupted (see [`run`]); `unipod run
 //! MANIFEST` exits 0 when the pod Succeeded, 1 when it Failed, 125 when it
-//! could not be created and 130 when interrupted (see [`pod_run`]);
+//! could not be created and 130 when interrupted (see [`crate::pod::supervisor`]);
 //! `get`, `describe`, `logs`, `stop` and `rm` exit 0, or 1 on failure, and
 //! `exec` with the command's exit code (see [`pods`]); `unipod snapshot`
 //! and `unipod image` exit 0, or 1 on failure. `unipod boot`:
@@ -21,7 +21,6 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod image;
-pub mod pod_run;
 pub mod pods;
 pub mod run;
 pub mod snapshot;

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use guest_agent::protocol::Stream;
 
-use super::run::state_root;
 use crate::file_error::FileError;
 use crate::net::{ipam::Ipam, nat, Ipv4Cidr, PodNetwork};
 use crate::pod::control::{
@@ -29,6 +28,7 @@ use crate::pod::control::{
 };
 use crate::pod::manifest::{self, ContainerSpec, PodManifest, VolumeSource};
 use crate::pod::phase::PodPhase;
+use crate::pod::start::state_root;
 use crate::pod::status::{
     format_map, human_duration, kubectl_ready, kubectl_restarts, kubectl_status, parse_time,
     unix_now, ContainerState, ContainerStatus, PodRecord, StatusError, STATUS_FILE,

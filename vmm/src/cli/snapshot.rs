@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 
-use crate::cli::run::{artifact, state_root, RunError};
+use crate::pod::run::RunError;
+use crate::pod::start::{artifact, state_root};
 use crate::pod::vm_inputs::GuestInputs;
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;

@@ -29,12 +29,12 @@ use guest_agent::protocol::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::pod_vm::{lock, PodVm, VmEvent};
 use super::rootfs;
 use super::spec::{guest_hostname, ContainerSpec};
-use crate::cli::run::{artifact, state_root, PodDir};
 use crate::net::attachment::{resolv_conf_search, resolv_conf_servers};
 use crate::net::{cni, Tap};
+use crate::pod::pod_vm::{lock, PodVm, VmEvent};
+use crate::pod::start::{artifact, state_root, PodDir};
 use crate::pod::vm_inputs::{GuestInputs, MAX_IMAGES_PER_POD};
 
 /// Seeds the erofs UUID of every packed rootfs ("unipod" in hex).

@@ -1,5 +1,5 @@
-//! `unipod run MANIFEST`: run a Kubernetes Pod manifest in a pod VM, and
-//! the supervisor that follows it to its end.
+//! The supervisor of a manifest pod (`unipod run MANIFEST`): admits a
+//! Kubernetes Pod manifest, starts its VM and follows the pod to its end.
 //!
 //! # Design
 //! Everything that can be checked without side effects is checked first
@@ -36,11 +36,14 @@ use guest_agent::protocol::{
     AgentMessage, Event, ExecSpec, ProtocolError, Reply, Request, RunSpec, Stream,
 };
 
-use super::run::{
+use super::options::{NetworkMode, RunOptions};
+use super::run::RunError;
+use super::start::{
     artifact, attach_network, dns_servers, host_dns_search, install_signal_handlers, pod_config,
-    start_vm, state_root, NetworkMode, Pod, PodDir, RunArgs, RunError, EXIT_INTERRUPTED,
-    EXIT_RUN_ERROR, SIGNALS,
+    start_vm, state_root, uuid_v4, Pod, PodDir, SIGNALS,
 };
+use crate::error_chain::error_chain;
+use crate::exit_code::{EXIT_INTERRUPTED, EXIT_RUN_ERROR};
 use crate::file_error::FileError;
 use crate::image::{ImageError, ImageStore, StoredImage};
 use crate::net::{Attachment, Proto, PublishedPort};
@@ -135,7 +138,7 @@ pub(crate) struct Prepared {
     pub(crate) init: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) app: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) ports: Vec<PublishedPort>,
-    /// Silence that makes the pod Unknown ([`RunArgs::unknown_after`]).
+    /// Silence that makes the pod Unknown ([`RunOptions::unknown_after`]).
     pub(crate) unknown_after: Duration,
     /// Unknown this long makes it Failed.
     pub(crate) give_up_after: Duration,
@@ -143,7 +146,7 @@ pub(crate) struct Prepared {
 
 /// Checks everything that can be checked without side effects.
 pub(crate) fn prepare(
-    args: &RunArgs,
+    args: &RunOptions,
     path: &Path,
     adopt: bool,
 ) -> Result<(Prepared, Vec<Warning>), PodRunError> {
@@ -253,20 +256,29 @@ pub(crate) fn prepare(
 }
 
 /// Runs `unipod run MANIFEST`; returns the exit code.
-pub fn run_manifest(args: &RunArgs, path: &Path) -> Result<i32, PodRunError> {
-    let (prepared, warnings) = prepare(args, path, args.supervisor)?;
-    if !args.supervisor {
+///
+/// `supervisor`: be the background supervisor of a pod whose directory
+/// `detach` made; `detach`: start that supervisor and return once the pod
+/// runs.
+pub fn run_manifest(
+    args: &RunOptions,
+    path: &Path,
+    supervisor: bool,
+    detach: bool,
+) -> Result<i32, PodRunError> {
+    let (prepared, warnings) = prepare(args, path, supervisor)?;
+    if !supervisor {
         for w in &warnings {
             eprintln!("unipod: warning: {}: {w}", path.display());
         }
     }
     install_signal_handlers();
-    if args.supervisor {
+    if supervisor {
         return Ok(Supervisor::run(&prepared, args, false));
     }
     create_pod_dir(&prepared)?;
-    if args.detach {
-        return detach(&prepared);
+    if detach {
+        return run_detached(&prepared);
     }
     Ok(Supervisor::run(&prepared, args, true))
 }
@@ -306,7 +318,7 @@ fn initial_record(p: &Prepared) -> PodRecord {
     PodRecord {
         version: STATUS_VERSION,
         name: p.manifest.name.clone(),
-        uid: super::run::uuid_v4(uid),
+        uid: uuid_v4(uid),
         creation_timestamp: format_time(unix_now()),
         manifest,
         supervisor: None,
@@ -337,7 +349,7 @@ fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
 
 /// `--detach`: starts the supervisor in its own session and waits until
 /// the pod runs (or fails).
-fn detach(p: &Prepared) -> Result<i32, PodRunError> {
+fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
     let log_path = p.dir.join("supervisor.log");
     let fail = |reason: String| {
         Err(PodRunError::Detached {
@@ -494,7 +506,7 @@ pub(crate) struct Supervisor<'a> {
 
 impl<'a> Supervisor<'a> {
     /// Runs the pod to its end; returns the exit code.
-    fn run(p: &'a Prepared, args: &RunArgs, foreground: bool) -> i32 {
+    fn run(p: &'a Prepared, args: &RunOptions, foreground: bool) -> i32 {
         let now = Instant::now();
         let mut record = PodRecord::read(&p.dir).unwrap_or_else(|_| initial_record(p));
         record.supervisor = Some(ProcessRef::current());
@@ -520,14 +532,14 @@ impl<'a> Supervisor<'a> {
         code
     }
 
-    fn run_pod(&mut self, args: &RunArgs, rx: &Receiver<Msg>) -> i32 {
+    fn run_pod(&mut self, args: &RunOptions, rx: &Receiver<Msg>) -> i32 {
         let name = self.p.manifest.name.clone();
         let pod = Pod { name: name.clone() };
         self.save(Instant::now());
         let net = match self.attach(args) {
             Ok(net) => net,
             Err(e) => {
-                let why = super::error_chain(&e, ": ");
+                let why = error_chain(&e, ": ");
                 self.life
                     .vm_failed("NetworkSetupFailed", why, Instant::now());
                 return self.finish(Instant::now());
@@ -582,7 +594,7 @@ impl<'a> Supervisor<'a> {
         code
     }
 
-    fn attach(&mut self, args: &RunArgs) -> Result<Option<Attachment>, RunError> {
+    fn attach(&mut self, args: &RunOptions) -> Result<Option<Attachment>, RunError> {
         let net = attach_network(args, &self.p.state, &self.p.manifest.name, &self.p.ports)?;
         if let Some(net) = &net {
             let lease = net.lease();
@@ -623,7 +635,7 @@ impl<'a> Supervisor<'a> {
 
     fn supervise(
         &mut self,
-        args: &RunArgs,
+        args: &RunOptions,
         vmm: &mut Child,
         mut link: AgentLink,
         network: Option<guest_agent::protocol::NetworkConfig>,
@@ -1064,7 +1076,7 @@ impl<'a> Supervisor<'a> {
         if let Err(e) = &result {
             // Once per failure, not once per retry.
             if !self.unsaved {
-                log::warn!("{}", super::error_chain(e, ": "));
+                log::warn!("{}", error_chain(e, ": "));
             }
         }
         self.unsaved = result.is_err();
