@@ -105,22 +105,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
         SnapshotCommand::Prune => {
             let mut freed = cache.remove_leftovers();
             for entry in cache.list() {
-                let why = match &entry.info {
-                    Err(e) => Some(format!("unreadable: {e}")),
-                    Ok(info) => {
-                        let inputs = info.initrd.clone().map(|initrd| GuestInputs {
-                            vcpus: info.vcpus,
-                            free_page_reporting: info.free_page_reporting,
-                            ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
-                        });
-                        match inputs.map(|i| warm_start::key(&i, &cache)) {
-                            Some(Ok(key)) if key == entry.key => None,
-                            Some(Ok(_)) => Some("its kernel or initramfs changed".into()),
-                            Some(Err(e)) => Some(format!("its inputs are gone: {e}")),
-                            None => Some("not a pod snapshot".into()),
-                        }
-                    }
-                };
+                let why = warm_start::stale(&entry, &cache);
                 if let Some(why) = why {
                     if let Ok(Some(bytes)) = cache.remove(&entry.key) {
                         freed += bytes;

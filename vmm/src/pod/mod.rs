@@ -9,7 +9,9 @@
 //! containerd shim later.
 
 pub mod agent_client;
+pub mod cleanup;
 pub mod control;
+pub mod kubectl;
 pub mod lifecycle;
 pub mod manifest;
 pub mod options;

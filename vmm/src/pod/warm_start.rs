@@ -20,7 +20,7 @@ use super::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
 use super::vmm_process;
 use crate::arch;
 use crate::config::{CpuTemplate, DEFAULT_MAC};
-use crate::snapshot::cache::{disk_usage, SnapshotCache};
+use crate::snapshot::cache::{disk_usage, Entry, SnapshotCache};
 use crate::snapshot::{self, SnapshotError};
 
 /// How long a template VM may take to save itself after SIGUSR1.
@@ -56,6 +56,27 @@ pub fn key(inputs: &GuestInputs, cache: &SnapshotCache) -> Result<String, Snapsh
         CpuTemplate::Auto.resolve(arch::detect_host()),
         &cache.hash_memo(),
     )
+}
+
+/// Why the cached snapshot `entry` can no longer be used (`None`: it can):
+/// unreadable, not a pod's, or its kernel or initramfs changed or is gone.
+pub fn stale(entry: &Entry, cache: &SnapshotCache) -> Option<String> {
+    match &entry.info {
+        Err(e) => Some(format!("unreadable: {e}")),
+        Ok(info) => {
+            let inputs = info.initrd.clone().map(|initrd| GuestInputs {
+                vcpus: info.vcpus,
+                free_page_reporting: info.free_page_reporting,
+                ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
+            });
+            match inputs.map(|i| key(&i, cache)) {
+                Some(Ok(key)) if key == entry.key => None,
+                Some(Ok(_)) => Some("its kernel or initramfs changed".into()),
+                Some(Err(e)) => Some(format!("its inputs are gone: {e}")),
+                None => Some("not a pod snapshot".into()),
+            }
+        }
+    }
 }
 
 /// The snapshot directory for `key`, made first if needed. `check` runs
