@@ -292,7 +292,10 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     .map_err(err)
 }
 
-/// Issues a forbidden call when [`PROBE_ENV`] names `kind`.
+/// Issues a forbidden call when [`PROBE_ENV`] names `kind`. Only in builds
+/// with the `test-hooks` feature (the end-to-end tests'), never in a
+/// release binary.
+#[cfg(feature = "test-hooks")]
 fn probe(kind: ThreadKind) {
     if std::env::var(PROBE_ENV).is_ok_and(|v| v == kind.to_string()) {
         log::warn!("{PROBE_ENV}={kind}: issuing a forbidden socket(AF_INET) call");
@@ -304,6 +307,10 @@ fn probe(kind: ThreadKind) {
         }
     }
 }
+
+/// Without the `test-hooks` feature, [`PROBE_ENV`] does nothing.
+#[cfg(not(feature = "test-hooks"))]
+fn probe(_kind: ThreadKind) {}
 
 #[cfg(test)]
 mod tests {

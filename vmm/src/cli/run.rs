@@ -93,6 +93,8 @@ pub struct RunArgs {
     pub sidecar: Vec<Sidecar>,
     /// Debug: ask the agent to stop its heartbeats once the container runs,
     /// to exercise the Unknown phase.
+    /// (Only in builds with the `test-hooks` feature.)
+    #[cfg(feature = "test-hooks")]
     #[arg(long)]
     pub debug_stop_heartbeat: bool,
     /// MANIFEST, or `--` then the container's command and arguments.
@@ -181,6 +183,7 @@ impl RunArgs {
                 self.mem_mib.is_some(),
                 "--mem-mib (the VM is sized from the limits)",
             ),
+            #[cfg(feature = "test-hooks")]
             (self.debug_stop_heartbeat, "--debug-stop-heartbeat"),
         ];
         match mixed.iter().find(|(given, _)| *given) {
@@ -196,23 +199,24 @@ impl From<&RunArgs> for RunOptions {
             name: args.name.clone(),
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
-            mem_mib: args.mem_mib.clone(),
+            mem_mib: args.mem_mib,
             env: args.env.clone(),
             workdir: args.workdir.clone(),
-            agent_timeout_secs: args.agent_timeout_secs.clone(),
-            heartbeat_ms: args.heartbeat_ms.clone(),
-            unknown_timeout_secs: args.unknown_timeout_secs.clone(),
-            cold: args.cold.clone(),
+            agent_timeout_secs: args.agent_timeout_secs,
+            heartbeat_ms: args.heartbeat_ms,
+            unknown_timeout_secs: args.unknown_timeout_secs,
+            cold: args.cold,
             state_dir: args.state_dir.clone(),
-            network: args.network.clone(),
+            network: args.network,
             bridge: args.bridge.clone(),
-            pod_cidr: args.pod_cidr.clone(),
-            gateway: args.gateway.clone(),
+            pod_cidr: args.pod_cidr,
+            gateway: args.gateway,
             publish: args.publish.clone(),
-            nat: args.nat.clone(),
+            nat: args.nat,
             dns: args.dns.clone(),
             sidecar: args.sidecar.clone(),
-            debug_stop_heartbeat: args.debug_stop_heartbeat.clone(),
+            #[cfg(feature = "test-hooks")]
+            debug_stop_heartbeat: args.debug_stop_heartbeat,
             command: args.command.clone(),
         }
     }

@@ -73,6 +73,7 @@ pub struct RunOptions {
     pub sidecar: Vec<Sidecar>,
     /// Debug: ask the agent to stop its heartbeats once the container runs,
     /// to exercise the Unknown phase.
+    #[cfg(feature = "test-hooks")]
     pub debug_stop_heartbeat: bool,
     /// The container's command and arguments (the words after `--`); set by
     /// the front end.

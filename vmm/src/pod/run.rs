@@ -18,9 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, NetworkConfig, Reply, Request, RunSpec, Stream,
-};
+use guest_agent::protocol::{AgentMessage, Event, NetworkConfig, Reply, Request, RunSpec, Stream};
 
 use super::agent_client::AgentLink;
 use super::options::{is_dns_label, RunOptions, Sidecar};
@@ -231,8 +229,10 @@ fn supervise(
                         result: Ok(Reply::Started { pid }),
                     } if id == run_id => {
                         log::debug!("container pid {pid} in the guest");
+                        #[cfg(feature = "test-hooks")]
                         if args.debug_stop_heartbeat {
-                            let _ = link.send(Request::Debug(DebugCommand::StopHeartbeat));
+                            let debug = guest_agent::protocol::DebugCommand::StopHeartbeat;
+                            let _ = link.send(Request::Debug(debug));
                         }
                     }
                     AgentMessage::Reply { .. } => {}
