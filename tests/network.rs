@@ -14,17 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    guest_artifact, run_ok, shared_state_dir, skip_without_kvm, skip_without_root, Netns,
-};
+use common::{guest_artifact, run_ok, shared_state_dir, skip_without_kvm_or_root as skip, Netns};
 
 /// How long a pod may take to reach a state the test waits for.
 const POD_BUDGET: Duration = Duration::from_secs(240);
 const RETRY: Duration = Duration::from_millis(500);
-
-fn skip(test: &str) -> bool {
-    skip_without_kvm(test) || skip_without_root(test)
-}
 
 /// `unipod run` inside `ns`, on bridge `bridge` with pod network `cidr`.
 fn unipod_run(ns: &Netns, bridge: &str, cidr: &str, name: &str, extra: &[&str]) -> Command {
