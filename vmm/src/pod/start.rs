@@ -5,7 +5,7 @@
 //! # Design
 //! The VMM runs as a child process (`unipod boot --vsock-uds ...`) so that a
 //! VMM crash is observable and cannot take the supervisor with it. All
-//! per-pod state lives in one directory under the state dir ([`PodDir`]);
+//! per-pod state lives in one directory under the state dir (`PodDir`);
 //! the VMM child gets PR_SET_PDEATHSIG, so even a SIGKILLed supervisor
 //! leaves no VM behind.
 //!
@@ -13,7 +13,7 @@
 //! and memory size (made on first use, see [`super::warm_start`]); `cold`
 //! boots it instead. A snapshot the VMM refuses is removed and the pod
 //! boots cold. Either way the agent then gets the pod's identity
-//! ([`pod_config`]: UID, hostname, clock, fresh entropy, network) before
+//! (`pod_config`: UID, hostname, clock, fresh entropy, network) before
 //! any container.
 //!
 //! With [`NetworkMode::Bridge`] the pod first gets an IP, a tap on the

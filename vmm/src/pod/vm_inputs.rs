@@ -5,7 +5,7 @@
 //! # Design
 //! The warm-start snapshot key hashes [`GuestInputs::vm_config`] and the
 //! spawned VMM is given [`GuestInputs::boot_args`], which renders that same
-//! config; [`config_args`] names every field of [`VmConfig`], so a new field
+//! config; `config_args` names every field of [`VmConfig`], so a new field
 //! does not compile until it is rendered. A unit test in `cli` parses the
 //! arguments back and compares the configs.
 
@@ -126,7 +126,7 @@ impl GuestInputs {
 
     /// The arguments of `unipod boot` for this VM: [`GuestInputs::vm_config`]
     /// with `files`, started as `mode`, its net device backed by `net` (a
-    /// tap arrives as fd [`CHILD_TAP_FD`]).
+    /// tap arrives as fd 3).
     pub fn boot_args(&self, files: &VmmFiles, mode: BootMode, net: &NetBackend) -> Vec<OsString> {
         let mac = match net {
             NetBackend::Tap { mac, .. } => MacAddr(*mac),
