@@ -7,6 +7,9 @@ UNIPOD := target/release/unipod
 # The guest agent (the guest's /init) is a static musl binary.
 AGENT_TARGET := x86_64-unknown-linux-musl
 AGENT := target/$(AGENT_TARGET)/release/unipod-agent
+# The CPU-state test program (guest-agent/examples/vecstress.rs), static
+# like the agent, for the busybox test image.
+VECSTRESS := target/$(AGENT_TARGET)/release/examples/vecstress
 
 .PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall fuzz fuzz-smoke soak
 
@@ -35,13 +38,15 @@ kernel: deps
 agent: deps
 	@echo "[agent] cargo build --release -p guest-agent --target $(AGENT_TARGET)"
 	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --bin unipod-agent
+	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --example vecstress
 
 # Guest initramfs images (cached in ~/.cache/unipod/initramfs), and the
-# busybox OCI test image for 'unipod image import' (target/guest/oci).
+# busybox OCI test image for 'unipod image import' (target/guest/oci), with
+# the vecstress test program in it.
 images: deps agent
 	@bash images/build-initramfs.sh boot-test $(GUEST)/boot-test.cpio
 	@bash images/build-initramfs.sh agent $(GUEST)/initramfs.cpio $(AGENT)
-	@bash images/build-oci.sh $(GUEST)/oci
+	@bash images/build-oci.sh $(GUEST)/oci $(VECSTRESS)
 
 build: deps
 	@echo "[build] cargo build --release"
