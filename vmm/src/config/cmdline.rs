@@ -35,7 +35,10 @@ pub const CMDLINE_PER_DEVICE: usize = 40;
 /// TSC does not take effect under PVM, so after a restore the TSC
 /// clocksource jumps by the snapshot's age and the guest pays a timekeeping
 /// catch-up per second of it; kvm-clock resumes from the saved KVM clock.
-pub const NESTED_PVM_CMDLINE: &str = "noxsave nosmap nosmep \
+/// `vmm_xstate=` (kernel patch 0005): the VMM saves the AVX state a
+/// `noxsave` kernel cannot, for guest user mode, which runs on the real CPU
+/// (`arch::xstate`).
+pub const NESTED_PVM_CMDLINE: &str = "noxsave vmm_xstate=0xc0000000 nosmap nosmep \
      clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock";
 
 /// The kernel switches unipod adds for `template`'s host.
@@ -43,5 +46,17 @@ pub fn host_cmdline(template: CpuTemplate) -> &'static str {
     match template {
         CpuTemplate::NestedPvm => NESTED_PVM_CMDLINE,
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_pvm_guests_get_the_extended_state_switch() {
+        assert!(NESTED_PVM_CMDLINE
+            .split_whitespace()
+            .any(|w| w == crate::arch::xstate::CMDLINE_SWITCH));
     }
 }
