@@ -81,49 +81,6 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
     assert!(!state.join("pods/streams").exists(), "pod dir removed");
 }
 
-/// On nested PVM, user-mode `cpuid` in the guest reports the host's AVX,
-/// which the guest kernel (booted `noxsave`) does not save across task
-/// switches; the agent must mask AVX from glibc in every container
-/// (guest-agent/src/agent/cpu.rs).
-#[test]
-fn containers_glibc_is_kept_off_avx_the_guest_kernel_cannot_save() {
-    if skip_without_kvm("containers_glibc_is_kept_off_avx_the_guest_kernel_cannot_save") {
-        return;
-    }
-    let state = shared_state_dir();
-    let out = unipod_run(
-        &state,
-        &[
-            "--name",
-            "avx",
-            "--",
-            "/bin/sh",
-            "-c",
-            "grep -qw avx /proc/cpuinfo && echo kernel-avx; echo \"T=$GLIBC_TUNABLES\"",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("--- stdout ---\n{stdout}");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let masked = stdout.contains("T=glibc.cpu.hwcaps=-AVX,-AVX2,");
-    let kernel_avx = stdout.contains("kernel-avx");
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        // PVM runs guest user mode's cpuid on the host: the host's answer is the guest's.
-        let expected = std::arch::is_x86_feature_detected!("avx") && !kernel_avx;
-        assert_eq!(masked, expected, "kernel avx: {kernel_avx}");
-    } else {
-        assert!(
-            !(masked && kernel_avx),
-            "masked although the kernel saves AVX"
-        );
-    }
-}
-
 #[test]
 fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     if skip_without_kvm("a_silent_agent_makes_the_pod_unknown_then_failed") {

@@ -59,7 +59,6 @@
 
 pub mod cgroup;
 pub mod container;
-pub mod cpu;
 pub mod host;
 pub mod identity;
 pub mod init;
