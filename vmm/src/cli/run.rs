@@ -1,6 +1,6 @@
 //! `unipod run`'s arguments, and the step from them to the pod engine
-//! ([`crate::pod::run`] for `-- CMD`, [`crate::pod::supervisor`] for a
-//! manifest).
+//! ([`crate::pod::run`] turns `-- CMD` into a pod, and
+//! [`crate::pod::supervisor`] runs it, as it runs a manifest's).
 
 use std::path::PathBuf;
 
