@@ -11,26 +11,24 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest_artifact, shared_state_dir, skip_without_kvm, temp_dir};
+use common::{
+    shared_state_dir, skip_without_kvm, temp_dir, unipod_command, unipod_run, with_guest,
+};
 
 /// Cold boots here take about a minute; leave room for a loaded CI machine.
 const BOOT_BUDGET: Duration = Duration::from_secs(400);
 
 /// `unipod <subcommand>` with the agent guest's kernel and initramfs.
 fn unipod_with_agent_guest(subcommand: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unipod"));
-    cmd.arg(subcommand)
-        .arg("--kernel")
-        .arg(guest_artifact("vmlinux"))
-        .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"));
+    let mut cmd = unipod_command();
+    with_guest(cmd.arg(subcommand));
     cmd
 }
 
-fn unipod_run(state: &Path, args: &[&str]) -> std::process::Output {
-    unipod_with_agent_guest("run")
-        .args(["--network", "none", "--state-dir"])
-        .arg(state)
+/// `unipod run --network none` of `args` (flags, `--`, the command).
+fn run_pod(state: &Path, args: &[&str]) -> std::process::Output {
+    unipod_run(unipod_command(), state)
+        .args(["--network", "none"])
         .args(args)
         .output()
         .expect("unipod runs")
@@ -53,7 +51,7 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
         return;
     }
     let state = shared_state_dir();
-    let out = unipod_run(
+    let out = run_pod(
         &state,
         &[
             "--name",
@@ -91,7 +89,7 @@ fn containers_glibc_is_kept_off_avx_the_guest_kernel_cannot_save() {
         return;
     }
     let state = shared_state_dir();
-    let out = unipod_run(
+    let out = run_pod(
         &state,
         &[
             "--name",
@@ -131,7 +129,7 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     }
     let state = shared_state_dir();
     let started = Instant::now();
-    let out = unipod_run(
+    let out = run_pod(
         &state,
         &[
             "--name",
