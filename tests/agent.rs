@@ -1,7 +1,9 @@
 //! End-to-end tests of the guest agent over hybrid vsock, on real guests
 //! with the agent initramfs (`make images`). The `unipod run` tests restore
 //! the shared warm-start snapshot (the first one to run makes it); the raw
-//! socket test boots cold, so both paths stay covered.
+//! socket test boots cold, so both paths stay covered. The silent-agent test
+//! boots cold too, on `initramfs-test-hooks.cpio`: only an agent built with
+//! the `test-hooks` feature obeys the host's `Debug` request.
 
 mod common;
 
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     shared_state_dir, skip_without_kvm, temp_dir, unipod_command, unipod_run, with_guest,
+    with_guest_initrd,
 };
 
 /// Cold boots here take about a minute; leave room for a loaded CI machine.
@@ -129,9 +132,14 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     }
     let state = shared_state_dir();
     let started = Instant::now();
-    let out = run_pod(
-        &state,
-        &[
+    // Only an agent built with test-hooks takes the Debug request; it has
+    // its own initramfs, booted cold rather than given a snapshot of its
+    // own.
+    let mut run = unipod_command();
+    let out = with_guest_initrd(run.arg("run"), "initramfs-test-hooks.cpio")
+        .args(["--network", "none", "--cold", "--state-dir"])
+        .arg(&state)
+        .args([
             "--name",
             "silent",
             "--heartbeat-ms",
@@ -142,8 +150,9 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
             "--",
             "sleep",
             "600",
-        ],
-    );
+        ])
+        .output()
+        .expect("unipod runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- unipod run stderr ---\n{stderr}");
     assert_in_order(

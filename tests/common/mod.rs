@@ -58,10 +58,15 @@ pub fn unipod_command() -> Command {
 /// Adds the test guest to a `unipod run`, `boot` or `snapshot` command:
 /// `--kernel` and `--initrd` (the agent initramfs).
 pub fn with_guest(cmd: &mut Command) -> &mut Command {
+    with_guest_initrd(cmd, "initramfs.cpio")
+}
+
+/// [`with_guest`] with another initramfs under target/guest.
+pub fn with_guest_initrd<'a>(cmd: &'a mut Command, initrd: &str) -> &'a mut Command {
     cmd.arg("--kernel")
         .arg(guest_artifact("vmlinux"))
         .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"))
+        .arg(guest_artifact(initrd))
 }
 
 /// `unipod run` of a command pod on the test guest with state dir

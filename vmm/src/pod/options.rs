@@ -72,7 +72,8 @@ pub struct RunOptions {
     /// pod ends when the main container (CMD) does.
     pub sidecar: Vec<Sidecar>,
     /// Debug: ask the agent to stop its heartbeats once the first
-    /// container runs, to exercise the Unknown phase.
+    /// container runs, to exercise the Unknown phase (an agent built with
+    /// its `test-hooks` feature obeys; others refuse).
     #[cfg(feature = "test-hooks")]
     pub debug_stop_heartbeat: bool,
     /// The container's command and arguments (the words after `--`); set by
