@@ -15,10 +15,7 @@ use common::{
 };
 
 fn guest_args(cmd: &mut Command) -> &mut Command {
-    cmd.arg("--kernel")
-        .arg(guest_artifact("vmlinux"))
-        .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"))
+    common::with_guest(cmd)
 }
 
 /// Makes (or finds) the shared snapshot; returns its directory.

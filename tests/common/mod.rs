@@ -55,6 +55,28 @@ pub fn unipod_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_unipod"))
 }
 
+/// Adds the test guest to a `unipod run`, `boot` or `snapshot` command:
+/// `--kernel` and `--initrd` (the agent initramfs).
+pub fn with_guest(cmd: &mut Command) -> &mut Command {
+    with_guest_initrd(cmd, "initramfs.cpio")
+}
+
+/// [`with_guest`] with another initramfs under target/guest.
+pub fn with_guest_initrd<'a>(cmd: &'a mut Command, initrd: &str) -> &'a mut Command {
+    cmd.arg("--kernel")
+        .arg(guest_artifact("vmlinux"))
+        .arg("--initrd")
+        .arg(guest_artifact(initrd))
+}
+
+/// `unipod run` of a command pod on the test guest with state dir
+/// `state`: `cmd` is the `unipod` binary, maybe run in a network namespace
+/// ([`Netns::command`]); add flags, then `--` and the command.
+pub fn unipod_run(mut cmd: Command, state: &Path) -> Command {
+    with_guest(cmd.arg("run")).arg("--state-dir").arg(state);
+    cmd
+}
+
 /// Runs `unipod` with `args`.
 pub fn unipod(args: &[&str]) -> Output {
     unipod_command()

@@ -88,10 +88,12 @@ pub enum Command {
     /// background. Either way the pod stays listed by 'unipod get' until
     /// 'unipod rm'.
     ///
-    /// 'unipod run FLAGS... -- CMD...' runs one command in the agent's own
-    /// root file system, streams its stdout and stderr and reports the
-    /// phases; Ctrl-C sends SIGTERM to it, a second Ctrl-C stops the VM. Its
-    /// pod directory goes when it ends.
+    /// 'unipod run FLAGS... -- CMD...' runs one command (a pod of one
+    /// container, plus any --sidecar) in the agent's own root file system,
+    /// streams its stdout and stderr as they are and reports the phases;
+    /// Ctrl-C sends SIGTERM to the containers, a second Ctrl-C stops the VM.
+    /// It is listed by 'unipod get' while it runs, and its pod directory
+    /// goes when it ends.
     ///
     /// Examples: unipod run examples/pod.yaml
     ///           unipod run --name hello -- /bin/sh -c 'echo hi'

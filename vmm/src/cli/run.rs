@@ -1,6 +1,6 @@
 //! `unipod run`'s arguments, and the step from them to the pod engine
-//! ([`crate::pod::run`] for `-- CMD`, [`crate::pod::supervisor`] for a
-//! manifest).
+//! ([`crate::pod::run`] turns `-- CMD` into a pod, and
+//! [`crate::pod::supervisor`] runs it, as it runs a manifest's).
 
 use std::path::PathBuf;
 
@@ -93,7 +93,8 @@ pub struct RunArgs {
     pub sidecar: Vec<Sidecar>,
     /// Debug: ask the agent to stop its heartbeats once the container runs,
     /// to exercise the Unknown phase.
-    /// (Only in builds with the `test-hooks` feature.)
+    /// (Only in builds with the `test-hooks` feature, and only an agent
+    /// built with it obeys: target/guest/initramfs-test-hooks.cpio.)
     #[cfg(feature = "test-hooks")]
     #[arg(long)]
     pub debug_stop_heartbeat: bool,

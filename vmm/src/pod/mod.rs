@@ -1,5 +1,7 @@
-//! Host-side pod management: the Pod manifest, the link to the guest agent
-//! and the pod phase.
+//! Host-side pod management: the pod engine that runs every pod (a
+//! manifest's, a command's, the shim's), the Pod manifest, the link to the
+//! guest agent and the pod phase. docs/DESIGN.md ("The pod engine") has
+//! the map.
 //!
 //! # Design
 //! `unipod run` starts the VMM as a child process, then

@@ -71,8 +71,9 @@ pub struct RunOptions {
     /// shares the pod's network (localhost), env and working directory; the
     /// pod ends when the main container (CMD) does.
     pub sidecar: Vec<Sidecar>,
-    /// Debug: ask the agent to stop its heartbeats once the container runs,
-    /// to exercise the Unknown phase.
+    /// Debug: ask the agent to stop its heartbeats once the first
+    /// container runs, to exercise the Unknown phase (an agent built with
+    /// its `test-hooks` feature obeys; others refuse).
     #[cfg(feature = "test-hooks")]
     pub debug_stop_heartbeat: bool,
     /// The container's command and arguments (the words after `--`); set by

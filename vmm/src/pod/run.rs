@@ -1,39 +1,38 @@
-//! `unipod run -- CMD`: a pod of one command (and its sidecars), run in
-//! the agent's own root file system; its output is streamed, its phases
-//! reported, and its exit code returned.
+//! `unipod run -- CMD`: a pod of one command (and its `--sidecar`s), run
+//! in the agent's own root file system by the same supervisor as a
+//! manifest pod.
 //!
 //! # Design
-//! The VM is started by [`super::start`], as every pod's; this module
-//! follows the one container to its end on a [`PhaseTracker`]. The pod
-//! directory goes when it ends (`PodDir`'s Drop).
-//!
-//! # Limitations
-//! It is not yet a manifest pod with one container (see
-//! [`super::supervisor`]): it has its own, smaller loop.
+//! The flags become an in-memory [`PodManifest`]: the command is the one
+//! app container (named after the pod), each sidecar another one before
+//! it, `--env` and `--workdir` their `env` and `workingDir`,
+//! `restartPolicy: Never`. Their [`RunSpec`]s are built as a manifest
+//! container's are ([`spec::run_spec`]), against the agent root's
+//! "image config" (a `PATH` and nothing else) and with no root disk.
+//! [`super::supervisor`] then runs the pod, with the command as the main
+//! container ([`Lifecycle::with_main`](super::lifecycle::Lifecycle::with_main)):
+//! the pod ends when it does, the output is streamed raw, the phase lines
+//! give the container's reason and exit code, unipod exits with that code,
+//! and the pod directory goes when the pod ends.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Child;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
 
-use guest_agent::protocol::{AgentMessage, Event, NetworkConfig, Reply, Request, RunSpec, Stream};
+use guest_agent::protocol::RunSpec;
 
-use super::agent_client::AgentLink;
-use super::options::{is_dns_label, RunOptions, Sidecar};
-use super::phase::{PhaseTracker, PodPhase};
-use super::start::{
-    artifact, attach_network, dns_servers, host_dns_search, install_signal_handlers, pod_config,
-    start_vm, state_root, Pod, PodDir, SIGNALS,
+use super::lifecycle::ContainerInfo;
+use super::manifest::{
+    ContainerSpec, PodManifest, Resources, RestartPolicy, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
-use super::vm_inputs::{GuestInputs, NetBackend};
-use super::vmm_process;
-use crate::exit_code::{EXIT_INTERRUPTED, EXIT_RUN_ERROR};
+use super::options::{is_dns_label, RunOptions, Sidecar};
+use super::spec;
+use super::start::{artifact, state_root};
+use super::supervisor::{self, Origin, Prepared};
+use super::vm_inputs::GuestInputs;
+use crate::image::ImageConfig;
 use crate::net::NetError;
 
-const TICK: Duration = Duration::from_millis(100);
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// The `PATH` of a container in the agent's root, unless `--env` sets one.
+const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
 
 /// Errors before the pod could run.
 #[derive(Debug, thiserror::Error)]
@@ -76,22 +75,23 @@ pub enum RunError {
         "pod {0:?} already exists (made by 'unipod run MANIFEST'); remove it with: unipod rm {0}"
     )]
     ManifestPodExists(String),
+    /// A container cannot be run (no command after `--`).
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
     /// Too many --dns servers.
     #[error("--dns: {0} servers given; the guest resolver reads at most 3")]
     TooManyDns(usize),
 }
 
-/// Runs `unipod run`; returns the exit code.
+/// Runs `unipod run -- CMD`; returns the exit code.
 pub fn run(args: &RunOptions) -> Result<i32, RunError> {
-    validate_name(&args.name)?;
-    validate_sidecars(&args.name, &args.sidecar)?;
-    if let Some(bad) = args
-        .env
-        .iter()
-        .find(|e| !e.contains('=') || e.starts_with('='))
-    {
-        return Err(RunError::BadEnv(bad.clone()));
-    }
+    let prepared = prepare(args)?;
+    supervisor::run_command(&prepared, args)
+}
+
+/// Checks the flags and builds the pod, with no side effects.
+fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
+    let manifest = command_pod(args)?;
     let inputs = GuestInputs::new(
         artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
         artifact(
@@ -102,243 +102,89 @@ pub fn run(args: &RunOptions) -> Result<i32, RunError> {
         )?,
         args.mem_mib.unwrap_or(crate::config::DEFAULT_MEM_MIB),
     );
-    install_signal_handlers();
-
-    let pod = Pod {
-        name: args.name.clone(),
-    };
-    let state = state_root(args.state_dir.as_deref());
-    let dir = PodDir::create(&state.join("pods"), &args.name)?;
-    let net = attach_network(args, &state, &args.name, &args.publish)?;
-    if let Some(net) = &net {
-        dir.record_network(net, &args.bridge);
-        let lease = net.lease();
-        eprintln!(
-            "unipod: pod {}: IP {}/{} on bridge {} (tap {})",
-            args.name,
-            lease.ip,
-            lease.prefix_len,
-            args.bridge,
-            net.tap_name()
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
-    let mut phase = PhaseTracker::new(args.unknown_after(), args.give_up_after());
-    let backend = match &net {
-        Some(net) => NetBackend::Tap {
-            fd: net.tap_fd(),
-            mac: net.lease().mac,
-        },
-        None => NetBackend::Detached,
-    };
-    let (mut vmm, link) = match start_vm(&pod, &dir, &inputs, &state, backend, args.cold, deadline)
-    {
-        Ok(started) => started,
-        Err(failure) => return Ok(pod.fail(&mut phase, &dir, failure.reason, failure.code)),
-    };
-    let network = net
-        .as_ref()
-        .map(|n| n.guest_config(dns_servers(args), host_dns_search()));
-    let code = supervise(&pod, &dir, &mut vmm, link, &mut phase, args, network);
-    // Whatever happened, no VM outlives us.
-    vmm_process::stop(&mut vmm);
-    Ok(code)
-}
-
-/// Configures the pod, runs the container and follows it. Returns the exit
-/// code.
-fn supervise(
-    pod: &Pod,
-    dir: &PodDir,
-    vmm: &mut Child,
-    mut link: AgentLink,
-    phase: &mut PhaseTracker,
-    args: &RunOptions,
-    network: Option<NetworkConfig>,
-) -> i32 {
-    phase.heard_from_agent(Instant::now());
-    let messages = match link.subscribe() {
-        Ok(rx) => rx,
-        Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
-    };
-    let config = match pod_config(&pod.name, args.heartbeat_ms, network) {
-        Ok(c) => c,
-        Err(e) => {
-            return pod.fail(
-                phase,
-                dir,
-                format!("cannot read host entropy: {e}"),
-                EXIT_RUN_ERROR,
-            )
-        }
-    };
-    let configure_id = match link.send(Request::Configure(config)) {
-        Ok(id) => id,
-        Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
-    };
-    let mut sidecar_ids = Vec::new();
-    for sidecar in &args.sidecar {
-        let spec = RunSpec {
-            name: sidecar.name.clone(),
-            argv: vec!["/bin/sh".into(), "-c".into(), sidecar.command.clone()],
-            env: container_env(&args.env),
-            cwd: args.workdir.clone(),
-            ..RunSpec::default()
-        };
-        match link.send(Request::Run(spec)) {
-            Ok(id) => sidecar_ids.push((id, &sidecar.name)),
-            Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
-        }
-    }
-    let spec = RunSpec {
-        name: pod.name.clone(),
-        argv: args.command.clone(),
-        env: container_env(&args.env),
-        cwd: args.workdir.clone(),
-        ..RunSpec::default()
-    };
-    let run_id = match link.send(Request::Run(spec)) {
-        Ok(id) => id,
-        Err(e) => return pod.fail(phase, dir, e.to_string(), EXIT_RUN_ERROR),
-    };
-
-    let mut signals_seen = 0;
-    let exit_code = loop {
-        let now = Instant::now();
-        match messages.recv_timeout(TICK) {
-            Ok(Ok(msg)) => {
-                if let Some(p) = phase.heard_from_agent(now) {
-                    pod.report(p, None);
-                }
-                match msg {
-                    AgentMessage::Reply { id, result: Err(e) } if id == configure_id => {
-                        let why = format!("the agent could not configure the pod: {e}");
-                        return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
-                    }
-                    AgentMessage::Reply { id, result: Err(e) } if id == run_id => {
-                        log::error!("the agent could not start {:?}: {e}", args.command[0]);
-                    }
-                    AgentMessage::Reply { id, result: Err(e) } => {
-                        if let Some((_, name)) = sidecar_ids.iter().find(|(s, _)| *s == id) {
-                            let why = format!("sidecar {name} could not start: {e}");
-                            return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
-                        }
-                    }
-                    AgentMessage::Reply {
-                        id,
-                        result: Ok(Reply::Started { pid }),
-                    } if id == run_id => {
-                        log::debug!("container pid {pid} in the guest");
-                        #[cfg(feature = "test-hooks")]
-                        if args.debug_stop_heartbeat {
-                            let debug = guest_agent::protocol::DebugCommand::StopHeartbeat;
-                            let _ = link.send(Request::Debug(debug));
-                        }
-                    }
-                    AgentMessage::Reply { .. } => {}
-                    AgentMessage::Event(event) => {
-                        if let Some(code) = on_event(pod, phase, event, now) {
-                            break code;
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                // The agent link ended before the container did. If the VMM
-                // died, its exit may lag its sockets closing by a moment.
-                vmm_process::wait_for_exit(vmm, Duration::from_secs(2));
-                let why = vmm_process::alive(vmm)
-                    .err()
-                    .unwrap_or_else(|| format!("agent link lost: {e}"));
-                return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-        }
-        if let Err(why) = vmm_process::alive(vmm) {
-            return pod.fail(phase, dir, why, EXIT_RUN_ERROR);
-        }
-        let signals = SIGNALS.load(Ordering::SeqCst);
-        if signals > signals_seen {
-            signals_seen = signals;
-            if signals == 1 {
-                eprintln!("unipod: pod {}: stopping the container (SIGTERM); interrupt again to kill the VM", pod.name);
-                let _ = link.send(Request::Signal {
-                    name: pod.name.clone(),
-                    signal: libc::SIGTERM,
-                });
-            } else {
-                return pod.fail(phase, dir, "interrupted".into(), EXIT_INTERRUPTED);
-            }
-        }
-        if let Some(p) = phase.tick(Instant::now()) {
-            pod.report(p, phase.reason());
-            if p == PodPhase::Failed {
-                return EXIT_RUN_ERROR;
-            }
-        }
-    };
-    // The container is done: let the agent power the guest off.
-    let _ = link.send(Request::Shutdown);
-    vmm_process::wait_for_exit(vmm, SHUTDOWN_GRACE);
-    exit_code
-}
-
-/// Handles one agent event; returns the exit code once the container exited.
-fn on_event(pod: &Pod, phase: &mut PhaseTracker, event: Event, now: Instant) -> Option<i32> {
-    match event {
-        Event::ContainerStarted { .. } => {
-            if let Some(p) = phase.container_started(now) {
-                pod.report(p, None);
-            }
-        }
-        Event::Output { stream, data, .. } => {
-            let result = match stream {
-                Stream::Stdout => write_all_flush(&mut std::io::stdout().lock(), &data),
-                Stream::Stderr => write_all_flush(&mut std::io::stderr().lock(), &data),
+    let root = agent_root();
+    let app = manifest
+        .containers
+        .iter()
+        .map(|c| {
+            let mut run = spec::run_spec(&manifest, c, &root, 0)?;
+            run.rootfs = None;
+            let info = ContainerInfo {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                image_id: String::new(),
             };
-            if let Err(e) = result {
-                log::debug!("cannot forward container output: {e}");
-            }
-        }
-        Event::Oom { name } => {
-            eprintln!("unipod: pod {}: container {name} was OOM-killed", pod.name)
-        }
-        Event::ContainerExited {
-            name,
-            exit_code,
-            reason,
-            ..
-        } if name != pod.name => {
-            eprintln!(
-                "unipod: pod {}: sidecar {name} exited ({reason}, exit code {exit_code})",
-                pod.name
-            );
-        }
-        Event::ContainerExited {
-            exit_code, reason, ..
-        } => {
-            if let Some(p) = phase.container_exited(exit_code, &reason) {
-                pod.report(p, phase.reason());
-            }
-            return Some(exit_code);
-        }
-        Event::Ready { .. } | Event::Heartbeat { .. } => {}
-    }
-    None
+            Ok((info, run))
+        })
+        .collect::<Result<Vec<(ContainerInfo, RunSpec)>, spec::SpecError>>()?;
+    let state = state_root(args.state_dir.as_deref());
+    Ok(Prepared {
+        origin: Origin::Command {
+            main: manifest.name.clone(),
+        },
+        dir: state.join("pods").join(&manifest.name),
+        state,
+        inputs,
+        init: Vec::new(),
+        app,
+        ports: args.publish.clone(),
+        unknown_after: args.unknown_after(),
+        give_up_after: args.give_up_after(),
+        manifest,
+    })
 }
 
-fn write_all_flush(w: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
-    w.write_all(data)?;
-    w.flush()
+/// The pod `unipod run [FLAGS] -- CMD` asks for: the sidecars, then the
+/// command, named after the pod.
+fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
+    validate_name(&args.name)?;
+    validate_sidecars(&args.name, &args.sidecar)?;
+    let env = args
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(RunError::BadEnv(e.clone())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let container = |name: &str, command: Vec<String>| ContainerSpec {
+        name: name.to_string(),
+        image: String::new(),
+        command,
+        args: Vec::new(),
+        env: env.clone(),
+        working_dir: args.workdir.as_ref().map(PathBuf::from),
+        ports: Vec::new(),
+        resources: Resources::default(),
+        volume_mounts: Vec::new(),
+    };
+    let sh = |command: &str| vec!["/bin/sh".to_string(), "-c".into(), command.into()];
+    let containers = args
+        .sidecar
+        .iter()
+        .map(|s| container(&s.name, sh(&s.command)))
+        .chain(std::iter::once(container(&args.name, args.command.clone())))
+        .collect();
+    Ok(PodManifest {
+        name: args.name.clone(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        hostname: None,
+        restart_policy: RestartPolicy::Never,
+        share_process_namespace: false,
+        termination_grace_period: DEFAULT_TERMINATION_GRACE_PERIOD,
+        init_containers: Vec::new(),
+        containers,
+        volumes: Vec::new(),
+    })
 }
 
-fn container_env(user: &[String]) -> Vec<String> {
-    let mut env = Vec::with_capacity(user.len() + 1);
-    if !user.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/bin:/usr/bin:/bin".to_string());
+/// The agent root's "image config": a `PATH`, and nothing else.
+fn agent_root() -> ImageConfig {
+    ImageConfig {
+        env: vec![DEFAULT_PATH.into()],
+        ..ImageConfig::default()
     }
-    env.extend(user.iter().cloned());
-    env
 }
 
 fn validate_name(name: &str) -> Result<(), RunError> {
@@ -391,12 +237,58 @@ mod tests {
         assert!(validate_sidecars("pod", &twice).is_err());
     }
 
+    fn options(extra: &[&str]) -> RunOptions {
+        use clap::Parser;
+        let argv = [&["unipod", "run"], extra].concat();
+        let raw: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+        let crate::cli::Command::Run(mut args) = crate::cli::Cli::try_parse_from(&raw)
+            .expect("valid flags")
+            .command
+        else {
+            unreachable!("a run command")
+        };
+        args.split_manifest(&raw).expect("a command");
+        RunOptions::from(&args)
+    }
+
     #[test]
-    fn container_env_gets_a_default_path() {
-        assert_eq!(
-            container_env(&["A=1".into()]),
-            ["PATH=/usr/local/bin:/usr/bin:/bin", "A=1"]
-        );
-        assert_eq!(container_env(&["PATH=/x".into()]), ["PATH=/x"]);
+    fn a_command_is_a_never_restarting_pod_whose_last_container_is_it() {
+        let args = options(&[
+            "--name",
+            "web",
+            "-e",
+            "A=1",
+            "--workdir",
+            "/tmp",
+            "--sidecar",
+            "db=sleep 9",
+            "--",
+            "echo",
+            "hi",
+        ]);
+        let pod = command_pod(&args).expect("valid");
+        assert_eq!(pod.restart_policy, RestartPolicy::Never);
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        assert_eq!(pod.containers[0].command, ["/bin/sh", "-c", "sleep 9"]);
+        assert_eq!(pod.containers[1].command, ["echo", "hi"]);
+        let root = agent_root();
+        let run = spec::run_spec(&pod, &pod.containers[1], &root, 0).expect("a spec");
+        assert_eq!(run.argv, ["echo", "hi"]);
+        assert_eq!(run.env, [DEFAULT_PATH, "A=1"]);
+        assert_eq!(run.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(run.user, None);
+    }
+
+    #[test]
+    fn env_entries_need_a_key_and_a_path_of_ones_own_replaces_the_default() {
+        for bad in ["A", "=1"] {
+            let err = command_pod(&options(&["-e", bad, "--", "true"])).unwrap_err();
+            assert!(matches!(err, RunError::BadEnv(_)), "{bad}: {err}");
+        }
+        let pod =
+            command_pod(&options(&["-e", "PATH=/x", "-e", "B=", "--", "true"])).expect("valid");
+        let run = spec::run_spec(&pod, &pod.containers[0], &agent_root(), 0).expect("a spec");
+        assert_eq!(run.env, ["PATH=/x", "B="]);
     }
 }

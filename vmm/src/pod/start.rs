@@ -31,7 +31,7 @@ use guest_agent::protocol::{NetworkConfig, PodConfig, AGENT_VSOCK_PORT};
 
 use super::agent_client::{AgentError, AgentLink};
 use super::options::{NetworkMode, RunOptions};
-use super::phase::{PhaseTracker, PodPhase};
+use super::phase::PodPhase;
 use super::run::RunError;
 use super::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
 use super::vmm_process;
@@ -100,22 +100,6 @@ impl Pod {
             Some(r) => eprintln!("unipod: pod {}: {phase} ({r})", self.name),
             None => eprintln!("unipod: pod {}: {phase}", self.name),
         }
-    }
-
-    /// Reports Failed with `reason`; returns `code`.
-    pub(crate) fn fail(
-        &self,
-        phase: &mut PhaseTracker,
-        dir: &PodDir,
-        reason: String,
-        code: i32,
-    ) -> i32 {
-        phase.failed(reason);
-        self.report(PodPhase::Failed, phase.reason());
-        if code == EXIT_RUN_ERROR {
-            dir.print_console_tail();
-        }
-        code
     }
 }
 
@@ -316,7 +300,7 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
 }
 
 /// The pod's runtime directory; removed on drop unless it is a manifest
-/// pod's, which stays until `unipod rm`.
+/// pod's, which stays until `unipod rm` (a command pod's goes with it).
 pub(crate) struct PodDir {
     pub(crate) path: PathBuf,
     keep: bool,
@@ -325,7 +309,9 @@ pub(crate) struct PodDir {
 impl PodDir {
     pub(crate) fn create(root: &Path, name: &str) -> Result<PodDir, RunError> {
         let path = root.join(name);
-        if path.join(crate::pod::status::STATUS_FILE).exists() {
+        // A manifest pod's directory (it keeps its manifest) stays until
+        // `unipod rm`; a command pod's has no manifest and goes with it.
+        if path.join("pod.yaml").exists() {
             return Err(RunError::ManifestPodExists(name.to_string()));
         }
         if let Some(pid) = std::fs::read_to_string(path.join("vmm.pid"))
@@ -380,6 +366,11 @@ impl PodDir {
             "tap": net.tap_name(),
         });
         let _ = std::fs::write(self.path.join("network.json"), info.to_string());
+    }
+
+    /// Removes `network.json` once the pod's network is gone.
+    pub(crate) fn forget_network(&self) {
+        let _ = std::fs::remove_file(self.path.join("network.json"));
     }
 
     pub(crate) fn record_pid(&self, pid: u32) {
