@@ -91,9 +91,13 @@ spec:
         );
         if phase == "Running" {
             let container = if execs % 2 == 0 { "a" } else { "b" };
-            let exec = cmd(&state, "exec", &[pod, "-c", container, "--", "echo", "alive"])
-                .output()
-                .expect("exec runs");
+            let exec = cmd(
+                &state,
+                "exec",
+                &[pod, "-c", container, "--", "echo", "alive"],
+            )
+            .output()
+            .expect("exec runs");
             let (stdout, _) = text(&exec);
             // The container may end between the phase read and the exec.
             if exec.status.success() {
@@ -191,7 +195,11 @@ mod tests {
 
     #[test]
     fn kept_registers_pass() {
-        check_outcome(&logs(PROBE_SAVED, "vecstress regs: ok width=ymm rounds=3000", 0));
+        check_outcome(&logs(
+            PROBE_SAVED,
+            "vecstress regs: ok width=ymm rounds=3000",
+            0,
+        ));
     }
 
     #[test]

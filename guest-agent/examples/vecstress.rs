@@ -23,7 +23,7 @@
 //! check held, 1 on any mismatch, 2 on bad usage.
 
 use std::arch::asm;
-use std::arch::x86_64::{CpuidResult, __cpuid, __cpuid_count};
+use std::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -156,7 +156,10 @@ struct Syscall {
 fn syscall_for(round: u64, pipe: &[i32; 2], byte: &mut u8, nap: &libc::timespec) -> Syscall {
     let ptr = |p: *const u8| p as usize;
     match round % 4 {
-        0 => Syscall { nr: libc::SYS_sched_yield, args: [0; 3] },
+        0 => Syscall {
+            nr: libc::SYS_sched_yield,
+            args: [0; 3],
+        },
         1 => Syscall {
             nr: libc::SYS_nanosleep,
             args: [ptr((nap as *const libc::timespec).cast()), 0, 0],
@@ -289,14 +292,21 @@ fn fill(buf: &mut [u8], pid: u32, round: u64) {
 
 fn regs(rounds: u64) -> ExitCode {
     let cpu = cpu();
-    let (width, bytes) = if cpu.avx512f { ("zmm", ZMM_BYTES) } else { ("ymm", YMM_BYTES) };
+    let (width, bytes) = if cpu.avx512f {
+        ("zmm", ZMM_BYTES)
+    } else {
+        ("ymm", YMM_BYTES)
+    };
     let mut pipe = [0i32; 2];
     // SAFETY: `pipe` has room for the two descriptors.
     if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
         eprintln!("vecstress regs: pipe: {}", std::io::Error::last_os_error());
         return ExitCode::FAILURE;
     }
-    let nap = libc::timespec { tv_sec: 0, tv_nsec: 200_000 };
+    let nap = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000,
+    };
     let pid = std::process::id();
     let mut src = vec![0u8; bytes];
     let mut dst = vec![0u8; bytes];

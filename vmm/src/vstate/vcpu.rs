@@ -325,7 +325,10 @@ impl Vcpu {
                         Some(request) => {
                             if let Err(e) = arch::xstate::serve(&self.fd, mem, request) {
                                 if xstate_log.allow() {
-                                    log::warn!("vCPU {}: guest request {request:?} failed: {e}", self.index);
+                                    log::warn!(
+                                        "vCPU {}: guest request {request:?} failed: {e}",
+                                        self.index
+                                    );
                                 }
                             }
                         }

@@ -186,7 +186,11 @@ mod tests {
         }
         let leaf7 = find(&cpuid, 7);
         assert_eq!((leaf7.ebx, leaf7.ecx, leaf7.edx), (0, 0, 0));
-        assert_eq!(find(&cpuid, 0xd).eax, u32::MAX, "XCR0 bits stay for KVM_GET_XSAVE");
+        assert_eq!(
+            find(&cpuid, 0xd).eax,
+            u32::MAX,
+            "XCR0 bits stay for KVM_GET_XSAVE"
+        );
         let ext1 = find(&cpuid, 0x8000_0001);
         assert_eq!(ext1.ecx, EXT1_ECX_LAHF_LM);
         assert_eq!(ext1.edx & (EXT1_EDX_PDPE1GB | EXT1_EDX_RDTSCP), 0);
@@ -197,9 +201,17 @@ mod tests {
     fn nested_template_hides_xsave_variants_but_keeps_the_state_components() {
         let mut cpuid = cpuid_of(&[entry(0xd, 0), entry(0xd, 1), entry(0xd, 2)]);
         filter_cpuid(&mut cpuid, CpuTemplate::NestedPvm, 0, 1);
-        let leaves: Vec<_> = cpuid.as_slice().iter().filter(|e| e.function == 0xd).collect();
+        let leaves: Vec<_> = cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == 0xd)
+            .collect();
         assert_eq!(leaves[0].eax, u32::MAX, "XCR0 bits");
-        assert_eq!((leaves[1].eax, leaves[1].ecx), (0, 0), "no XSAVEOPT/XSAVEC/XSAVES");
+        assert_eq!(
+            (leaves[1].eax, leaves[1].ecx),
+            (0, 0),
+            "no XSAVEOPT/XSAVEC/XSAVES"
+        );
         assert_eq!(leaves[2].ebx, u32::MAX, "the AVX component's offset");
     }
 

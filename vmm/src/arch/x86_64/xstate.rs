@@ -39,7 +39,7 @@ pub const XSAVE_AREA_BYTES: usize = 4096;
 /// Offset of XSTATE_BV in the XSAVE header.
 const XSTATE_BV_OFFSET: usize = 512;
 /// XSTATE_BV bits of the legacy area: x87 and SSE.
-const XSTATE_BV_LEGACY: u64 = 0b11;
+const XSTATE_BV_LEGACY: u32 = 0b11;
 
 /// The kernel switch that turns the guest's side on (part of
 /// `config::cmdline::NESTED_PVM_CMDLINE`).
@@ -118,7 +118,7 @@ fn from_guest_area(bytes: &[u8; XSAVE_AREA_BYTES]) -> kvm_xsave {
     for (word, chunk) in state.region.iter_mut().zip(bytes.chunks_exact(4)) {
         *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
-    state.region[XSTATE_BV_OFFSET / 4] |= XSTATE_BV_LEGACY as u32;
+    state.region[XSTATE_BV_OFFSET / 4] |= XSTATE_BV_LEGACY;
     state
 }
 
@@ -148,22 +148,34 @@ mod tests {
     fn other_writes_are_not_requests() {
         let area = 0x1000u64.to_le_bytes();
         assert_eq!(decode(XSTATE_MMIO_START + 4, &area), None, "unaligned");
-        assert_eq!(decode(XSTATE_MMIO_START + 16, &area), None, "past the registers");
+        assert_eq!(
+            decode(XSTATE_MMIO_START + 16, &area),
+            None,
+            "past the registers"
+        );
         assert_eq!(decode(XSTATE_MMIO_START - 8, &area), None, "below");
-        assert_eq!(decode(XSTATE_MMIO_START, &[1, 2, 3, 4]), None, "not 8 bytes");
+        assert_eq!(
+            decode(XSTATE_MMIO_START, &[1, 2, 3, 4]),
+            None,
+            "not 8 bytes"
+        );
     }
 
     #[test]
     fn a_loaded_area_keeps_its_bytes_and_marks_the_legacy_state_present() {
         let mut bytes = [0u8; XSAVE_AREA_BYTES];
         for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (i % 251) as u8;
+            *b = u8::try_from(i % 251).expect("below 251");
         }
         bytes[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&0x4u64.to_le_bytes());
         let state = from_guest_area(&bytes);
         let back = to_bytes(&state);
         assert_eq!(
-            u64::from_le_bytes(back[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].try_into().unwrap()),
+            u64::from_le_bytes(
+                back[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8]
+                    .try_into()
+                    .unwrap()
+            ),
             0x7,
             "AVX kept, x87 and SSE added"
         );
