@@ -17,6 +17,7 @@ use crate::boot::{self, BootError};
 use crate::config::{ConfigError, CpuTemplate, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::virtio::block;
+use crate::exit_code::{EXIT_GUEST_CRASHED, EXIT_OK, EXIT_SETUP_ERROR, EXIT_SNAPSHOT_REJECTED};
 use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 use crate::snapshot::{self, HashMemo, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
@@ -111,6 +112,44 @@ pub struct RunReport {
     pub vmm_hwm_kib: u64,
     /// Guest memory resident in the VMM at exit, KiB.
     pub guest_resident_kib: u64,
+}
+
+impl RunReport {
+    /// The VMM process's exit code for this end of the guest.
+    pub fn exit_code(&self) -> i32 {
+        match self.exit {
+            GuestExit::Reset | GuestExit::Snapshotted => EXIT_OK,
+            GuestExit::Stopped(signo) => 128 + signo,
+            _ => EXIT_GUEST_CRASHED,
+        }
+    }
+}
+
+impl VmmError {
+    /// The VMM process's exit code when it failed with this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmmError::Restore { .. } => EXIT_SNAPSHOT_REJECTED,
+            _ => EXIT_SETUP_ERROR,
+        }
+    }
+}
+
+/// Starts the VM that `config` describes, restored from the snapshot in
+/// `restore` or booted, and runs it to its end: what a VMM process does.
+pub fn start_and_run(
+    config: &VmConfig,
+    restore: Option<&Path>,
+    snapshot_to: Option<&Path>,
+    seccomp: Seccomp,
+    guest_profile: Option<&Path>,
+    start: Instant,
+) -> Result<RunReport, VmmError> {
+    let vmm = match restore {
+        Some(dir) => Vmm::restore(config, dir, start)?,
+        None => Vmm::new(config, start)?,
+    };
+    vmm.run(snapshot_to, seccomp, guest_profile)
 }
 
 /// A VM ready to run.

@@ -41,8 +41,9 @@ fn main() {
     }
     let code =
         match &cli.command {
-            Command::Boot(args) => cli::boot(args, start)
-                .unwrap_or_else(|e| report_error(&e, cli::boot_error_code(&e))),
+            Command::Boot(args) => {
+                cli::boot(args, start).unwrap_or_else(|e| report_error(&e, e.exit_code()))
+            }
             Command::Run(args) => {
                 let options = RunOptions::from(args);
                 match &args.manifest {

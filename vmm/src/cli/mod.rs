@@ -36,8 +36,7 @@ use crate::config::{
 use crate::device_manager::DeviceError;
 use crate::devices::virtio::net::{self, NetError};
 use crate::seccomp::Seccomp;
-use crate::vmm::{RunReport, Vmm, VmmError};
-use crate::vstate::exit::GuestExit;
+use crate::vmm::{RunReport, VmmError};
 
 pub use crate::error_chain::error_chain;
 pub use crate::exit_code::{
@@ -369,33 +368,20 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
         net: net_config(args).map_err(|e| VmmError::Devices(DeviceError::Net(e)))?,
         ..VmConfig::from(args)
     };
-    let vmm = match &args.restore {
-        Some(dir) => Vmm::restore(&config, dir, start)?,
-        None => Vmm::new(&config, start)?,
-    };
     let profile = args.guest_profile.clone().or_else(|| {
         std::env::var_os(GUEST_PROFILE_ENV)
             .map(|dir| Path::new(&dir).join(format!("vmm-{}.prof", std::process::id())))
     });
-    let report = vmm.run(
+    let report = crate::vmm::start_and_run(
+        &config,
+        args.restore.as_deref(),
         args.snapshot_to.as_deref(),
         Seccomp::from_flag(args.no_seccomp),
         profile.as_deref(),
+        start,
     )?;
     print_report(&report);
-    Ok(match report.exit {
-        GuestExit::Reset | GuestExit::Snapshotted => EXIT_OK,
-        GuestExit::Stopped(signo) => 128 + signo,
-        _ => EXIT_GUEST_CRASHED,
-    })
-}
-
-/// The exit code for a `unipod boot` that failed with `e`.
-pub fn boot_error_code(e: &VmmError) -> i32 {
-    match e {
-        VmmError::Restore { .. } => EXIT_SNAPSHOT_REJECTED,
-        _ => EXIT_SETUP_ERROR,
-    }
+    Ok(report.exit_code())
 }
 
 fn print_report(r: &RunReport) {

@@ -208,6 +208,7 @@ fn validate_sidecars(pod: &str, sidecars: &[Sidecar]) -> Result<(), RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pod::options::NetworkMode;
 
     #[test]
     fn pod_names_are_dns_labels() {
@@ -237,35 +238,53 @@ mod tests {
         assert!(validate_sidecars("pod", &twice).is_err());
     }
 
-    fn options(extra: &[&str]) -> RunOptions {
-        use clap::Parser;
-        let argv = [&["unipod", "run"], extra].concat();
-        let raw: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
-        let crate::cli::Command::Run(mut args) = crate::cli::Cli::try_parse_from(&raw)
-            .expect("valid flags")
-            .command
-        else {
-            unreachable!("a run command")
-        };
-        args.split_manifest(&raw).expect("a command");
-        RunOptions::from(&args)
+    /// `unipod run [--name NAME] [-e ENV]... [--workdir DIR] [--sidecar S]... -- COMMAND`.
+    fn options(
+        name: &str,
+        env: &[&str],
+        workdir: Option<&str>,
+        sidecars: &[&str],
+        command: &[&str],
+    ) -> RunOptions {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        RunOptions {
+            name: name.to_string(),
+            kernel: None,
+            initrd: None,
+            mem_mib: None,
+            env: strings(env),
+            workdir: workdir.map(str::to_string),
+            agent_timeout_secs: 30,
+            heartbeat_ms: 10_000,
+            unknown_timeout_secs: 60,
+            cold: false,
+            state_dir: None,
+            network: NetworkMode::None,
+            bridge: "unipod0".to_string(),
+            pod_cidr: "10.211.0.0/16".parse().expect("a CIDR"),
+            gateway: None,
+            publish: Vec::new(),
+            nat: false,
+            dns: Vec::new(),
+            sidecar: sidecars
+                .iter()
+                .map(|s| s.parse().expect("a sidecar"))
+                .collect(),
+            #[cfg(feature = "test-hooks")]
+            debug_stop_heartbeat: false,
+            command: strings(command),
+        }
     }
 
     #[test]
     fn a_command_is_a_never_restarting_pod_whose_last_container_is_it() {
-        let args = options(&[
-            "--name",
+        let args = options(
             "web",
-            "-e",
-            "A=1",
-            "--workdir",
-            "/tmp",
-            "--sidecar",
-            "db=sleep 9",
-            "--",
-            "echo",
-            "hi",
-        ]);
+            &["A=1"],
+            Some("/tmp"),
+            &["db=sleep 9"],
+            &["echo", "hi"],
+        );
         let pod = command_pod(&args).expect("valid");
         assert_eq!(pod.restart_policy, RestartPolicy::Never);
         let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
@@ -283,11 +302,11 @@ mod tests {
     #[test]
     fn env_entries_need_a_key_and_a_path_of_ones_own_replaces_the_default() {
         for bad in ["A", "=1"] {
-            let err = command_pod(&options(&["-e", bad, "--", "true"])).unwrap_err();
+            let err = command_pod(&options("pod", &[bad], None, &[], &["true"])).unwrap_err();
             assert!(matches!(err, RunError::BadEnv(_)), "{bad}: {err}");
         }
         let pod =
-            command_pod(&options(&["-e", "PATH=/x", "-e", "B=", "--", "true"])).expect("valid");
+            command_pod(&options("pod", &["PATH=/x", "B="], None, &[], &["true"])).expect("valid");
         let run = spec::run_spec(&pod, &pod.containers[0], &agent_root(), 0).expect("a spec");
         assert_eq!(run.env, ["PATH=/x", "B="]);
     }
