@@ -6,8 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 
 use crate::pod::run::RunError;
-use crate::pod::start::{artifact, state_root};
-use crate::pod::vm_inputs::GuestInputs;
+use crate::pod::start::{guest_inputs, state_root};
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;
 
@@ -121,16 +120,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
             mem_mib,
             timeout_secs,
         } => {
-            let inputs = GuestInputs::new(
-                artifact(kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-                artifact(
-                    initrd.as_deref(),
-                    "initramfs.cpio",
-                    "--initrd",
-                    "make images",
-                )?,
-                *mem_mib,
-            );
+            let inputs = guest_inputs(kernel.as_deref(), initrd.as_deref(), *mem_mib)?;
             let key = warm_start::key(&inputs, &cache).map_err(WarmStartError::from)?;
             let deadline = Instant::now() + Duration::from_secs(*timeout_secs);
             let dir = warm_start::snapshot_for(&cache, &key, &inputs, deadline, &mut || Ok(()))?;

@@ -25,9 +25,8 @@ use super::manifest::{
 };
 use super::options::{is_dns_label, RunOptions, Sidecar};
 use super::spec;
-use super::start::{artifact, state_root};
+use super::start::{guest_inputs, state_root};
 use super::supervisor::{self, Origin, Prepared};
-use super::vm_inputs::GuestInputs;
 use crate::image::ImageConfig;
 use crate::net::NetError;
 
@@ -92,16 +91,11 @@ pub fn run(args: &RunOptions) -> Result<i32, RunError> {
 /// Checks the flags and builds the pod, with no side effects.
 fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
     let manifest = command_pod(args)?;
-    let inputs = GuestInputs::new(
-        artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-        artifact(
-            args.initrd.as_deref(),
-            "initramfs.cpio",
-            "--initrd",
-            "make images",
-        )?,
+    let inputs = guest_inputs(
+        args.kernel.as_deref(),
+        args.initrd.as_deref(),
         args.mem_mib.unwrap_or(crate::config::DEFAULT_MEM_MIB),
-    );
+    )?;
     let root = agent_root();
     let app = manifest
         .containers

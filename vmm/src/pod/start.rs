@@ -261,6 +261,20 @@ pub(crate) fn uuid_v4(mut b: [u8; 16]) -> String {
     )
 }
 
+/// A pod VM's inputs of `mem_mib` MiB, its kernel and initramfs from the
+/// flags' values or found with [`artifact`].
+pub fn guest_inputs(
+    kernel: Option<&Path>,
+    initrd: Option<&Path>,
+    mem_mib: u32,
+) -> Result<GuestInputs, RunError> {
+    Ok(GuestInputs::new(
+        artifact(kernel, "vmlinux", "--kernel", "make kernel")?,
+        artifact(initrd, "initramfs.cpio", "--initrd", "make images")?,
+        mem_mib,
+    ))
+}
+
 /// A guest artifact: the flag's value, else `<exe dir>/../guest/<file>`.
 pub fn artifact(
     given: Option<&Path>,

@@ -47,8 +47,8 @@ use guest_agent::protocol::{
 use super::options::{NetworkMode, RunOptions};
 use super::run::RunError;
 use super::start::{
-    artifact, attach_network, dns_servers, host_dns_search, install_signal_handlers, pod_config,
-    start_vm, state_root, uuid_v4, Pod, PodDir, SIGNALS,
+    attach_network, dns_servers, guest_inputs, host_dns_search, install_signal_handlers,
+    pod_config, start_vm, state_root, uuid_v4, Pod, PodDir, SIGNALS,
 };
 use crate::error_chain::error_chain;
 use crate::exit_code::{EXIT_INTERRUPTED, EXIT_RUN_ERROR};
@@ -233,16 +233,7 @@ pub(crate) fn prepare(
     let inputs = GuestInputs {
         vcpus: size.vcpus,
         images: image_files,
-        ..GuestInputs::new(
-            artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-            artifact(
-                args.initrd.as_deref(),
-                "initramfs.cpio",
-                "--initrd",
-                "make images",
-            )?,
-            size.mem_mib,
-        )
+        ..guest_inputs(args.kernel.as_deref(), args.initrd.as_deref(), size.mem_mib)?
     };
     let ports = manifest
         .containers

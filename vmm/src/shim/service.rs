@@ -34,8 +34,8 @@ use super::spec::{guest_hostname, ContainerSpec};
 use crate::net::attachment::{resolv_conf_search, resolv_conf_servers};
 use crate::net::{cni, Tap};
 use crate::pod::pod_vm::{lock, PodVm, VmEvent};
-use crate::pod::start::{artifact, state_root, PodDir};
-use crate::pod::vm_inputs::{GuestInputs, MAX_IMAGES_PER_POD};
+use crate::pod::start::{guest_inputs, state_root, PodDir};
+use crate::pod::vm_inputs::MAX_IMAGES_PER_POD;
 
 /// Seeds the erofs UUID of every packed rootfs ("unipod" in hex).
 const ROOTFS_UUID_SEED: &str = "756e69706f64";
@@ -325,13 +325,8 @@ impl Inner {
         dir: PodDir,
     ) -> TtrpcResult<()> {
         let state = state_root(None);
-        let mut inputs = GuestInputs::new(
-            artifact(None, "vmlinux", "--kernel", "make kernel")
-                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?,
-            artifact(None, "initramfs.cpio", "--initrd", "make images")
-                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?,
-            crate::config::DEFAULT_MEM_MIB,
-        );
+        let mut inputs = guest_inputs(None, None, crate::config::DEFAULT_MEM_MIB)
+            .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
         inputs.images = vec![image.to_path_buf()];
         let weak: Weak<Inner> = Arc::downgrade(self);
         let on_event = Box::new(move |ev: VmEvent| {
