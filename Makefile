@@ -7,6 +7,13 @@ UNIPOD := target/release/unipod
 # The guest agent (the guest's /init) is a static musl binary.
 AGENT_TARGET := x86_64-unknown-linux-musl
 AGENT := target/$(AGENT_TARGET)/release/unipod-agent
+# The CPU-state test program (guest-agent/examples/vecstress.rs), static
+# like the agent, for the busybox test image.
+VECSTRESS := target/$(AGENT_TARGET)/release/examples/vecstress
+# The same agent with the test-hooks feature (it accepts the host's Debug
+# requests), for the end-to-end tests only; its own target dir, so the two
+# builds do not undo each other.
+AGENT_TEST_HOOKS := target/test-hooks/$(AGENT_TARGET)/release/unipod-agent
 
 .PHONY: all deps kernel agent images build demo test check ci clean-cache bench install uninstall fuzz fuzz-smoke soak
 
@@ -35,13 +42,20 @@ kernel: deps
 agent: deps
 	@echo "[agent] cargo build --release -p guest-agent --target $(AGENT_TARGET)"
 	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --bin unipod-agent
+	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --example vecstress
+	@echo "[agent] the same with --features test-hooks, for the e2e tests"
+	@cargo build --release --quiet -p guest-agent --target $(AGENT_TARGET) --bin unipod-agent \
+	  --features test-hooks --target-dir target/test-hooks
 
 # Guest initramfs images (cached in ~/.cache/unipod/initramfs), and the
-# busybox OCI test image for 'unipod image import' (target/guest/oci).
+# busybox OCI test image for 'unipod image import' (target/guest/oci), with
+# the vecstress test program in it. initramfs-test-hooks.cpio is only for
+# the tests that inject faults; it is never installed.
 images: deps agent
 	@bash images/build-initramfs.sh boot-test $(GUEST)/boot-test.cpio
 	@bash images/build-initramfs.sh agent $(GUEST)/initramfs.cpio $(AGENT)
-	@bash images/build-oci.sh $(GUEST)/oci
+	@bash images/build-initramfs.sh agent $(GUEST)/initramfs-test-hooks.cpio $(AGENT_TEST_HOOKS)
+	@bash images/build-oci.sh $(GUEST)/oci $(VECSTRESS)
 
 build: deps
 	@echo "[build] cargo build --release"

@@ -26,7 +26,8 @@ WORK = os.path.join(STATE, "bench")
 # What a pod VM has, and so what the snapshot's key covers: a detached net
 # device and the image slots (vmm/src/pod/vmm_process.rs, MAX_IMAGES_PER_POD).
 POD_DEVICES = ["--net-detached", "--disk-slots", "4", "--free-page-reporting"]
-NESTED_CMDLINE = "noxsave nosmap nosmep clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock"
+# Must match NESTED_PVM_CMDLINE in vmm/src/config/cmdline.rs.
+NESTED_CMDLINE = "noxsave vmm_xstate=0xc0000000 nosmap nosmep clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock"
 
 
 def snapshot_dir():

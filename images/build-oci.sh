@@ -2,7 +2,11 @@
 # Builds the busybox test image for 'unipod image import' from Debian's
 # busybox-static, with no registry and no docker:
 #
-#   images/build-oci.sh [OUT_DIR]        (default: target/guest/oci)
+#   images/build-oci.sh [OUT_DIR [VECSTRESS]]   (default: target/guest/oci)
+#
+# VECSTRESS, if given, is the static test program of guest-agent/examples/
+# vecstress.rs (`make images` builds it), added as /usr/local/bin/vecstress
+# for the nested-PVM CPU-state tests (tests/cpu_state.rs).
 #
 #   OUT_DIR/busybox/                  OCI image layout (oci-layout, index.json,
 #                                     blobs/sha256/), index annotated
@@ -29,6 +33,11 @@
 set -euo pipefail
 umask 022
 out=$(realpath -m "${1:-target/guest/oci}")
+vecstress=${2:-}
+if [ -n "$vecstress" ] && [ ! -f "$vecstress" ]; then
+  echo "vecstress binary not found: $vecstress (run 'make images')" >&2
+  exit 2
+fi
 say() { echo "[images] $*"; }
 
 if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
@@ -37,7 +46,7 @@ if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok insta
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 busybox=/bin/busybox
-key=$( { dpkg-query -W -f='${Version}' busybox-static; cat "$0"; } | sha256sum | cut -c1-16)
+key=$( { dpkg-query -W -f='${Version}' busybox-static; cat "$0" ${vecstress:+"$vecstress"}; } | sha256sum | cut -c1-16)
 stamp="$out/.busybox.key"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -f "$out/busybox/index.json" ] \
   && [ -f "$out/busybox-oci.tar" ] && [ -f "$out/busybox-docker-save.tar" ] \
@@ -62,6 +71,10 @@ for applet in $("$busybox" --list); do
   [ "$applet" = busybox ] || ln -s busybox "$l1/bin/$applet"
 done
 ln "$l1/bin/busybox" "$l1/usr/bin/env"
+if [ -n "$vecstress" ]; then
+  mkdir -p "$l1/usr/local/bin"
+  install -m 0755 "$vecstress" "$l1/usr/local/bin/vecstress"
+fi
 chmod 1777 "$l1/tmp"
 chmod 0700 "$l1/root"
 cat >"$l1/etc/passwd" <<'EOF'

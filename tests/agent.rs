@@ -1,7 +1,9 @@
 //! End-to-end tests of the guest agent over hybrid vsock, on real guests
 //! with the agent initramfs (`make images`). The `unipod run` tests restore
 //! the shared warm-start snapshot (the first one to run makes it); the raw
-//! socket test boots cold, so both paths stay covered.
+//! socket test boots cold, so both paths stay covered. The silent-agent test
+//! boots cold too, on `initramfs-test-hooks.cpio`: only an agent built with
+//! the `test-hooks` feature obeys the host's `Debug` request.
 
 mod common;
 
@@ -11,26 +13,25 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest_artifact, shared_state_dir, skip_without_kvm, temp_dir};
+use common::{
+    shared_state_dir, skip_without_kvm, temp_dir, unipod_command, unipod_run, with_guest,
+    with_guest_initrd,
+};
 
 /// Cold boots here take about a minute; leave room for a loaded CI machine.
 const BOOT_BUDGET: Duration = Duration::from_secs(400);
 
 /// `unipod <subcommand>` with the agent guest's kernel and initramfs.
 fn unipod_with_agent_guest(subcommand: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unipod"));
-    cmd.arg(subcommand)
-        .arg("--kernel")
-        .arg(guest_artifact("vmlinux"))
-        .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"));
+    let mut cmd = unipod_command();
+    with_guest(cmd.arg(subcommand));
     cmd
 }
 
-fn unipod_run(state: &Path, args: &[&str]) -> std::process::Output {
-    unipod_with_agent_guest("run")
-        .args(["--network", "none", "--state-dir"])
-        .arg(state)
+/// `unipod run --network none` of `args` (flags, `--`, the command).
+fn run_pod(state: &Path, args: &[&str]) -> std::process::Output {
+    unipod_run(unipod_command(), state)
+        .args(["--network", "none"])
         .args(args)
         .output()
         .expect("unipod runs")
@@ -53,7 +54,7 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
         return;
     }
     let state = shared_state_dir();
-    let out = unipod_run(
+    let out = run_pod(
         &state,
         &[
             "--name",
@@ -81,49 +82,6 @@ fn run_streams_both_outputs_and_exits_with_the_container_code() {
     assert!(!state.join("pods/streams").exists(), "pod dir removed");
 }
 
-/// On nested PVM, user-mode `cpuid` in the guest reports the host's AVX,
-/// which the guest kernel (booted `noxsave`) does not save across task
-/// switches; the agent must mask AVX from glibc in every container
-/// (guest-agent/src/agent/cpu.rs).
-#[test]
-fn containers_glibc_is_kept_off_avx_the_guest_kernel_cannot_save() {
-    if skip_without_kvm("containers_glibc_is_kept_off_avx_the_guest_kernel_cannot_save") {
-        return;
-    }
-    let state = shared_state_dir();
-    let out = unipod_run(
-        &state,
-        &[
-            "--name",
-            "avx",
-            "--",
-            "/bin/sh",
-            "-c",
-            "grep -qw avx /proc/cpuinfo && echo kernel-avx; echo \"T=$GLIBC_TUNABLES\"",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("--- stdout ---\n{stdout}");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let masked = stdout.contains("T=glibc.cpu.hwcaps=-AVX,-AVX2,");
-    let kernel_avx = stdout.contains("kernel-avx");
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        // PVM runs guest user mode's cpuid on the host: the host's answer is the guest's.
-        let expected = std::arch::is_x86_feature_detected!("avx") && !kernel_avx;
-        assert_eq!(masked, expected, "kernel avx: {kernel_avx}");
-    } else {
-        assert!(
-            !(masked && kernel_avx),
-            "masked although the kernel saves AVX"
-        );
-    }
-}
-
 #[test]
 fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     if skip_without_kvm("a_silent_agent_makes_the_pod_unknown_then_failed") {
@@ -131,9 +89,14 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     }
     let state = shared_state_dir();
     let started = Instant::now();
-    let out = unipod_run(
-        &state,
-        &[
+    // Only an agent built with test-hooks takes the Debug request; it has
+    // its own initramfs, booted cold rather than given a snapshot of its
+    // own.
+    let mut run = unipod_command();
+    let out = with_guest_initrd(run.arg("run"), "initramfs-test-hooks.cpio")
+        .args(["--network", "none", "--cold", "--state-dir"])
+        .arg(&state)
+        .args([
             "--name",
             "silent",
             "--heartbeat-ms",
@@ -144,8 +107,9 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
             "--",
             "sleep",
             "600",
-        ],
-    );
+        ])
+        .output()
+        .expect("unipod runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- unipod run stderr ---\n{stderr}");
     assert_in_order(

@@ -14,29 +14,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    guest_artifact, run_ok, shared_state_dir, skip_without_kvm, skip_without_root, Netns,
-};
+use common::{run_ok, shared_state_dir, skip_without_kvm_or_root as skip, Netns};
 
 /// How long a pod may take to reach a state the test waits for.
 const POD_BUDGET: Duration = Duration::from_secs(240);
 const RETRY: Duration = Duration::from_millis(500);
 
-fn skip(test: &str) -> bool {
-    skip_without_kvm(test) || skip_without_root(test)
-}
-
-/// `unipod run` inside `ns`, on bridge `bridge` with pod network `cidr`.
-fn unipod_run(ns: &Netns, bridge: &str, cidr: &str, name: &str, extra: &[&str]) -> Command {
-    let mut cmd = ns.command(env!("CARGO_BIN_EXE_unipod"));
-    cmd.arg("run")
-        .arg("--kernel")
-        .arg(guest_artifact("vmlinux"))
-        .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"))
-        .arg("--state-dir")
-        .arg(shared_state_dir())
-        .args(["--name", name, "--bridge", bridge, "--pod-cidr", cidr])
+/// `unipod run` of a command pod inside `ns`, on bridge `bridge` with pod network `cidr`.
+fn run_in_netns(ns: &Netns, bridge: &str, cidr: &str, name: &str, extra: &[&str]) -> Command {
+    let mut cmd = common::unipod_run(
+        ns.command(env!("CARGO_BIN_EXE_unipod")),
+        &shared_state_dir(),
+    );
+    cmd.args(["--name", name, "--bridge", bridge, "--pod-cidr", cidr])
         // Heartbeats are tested in tests/agent.rs. Here a guest whose `nc`
         // is connecting can go silent for seconds (docs/NESTED-KVM.md), for
         // longer when these tests' VMs starve each other: don't fail a pod
@@ -184,7 +174,7 @@ fn tcp_echo_works_host_to_pod() {
     }
     let ns = Netns::new("echo");
     let mut pod = BackgroundPod::start(
-        unipod_run(
+        run_in_netns(
             &ns,
             "upt-echo",
             "10.231.1.0/24",
@@ -212,7 +202,7 @@ fn host_pings_a_running_pod() {
     }
     let ns = Netns::new("ping");
     let mut pod = BackgroundPod::start(
-        unipod_run(
+        run_in_netns(
             &ns,
             "upt-ping",
             "10.231.2.0/24",
@@ -247,7 +237,7 @@ fn pods_on_one_bridge_reach_each_other() {
     let ns = Netns::new("peers");
     let (bridge, cidr) = ("upt-peers", "10.231.3.0/24");
     let mut server = BackgroundPod::start(
-        unipod_run(
+        run_in_netns(
             &ns,
             bridge,
             cidr,
@@ -266,7 +256,7 @@ fn pods_on_one_bridge_reach_each_other() {
         "net-server",
     );
     let server_ip = server.wait_for_ip().to_string();
-    let client = unipod_run(
+    let client = run_in_netns(
         &ns,
         bridge,
         cidr,
@@ -315,7 +305,7 @@ fn two_nodes_route_pod_to_pod() {
         );
     }
     let mut server = BackgroundPod::start(
-        unipod_run(
+        run_in_netns(
             &b,
             "upt-node-b",
             "10.231.20.0/24",
@@ -334,7 +324,7 @@ fn two_nodes_route_pod_to_pod() {
         "net-node-b",
     );
     let server_ip = server.wait_for_ip().to_string();
-    let client = unipod_run(
+    let client = run_in_netns(
         &a,
         "upt-node-a",
         "10.231.10.0/24",
@@ -369,7 +359,7 @@ fn no_tap_or_ip_is_left_after_exit_or_a_killed_vmm() {
     let ns = Netns::new("leaks");
     let (bridge, cidr) = ("upt-leaks", "10.231.4.0/24");
     // A pod that ends on its own.
-    let out = unipod_run(&ns, bridge, cidr, "net-leak-a", &["--", "true"])
+    let out = run_in_netns(&ns, bridge, cidr, "net-leak-a", &["--", "true"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -378,7 +368,7 @@ fn no_tap_or_ip_is_left_after_exit_or_a_killed_vmm() {
 
     // A pod whose VMM is SIGKILLed.
     let mut pod = BackgroundPod::start(
-        unipod_run(&ns, bridge, cidr, "net-leak-b", &["--", "sleep", "600"]),
+        run_in_netns(&ns, bridge, cidr, "net-leak-b", &["--", "sleep", "600"]),
         "net-leak-b",
     );
     let ip = pod.wait_for_ip();
@@ -399,7 +389,7 @@ fn no_tap_or_ip_is_left_after_exit_or_a_killed_vmm() {
 
     // The IP is free again: the next pod gets it.
     let mut again = BackgroundPod::start(
-        unipod_run(&ns, bridge, cidr, "net-leak-c", &["--", "true"]),
+        run_in_netns(&ns, bridge, cidr, "net-leak-c", &["--", "true"]),
         "net-leak-c",
     );
     assert_eq!(again.wait_for_ip(), ip, "the released IP is reused");
@@ -424,7 +414,7 @@ fn host_port_forwards_to_the_pod() {
     node.ip(&["link", "set", "uplink", "up"]);
     client.ip(&["link", "set", "uplink-c", "up"]);
     let mut pod = BackgroundPod::start(
-        unipod_run(
+        run_in_netns(
             &node,
             "upt-hostport",
             "10.231.5.0/24",
@@ -465,7 +455,7 @@ fn containers_in_one_pod_share_localhost() {
     // two share one network namespace. Both sides retry (bounded): busybox
     // processes running side by side in this nested guest sometimes
     // segfault (docs/NESTED-KVM.md), which is not what this test is about.
-    let out = unipod_run(
+    let out = run_in_netns(
         &ns,
         "upt-lo",
         "10.231.7.0/24",
@@ -524,7 +514,7 @@ fn egress_nat_lets_pods_reach_past_the_node() {
             "-c",
             "nc 192.168.233.2 7070 </dev/null & sleep 5; kill $! 2>/dev/null; true",
         ]);
-        let out = unipod_run(&node, "upt-nat", "10.231.8.0/24", name, &extra)
+        let out = run_in_netns(&node, "upt-nat", "10.231.8.0/24", name, &extra)
             .output()
             .unwrap();
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));

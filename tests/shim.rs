@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, workspace};
+use common::{
+    guest_artifact, output_text as text, shared_state_dir, skip_without_kvm_or_root as skip,
+    wait_until, workspace,
+};
 
 const RUNTIME: &str = "io.containerd.unipod.v2";
 
@@ -332,33 +335,6 @@ fn vmm_pids(namespace: &str) -> Vec<i32> {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "unipod")
         })
         .collect()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Polls `check` every 200 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn skip(test: &str) -> bool {
-    skip_without_kvm(test) || skip_without_root(test)
 }
 
 #[test]

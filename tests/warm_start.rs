@@ -10,18 +10,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{
-    guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir, Netns,
+    guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir,
+    unipod_command as unipod, Netns,
 };
 
-fn unipod() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_unipod"))
-}
-
 fn guest_args(cmd: &mut Command) -> &mut Command {
-    cmd.arg("--kernel")
-        .arg(guest_artifact("vmlinux"))
-        .arg("--initrd")
-        .arg(guest_artifact("initramfs.cpio"))
+    common::with_guest(cmd)
 }
 
 /// Makes (or finds) the shared snapshot; returns its directory.

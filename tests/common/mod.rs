@@ -50,12 +50,64 @@ pub fn skip_without_kvm(test: &str) -> bool {
     }
 }
 
+/// The `unipod` binary under test, as a command to add arguments to.
+pub fn unipod_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_unipod"))
+}
+
+/// Adds the test guest to a `unipod run`, `boot` or `snapshot` command:
+/// `--kernel` and `--initrd` (the agent initramfs).
+pub fn with_guest(cmd: &mut Command) -> &mut Command {
+    with_guest_initrd(cmd, "initramfs.cpio")
+}
+
+/// [`with_guest`] with another initramfs under target/guest.
+pub fn with_guest_initrd<'a>(cmd: &'a mut Command, initrd: &str) -> &'a mut Command {
+    cmd.arg("--kernel")
+        .arg(guest_artifact("vmlinux"))
+        .arg("--initrd")
+        .arg(guest_artifact(initrd))
+}
+
+/// `unipod run` of a command pod on the test guest with state dir
+/// `state`: `cmd` is the `unipod` binary, maybe run in a network namespace
+/// ([`Netns::command`]); add flags, then `--` and the command.
+pub fn unipod_run(mut cmd: Command, state: &Path) -> Command {
+    with_guest(cmd.arg("run")).arg("--state-dir").arg(state);
+    cmd
+}
+
 /// Runs `unipod` with `args`.
 pub fn unipod(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unipod"))
+    unipod_command()
         .args(args)
         .output()
         .expect("the unipod binary runs")
+}
+
+/// A process's exit status and both its outputs, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes; whether it
+/// held.
+pub fn wait_until(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// A fresh, empty per-test directory under the system temp dir.
@@ -92,6 +144,12 @@ pub fn skip_without_root(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: needs root to create network namespaces, bridges and taps");
     true
+}
+
+/// Prints a loud skip notice and returns true unless both KVM and root are
+/// there (the tests that make bridges, taps or run containerd).
+pub fn skip_without_kvm_or_root(test: &str) -> bool {
+    skip_without_kvm(test) || skip_without_root(test)
 }
 
 /// A network namespace owned by one test: created empty (with `lo` up) and

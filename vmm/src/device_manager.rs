@@ -38,13 +38,6 @@ use crate::vstate::exit::ExitSignal;
 use crate::vstate::vcpu::IoBuses;
 use crate::vstate::vm::Vm;
 
-/// Command-line bytes kept free for device announcements and the
-/// host-specific switches appended at boot.
-pub const CMDLINE_RESERVE: usize = 512;
-/// Command-line bytes one more virtio device needs, on top of
-/// [`CMDLINE_RESERVE`]: `virtio_mmio.device=4K@0xd000a000:14` and a space.
-pub const CMDLINE_PER_DEVICE: usize = 40;
-
 /// Errors while creating devices.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

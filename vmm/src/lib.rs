@@ -14,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+pub mod error_chain;
+pub mod exit_code;
 pub mod file_error;
 pub mod image;
 pub mod net;

@@ -131,6 +131,7 @@ mod nr {
     ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
     ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
     ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
     ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
     ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
     ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
@@ -226,7 +227,8 @@ const VCPU: &[libc::c_long] = &[libc::SYS_read, libc::SYS_close];
 /// The ioctls a thread kind may issue.
 fn ioctls(kind: ThreadKind) -> Vec<libc::c_ulong> {
     // A vCPU reads its own state on a pause (snapshot) and after an
-    // emulation failure (RIP and instruction bytes).
+    // emulation failure (RIP and instruction bytes), and saves and loads
+    // its extended state for a nested-PVM guest kernel (arch::xstate).
     let vcpu = vec![
         KVM_RUN(),
         KVM_GET_REGS(),
@@ -239,6 +241,7 @@ fn ioctls(kind: ThreadKind) -> Vec<libc::c_ulong> {
         KVM_GET_VCPU_EVENTS(),
         KVM_GET_DEBUGREGS(),
         KVM_GET_XSAVE(),
+        KVM_SET_XSAVE(),
         KVM_GET_XSAVE2(),
         KVM_GET_XCRS(),
     ];
@@ -292,7 +295,10 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     .map_err(err)
 }
 
-/// Issues a forbidden call when [`PROBE_ENV`] names `kind`.
+/// Issues a forbidden call when [`PROBE_ENV`] names `kind`. Only in builds
+/// with the `test-hooks` feature (the end-to-end tests'), never in a
+/// release binary.
+#[cfg(feature = "test-hooks")]
 fn probe(kind: ThreadKind) {
     if std::env::var(PROBE_ENV).is_ok_and(|v| v == kind.to_string()) {
         log::warn!("{PROBE_ENV}={kind}: issuing a forbidden socket(AF_INET) call");
@@ -304,6 +310,10 @@ fn probe(kind: ThreadKind) {
         }
     }
 }
+
+/// Without the `test-hooks` feature, [`PROBE_ENV`] does nothing.
+#[cfg(not(feature = "test-hooks"))]
+fn probe(_kind: ThreadKind) {}
 
 #[cfg(test)]
 mod tests {

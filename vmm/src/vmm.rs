@@ -17,6 +17,7 @@ use crate::boot::{self, BootError};
 use crate::config::{ConfigError, CpuTemplate, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::virtio::block;
+use crate::exit_code::{EXIT_GUEST_CRASHED, EXIT_OK, EXIT_SETUP_ERROR, EXIT_SNAPSHOT_REJECTED};
 use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 use crate::snapshot::{self, HashMemo, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE};
 use crate::vstate::exit::{ExitSignal, GuestExit};
@@ -24,26 +25,6 @@ use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::profile::GuestProfile;
 use crate::vstate::vcpu::{self, Pause, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
-
-/// Kernel switches for nested PVM hosts. The CPUID template alone is not
-/// enough there: some of the kernel's early `cpuid` reads see the host CPU, so
-/// the features are also turned off by name (see docs/NESTED-KVM.md).
-/// `erms` and `fsrm` go too: with them the kernel clears and copies memory
-/// with `rep stosb`/`rep movsb`, which KVM's emulator runs one byte per
-/// step; without, with 8-byte moves. `clocksource=kvm-clock`: a restored
-/// TSC does not take effect under PVM, so after a restore the TSC
-/// clocksource jumps by the snapshot's age and the guest pays a timekeeping
-/// catch-up per second of it; kvm-clock resumes from the saved KVM clock.
-pub const NESTED_PVM_CMDLINE: &str = "noxsave nosmap nosmep \
-     clearcpuid=smap,smep,umip,fsgsbase,popcnt,cx16,erms,fsrm clocksource=kvm-clock";
-
-/// The kernel switches unipod adds for `template`'s host.
-pub fn host_cmdline(template: CpuTemplate) -> &'static str {
-    match template {
-        CpuTemplate::NestedPvm => NESTED_PVM_CMDLINE,
-        _ => "",
-    }
-}
 
 /// Errors while building or running the VMM.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +114,44 @@ pub struct RunReport {
     pub guest_resident_kib: u64,
 }
 
+impl RunReport {
+    /// The VMM process's exit code for this end of the guest.
+    pub fn exit_code(&self) -> i32 {
+        match self.exit {
+            GuestExit::Reset | GuestExit::Snapshotted => EXIT_OK,
+            GuestExit::Stopped(signo) => 128 + signo,
+            _ => EXIT_GUEST_CRASHED,
+        }
+    }
+}
+
+impl VmmError {
+    /// The VMM process's exit code when it failed with this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmmError::Restore { .. } => EXIT_SNAPSHOT_REJECTED,
+            _ => EXIT_SETUP_ERROR,
+        }
+    }
+}
+
+/// Starts the VM that `config` describes, restored from the snapshot in
+/// `restore` or booted, and runs it to its end: what a VMM process does.
+pub fn start_and_run(
+    config: &VmConfig,
+    restore: Option<&Path>,
+    snapshot_to: Option<&Path>,
+    seccomp: Seccomp,
+    guest_profile: Option<&Path>,
+    start: Instant,
+) -> Result<RunReport, VmmError> {
+    let vmm = match restore {
+        Some(dir) => Vmm::restore(config, dir, start)?,
+        None => Vmm::new(config, start)?,
+    };
+    vmm.run(snapshot_to, seccomp, guest_profile)
+}
+
 /// A VM ready to run.
 pub struct Vmm {
     kvm: Kvm,
@@ -216,7 +235,7 @@ impl Vmm {
         if !additions.is_empty() {
             cmdline = format!("{cmdline} {additions}");
         }
-        let host = host_cmdline(template);
+        let host = crate::config::cmdline::host_cmdline(template);
         if !host.is_empty() {
             cmdline = format!("{cmdline} {host}");
         }

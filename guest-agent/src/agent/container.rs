@@ -69,7 +69,6 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use super::cgroup::{CgroupError, Cgroups, ContainerCgroup};
-use super::cpu;
 use super::logger::Chain;
 use super::oci::{self, FsPlan, OciError, ProcessSecurity};
 use super::rootfs::{is_component, is_mount_path, ContainerRoot, RootfsError};
@@ -544,17 +543,10 @@ fn spawn(l: Launch<'_>) -> Result<std::process::Child, ContainerError> {
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    let mut own_tunables = None;
     for kv in &l.env {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
-            if k == "GLIBC_TUNABLES" {
-                own_tunables = Some(v);
-            }
         }
-    }
-    if let Some(tunables) = cpu::glibc_tunables(own_tunables) {
-        cmd.env("GLIBC_TUNABLES", tunables);
     }
     let spawn_err = |source| ContainerError::Spawn {
         argv0: argv0.clone(),

@@ -42,7 +42,8 @@
 //! Requests: `Run` starts a container, `Exec` starts a process in a running
 //! one, `Stdin` feeds an exec's stdin, `Signal` signals the one it names,
 //! `Shutdown` stops the pod, `Ping` answers `Pong`, `Debug(StopHeartbeat)`
-//! silences the heartbeat, and `Configure` gives the guest its pod identity
+//! silences the heartbeat (only in agents built with the `test-hooks`
+//! feature; others refuse it), and `Configure` gives the guest its pod identity
 //! (clock, RNG, hostname, `/etc/podinfo`, heartbeat period; see
 //! [`identity`]). The host sends `Configure` right after `Ready`, also to
 //! guests restored from a snapshot, which is why the heartbeat period can
@@ -59,7 +60,6 @@
 
 pub mod cgroup;
 pub mod container;
-pub mod cpu;
 pub mod host;
 pub mod identity;
 pub mod init;
@@ -789,11 +789,18 @@ impl Agent {
                 self.reply(id, Ok(Reply::Ok));
                 self.begin_stop(SHUTDOWN_GRACE, now);
             }
+            #[cfg(feature = "test-hooks")]
             Request::Debug(DebugCommand::StopHeartbeat) => {
                 log::info!("debug: heartbeats stopped");
                 self.heartbeat.stopped = true;
                 self.heartbeat.disarm();
                 self.reply(id, Ok(Reply::Ok));
+            }
+            // A release agent takes no fault injection from the host.
+            #[cfg(not(feature = "test-hooks"))]
+            Request::Debug(DebugCommand::StopHeartbeat) => {
+                let why = "debug requests are refused: this agent was built without test-hooks";
+                self.reply(id, Err(why.into()));
             }
             Request::Configure(config) => self.configure(id, &config),
             Request::Exec(spec) => self.exec(id, spec, now),

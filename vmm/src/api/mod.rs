@@ -131,7 +131,7 @@ pub fn reply_line(result: &Result<usize, RequestError>) -> String {
         Ok(index) => format!("OK {index}\n"),
         Err(e) => format!(
             "ERR {}\n",
-            crate::cli::error_chain(e, ": ").replace('\n', " ")
+            crate::error_chain::error_chain(e, ": ").replace('\n', " ")
         ),
     }
 }

@@ -93,7 +93,7 @@ impl ApiServer {
                 Ok(index) => log::info!("api: attached an image as disk {index}"),
                 Err(e) => log::warn!(
                     "api: refused a request: {}",
-                    crate::cli::error_chain(e, ": ")
+                    crate::error_chain::error_chain(e, ": ")
                 ),
             }
             answer(&stream, &reply_line(&reply));

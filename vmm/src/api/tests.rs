@@ -165,6 +165,6 @@ fn the_socket_refuses_two_fds_and_a_full_vm() {
         replies.0
     );
     let full = replies.1.expect_err("no free slot");
-    let msg = crate::cli::error_chain(&full, ": ");
+    let msg = crate::error_chain::error_chain(&full, ": ");
     assert!(msg.contains("no free disk slot"), "{msg}");
 }

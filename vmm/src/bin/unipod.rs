@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use vmm::cli::{self, Cli, Command};
+use vmm::pod::options::RunOptions;
+use vmm::pod::{self, supervisor};
 
 fn main() {
     let start = Instant::now();
@@ -39,14 +41,20 @@ fn main() {
     }
     let code =
         match &cli.command {
-            Command::Boot(args) => cli::boot(args, start)
-                .unwrap_or_else(|e| report_error(&e, cli::boot_error_code(&e))),
-            Command::Run(args) => match &args.manifest {
-                Some(manifest) => cli::pod_run::run_manifest(args, manifest)
-                    .unwrap_or_else(|e| report_error(&e, cli::pod_run::error_code(&e))),
-                None => cli::run::run(args)
-                    .unwrap_or_else(|e| report_error(&e, cli::run::EXIT_RUN_ERROR)),
-            },
+            Command::Boot(args) => {
+                cli::boot(args, start).unwrap_or_else(|e| report_error(&e, e.exit_code()))
+            }
+            Command::Run(args) => {
+                let options = RunOptions::from(args);
+                match &args.manifest {
+                    Some(manifest) => {
+                        supervisor::run_manifest(&options, manifest, args.supervisor, args.detach)
+                            .unwrap_or_else(|e| report_error(&e, supervisor::error_code(&e)))
+                    }
+                    None => pod::run::run(&options)
+                        .unwrap_or_else(|e| report_error(&e, vmm::exit_code::EXIT_RUN_ERROR)),
+                }
+            }
             Command::Get(args) => {
                 cli::pods::get(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
             }

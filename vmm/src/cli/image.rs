@@ -5,8 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 
-use crate::cli::run::state_root;
 use crate::image::{human_size, ImageError, ImageStore, StoredImage};
+use crate::pod::start::state_root;
 
 /// Exit code: an `image` command failed.
 pub const EXIT_IMAGE_ERROR: i32 = 1;

@@ -4,7 +4,7 @@
 //! `unipod run -- CMD` exits with the container's exit code, or 125 when
 //! unipod itself failed and 130 when interrupted (see [`run`]); `unipod run
 //! MANIFEST` exits 0 when the pod Succeeded, 1 when it Failed, 125 when it
-//! could not be created and 130 when interrupted (see [`pod_run`]);
+//! could not be created and 130 when interrupted (see [`crate::pod::supervisor`]);
 //! `get`, `describe`, `logs`, `stop` and `rm` exit 0, or 1 on failure, and
 //! `exec` with the command's exit code (see [`pods`]); `unipod snapshot`
 //! and `unipod image` exit 0, or 1 on failure. `unipod boot`:
@@ -21,7 +21,6 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod image;
-pub mod pod_run;
 pub mod pods;
 pub mod run;
 pub mod snapshot;
@@ -37,19 +36,12 @@ use crate::config::{
 use crate::device_manager::DeviceError;
 use crate::devices::virtio::net::{self, NetError};
 use crate::seccomp::Seccomp;
-use crate::vmm::{RunReport, Vmm, VmmError};
-use crate::vstate::exit::GuestExit;
+use crate::vmm::{RunReport, VmmError};
 
-/// Exit code: the guest shut down cleanly.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: unipod failed to set up or run the VM.
-pub const EXIT_SETUP_ERROR: i32 = 1;
-/// Exit code: bad usage (clap's own code).
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code: the guest crashed.
-pub const EXIT_GUEST_CRASHED: i32 = 3;
-/// Exit code: the snapshot given to `--restore` cannot be used.
-pub const EXIT_SNAPSHOT_REJECTED: i32 = 4;
+pub use crate::error_chain::error_chain;
+pub use crate::exit_code::{
+    EXIT_GUEST_CRASHED, EXIT_OK, EXIT_SETUP_ERROR, EXIT_SNAPSHOT_REJECTED, EXIT_USAGE,
+};
 /// A directory where every VMM writes a guest profile (`--guest-profile`).
 const GUEST_PROFILE_ENV: &str = "UNIPOD_GUEST_PROFILE";
 
@@ -95,10 +87,12 @@ pub enum Command {
     /// background. Either way the pod stays listed by 'unipod get' until
     /// 'unipod rm'.
     ///
-    /// 'unipod run FLAGS... -- CMD...' runs one command in the agent's own
-    /// root file system, streams its stdout and stderr and reports the
-    /// phases; Ctrl-C sends SIGTERM to it, a second Ctrl-C stops the VM. Its
-    /// pod directory goes when it ends.
+    /// 'unipod run FLAGS... -- CMD...' runs one command (a pod of one
+    /// container, plus any --sidecar) in the agent's own root file system,
+    /// streams its stdout and stderr as they are and reports the phases;
+    /// Ctrl-C sends SIGTERM to the containers, a second Ctrl-C stops the VM.
+    /// It is listed by 'unipod get' while it runs, and its pod directory
+    /// goes when it ends.
     ///
     /// Examples: unipod run examples/pod.yaml
     ///           unipod run --name hello -- /bin/sh -c 'echo hi'
@@ -181,7 +175,7 @@ pub struct BootArgs {
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MEM_MIB)]
     pub mem_mib: u32,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -374,45 +368,20 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, VmmError> {
         net: net_config(args).map_err(|e| VmmError::Devices(DeviceError::Net(e)))?,
         ..VmConfig::from(args)
     };
-    let vmm = match &args.restore {
-        Some(dir) => Vmm::restore(&config, dir, start)?,
-        None => Vmm::new(&config, start)?,
-    };
     let profile = args.guest_profile.clone().or_else(|| {
         std::env::var_os(GUEST_PROFILE_ENV)
             .map(|dir| Path::new(&dir).join(format!("vmm-{}.prof", std::process::id())))
     });
-    let report = vmm.run(
+    let report = crate::vmm::start_and_run(
+        &config,
+        args.restore.as_deref(),
         args.snapshot_to.as_deref(),
         Seccomp::from_flag(args.no_seccomp),
         profile.as_deref(),
+        start,
     )?;
     print_report(&report);
-    Ok(match report.exit {
-        GuestExit::Reset | GuestExit::Snapshotted => EXIT_OK,
-        GuestExit::Stopped(signo) => 128 + signo,
-        _ => EXIT_GUEST_CRASHED,
-    })
-}
-
-/// `e` followed by each of its causes, joined by `separator`.
-pub fn error_chain(e: &dyn std::error::Error, separator: &str) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg.push_str(separator);
-        msg.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    msg
-}
-
-/// The exit code for a `unipod boot` that failed with `e`.
-pub fn boot_error_code(e: &VmmError) -> i32 {
-    match e {
-        VmmError::Restore { .. } => EXIT_SNAPSHOT_REJECTED,
-        _ => EXIT_SETUP_ERROR,
-    }
+    Ok(report.exit_code())
 }
 
 fn print_report(r: &RunReport) {
@@ -601,6 +570,45 @@ mod tests {
         }
         assert!(parse_run(&[]).is_err(), "CMD or MANIFEST is required");
         assert!(parse_run(&["a.yaml", "b.yaml"]).is_err());
+    }
+
+    #[test]
+    fn a_pod_vms_boot_args_give_the_vmm_the_config_its_snapshot_key_hashes() {
+        use crate::pod::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
+        let inputs = GuestInputs {
+            vcpus: 2,
+            images: vec!["a.erofs".into()],
+            free_page_reporting: true,
+            ..GuestInputs::new("k".into(), "i".into(), 192)
+        };
+        let files = VmmFiles {
+            vsock: Path::new("v.sock"),
+            console_log: Path::new("c.log"),
+            vmm_log: Path::new("vmm.log"),
+            api: Some(Path::new("api.sock")),
+        };
+        let argv = inputs.boot_args(
+            &files,
+            BootMode::Restore(Path::new("snap")),
+            &NetBackend::Detached,
+        );
+        let cli = Cli::try_parse_from(std::iter::once("unipod".into()).chain(argv))
+            .expect("the VMM accepts its arguments");
+        let Command::Boot(args) = cli.command else {
+            panic!("parsed as boot")
+        };
+        assert_eq!(args.restore, Some(PathBuf::from("snap")));
+        let parsed = VmConfig::from(&args);
+        let expected = VmConfig {
+            console: ConsoleOutput::File("c.log".into()),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds: "v.sock".into(),
+            }),
+            api_sock: Some("api.sock".into()),
+            ..inputs.vm_config(DEFAULT_MAC)
+        };
+        assert_eq!(parsed, expected);
     }
 
     #[test]

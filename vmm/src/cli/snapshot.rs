@@ -5,8 +5,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 
-use crate::cli::run::{artifact, state_root, RunError};
-use crate::pod::vmm_process::GuestInputs;
+use crate::pod::run::RunError;
+use crate::pod::start::{guest_inputs, state_root};
 use crate::pod::warm_start::{self, WarmStartError};
 use crate::snapshot::cache::SnapshotCache;
 
@@ -54,7 +54,7 @@ pub enum SnapshotCommand {
         #[arg(long, value_name = "PATH")]
         initrd: Option<PathBuf>,
         /// Guest memory in MiB.
-        #[arg(long, value_name = "N", default_value_t = 128)]
+        #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MEM_MIB)]
         mem_mib: u32,
         /// How long the template VM may take to boot, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 300)]
@@ -104,22 +104,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
         SnapshotCommand::Prune => {
             let mut freed = cache.remove_leftovers();
             for entry in cache.list() {
-                let why = match &entry.info {
-                    Err(e) => Some(format!("unreadable: {e}")),
-                    Ok(info) => {
-                        let inputs = info.initrd.clone().map(|initrd| GuestInputs {
-                            vcpus: info.vcpus,
-                            free_page_reporting: info.free_page_reporting,
-                            ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
-                        });
-                        match inputs.map(|i| warm_start::key(&i, &cache)) {
-                            Some(Ok(key)) if key == entry.key => None,
-                            Some(Ok(_)) => Some("its kernel or initramfs changed".into()),
-                            Some(Err(e)) => Some(format!("its inputs are gone: {e}")),
-                            None => Some("not a pod snapshot".into()),
-                        }
-                    }
-                };
+                let why = warm_start::stale(&entry, &cache);
                 if let Some(why) = why {
                     if let Ok(Some(bytes)) = cache.remove(&entry.key) {
                         freed += bytes;
@@ -135,16 +120,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<i32, SnapshotCliError> {
             mem_mib,
             timeout_secs,
         } => {
-            let inputs = GuestInputs::new(
-                artifact(kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-                artifact(
-                    initrd.as_deref(),
-                    "initramfs.cpio",
-                    "--initrd",
-                    "make images",
-                )?,
-                *mem_mib,
-            );
+            let inputs = guest_inputs(kernel.as_deref(), initrd.as_deref(), *mem_mib)?;
             let key = warm_start::key(&inputs, &cache).map_err(WarmStartError::from)?;
             let deadline = Instant::now() + Duration::from_secs(*timeout_secs);
             let dir = warm_start::snapshot_for(&cache, &key, &inputs, deadline, &mut || Ok(()))?;

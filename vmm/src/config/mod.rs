@@ -13,7 +13,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use crate::boot::BootProtocol;
+pub use cmdline::{BASE_CMDLINE, MAX_CMDLINE_LEN};
 
+pub mod cmdline;
+
+/// Guest memory of a VM, in MiB, when nothing sizes it: `unipod boot`,
+/// `unipod run -- CMD`, `unipod snapshot create` and the containerd shim's
+/// pod VMs. A warm-start snapshot serves one memory size.
+pub const DEFAULT_MEM_MIB: u32 = 128;
 /// Smallest guest memory that boots our kernel with an initramfs.
 pub const MIN_MEM_MIB: u32 = 32;
 /// Largest guest memory accepted; a sanity bound, not a hard limit of KVM.
@@ -21,8 +28,6 @@ pub const MAX_MEM_MIB: u32 = 64 * 1024;
 /// The guest kernel is built with `NR_CPUS=2`; we allow a little headroom for
 /// other kernels.
 pub const MAX_VCPUS: u8 = 8;
-/// x86 Linux accepts a command line of at most 2048 bytes with its NUL.
-pub const MAX_CMDLINE_LEN: usize = 2047;
 /// Most disks (images and empty slots) a VM may have; each takes an IRQ and
 /// a `virtio_mmio.device=` announcement.
 pub const MAX_DISKS: usize = 8;
@@ -240,7 +245,7 @@ impl Default for VmConfig {
             kernel: PathBuf::new(),
             initrd: None,
             extra_cmdline: String::new(),
-            mem_mib: 128,
+            mem_mib: DEFAULT_MEM_MIB,
             vcpus: 1,
             console: ConsoleOutput::Stdout,
             cpu_template: CpuTemplate::Auto,
@@ -253,13 +258,6 @@ impl Default for VmConfig {
         }
     }
 }
-
-/// Kernel arguments unipod always passes.
-///
-/// `reboot=k` makes a guest reboot write the i8042 reset command, which ends
-/// the VM. `panic=-1` turns a panic into an immediate reboot; the VMM has seen
-/// the panic message on the console by then and reports it.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
 impl VmConfig {
     /// The full kernel command line: our defaults, then the user's extras.
@@ -288,8 +286,8 @@ impl VmConfig {
         }
         // Device announcements are appended later; keep room for them.
         let len = self.cmdline().len()
-            + crate::device_manager::CMDLINE_RESERVE
-            + self.disks.len() * crate::device_manager::CMDLINE_PER_DEVICE;
+            + cmdline::CMDLINE_RESERVE
+            + self.disks.len() * cmdline::CMDLINE_PER_DEVICE;
         if len > MAX_CMDLINE_LEN {
             return Err(ConfigError::CmdlineTooLong(len));
         }
@@ -430,8 +428,8 @@ mod tests {
             };
             let room = MAX_CMDLINE_LEN
                 - base.cmdline().len()
-                - crate::device_manager::CMDLINE_RESERVE
-                - disks * crate::device_manager::CMDLINE_PER_DEVICE;
+                - cmdline::CMDLINE_RESERVE
+                - disks * cmdline::CMDLINE_PER_DEVICE;
             VmConfig {
                 extra_cmdline: "x".repeat(room - 1),
                 ..base

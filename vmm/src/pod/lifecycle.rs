@@ -36,6 +36,9 @@
 //!   or is starting: then [`Action::Shutdown`] is due once.
 //! - Stop: SIGTERM to every running container, SIGKILL to those left after
 //!   the grace period; containers waiting for a (re)start are not started.
+//! - A pod with a main container ([`Lifecycle::with_main`], `unipod run --
+//!   CMD`) ends when that container ends for good: its exit decides
+//!   Succeeded or Failed, and the others are shut down with the VM.
 
 #![forbid(unsafe_code)]
 
@@ -204,6 +207,10 @@ pub struct Lifecycle {
     shutdown_sent: bool,
     /// Set once the phase is final and nothing runs.
     over: Option<PodPhase>,
+    /// The container whose end ends the pod, if any.
+    main: Option<String>,
+    /// The main container ended for good: the pod's final phase.
+    main_ended: Option<PodPhase>,
     mono0: Instant,
     unix0: i64,
     started: Option<Instant>,
@@ -237,6 +244,8 @@ impl Lifecycle {
             stopping: None,
             shutdown_sent: false,
             over: None,
+            main: None,
+            main_ended: None,
             mono0: now,
             unix0: unix_now,
             started: None,
@@ -251,6 +260,60 @@ impl Lifecycle {
             format!("Successfully assigned {name} to this host"),
         );
         l
+    }
+
+    /// Makes app container `name` the pod's main one: when it ends and
+    /// will not restart, the pod ends, Succeeded if it exited 0, else
+    /// Failed, whatever the other containers are doing.
+    pub fn with_main(mut self, name: &str) -> Lifecycle {
+        self.main = Some(name.to_string());
+        self
+    }
+
+    /// The exit code of container `name`'s last run, once it ended.
+    pub fn exit_code(&self, name: &str) -> Option<i32> {
+        self.init
+            .iter()
+            .chain(&self.app)
+            .find(|t| t.info.name == name)
+            .and_then(|t| match &t.state {
+                State::Terminated { t, .. } => Some(t.exit_code),
+                _ => None,
+            })
+    }
+
+    /// Ends the pod if `name` is the main container and it ended for good
+    /// (a refused start waits for the agent's exit report and its code).
+    fn check_main_ended(&mut self, name: &str) {
+        if self.main.as_deref() != Some(name) || self.main_ended.is_some() {
+            return;
+        }
+        let Some(track) = self.app.iter().find(|t| t.info.name == name) else {
+            return;
+        };
+        if let State::Terminated {
+            t,
+            restart_at: None,
+        } = &track.state
+        {
+            if !t.start_error {
+                self.main_ended = Some(if t.exit_code == 0 {
+                    PodPhase::Succeeded
+                } else {
+                    PodPhase::Failed
+                });
+            }
+        }
+    }
+
+    /// The main container's start was refused and the agent's exit report,
+    /// with the exit code to end the pod with, is still to come.
+    fn main_awaits_exit_report(&self) -> bool {
+        self.main_ended.is_none()
+            && self.app.iter().any(|t| {
+                Some(&t.info.name) == self.main.as_ref()
+                    && matches!(&t.state, State::Terminated { t, .. } if t.start_error)
+            })
     }
 
     fn time(&self, t: Instant) -> String {
@@ -419,6 +482,7 @@ impl Lifecycle {
                 t.exit_code = exit_code;
                 t.start_error = false;
                 self.changed = true;
+                self.check_main_ended(name);
             }
             _ => {}
         }
@@ -467,6 +531,7 @@ impl Lifecycle {
             self.event(now, "Warning", "BackOff", msg);
         }
         self.changed = true;
+        self.check_main_ended(name);
     }
 
     /// The VM or the agent link is gone for good.
@@ -606,7 +671,10 @@ impl Lifecycle {
         if actions.is_empty() {
             let phase = self.base_phase();
             let active = self.init.iter().chain(&self.app).any(Track::is_active);
-            if phase.is_terminal() && !active {
+            if phase.is_terminal()
+                && (!active || self.main_ended.is_some())
+                && !self.main_awaits_exit_report()
+            {
                 self.over = Some(phase);
                 self.shutdown_sent = true;
                 self.changed = true;
@@ -623,6 +691,12 @@ impl Lifecycle {
         }
         if self.failure.is_some() || self.init_failed {
             return PodPhase::Failed;
+        }
+        if let Some(p) = self.main_ended {
+            return p;
+        }
+        if self.main_awaits_exit_report() {
+            return PodPhase::Pending;
         }
         if self.next_init < self.init.len() {
             return PodPhase::Pending;
@@ -923,6 +997,52 @@ mod tests {
         l.agent_ready(t0);
         assert_eq!(l.due(t0), vec![run("a")]);
         assert_eq!(l.due(t0), vec![], "asked once");
+    }
+
+    #[test]
+    fn the_main_containers_end_ends_the_pod_whatever_the_sidecars_do() {
+        for (code, reason, phase) in [
+            (0, "Completed", PodPhase::Succeeded),
+            (3, "Error", PodPhase::Failed),
+        ] {
+            let (l, t0) = pod(RestartPolicy::Never, &[], &["side", "main"]);
+            let mut l = l.with_main("main");
+            l.agent_ready(t0);
+            assert_eq!(l.due(t0), vec![run("side"), run("main")]);
+            l.started("side", t0);
+            l.started("main", t0);
+            l.exited("main", code, reason, None, t0 + S);
+            assert_eq!(l.phase(), phase, "the sidecar still runs");
+            assert_eq!(l.due(t0 + S), vec![Action::Shutdown]);
+            assert_eq!(l.over(), Some(phase));
+            assert_eq!(l.exit_code("main"), Some(code));
+            assert_eq!(l.exit_code("side"), None);
+        }
+        // A sidecar's end does not end the pod.
+        let (l, t0) = pod(RestartPolicy::Never, &[], &["side", "main"]);
+        let mut l = l.with_main("main");
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("side", t0);
+        l.started("main", t0);
+        l.exited("side", 1, "Error", None, t0 + S);
+        assert_eq!(l.due(t0 + S), vec![]);
+        assert_eq!(l.phase(), PodPhase::Running);
+    }
+
+    #[test]
+    fn a_refused_main_container_ends_the_pod_with_the_agents_exit_code() {
+        let (l, t0) = pod(RestartPolicy::Never, &[], &["main"]);
+        let mut l = l.with_main("main");
+        l.agent_ready(t0);
+        l.due(t0);
+        l.start_failed("main", "no such file", t0);
+        assert_eq!(l.due(t0), vec![], "waits for the exit report");
+        assert_eq!(l.phase(), PodPhase::Pending);
+        l.exited("main", 127, "Error", None, t0);
+        assert_eq!(l.due(t0), vec![Action::Shutdown]);
+        assert_eq!(l.over(), Some(PodPhase::Failed));
+        assert_eq!(l.exit_code("main"), Some(127));
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub const GUEST_OVERHEAD_MIB: u32 = 64;
 
 /// VM memory when no container states a memory limit or request: the
 /// overhead plus 192 MiB to share among the containers.
-pub const DEFAULT_MEM_MIB: u32 = 256;
+pub const NO_LIMIT_MEM_MIB: u32 = 256;
 
 /// vCPUs when no container states a CPU limit or request.
 pub const DEFAULT_VCPUS: u8 = 1;
@@ -262,7 +262,7 @@ impl PodManifest {
     /// applies.
     ///
     /// - Memory: that amount rounded up to MiB plus [`GUEST_OVERHEAD_MIB`], or
-    ///   [`DEFAULT_MEM_MIB`] in all.
+    ///   [`NO_LIMIT_MEM_MIB`] in all.
     /// - vCPUs: the CPU rounded up to whole cores (1500m is 2), at least 1 and
     ///   at most [`MAX_VCPUS`], or [`DEFAULT_VCPUS`].
     ///
@@ -280,7 +280,7 @@ impl PodManifest {
             }
         };
         let mem_mib = match memory {
-            None => DEFAULT_MEM_MIB,
+            None => NO_LIMIT_MEM_MIB,
             Some(bytes) => u32::try_from(bytes.div_ceil(MIB))
                 .unwrap_or(u32::MAX)
                 .saturating_add(GUEST_OVERHEAD_MIB),

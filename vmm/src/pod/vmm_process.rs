@@ -5,108 +5,15 @@
 //! the supervisor, which stops the pod gracefully first) and gets
 //! PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no VM behind.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles, CHILD_TAP_FD};
+
 const POLL: Duration = Duration::from_millis(20);
-
-/// How the VM starts.
-#[derive(Clone, Copy, Debug)]
-pub enum BootMode<'a> {
-    /// A full boot.
-    Cold,
-    /// Resume this snapshot directory.
-    Restore(&'a Path),
-    /// A full boot; SIGUSR1 saves the VM into this directory and ends it.
-    SnapshotTo(&'a Path),
-}
-
-/// The fd number the VMM child finds its tap on.
-const CHILD_TAP_FD: i32 = 3;
-
-/// The backend of the VM's virtio-net device. Every pod VM has the device,
-/// so that cold, template and restored VMs have the same devices.
-#[derive(Clone, Copy, Debug)]
-pub enum NetBackend<'a> {
-    /// No tap: the guest's frames are dropped (`--network none`, and the
-    /// warm-start template).
-    Detached,
-    /// The pod's tap (the child inherits it as fd 3) and MAC.
-    Tap {
-        /// The open tap.
-        fd: BorrowedFd<'a>,
-        /// The pod's MAC.
-        mac: [u8; 6],
-    },
-}
-
-/// Disk devices every pod VM has: the first ones hold the pod's images
-/// (`/dev/vda`, `/dev/vdb`, ...), the rest are empty slots. Cold, template
-/// and restored VMs all have this many, so that one warm-start snapshot
-/// serves every pod of a memory size, whatever images it brings (the
-/// snapshot key counts the disks, not their images).
-pub const MAX_IMAGES_PER_POD: usize = 4;
-
-/// The guest artifacts a pod VM is made from. Together with the CPU
-/// template, all but `images` decide which snapshot fits.
-#[derive(Clone, Debug)]
-pub struct GuestInputs {
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Initramfs with the agent as /init.
-    pub initrd: PathBuf,
-    /// Guest memory in MiB.
-    pub mem_mib: u32,
-    /// Virtual CPUs.
-    pub vcpus: u8,
-    /// The pod's image files (erofs), at most [`MAX_IMAGES_PER_POD`], given
-    /// to the first disks in order; the template VM of a snapshot has none.
-    pub images: Vec<PathBuf>,
-    /// A free-page-reporting balloon, so memory the pod frees goes back to
-    /// the host: on unless [`FREE_PAGE_REPORTING_ENV`] is `0` (to measure
-    /// what it buys).
-    pub free_page_reporting: bool,
-}
-
-/// Environment variable: `0` starts pod VMs without the balloon.
-pub const FREE_PAGE_REPORTING_ENV: &str = "UNIPOD_FREE_PAGE_REPORTING";
-
-impl GuestInputs {
-    /// One vCPU and no images.
-    pub fn new(kernel: PathBuf, initrd: PathBuf, mem_mib: u32) -> GuestInputs {
-        GuestInputs {
-            kernel,
-            initrd,
-            mem_mib,
-            vcpus: 1,
-            images: Vec::new(),
-            free_page_reporting: std::env::var_os(FREE_PAGE_REPORTING_ENV).is_none_or(|v| v != "0"),
-        }
-    }
-
-    /// The same VM with no images: what its warm-start template boots.
-    pub fn template(&self) -> GuestInputs {
-        GuestInputs {
-            images: Vec::new(),
-            ..self.clone()
-        }
-    }
-}
-
-/// Where one VMM child keeps its files.
-pub struct VmmFiles<'a> {
-    /// The hybrid-vsock socket.
-    pub vsock: &'a Path,
-    /// The guest console.
-    pub console_log: &'a Path,
-    /// The VMM's own stderr.
-    pub vmm_log: &'a Path,
-    /// The runtime API socket (hot-attaching images), if wanted.
-    pub api: Option<&'a Path>,
-}
 
 /// Starts `unipod boot` for `inputs`.
 pub fn spawn(
@@ -118,51 +25,10 @@ pub fn spawn(
     let exe = vmm_binary()?;
     let log = std::fs::File::create(files.vmm_log)?;
     let mut cmd = Command::new(exe);
-    cmd.arg("boot")
-        .arg("--kernel")
-        .arg(&inputs.kernel)
-        .arg("--initrd")
-        .arg(&inputs.initrd)
-        .arg("--mem-mib")
-        .arg(inputs.mem_mib.to_string())
-        .arg("--vcpus")
-        .arg(inputs.vcpus.to_string())
-        .arg("--vsock-uds")
-        .arg(files.vsock)
-        .arg("--console-log")
-        .arg(files.console_log);
-    if let Some(api) = files.api {
-        cmd.arg("--api-sock").arg(api);
-    }
-    for image in &inputs.images {
-        cmd.arg("--disk").arg(image);
-    }
-    let slots = MAX_IMAGES_PER_POD.saturating_sub(inputs.images.len());
-    cmd.arg("--disk-slots").arg(slots.to_string());
-    if inputs.free_page_reporting {
-        cmd.arg("--free-page-reporting");
-    }
-    match mode {
-        BootMode::Cold => {}
-        BootMode::Restore(dir) => {
-            cmd.arg("--restore").arg(dir);
-        }
-        BootMode::SnapshotTo(dir) => {
-            cmd.arg("--snapshot-to").arg(dir);
-        }
-    }
+    cmd.args(inputs.boot_args(files, mode, &net));
     let tap_fd = match net {
-        NetBackend::Detached => {
-            cmd.arg("--net-detached");
-            None
-        }
-        NetBackend::Tap { fd, mac } => {
-            cmd.arg("--net-tap-fd")
-                .arg(CHILD_TAP_FD.to_string())
-                .arg("--net-mac")
-                .arg(crate::config::MacAddr(mac).to_string());
-            Some(fd.as_raw_fd())
-        }
+        NetBackend::Detached => None,
+        NetBackend::Tap { fd, .. } => Some(fd.as_raw_fd()),
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -239,7 +105,7 @@ fn exit_hint(status: std::process::ExitStatus) -> &'static str {
             ": its seccomp filter stopped a forbidden system call (a VMM bug or a guest exploit; \
              UNIPOD_NO_SECCOMP=1 turns the filter off to debug)"
         }
-        (_, Some(crate::cli::EXIT_GUEST_CRASHED)) => {
+        (_, Some(crate::exit_code::EXIT_GUEST_CRASHED)) => {
             ": the guest crashed (a kernel panic, e.g. its agent, PID 1, died, or a CPU fault); \
              the pod's vmm.log names the crash and console.log shows the guest's last words"
         }
@@ -290,7 +156,7 @@ mod tests {
     #[test]
     fn a_crashed_guest_and_a_seccomp_kill_are_named_other_exits_are_not() {
         // A wait status holds an exit code in its second byte.
-        let crashed = ExitStatus::from_raw(crate::cli::EXIT_GUEST_CRASHED << 8);
+        let crashed = ExitStatus::from_raw(crate::exit_code::EXIT_GUEST_CRASHED << 8);
         assert!(exit_hint(crashed).contains("the guest crashed (a kernel panic"));
         assert!(exit_hint(ExitStatus::from_raw(libc::SIGSYS)).contains("seccomp"));
         assert_eq!(exit_hint(ExitStatus::from_raw(1 << 8)), "");

@@ -16,10 +16,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::agent_client::{AgentError, AgentLink};
-use super::vmm_process::{self, BootMode, GuestInputs, NetBackend, VmmFiles};
+use super::vm_inputs::{BootMode, GuestInputs, NetBackend, VmmFiles};
+use super::vmm_process;
 use crate::arch;
-use crate::config::{BlockConfig, CpuTemplate, NetConfig, VmConfig, DEFAULT_MAC};
-use crate::snapshot::cache::{disk_usage, SnapshotCache};
+use crate::config::{CpuTemplate, DEFAULT_MAC};
+use crate::snapshot::cache::{disk_usage, Entry, SnapshotCache};
 use crate::snapshot::{self, SnapshotError};
 
 /// How long a template VM may take to save itself after SIGUSR1.
@@ -45,32 +46,36 @@ pub enum WarmStartError {
     Save(String),
 }
 
-/// The snapshot key for a pod VM with `inputs`, as `unipod boot` will
-/// compute it.
+/// The snapshot key for a pod VM with `inputs`: the hash of the config its
+/// template VM boots with, as `unipod boot` will compute it (the vsock
+/// device, the net device's MAC and tap and the disks' images do not enter
+/// the key).
 pub fn key(inputs: &GuestInputs, cache: &SnapshotCache) -> Result<String, SnapshotError> {
     snapshot::key(
-        &boot_config(inputs),
+        &inputs.template().vm_config(DEFAULT_MAC),
         CpuTemplate::Auto.resolve(arch::detect_host()),
         &cache.hash_memo(),
     )
 }
 
-/// The configuration `unipod boot` builds from the arguments
-/// [`vmm_process::spawn`] passes (the vsock device does not enter the key;
-/// the net device does, though not its MAC or tap).
-fn boot_config(inputs: &GuestInputs) -> VmConfig {
-    VmConfig {
-        kernel: inputs.kernel.clone(),
-        initrd: Some(inputs.initrd.clone()),
-        mem_mib: inputs.mem_mib,
-        vcpus: inputs.vcpus,
-        net: Some(NetConfig {
-            mac: DEFAULT_MAC,
-            tap: None,
-        }),
-        disks: vec![BlockConfig::slot(); vmm_process::MAX_IMAGES_PER_POD],
-        free_page_reporting: inputs.free_page_reporting,
-        ..VmConfig::default()
+/// Why the cached snapshot `entry` can no longer be used (`None`: it can):
+/// unreadable, not a pod's, or its kernel or initramfs changed or is gone.
+pub fn stale(entry: &Entry, cache: &SnapshotCache) -> Option<String> {
+    match &entry.info {
+        Err(e) => Some(format!("unreadable: {e}")),
+        Ok(info) => {
+            let inputs = info.initrd.clone().map(|initrd| GuestInputs {
+                vcpus: info.vcpus,
+                free_page_reporting: info.free_page_reporting,
+                ..GuestInputs::new(info.kernel.clone(), initrd, info.mem_mib)
+            });
+            match inputs.map(|i| key(&i, cache)) {
+                Some(Ok(key)) if key == entry.key => None,
+                Some(Ok(_)) => Some("its kernel or initramfs changed".into()),
+                Some(Err(e)) => Some(format!("its inputs are gone: {e}")),
+                None => Some("not a pod snapshot".into()),
+            }
+        }
     }
 }
 

@@ -44,7 +44,6 @@
 //! - **A tty or stdin** works for a task's main process as for an exec;
 //!   ResizePty sets the guest pty's window size.
 
-pub mod pod_vm;
 pub mod rootfs;
 pub mod runtime_spec;
 mod service;

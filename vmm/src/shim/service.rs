@@ -29,16 +29,14 @@ use guest_agent::protocol::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::pod_vm::{lock, PodVm, VmEvent};
 use super::rootfs;
 use super::spec::{guest_hostname, ContainerSpec};
-use crate::cli::run::{artifact, state_root, PodDir};
 use crate::net::attachment::{resolv_conf_search, resolv_conf_servers};
 use crate::net::{cni, Tap};
-use crate::pod::vmm_process::{GuestInputs, MAX_IMAGES_PER_POD};
+use crate::pod::pod_vm::{lock, PodVm, VmEvent};
+use crate::pod::start::{guest_inputs, state_root, PodDir};
+use crate::pod::vm_inputs::MAX_IMAGES_PER_POD;
 
-/// Guest memory of a pod VM; the warm-start snapshot is per memory size.
-const POD_MEM_MIB: u32 = 128;
 /// Seeds the erofs UUID of every packed rootfs ("unipod" in hex).
 const ROOTFS_UUID_SEED: &str = "756e69706f64";
 /// The longest pod directory name (see [`pod_dir_name`]).
@@ -327,13 +325,8 @@ impl Inner {
         dir: PodDir,
     ) -> TtrpcResult<()> {
         let state = state_root(None);
-        let mut inputs = GuestInputs::new(
-            artifact(None, "vmlinux", "--kernel", "make kernel")
-                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?,
-            artifact(None, "initramfs.cpio", "--initrd", "make images")
-                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?,
-            POD_MEM_MIB,
-        );
+        let mut inputs = guest_inputs(None, None, crate::config::DEFAULT_MEM_MIB)
+            .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
         inputs.images = vec![image.to_path_buf()];
         let weak: Weak<Inner> = Arc::downgrade(self);
         let on_event = Box::new(move |ev: VmEvent| {
@@ -347,7 +340,7 @@ impl Inner {
             None => None,
         };
         let vm = PodVm::start(dir, &inputs, &state, &hostname, net, on_event)
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+            .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
         log::info!("pod VM started: VMM pid {}", vm.vmm_pid());
         *lock(&self.vm) = Some(vm);
         Ok(())
@@ -381,7 +374,7 @@ impl Inner {
                     "container {}: cannot add its image to the pod VM ({} of at most {MAX_IMAGES_PER_POD} different images in use): {}",
                     req.id,
                     pod.disks.len(),
-                    crate::cli::error_chain(&e, ": ")
+                    crate::error_chain::error_chain(&e, ": ")
                 ),
             )
         })?;
@@ -415,7 +408,7 @@ impl Inner {
         };
         self.vm()?
             .request(what, request)
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+            .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
         let mut pod = lock(&self.pod);
         let p = process(&mut pod, id, "")?;
         // It may have exited meanwhile.
@@ -437,8 +430,12 @@ impl Inner {
 /// and from its interface, whose address the guest takes, with the DNS
 /// settings CRI wrote for the pod.
 fn pod_network(spec: &ContainerSpec, netns: &Path) -> TtrpcResult<(Tap, NetworkConfig)> {
-    let joined = cni::join(netns)
-        .map_err(|e| err(Code::FAILED_PRECONDITION, crate::cli::error_chain(&e, ": ")))?;
+    let joined = cni::join(netns).map_err(|e| {
+        err(
+            Code::FAILED_PRECONDITION,
+            crate::error_chain::error_chain(&e, ": "),
+        )
+    })?;
     let mut guest = joined.guest;
     if let Some(text) = &spec.resolv_conf_text {
         guest.dns_servers = resolv_conf_servers(text);
@@ -460,7 +457,7 @@ fn pod_network(spec: &ContainerSpec, netns: &Path) -> TtrpcResult<(Tap, NetworkC
 /// seed is fixed so that the same tree packs to the same bytes.
 fn pack_and_digest(bundle: &Path, mounts: &[Mount], image: &Path) -> TtrpcResult<String> {
     rootfs::pack(bundle, mounts, image, ROOTFS_UUID_SEED)
-        .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+        .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
     let digest = File::open(image).and_then(|mut f| {
         let mut hasher = Sha256::new();
         std::io::copy(&mut f, &mut hasher)?;
@@ -680,8 +677,12 @@ impl containerd_shim::Task for Service {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let inner = &self.inner;
         let bundle = PathBuf::from(&req.bundle);
-        let spec = ContainerSpec::load(&bundle, &req.id)
-            .map_err(|e| err(Code::INVALID_ARGUMENT, crate::cli::error_chain(&e, ": ")))?;
+        let spec = ContainerSpec::load(&bundle, &req.id).map_err(|e| {
+            err(
+                Code::INVALID_ARGUMENT,
+                crate::error_chain::error_chain(&e, ": "),
+            )
+        })?;
         let terminal = req.terminal || spec.terminal;
         let agent_name = {
             let mut pod = lock(&inner.pod);
@@ -701,7 +702,7 @@ impl containerd_shim::Task for Service {
             None => {
                 // A leftover directory of a killed shim is wiped by create.
                 let dir = PodDir::create(&shim_root(&inner.namespace), pod_dir_name(&spec.pod_id))
-                    .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+                    .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
                 let image = dir.path.join(format!("{}.erofs", req.id));
                 let digest = pack_and_digest(&bundle, &req.rootfs, &image)?;
                 main.open_output()?;
@@ -812,7 +813,10 @@ impl containerd_shim::Task for Service {
                 p.state = State::Stopped;
                 p.stdout = None;
                 p.stderr = None;
-                return Err(err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")));
+                return Err(err(
+                    Code::INTERNAL,
+                    crate::error_chain::error_chain(&e, ": "),
+                ));
             }
         };
         p.pid = pid;
@@ -914,7 +918,7 @@ impl containerd_shim::Task for Service {
         inner
             .vm()?
             .request("signal", Request::Signal { name, signal })
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+            .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
         Ok(api::Empty::default())
     }
 
@@ -1176,7 +1180,7 @@ impl containerd_shim::Task for Service {
         self.inner
             .vm()?
             .request("resize-pty", request)
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+            .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
         Ok(api::Empty::default())
     }
 
@@ -1193,7 +1197,7 @@ impl containerd_shim::Task for Service {
             .inner
             .vm()?
             .request("stats", Request::Stats { name })
-            .map_err(|e| err(Code::INTERNAL, crate::cli::error_chain(&e, ": ")))?;
+            .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
         let Reply::Stats(stats) = reply else {
             return Err(err(
                 Code::INTERNAL,

@@ -317,7 +317,7 @@ pub fn key(
             config.vcpus,
             config.mem_mib,
             config.cmdline(),
-            crate::vmm::host_cmdline(template)
+            crate::config::cmdline::host_cmdline(template)
         )
         .as_bytes(),
     );

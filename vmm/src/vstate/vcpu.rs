@@ -20,6 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::{self, BootEntry};
 use crate::config::CpuTemplate;
+use crate::devices::log_limit::LogLimiter;
 use crate::devices::Bus;
 use crate::seccomp::{Seccomp, ThreadKind};
 use crate::vstate::exit::{ExitSignal, GuestExit};
@@ -276,7 +277,7 @@ impl Vcpu {
             .name(format!("vcpu{index}"))
             .spawn(move || {
                 if let Err(e) = seccomp.apply(ThreadKind::Vcpu) {
-                    let msg = crate::cli::error_chain(&e, ": ");
+                    let msg = crate::error_chain::error_chain(&e, ": ");
                     exit.report(GuestExit::VcpuError(msg));
                     return;
                 }
@@ -295,6 +296,7 @@ impl Vcpu {
         pause: &Pause,
         profile: Option<&GuestProfile>,
     ) -> Option<GuestExit> {
+        let mut xstate_log = LogLimiter::default();
         loop {
             if pause.requested.load(Ordering::SeqCst) {
                 pause.deliver(self.index, self.save_state(&pause.msr_indices));
@@ -319,7 +321,21 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    buses.mmio.write(addr, data);
+                    match arch::xstate::decode(addr, data) {
+                        Some(request) => {
+                            if let Err(e) = arch::xstate::serve(&self.fd, mem, request) {
+                                if xstate_log.allow() {
+                                    log::warn!(
+                                        "vCPU {}: guest request {request:?} failed: {e}",
+                                        self.index
+                                    );
+                                }
+                            }
+                        }
+                        None => {
+                            buses.mmio.write(addr, data);
+                        }
+                    }
                     continue;
                 }
                 Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => continue,

@@ -9,8 +9,9 @@
 //!   emulator there; see docs/NESTED-KVM.md for the measurements.
 //!
 //! # Limitations
-//! Guest ring 3 still executes `cpuid` natively on nested PVM hosts and sees
-//! the host's CPU, whatever we filter here.
+//! Guest ring 3 executes `cpuid` natively on some nested PVM hosts and sees
+//! the host's CPU, whatever we filter here; its AVX state is kept safe by
+//! `arch::xstate` instead (docs/NESTED-KVM.md, "Vector registers").
 
 use std::path::Path;
 
@@ -61,7 +62,7 @@ impl CpuTemplate {
 
 // Leaf 1 ECX bits the nested-PVM template keeps: SSE3, x2APIC, TSC deadline,
 // hypervisor. Everything else (SSSE3, CX16, SSE4.x, MOVBE, POPCNT, AES, XSAVE,
-// OSXSAVE, AVX, F16C, RDRAND, ...) is hidden.
+// OSXSAVE, AVX, F16C, RDRAND, ...) is hidden from the guest kernel.
 const LEAF1_ECX_SSE3: u32 = 1 << 0;
 const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
@@ -117,8 +118,12 @@ fn hide_unemulated(entry: &mut kvm_cpuid_entry2) {
             entry.ecx = 0;
             entry.edx = 0;
         }
-        // XSAVE state enumeration.
-        0xd => {
+        // XSAVE state enumeration. Index 0 (the XCR0 bits) and the
+        // component leaves stay as KVM offers them: KVM_GET_XSAVE and
+        // KVM_SET_XSAVE carry what they list, and the VMM saves that state
+        // for the guest kernel (`arch::xstate`). The kernel, booted
+        // `noxsave`, uses none of it; XSAVEOPT/XSAVEC/XSAVES (index 1) go.
+        0xd if entry.index == 1 => {
             entry.eax = 0;
             entry.ebx = 0;
             entry.ecx = 0;
@@ -181,11 +186,33 @@ mod tests {
         }
         let leaf7 = find(&cpuid, 7);
         assert_eq!((leaf7.ebx, leaf7.ecx, leaf7.edx), (0, 0, 0));
-        assert_eq!(find(&cpuid, 0xd).eax, 0);
+        assert_eq!(
+            find(&cpuid, 0xd).eax,
+            u32::MAX,
+            "XCR0 bits stay for KVM_GET_XSAVE"
+        );
         let ext1 = find(&cpuid, 0x8000_0001);
         assert_eq!(ext1.ecx, EXT1_ECX_LAHF_LM);
         assert_eq!(ext1.edx & (EXT1_EDX_PDPE1GB | EXT1_EDX_RDTSCP), 0);
         assert_ne!(ext1.edx & (1 << 29), 0, "long mode must stay");
+    }
+
+    #[test]
+    fn nested_template_hides_xsave_variants_but_keeps_the_state_components() {
+        let mut cpuid = cpuid_of(&[entry(0xd, 0), entry(0xd, 1), entry(0xd, 2)]);
+        filter_cpuid(&mut cpuid, CpuTemplate::NestedPvm, 0, 1);
+        let leaves: Vec<_> = cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == 0xd)
+            .collect();
+        assert_eq!(leaves[0].eax, u32::MAX, "XCR0 bits");
+        assert_eq!(
+            (leaves[1].eax, leaves[1].ecx),
+            (0, 0),
+            "no XSAVEOPT/XSAVEC/XSAVES"
+        );
+        assert_eq!(leaves[2].ebx, u32::MAX, "the AVX component's offset");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! x86_64 support: the guest physical memory layout, CPUID, vCPU registers,
-//! and the MP table.
+//! the MP table, and extended state saved for the guest kernel.
 
 pub mod cpuid;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod xstate;
 
 pub use cpuid::{detect_host, filter_cpuid, CpuidError, HostKind};
 pub use mptable::{setup_mptable, MptableError};

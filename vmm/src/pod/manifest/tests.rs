@@ -890,7 +890,7 @@ fn vm_size_without_limits_is_the_default() {
         sized(&[(None, None), (None, None)], &[(None, None)]),
         VmSize {
             vcpus: DEFAULT_VCPUS,
-            mem_mib: DEFAULT_MEM_MIB
+            mem_mib: NO_LIMIT_MEM_MIB
         }
     );
 }

@@ -540,7 +540,7 @@ fn config_space_and_features_describe_a_read_only_disk() {
 fn opening_an_image_names_the_path_when_it_fails() {
     let err = open_image(std::path::Path::new("/no/such/image.erofs")).unwrap_err();
     assert_eq!(
-        crate::cli::error_chain(&err, ": "),
+        crate::error_chain::error_chain(&err, ": "),
         "--disk /no/such/image.erofs: cannot open: No such file or directory (os error 2)"
     );
     let err = open_image(&std::env::temp_dir()).unwrap_err();

@@ -1,5 +1,7 @@
-//! `unipod run MANIFEST`: run a Kubernetes Pod manifest in a pod VM, and
-//! the supervisor that follows it to its end.
+//! The supervisor of every `unipod run` pod: admits a Kubernetes Pod
+//! manifest (`unipod run MANIFEST`) or the pod [`super::run`] builds from a
+//! command (`unipod run -- CMD`), starts its VM and follows the pod to its
+//! end.
 //!
 //! # Design
 //! Everything that can be checked without side effects is checked first
@@ -20,6 +22,12 @@
 //!
 //! A single thread runs the loop: the agent's reader thread and the control
 //! socket's threads send into one channel, so the lifecycle needs no lock.
+//!
+//! A command pod (`Origin::Command`) differs only in what it shows and
+//! keeps: its main container ends it, its output is streamed raw, its phase
+//! lines carry the container's reason and exit code (or the VM's failure),
+//! unipod exits with the container's code (125 when the VM or agent failed,
+//! 130 after a second Ctrl-C), and its directory is removed when it ends.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,11 +44,14 @@ use guest_agent::protocol::{
     AgentMessage, Event, ExecSpec, ProtocolError, Reply, Request, RunSpec, Stream,
 };
 
-use super::run::{
-    artifact, attach_network, dns_servers, host_dns_search, install_signal_handlers, pod_config,
-    start_vm, state_root, NetworkMode, Pod, PodDir, RunArgs, RunError, EXIT_INTERRUPTED,
-    EXIT_RUN_ERROR, SIGNALS,
+use super::options::{NetworkMode, RunOptions};
+use super::run::RunError;
+use super::start::{
+    attach_network, dns_servers, guest_inputs, host_dns_search, install_signal_handlers,
+    pod_config, start_vm, state_root, uuid_v4, Pod, PodDir, SIGNALS,
 };
+use crate::error_chain::error_chain;
+use crate::exit_code::{EXIT_INTERRUPTED, EXIT_RUN_ERROR};
 use crate::file_error::FileError;
 use crate::image::{ImageError, ImageStore, StoredImage};
 use crate::net::{Attachment, Proto, PublishedPort};
@@ -56,14 +67,16 @@ use crate::pod::status::{
     format_time, unix_now, NetworkRecord, PodRecord, PodStatus, ProcessRef, StartupTimeline,
     STATUS_VERSION,
 };
-use crate::pod::vmm_process::{self, GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
+use crate::pod::vm_inputs::{GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
+use crate::pod::vmm_process;
 
-/// Exit code: the pod Failed.
-pub const EXIT_POD_FAILED: i32 = 1;
+pub use crate::exit_code::EXIT_POD_FAILED;
 
 const TICK: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The failure reason of a pod interrupted twice.
+const INTERRUPTED: &str = "Interrupted";
 
 /// Why a manifest pod could not be created. Nothing was left behind.
 #[derive(Debug, thiserror::Error)]
@@ -125,17 +138,28 @@ pub fn is_manifest_path(path: &Path) -> bool {
     )
 }
 
+/// Where a pod came from, which decides how it is shown and how it ends.
+pub(crate) enum Origin {
+    /// `unipod run MANIFEST`: the manifest file.
+    Manifest(PathBuf),
+    /// `unipod run -- CMD`: the pod ends with its `main` container.
+    Command {
+        /// The command's container (named after the pod).
+        main: String,
+    },
+}
+
 /// A pod checked and ready to run.
 pub(crate) struct Prepared {
     pub(crate) manifest: PodManifest,
-    pub(crate) manifest_path: PathBuf,
+    pub(crate) origin: Origin,
     pub(crate) state: PathBuf,
     pub(crate) dir: PathBuf,
     pub(crate) inputs: GuestInputs,
     pub(crate) init: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) app: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) ports: Vec<PublishedPort>,
-    /// Silence that makes the pod Unknown ([`RunArgs::unknown_after`]).
+    /// Silence that makes the pod Unknown ([`RunOptions::unknown_after`]).
     pub(crate) unknown_after: Duration,
     /// Unknown this long makes it Failed.
     pub(crate) give_up_after: Duration,
@@ -143,7 +167,7 @@ pub(crate) struct Prepared {
 
 /// Checks everything that can be checked without side effects.
 pub(crate) fn prepare(
-    args: &RunArgs,
+    args: &RunOptions,
     path: &Path,
     adopt: bool,
 ) -> Result<(Prepared, Vec<Warning>), PodRunError> {
@@ -209,16 +233,7 @@ pub(crate) fn prepare(
     let inputs = GuestInputs {
         vcpus: size.vcpus,
         images: image_files,
-        ..GuestInputs::new(
-            artifact(args.kernel.as_deref(), "vmlinux", "--kernel", "make kernel")?,
-            artifact(
-                args.initrd.as_deref(),
-                "initramfs.cpio",
-                "--initrd",
-                "make images",
-            )?,
-            size.mem_mib,
-        )
+        ..guest_inputs(args.kernel.as_deref(), args.initrd.as_deref(), size.mem_mib)?
     };
     let ports = manifest
         .containers
@@ -238,7 +253,7 @@ pub(crate) fn prepare(
     Ok((
         Prepared {
             manifest,
-            manifest_path: path.to_path_buf(),
+            origin: Origin::Manifest(path.to_path_buf()),
             state,
             dir,
             inputs,
@@ -253,26 +268,45 @@ pub(crate) fn prepare(
 }
 
 /// Runs `unipod run MANIFEST`; returns the exit code.
-pub fn run_manifest(args: &RunArgs, path: &Path) -> Result<i32, PodRunError> {
-    let (prepared, warnings) = prepare(args, path, args.supervisor)?;
-    if !args.supervisor {
+///
+/// `supervisor`: be the background supervisor of a pod whose directory
+/// `detach` made; `detach`: start that supervisor and return once the pod
+/// runs.
+pub fn run_manifest(
+    args: &RunOptions,
+    path: &Path,
+    supervisor: bool,
+    detach: bool,
+) -> Result<i32, PodRunError> {
+    let (prepared, warnings) = prepare(args, path, supervisor)?;
+    if !supervisor {
         for w in &warnings {
             eprintln!("unipod: warning: {}: {w}", path.display());
         }
     }
     install_signal_handlers();
-    if args.supervisor {
-        return Ok(Supervisor::run(&prepared, args, false));
+    let dir = PodDir::adopt(prepared.dir.clone());
+    if supervisor {
+        return Ok(Supervisor::run(&prepared, args, &dir, false));
     }
-    create_pod_dir(&prepared)?;
-    if args.detach {
-        return detach(&prepared);
+    create_pod_dir(&prepared, path)?;
+    if detach {
+        return run_detached(&prepared);
     }
-    Ok(Supervisor::run(&prepared, args, true))
+    Ok(Supervisor::run(&prepared, args, &dir, true))
+}
+
+/// Runs a command pod (see [`super::run`]) in the foreground; returns the
+/// exit code. Its directory is removed when it ends.
+pub(crate) fn run_command(p: &Prepared, args: &RunOptions) -> Result<i32, RunError> {
+    install_signal_handlers();
+    let root = p.dir.parent().expect("pods/NAME has a parent");
+    let dir = PodDir::create(root, &p.manifest.name)?;
+    Ok(Supervisor::run(p, args, &dir, true))
 }
 
 /// Claims the name and writes the pod's first status.
-fn create_pod_dir(p: &Prepared) -> Result<(), PodRunError> {
+fn create_pod_dir(p: &Prepared, manifest: &Path) -> Result<(), PodRunError> {
     let pods = p.dir.parent().expect("pods/NAME has a parent");
     std::fs::create_dir_all(pods).map_err(FileError::at("create", pods))?;
     match std::fs::create_dir(&p.dir) {
@@ -284,7 +318,7 @@ fn create_pod_dir(p: &Prepared) -> Result<(), PodRunError> {
     }
     let result = (|| {
         let copy = p.dir.join("pod.yaml");
-        std::fs::copy(&p.manifest_path, &copy).map_err(FileError::at("write", &copy))?;
+        std::fs::copy(manifest, &copy).map_err(FileError::at("write", &copy))?;
         let record = initial_record(p);
         record.write(&p.dir).map_err(|e| {
             FileError::at("write", p.dir.join("status.json"))(std::io::Error::other(e)).into()
@@ -301,12 +335,15 @@ fn initial_record(p: &Prepared) -> PodRecord {
     if let Ok(mut f) = File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut uid);
     }
-    let manifest = std::fs::canonicalize(&p.manifest_path).unwrap_or(p.manifest_path.clone());
+    let manifest = match &p.origin {
+        Origin::Manifest(path) => std::fs::canonicalize(path).unwrap_or(path.clone()),
+        Origin::Command { .. } => PathBuf::new(),
+    };
     let mut life = lifecycle_for(p, Instant::now());
     PodRecord {
         version: STATUS_VERSION,
         name: p.manifest.name.clone(),
-        uid: super::run::uuid_v4(uid),
+        uid: uuid_v4(uid),
         creation_timestamp: format_time(unix_now()),
         manifest,
         supervisor: None,
@@ -325,19 +362,23 @@ fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
         p.unknown_after,
         p.give_up_after,
     );
-    Lifecycle::new(
+    let life = Lifecycle::new(
         &p.manifest.name,
         cfg,
         p.init.iter().map(|(i, _)| i.clone()).collect(),
         p.app.iter().map(|(i, _)| i.clone()).collect(),
         now,
         unix_now(),
-    )
+    );
+    match &p.origin {
+        Origin::Command { main } => life.with_main(main),
+        Origin::Manifest(_) => life,
+    }
 }
 
 /// `--detach`: starts the supervisor in its own session and waits until
 /// the pod runs (or fails).
-fn detach(p: &Prepared) -> Result<i32, PodRunError> {
+fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
     let log_path = p.dir.join("supervisor.log");
     let fail = |reason: String| {
         Err(PodRunError::Detached {
@@ -451,6 +492,25 @@ pub(crate) fn failure_reason(status: &PodStatus) -> String {
     "Failed".into()
 }
 
+/// Why a command pod is where it is, as `unipod run -- CMD` says it: the
+/// VM's or agent's failure, the agent's silence, or the main container's
+/// reason and exit code.
+fn command_reason(status: &PodStatus, main: &str) -> Option<String> {
+    if let Some(message) = &status.message {
+        return Some(message.clone());
+    }
+    status
+        .container_statuses
+        .iter()
+        .find(|c| c.name == main)
+        .and_then(|c| match &c.state {
+            crate::pod::status::ContainerState::Terminated {
+                exit_code, reason, ..
+            } => Some(format!("{reason}, exit code {exit_code}")),
+            _ => None,
+        })
+}
+
 /// What the loop waits on.
 enum Msg {
     Agent(Result<AgentMessage, ProtocolError>),
@@ -490,11 +550,15 @@ pub(crate) struct Supervisor<'a> {
     /// not only on the next change, so status.json catches up once there
     /// is room again.
     unsaved: bool,
+    /// `--debug-stop-heartbeat`, until it is sent (once the first
+    /// container started).
+    #[cfg(feature = "test-hooks")]
+    stop_heartbeat: bool,
 }
 
 impl<'a> Supervisor<'a> {
-    /// Runs the pod to its end; returns the exit code.
-    fn run(p: &'a Prepared, args: &RunArgs, foreground: bool) -> i32 {
+    /// Runs the pod in `dir` to its end; returns the exit code.
+    fn run(p: &'a Prepared, args: &RunOptions, dir: &PodDir, foreground: bool) -> i32 {
         let now = Instant::now();
         let mut record = PodRecord::read(&p.dir).unwrap_or_else(|_| initial_record(p));
         record.supervisor = Some(ProcessRef::current());
@@ -514,27 +578,28 @@ impl<'a> Supervisor<'a> {
             tx,
             accepted: now,
             unsaved: false,
+            #[cfg(feature = "test-hooks")]
+            stop_heartbeat: args.debug_stop_heartbeat,
         };
-        let code = sup.run_pod(args, &rx);
+        let code = sup.run_pod(args, dir, &rx);
         sup.flush_partial();
         code
     }
 
-    fn run_pod(&mut self, args: &RunArgs, rx: &Receiver<Msg>) -> i32 {
+    fn run_pod(&mut self, args: &RunOptions, dir: &PodDir, rx: &Receiver<Msg>) -> i32 {
         let name = self.p.manifest.name.clone();
         let pod = Pod { name: name.clone() };
         self.save(Instant::now());
-        let net = match self.attach(args) {
+        let net = match self.attach(args, dir) {
             Ok(net) => net,
             Err(e) => {
-                let why = super::error_chain(&e, ": ");
+                let why = error_chain(&e, ": ");
                 self.life
                     .vm_failed("NetworkSetupFailed", why, Instant::now());
                 return self.finish(Instant::now());
             }
         };
         self.mark(StartupTimeline::NETWORK);
-        let dir = PodDir::adopt(self.p.dir.clone());
         let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
         let backend = match &net {
             Some(net) => NetBackend::Tap {
@@ -545,7 +610,7 @@ impl<'a> Supervisor<'a> {
         };
         let started = start_vm(
             &pod,
-            &dir,
+            dir,
             &self.p.inputs,
             &self.p.state,
             backend,
@@ -576,15 +641,22 @@ impl<'a> Supervisor<'a> {
         // Whatever happened, no VM outlives the supervisor.
         vmm_process::wait_for_exit(&mut vmm, SHUTDOWN_GRACE);
         vmm_process::stop(&mut vmm);
+        if matches!(self.p.origin, Origin::Command { .. })
+            && self.life.failure().is_some_and(|(r, _)| r != INTERRUPTED)
+        {
+            dir.print_console_tail();
+        }
         drop(net);
+        dir.forget_network();
         self.record.vmm = None;
         self.save(Instant::now());
         code
     }
 
-    fn attach(&mut self, args: &RunArgs) -> Result<Option<Attachment>, RunError> {
+    fn attach(&mut self, args: &RunOptions, dir: &PodDir) -> Result<Option<Attachment>, RunError> {
         let net = attach_network(args, &self.p.state, &self.p.manifest.name, &self.p.ports)?;
         if let Some(net) = &net {
+            dir.record_network(net, &args.bridge);
             let lease = net.lease();
             self.record.network = Some(NetworkRecord {
                 bridge: args.bridge.clone(),
@@ -615,15 +687,30 @@ impl<'a> Supervisor<'a> {
         self.life.due(now);
         self.save(now);
         self.report_phase();
-        match self.life.over() {
-            Some(PodPhase::Succeeded) => 0,
-            _ => EXIT_POD_FAILED,
+        self.exit_code(false)
+    }
+
+    /// The exit code of a pod that is over. A manifest pod's says how it
+    /// ended (130 for any Ctrl-C); a command pod's is its container's,
+    /// 125 when the VM or agent failed and 130 after a second Ctrl-C.
+    fn exit_code(&self, interrupted: bool) -> i32 {
+        match &self.p.origin {
+            Origin::Manifest(_) if interrupted => EXIT_INTERRUPTED,
+            Origin::Manifest(_) => match self.life.over() {
+                Some(PodPhase::Succeeded) => 0,
+                _ => EXIT_POD_FAILED,
+            },
+            Origin::Command { main } => match self.life.failure() {
+                Some((reason, _)) if reason == INTERRUPTED => EXIT_INTERRUPTED,
+                Some(_) => EXIT_RUN_ERROR,
+                None => self.life.exit_code(main).unwrap_or(EXIT_RUN_ERROR),
+            },
         }
     }
 
     fn supervise(
         &mut self,
-        args: &RunArgs,
+        args: &RunOptions,
         vmm: &mut Child,
         mut link: AgentLink,
         network: Option<guest_agent::protocol::NetworkConfig>,
@@ -672,9 +759,11 @@ impl<'a> Supervisor<'a> {
                 Ok(msg) => self.handle(msg, &mut link, vmm, now),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
+            self.report_running();
             // Drain what else arrived, then act once.
             while let Ok(msg) = rx.try_recv() {
                 self.handle(msg, &mut link, vmm, Instant::now());
+                self.report_running();
             }
             let now = Instant::now();
             if self.life.over().is_none() {
@@ -695,7 +784,7 @@ impl<'a> Supervisor<'a> {
                     self.life.stop(now);
                 } else {
                     self.life
-                        .vm_failed("Interrupted", "interrupted twice".into(), now);
+                        .vm_failed(INTERRUPTED, "interrupted twice".into(), now);
                 }
             }
             let mut shutdown = false;
@@ -723,15 +812,7 @@ impl<'a> Supervisor<'a> {
         }
         drop(listener);
         let _ = std::fs::remove_file(self.p.dir.join(CONTROL_SOCKET));
-        let code = match self.life.over() {
-            Some(PodPhase::Succeeded) => 0,
-            _ => EXIT_POD_FAILED,
-        };
-        if interrupted {
-            EXIT_INTERRUPTED
-        } else {
-            code
-        }
+        self.exit_code(interrupted)
     }
 
     fn listen(&self) -> Option<UnixListener> {
@@ -811,7 +892,7 @@ impl<'a> Supervisor<'a> {
             Msg::Agent(Ok(msg)) => {
                 self.life.heard_from_agent(now);
                 match msg {
-                    AgentMessage::Reply { id, result } => self.on_reply(id, result, now),
+                    AgentMessage::Reply { id, result } => self.on_reply(id, result, link, now),
                     AgentMessage::Event(e) => self.on_event(e, now),
                 }
             }
@@ -833,7 +914,13 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn on_reply(&mut self, id: u64, result: Result<Reply, String>, now: Instant) {
+    fn on_reply(
+        &mut self,
+        id: u64,
+        result: Result<Reply, String>,
+        link: &mut AgentLink,
+        now: Instant,
+    ) {
         match (self.pending.remove(&id), result) {
             (Some(Pending::Configure), Ok(_)) => {
                 self.mark(StartupTimeline::CONFIGURED);
@@ -847,6 +934,21 @@ impl<'a> Supervisor<'a> {
                 self.say(&format!("container {name} could not start: {e}"));
                 self.logs.remove(&name);
                 self.life.start_failed(&name, &e, now);
+                if let Origin::Command { main } = &self.p.origin {
+                    // A pod without its sidecar is not the pod asked for.
+                    if *main != name {
+                        let why = format!("sidecar {name} could not start: {e}");
+                        self.life.vm_failed("StartError", why, now);
+                    }
+                }
+            }
+            (Some(Pending::Run(_)), Ok(_)) => {
+                #[cfg(feature = "test-hooks")]
+                if std::mem::take(&mut self.stop_heartbeat) {
+                    let debug = guest_agent::protocol::DebugCommand::StopHeartbeat;
+                    self.send(link, Request::Debug(debug), Pending::Other);
+                }
+                let _ = link;
             }
             (Some(Pending::Exec(exec)), result) => {
                 let reply = match result {
@@ -900,9 +1002,13 @@ impl<'a> Supervisor<'a> {
                 } else if self.life.has_container(&name) {
                     self.flush_partial_of(&name);
                     self.logs.remove(&name);
-                    self.say(&format!(
-                        "container {name} exited ({reason}, exit code {exit_code})"
-                    ));
+                    let exited = format!("{name} exited ({reason}, exit code {exit_code})");
+                    match &self.p.origin {
+                        Origin::Manifest(_) => self.say(&format!("container {exited}")),
+                        // The pod's own phase line says how the command ended.
+                        Origin::Command { main } if *main == name => {}
+                        Origin::Command { .. } => self.say(&format!("sidecar {exited}")),
+                    }
                     self.life.exited(&name, exit_code, &reason, signal, now);
                 }
             }
@@ -992,6 +1098,10 @@ impl<'a> Supervisor<'a> {
         if !self.foreground {
             return;
         }
+        if let Origin::Command { .. } = self.p.origin {
+            print_raw(stream, data);
+            return;
+        }
         let buf = self
             .partial
             .entry((name.to_string(), stream == Stream::Stderr))
@@ -1036,11 +1146,24 @@ impl<'a> Supervisor<'a> {
         }
         self.last_phase = Some(phase);
         let status = &self.record.status;
-        match phase {
-            PodPhase::Failed | PodPhase::Unknown => {
-                self.say(&format!("{phase} ({})", failure_reason(status)));
+        let reason = match (&self.p.origin, phase) {
+            (_, PodPhase::Pending | PodPhase::Running) => None,
+            (Origin::Command { main }, _) => command_reason(status, main),
+            (Origin::Manifest(_), PodPhase::Failed | PodPhase::Unknown) => {
+                Some(failure_reason(status))
             }
-            _ => self.say(&phase.to_string()),
+            (Origin::Manifest(_), PodPhase::Succeeded) => None,
+        };
+        match reason {
+            Some(reason) => self.say(&format!("{phase} ({reason})")),
+            None => self.say(&phase.to_string()),
+        }
+    }
+
+    /// Reports Running as soon as it is, before the output that follows.
+    fn report_running(&mut self) {
+        if self.life.phase() == PodPhase::Running {
+            self.report_phase();
         }
     }
 
@@ -1064,7 +1187,7 @@ impl<'a> Supervisor<'a> {
         if let Err(e) = &result {
             // Once per failure, not once per retry.
             if !self.unsaved {
-                log::warn!("{}", super::error_chain(e, ": "));
+                log::warn!("{}", error_chain(e, ": "));
             }
         }
         self.unsaved = result.is_err();
@@ -1121,25 +1244,30 @@ fn forward_stdin(stream: UnixStream, exec: &str, tx: &Sender<Msg>) {
     }
 }
 
+/// A command pod's output, as the container wrote it.
+fn print_raw(stream: Stream, data: &[u8]) {
+    let result = match stream {
+        Stream::Stdout => {
+            let mut w = std::io::stdout().lock();
+            w.write_all(data).and_then(|()| w.flush())
+        }
+        Stream::Stderr => {
+            let mut w = std::io::stderr().lock();
+            w.write_all(data).and_then(|()| w.flush())
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("cannot forward container output: {e}");
+    }
+}
+
 fn print_prefixed(name: &str, stream: Stream, data: &[u8]) {
     let mut out = Vec::with_capacity(data.len() + 16);
     for line in data.split_inclusive(|b| *b == b'\n') {
         out.extend_from_slice(format!("[{name}] ").as_bytes());
         out.extend_from_slice(line);
     }
-    let result = match stream {
-        Stream::Stdout => {
-            let mut w = std::io::stdout().lock();
-            w.write_all(&out).and_then(|()| w.flush())
-        }
-        Stream::Stderr => {
-            let mut w = std::io::stderr().lock();
-            w.write_all(&out).and_then(|()| w.flush())
-        }
-    };
-    if let Err(e) = result {
-        log::debug!("cannot forward container output: {e}");
-    }
+    print_raw(stream, &out);
 }
 
 /// The exit code for a `unipod run MANIFEST` that failed with `e`.
@@ -1159,6 +1287,43 @@ mod tests {
         for no in ["pod", "pod.yaml.txt", "/bin/sh"] {
             assert!(!is_manifest_path(Path::new(no)), "{no}");
         }
+    }
+
+    #[test]
+    fn a_command_pods_phase_line_gives_the_containers_code_or_the_vms_failure() {
+        use crate::pod::status::{ContainerState, ContainerStatus};
+        let ended = |name: &str, exit_code: i32, reason: &str| ContainerStatus {
+            name: name.into(),
+            image: String::new(),
+            image_id: String::new(),
+            ready: false,
+            started: false,
+            restart_count: 0,
+            state: ContainerState::Terminated {
+                exit_code,
+                signal: None,
+                reason: reason.into(),
+                message: None,
+                started_at: None,
+                finished_at: String::new(),
+            },
+            last_state: None,
+        };
+        let mut status = PodStatus {
+            container_statuses: vec![ended("side", 143, "Error"), ended("main", 3, "Error")],
+            ..PodStatus::default()
+        };
+        assert_eq!(
+            command_reason(&status, "main").as_deref(),
+            Some("Error, exit code 3")
+        );
+        status.reason = Some("VMMExited".into());
+        status.message = Some("VMM exited (signal: 9 (SIGKILL))".into());
+        assert_eq!(
+            command_reason(&status, "main").as_deref(),
+            Some("VMM exited (signal: 9 (SIGKILL))")
+        );
+        assert_eq!(command_reason(&PodStatus::default(), "main"), None);
     }
 
     #[test]

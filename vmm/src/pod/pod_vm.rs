@@ -1,6 +1,6 @@
-//! The shim's pod VM: started (restored from the warm-start snapshot) with
-//! the same code as `unipod run`, then driven over the agent link by many
-//! task-service threads at once.
+//! A pod VM for the containerd shim: started (restored from the warm-start
+//! snapshot) by [`super::start`] as every pod's, then driven over the agent
+//! link by many task-service threads at once.
 //!
 //! # Design
 //! One dispatcher thread reads the agent link. Replies go to the thread
@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{AgentMessage, Event, NetworkConfig, Reply, Request};
 
-use crate::cli::run::{pod_config, start_vm, Pod, PodDir};
 use crate::net::Tap;
 use crate::pod::agent_client::AgentLink;
+use crate::pod::start::{pod_config, start_vm, Pod, PodDir};
+use crate::pod::vm_inputs::{GuestInputs, NetBackend};
 use crate::pod::vmm_api;
-use crate::pod::vmm_process::{self, GuestInputs, NetBackend};
+use crate::pod::vmm_process;
 
 /// How long a restored (or, the first time, cold-booted) guest has to answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -170,7 +171,10 @@ impl PodVm {
                         Ok(AgentMessage::Event(Event::Heartbeat { .. })) => {}
                         Ok(AgentMessage::Event(event)) => on_event(VmEvent::Agent(event)),
                         Err(e) => {
-                            log::info!("agent link ended: {}", crate::cli::error_chain(&e, ": "));
+                            log::info!(
+                                "agent link ended: {}",
+                                crate::error_chain::error_chain(&e, ": ")
+                            );
                             break;
                         }
                     }

@@ -1,0 +1,308 @@
+//! kubectl's presentation of pod records: its padded tables and the text
+//! of `describe`.
+//!
+//! # Design
+//! Pure functions of a [`PodRecord`] (and the manifest, when it is still
+//! there) and the time, so they are tested without a pod; `unipod get` and
+//! `unipod describe` only read the records and print these.
+
+use super::manifest::{self, ContainerSpec, PodManifest, VolumeSource};
+use super::status::{
+    format_map, human_duration, kubectl_status, parse_time, ContainerState, ContainerStatus,
+    PodRecord,
+};
+
+/// `rows` as kubectl prints them: each column padded to its widest cell
+/// and three spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn limits_of(c: &ContainerSpec) -> Vec<String> {
+    let l = &c.resources.limits;
+    let mut out = Vec::new();
+    if let Some(m) = l.cpu_millis {
+        out.push(if m % 1000 == 0 {
+            format!("cpu:     {}", m / 1000)
+        } else {
+            format!("cpu:     {m}m")
+        });
+    }
+    if let Some(b) = l.memory_bytes {
+        let mem = if b % (1 << 30) == 0 {
+            format!("{}Gi", b >> 30)
+        } else if b % (1 << 20) == 0 {
+            format!("{}Mi", b >> 20)
+        } else {
+            b.to_string()
+        };
+        out.push(format!("memory:  {mem}"));
+    }
+    out
+}
+
+fn describe_state(out: &mut String, label: &str, state: &ContainerState) {
+    match state {
+        ContainerState::Waiting { reason, message } => {
+            out.push_str(&format!(
+                "    {label:<15} Waiting\n      Reason:       {reason}\n"
+            ));
+            if let Some(m) = message {
+                out.push_str(&format!("      Message:      {m}\n"));
+            }
+        }
+        ContainerState::Running { started_at } => {
+            out.push_str(&format!(
+                "    {label:<15} Running\n      Started:      {started_at}\n"
+            ));
+        }
+        ContainerState::Terminated {
+            exit_code,
+            signal,
+            reason,
+            message,
+            started_at,
+            finished_at,
+        } => {
+            out.push_str(&format!(
+                "    {label:<15} Terminated\n      Reason:       {reason}\n      Exit Code:    {exit_code}\n"
+            ));
+            if let Some(s) = signal {
+                out.push_str(&format!("      Signal:       {s}\n"));
+            }
+            if let Some(m) = message {
+                out.push_str(&format!("      Message:      {m}\n"));
+            }
+            if let Some(s) = started_at {
+                out.push_str(&format!("      Started:      {s}\n"));
+            }
+            out.push_str(&format!("      Finished:     {finished_at}\n"));
+        }
+    }
+}
+
+fn describe_containers(
+    out: &mut String,
+    title: &str,
+    statuses: &[ContainerStatus],
+    specs: &[ContainerSpec],
+) {
+    if statuses.is_empty() {
+        return;
+    }
+    out.push_str(&format!("{title}:\n"));
+    for c in statuses {
+        out.push_str(&format!("  {}:\n", c.name));
+        out.push_str(&format!("    Image:          {}\n", c.image));
+        out.push_str(&format!("    Image ID:       {}\n", c.image_id));
+        let spec = specs.iter().find(|s| s.name == c.name);
+        if let Some(s) = spec {
+            for p in &s.ports {
+                let host = p
+                    .host_port
+                    .map_or(String::new(), |h| format!(" (host port {h})"));
+                out.push_str(&format!(
+                    "    Port:           {}/{}{host}\n",
+                    p.container_port,
+                    match p.protocol {
+                        manifest::Protocol::Tcp => "TCP",
+                        manifest::Protocol::Udp => "UDP",
+                    }
+                ));
+            }
+            if !s.command.is_empty() {
+                out.push_str(&format!("    Command:        {}\n", s.command.join(" ")));
+            }
+            if !s.args.is_empty() {
+                out.push_str(&format!("    Args:           {}\n", s.args.join(" ")));
+            }
+        }
+        describe_state(out, "State:", &c.state);
+        if let Some(last) = &c.last_state {
+            describe_state(out, "Last State:", last);
+        }
+        out.push_str(&format!(
+            "    Ready:          {}\n    Restart Count:  {}\n",
+            if c.ready { "True" } else { "False" },
+            c.restart_count
+        ));
+        if let Some(s) = spec {
+            let limits = limits_of(s);
+            if !limits.is_empty() {
+                out.push_str("    Limits:\n");
+                for l in limits {
+                    out.push_str(&format!("      {l}\n"));
+                }
+            }
+            if !s.env.is_empty() {
+                out.push_str("    Environment:\n");
+                for (k, v) in &s.env {
+                    out.push_str(&format!("      {k}:  {v}\n"));
+                }
+            }
+            if !s.volume_mounts.is_empty() {
+                out.push_str("    Mounts:\n");
+                for m in &s.volume_mounts {
+                    let ro = if m.read_only { "ro" } else { "rw" };
+                    out.push_str(&format!(
+                        "      {} from {} ({ro})\n",
+                        m.mount_path.display(),
+                        m.name
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The text of `unipod describe`.
+pub fn describe_text(r: &PodRecord, manifest: Option<&PodManifest>, now: i64) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<14}{v}\n"));
+    line(&mut out, "Name:", &r.name);
+    line(&mut out, "UID:", &r.uid);
+    line(&mut out, "Manifest:", &r.manifest.display().to_string());
+    if let Some(t) = &r.status.start_time {
+        line(&mut out, "Start Time:", t);
+    }
+    for (title, map) in [
+        ("Labels:", manifest.map(|m| &m.labels)),
+        ("Annotations:", manifest.map(|m| &m.annotations)),
+    ] {
+        let values = map.map_or(vec!["<none>".into()], format_map);
+        for (i, v) in values.iter().enumerate() {
+            line(&mut out, if i == 0 { title } else { "" }, v);
+        }
+    }
+    line(
+        &mut out,
+        "Status:",
+        &kubectl_status(&r.status, r.shown_phase()),
+    );
+    line(&mut out, "Phase:", &r.shown_phase().to_string());
+    if let Some(reason) = &r.status.reason {
+        line(&mut out, "Reason:", reason);
+    }
+    if let Some(message) = &r.status.message {
+        line(&mut out, "Message:", message);
+    }
+    if !r.supervisor_alive() && !r.status.phase.is_terminal() {
+        line(
+            &mut out,
+            "Message:",
+            &format!("its supervisor is gone; 'unipod rm {}' cleans up", r.name),
+        );
+    }
+    line(
+        &mut out,
+        "IP:",
+        r.status.pod_ip.as_deref().unwrap_or("<none>"),
+    );
+    if !r.startup.is_empty() {
+        line(&mut out, "Startup:", &r.startup.summary());
+    }
+    if let Some(m) = manifest {
+        line(&mut out, "Restart:", &m.restart_policy.to_string());
+        line(
+            &mut out,
+            "Grace Period:",
+            &format!("{}s", m.termination_grace_period.as_secs()),
+        );
+    }
+    let (init_specs, app_specs) = manifest.map_or((&[][..], &[][..]), |m| {
+        (&m.init_containers[..], &m.containers[..])
+    });
+    describe_containers(
+        &mut out,
+        "Init Containers",
+        &r.status.init_container_statuses,
+        init_specs,
+    );
+    describe_containers(
+        &mut out,
+        "Containers",
+        &r.status.container_statuses,
+        app_specs,
+    );
+    out.push_str("Conditions:\n");
+    let mut rows = vec![vec!["  Type".to_string(), "Status".to_string()]];
+    for c in &r.status.conditions {
+        rows.push(vec![format!("  {}", c.kind), c.status.clone()]);
+    }
+    out.push_str(&table(&rows));
+    if let Some(m) = manifest {
+        if !m.volumes.is_empty() {
+            out.push_str("Volumes:\n");
+            for v in &m.volumes {
+                let VolumeSource::EmptyDir(e) = &v.source;
+                let medium = match e.medium {
+                    manifest::StorageMedium::Memory => "Memory",
+                    manifest::StorageMedium::Default => "",
+                };
+                out.push_str(&format!(
+                    "  {}:\n    Type:       EmptyDir (a temporary directory that shares a pod's lifetime)\n    Medium:     {medium}\n",
+                    v.name
+                ));
+            }
+        }
+    }
+    if r.events.is_empty() {
+        out.push_str("Events:       <none>\n");
+    } else {
+        out.push_str("Events:\n");
+        let mut rows = vec![["  Type", "Reason", "Age", "From", "Message"]
+            .map(String::from)
+            .to_vec()];
+        rows.push(
+            ["  ----", "------", "----", "----", "-------"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for e in &r.events {
+            let age = parse_time(&e.time).map_or("<unknown>".into(), |t| human_duration(now - t));
+            rows.push(vec![
+                format!("  {}", e.kind),
+                e.reason.clone(),
+                age,
+                "unipod".into(),
+                e.message.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_pad_columns_like_kubectl() {
+        let rows = vec![
+            vec!["NAME".to_string(), "READY".into(), "AGE".into()],
+            vec!["web-long".to_string(), "1/1".into(), "5s".into()],
+        ];
+        assert_eq!(
+            table(&rows),
+            "NAME       READY   AGE\nweb-long   1/1     5s\n"
+        );
+    }
+}
