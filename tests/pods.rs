@@ -591,12 +591,14 @@ fn memory_a_pod_frees_goes_back_to_the_host() {
     let state = shared_state_dir();
     import_busybox(&state);
     remove(&state, "pods-fpr");
-    // dd touches an 8 MiB buffer and frees it when it exits; the guest's
-    // page reporting hands free 4 MiB blocks to the balloon about 2 s
-    // later, and the VMM logs the balloon's counters when the VM ends.
+    // dd touches a 32 MiB buffer and frees it when it exits; the guest's
+    // page reporting hands the aligned 4 MiB blocks that become free to the
+    // balloon about 2 s later, and the VMM logs the balloon's counters when
+    // the VM ends. (An 8 MiB buffer proved too small: whether one of its
+    // blocks merges whole depends on where the agent's pages happen to lie.)
     let path = manifest(
         "pods-fpr",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pods-fpr\nspec:\n  restartPolicy: Never\n  containers:\n    - name: c\n      image: busybox\n      command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=8M count=1 && sleep 8']\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pods-fpr\nspec:\n  restartPolicy: Never\n  containers:\n    - name: c\n      image: busybox\n      command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=32M count=1 && sleep 8']\n",
     );
     let out = run_pod(&state, &path, &[]).output().expect("runs");
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
