@@ -7,6 +7,8 @@
 //! VMs restore the shared warm-start snapshot (target/test-state).
 
 mod common;
+#[path = "shim/cri_checks.rs"]
+mod cri_checks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -970,13 +972,17 @@ mod cri {
     }
 }
 
+/// One CRI pod, as the kubelet drives containerd: its IP and DNS from CNI
+/// and CRI, then, in the same pod VM, the CRI validation suite's security
+/// context and container lifecycle checks (`shim/cri_checks.rs`).
 #[test]
 fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
     use k8s_cri::v1::{
         ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-        CreateContainerRequest, DnsConfig, ImageSpec, PodSandboxConfig, PodSandboxMetadata,
-        PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-        StartContainerRequest, StopPodSandboxRequest, VersionRequest,
+        CreateContainerRequest, DnsConfig, ImageSpec, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+        RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+        StopPodSandboxRequest, VersionRequest,
     };
 
     if skip("cri_runs_a_pod_on_its_cni_ip_in_our_vm") {
@@ -1033,6 +1039,19 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
                 searches: vec!["unipod.test".into()],
                 options: Vec::new(),
             }),
+            // For the security checks below: privileged containers need a
+            // privileged sandbox.
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                sysctls: cri_checks::SYSCTLS
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let sandbox = cri
@@ -1088,7 +1107,7 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
                     log_path: "app.log".into(),
                     ..Default::default()
                 }),
-                sandbox_config: Some(sandbox_config),
+                sandbox_config: Some(sandbox_config.clone()),
             })
             .await
             .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log_tail()))
@@ -1133,6 +1152,26 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
             format!("unipod-cri {pod_ip}/24 1 10.89.0.53 unipod.test"),
             "{url} from the node\n{}\n{}",
             network_report(&c, node.0, netns_before, &log_dir.join("app.log")),
+            c.log_tail()
+        );
+
+        // The security context and lifecycle checks, in the same pod VM.
+        let profile_dir = c.dir.join("seccomp");
+        cri_checks::write_profiles(&profile_dir);
+        let failures = cri_checks::run_all(&mut cri_checks::Pod {
+            cri: &mut cri,
+            sandbox: &sandbox,
+            config: &sandbox_config,
+            image: &busybox,
+            log_dir: &log_dir,
+            profile_dir: &profile_dir,
+        })
+        .await;
+        assert!(
+            failures.is_empty(),
+            "{} CRI checks failed:\n{}\n{}",
+            failures.len(),
+            failures.join("\n"),
             c.log_tail()
         );
 
