@@ -18,6 +18,9 @@ use k8s_cri::v1::{
     SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
+// The kubelet's default procMount paths, which it sends in every container's
+// security context (containerd's own defaults are empty).
+use vmm::pod::runtime_spec::{MASKED_PATHS, READONLY_PATHS};
 
 /// Pod-level sysctls the checks read back: a safe one and an allowed unsafe
 /// one, as in the suite's sysctl checks.
@@ -46,28 +49,6 @@ fn all_caps() -> String {
         .expect("CapBnd in /proc/self/status");
     format!("{:016x}", host & GUEST_CAPS)
 }
-
-/// The kubelet's default `procMount` paths, which it sends in every
-/// container's security context (containerd's own defaults are empty).
-const KUBELET_MASKED_PATHS: [&str; 10] = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-];
-const KUBELET_READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// The sandbox and image the checks run in.
 pub struct Pod<'a> {
@@ -348,8 +329,8 @@ fn checks(
             "kubelet-default-paths",
             "wc -c </proc/timer_list; echo x >/proc/sys/kernel/domainname; echo rc=$?".into(),
             security(|s| {
-                s.masked_paths = KUBELET_MASKED_PATHS.map(String::from).to_vec();
-                s.readonly_paths = KUBELET_READONLY_PATHS.map(String::from).to_vec();
+                s.masked_paths = MASKED_PATHS.map(String::from).to_vec();
+                s.readonly_paths = READONLY_PATHS.map(String::from).to_vec();
             }),
             "stdout 0\nstderr sh: can't create /proc/sys/kernel/domainname: Read-only file system\nstdout rc=1\n"
                 .into(),

@@ -56,7 +56,9 @@ pub const DEFAULT_CAPS: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// The paths containerd masks in every unprivileged container.
+/// The paths masked in every unprivileged container: the kubelet's default
+/// `procMount` list, which it sends in each CRI request (containerd 1.6's
+/// CRI masks none by itself).
 pub const MASKED_PATHS: [&str; 10] = [
     "/proc/acpi",
     "/proc/asound",
@@ -70,7 +72,8 @@ pub const MASKED_PATHS: [&str; 10] = [
     "/proc/scsi",
 ];
 
-/// The paths containerd makes read-only in every unprivileged container.
+/// The paths made read-only in every unprivileged container: the
+/// kubelet's default `procMount` list, as for [`MASKED_PATHS`].
 pub const READONLY_PATHS: [&str; 5] = [
     "/proc/bus",
     "/proc/fs",
