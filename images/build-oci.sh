@@ -83,6 +83,7 @@ nobody:x:65534:65534:nobody:/home/nobody:/bin/false
 EOF
 cat >"$l1/etc/group" <<'EOF'
 root:x:0:
+users:x:100:nobody
 nogroup:x:65534:
 EOF
 echo "deleted by layer 2's whiteout" >"$l1/etc/unipod-whiteout-me"

@@ -866,32 +866,44 @@ fn cni_netns() -> Vec<String> {
 
 /// The body of `GET path` from `ip:port`, sent from network namespace
 /// `netns` (on a thread of its own, which alone enters it), or the error.
-fn http_get_from(netns: &str, ip: &str, port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
+/// A TCP connection to `addr` made inside the named network namespace (the
+/// socket stays there; the caller's thread does not move).
+fn connect_in_netns(netns: &str, addr: &str) -> Result<std::net::TcpStream, String> {
     use std::os::fd::AsFd;
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let ns = std::fs::File::open(format!("/run/netns/{netns}")).map_err(|e| e.to_string())?;
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("setns {netns}: {e}"))?;
-            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            let conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
                 .map_err(|e| format!("connect {addr}: {e}"))?;
-            conn.set_read_timeout(Some(Duration::from_secs(20)))
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
                 .map_err(|e| e.to_string())?;
-            conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-                .map_err(|e| format!("send to {addr}: {e}"))?;
-            let mut response = String::new();
-            conn.read_to_string(&mut response)
-                .map_err(|e| format!("read from {addr}: {e}"))?;
-            match response.split_once("\r\n\r\n") {
-                Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-                _ => Err(format!("unexpected response: {response:?}")),
-            }
+            Ok(conn)
         })
         .join()
         .unwrap_or_else(|_| Err("the client thread panicked".into()))
     })
+}
+
+/// The body of an HTTP/1.1 200 answer to `GET path`, else what came.
+fn http_body(response: &str) -> Result<String, String> {
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("unexpected response: {response:?}")),
+    }
+}
+
+fn http_get_from(netns: &str, ip: &str, port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut conn = connect_in_netns(netns, &format!("{ip}:{port}"))?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send to {ip}:{port}: {e}"))?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| format!("read from {ip}:{port}: {e}"))?;
+    http_body(&response)
 }
 
 /// What a failed pod-network check needs: the pod's container log, the tc
@@ -1174,6 +1186,18 @@ fn cri_runs_a_pod_on_its_cni_ip_in_our_vm() {
             failures.join("\n"),
             c.log_tail()
         );
+        // kubectl port-forward's path: CRI PortForward, then the stream.
+        let forwarded = cri_checks::port_forward(&mut cri, &sandbox, node.0, 8080, "/index.html")
+            .await
+            .and_then(|response| http_body(&response));
+        match forwarded {
+            Ok(page) => assert_eq!(
+                page.split_whitespace().nth(1),
+                Some(format!("{pod_ip}/24").as_str()),
+                "the page through port-forward: {page:?}"
+            ),
+            Err(e) => panic!("port-forward to 8080: {e}\n{}", c.log_tail()),
+        }
 
         cri.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: sandbox.clone(),

@@ -41,6 +41,23 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u16 = 2;
 /// The vsock port the agent listens on (any CID).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The vsock port of port forwarding into the pod. Not framed like the
+/// agent link: the host sends one line, the TCP port in decimal (`8080\n`);
+/// the agent connects to it on the guest's loopback and answers `OK\n` or
+/// `ERR reason\n`; after `OK` the connection carries the TCP stream's bytes.
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1025;
+
+/// The port a port-forward request line names.
+pub fn parse_port_forward_request(line: &str) -> Result<u16, String> {
+    let text = line
+        .strip_suffix('\n')
+        .ok_or("the request is not one line ending in a newline")?;
+    match text.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("{text:?} is not a TCP port (1-65535)")),
+    }
+}
+
 /// Largest accepted value of a frame's length word (version word + JSON).
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
 /// Heartbeat period when the kernel command line has no `unipod.heartbeat_ms=`,
@@ -888,6 +905,14 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_forward_request_is_one_line_naming_a_port() {
+        assert_eq!(parse_port_forward_request("8080\n"), Ok(8080));
+        for bad in ["8080", "0\n", "65536\n", "http\n", "80 \n", "\n"] {
+            assert!(parse_port_forward_request(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn pod_config() -> PodConfig {
         PodConfig {

@@ -14,8 +14,9 @@ use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState,
     ContainerStatusRequest, CreateContainerRequest, ImageSpec, Int64Value, LinuxContainerConfig,
     LinuxContainerSecurityContext, ListContainersRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PortForwardRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 // The kubelet's default procMount paths, which it sends in every container's
@@ -250,11 +251,13 @@ fn checks(
             }),
             "stdout 1001:1002:1002 1234 5678\n".into(),
         ),
+        // The image's /etc/group puts nobody in `users` (100): containerd
+        // adds the image's groups of the user.
         (
-            "user-name",
-            "id -nu".into(),
+            "user-name-and-image-groups",
+            "echo $(id -nu) $(id -G)".into(),
             security(|s| s.run_as_username = "nobody".into()),
-            "stdout nobody\n".into(),
+            "stdout nobody 65534 100\n".into(),
         ),
         (
             "readonly-rootfs",
@@ -372,6 +375,12 @@ fn checks(
             // containerd's default profile allows sethostname only with
             // CAP_SYS_ADMIN, as docker's does.
             "stdout rc=0\n".into(),
+        ),
+        (
+            "seccomp-default-no-sys-admin",
+            "hostname ANewHostName 2>&1 | grep -o 'Operation not permitted'".into(),
+            security(|s| s.seccomp = profile(ProfileType::RuntimeDefault, "")),
+            "stdout Operation not permitted\n".into(),
         ),
         (
             "seccomp-localhost",
@@ -526,4 +535,75 @@ async fn host_namespaces(pod: &mut Pod<'_>) -> Vec<String> {
             vec!["a hostPID pod started".to_string()]
         }
     }
+}
+
+/// CRI `PortForward` as `kubectl port-forward` uses it: the streaming URL
+/// containerd returns, opened as a WebSocket with the channel protocol
+/// (data on channel 0, errors on 1, each first carrying the port, little
+/// endian), carries `GET path` to `port` in the pod and the whole answer
+/// back. containerd's streaming server listens in `node_netns`.
+pub async fn port_forward(
+    cri: &mut RuntimeServiceClient<Channel>,
+    sandbox: &str,
+    node_netns: &str,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::{Error, Message};
+
+    let url = cri
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: sandbox.into(),
+            port: vec![i32::from(port)],
+        })
+        .await
+        .map_err(|e| format!("PortForward: {e}"))?
+        .into_inner()
+        .url;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("PortForward gave {url:?}, not an http:// URL"))?;
+    let (host_port, _) = rest.split_once('/').unwrap_or((rest, ""));
+    let stream = super::connect_in_netns(node_netns, host_port)?;
+    let mut request = format!("ws://{rest}?port={port}")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tungstenite::http::HeaderValue::from_static("v4.channel.k8s.io"),
+    );
+    let (mut ws, _) =
+        tungstenite::client::client(request, stream).map_err(|e| format!("WebSocket: {e}"))?;
+    let get = format!("GET {path} HTTP/1.0\r\n\r\n");
+    ws.send(Message::binary([&[0u8][..], get.as_bytes()].concat()))
+        .map_err(|e| format!("send: {e}"))?;
+    let (mut data, mut errors) = (Vec::new(), Vec::new());
+    let mut opened = [false; 2];
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(frame)) if !frame.is_empty() => {
+                let channel = usize::from(frame[0]);
+                let Some(was_opened) = opened.get_mut(channel) else {
+                    return Err(format!("a frame on channel {channel}"));
+                };
+                let mut payload = &frame[1..];
+                if !*was_opened {
+                    if payload.get(..2) != Some(&port.to_le_bytes()[..]) {
+                        return Err(format!("channel {channel} opened with {payload:?}"));
+                    }
+                    *was_opened = true;
+                    payload = &payload[2..];
+                }
+                [&mut data, &mut errors][channel].extend_from_slice(payload);
+            }
+            Ok(Message::Close(_)) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(String::from_utf8_lossy(&errors).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&data).into_owned())
 }

@@ -67,6 +67,7 @@ pub mod logger;
 pub mod network;
 pub mod oci;
 pub mod pod;
+pub mod port_forward;
 pub mod rootfs;
 pub mod sandbox;
 pub mod user;
@@ -152,6 +153,10 @@ pub fn run() -> Result<(), AgentError> {
         .ok();
     let mut agent = Agent::new(period, cgroups)?;
     log::info!("listening on vsock port {AGENT_VSOCK_PORT}");
+    // After Agent::new blocked the signals, which the thread inherits.
+    if let Err(e) = port_forward::spawn() {
+        log::warn!("port forwarding into the pod is unavailable: {e}");
+    }
     while !agent.power_off {
         agent.poll_once()?;
     }

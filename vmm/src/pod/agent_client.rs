@@ -148,7 +148,11 @@ impl AgentLink {
 }
 
 /// One CONNECT attempt. `Ok(None)`: the guest is not listening yet.
-fn try_connect(uds: &Path, port: u32, deadline: Instant) -> std::io::Result<Option<UnixStream>> {
+pub(crate) fn try_connect(
+    uds: &Path,
+    port: u32,
+    deadline: Instant,
+) -> std::io::Result<Option<UnixStream>> {
     if !uds.exists() {
         return Ok(None);
     }
@@ -159,6 +163,22 @@ fn try_connect(uds: &Path, port: u32, deadline: Instant) -> std::io::Result<Opti
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(CONNECT_REPLY_TIMEOUT);
+    match read_line(&mut stream, wait)? {
+        None => Ok(None),
+        Some(line) if line.starts_with("OK ") => Ok(Some(stream)),
+        Some(line) => Err(std::io::Error::other(format!(
+            "unexpected reply to CONNECT: {line:?}"
+        ))),
+    }
+}
+
+/// Reads one short answer line (up to 32 bytes), a byte at a time so that
+/// nothing after it is taken. `Ok(None)`: the peer closed, reset or said
+/// nothing within `wait`.
+pub(crate) fn read_line(
+    stream: &mut UnixStream,
+    wait: Duration,
+) -> std::io::Result<Option<String>> {
     stream.set_read_timeout(Some(wait))?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -171,17 +191,10 @@ fn try_connect(uds: &Path, port: u32, deadline: Instant) -> std::io::Result<Opti
             Err(e) => return Err(e),
         }
         if line.len() > 32 {
-            return Err(std::io::Error::other("overlong reply to CONNECT"));
+            return Err(std::io::Error::other("overlong answer line"));
         }
     }
-    if line.starts_with(b"OK ") {
-        Ok(Some(stream))
-    } else {
-        Err(std::io::Error::other(format!(
-            "unexpected reply to CONNECT: {:?}",
-            String::from_utf8_lossy(&line)
-        )))
-    }
+    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {

@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod options;
 pub mod phase;
 pub mod pod_vm;
+pub mod port_forward;
 pub mod run;
 pub mod runtime_spec;
 pub mod security_context;

@@ -232,6 +232,11 @@ impl PodVm {
         &self.dir.path
     }
 
+    /// The VMM's hybrid-vsock socket, for connections into the guest.
+    pub fn vsock(&self) -> std::path::PathBuf {
+        self.dir.vsock()
+    }
+
     /// Asks the guest to stop its containers and power off, then makes sure
     /// the VMM is gone and reaped.
     pub fn stop(&self) {

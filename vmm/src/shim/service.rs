@@ -342,6 +342,13 @@ impl Inner {
         let vm = PodVm::start(dir, &inputs, &state, &hostname, net, on_event)
             .map_err(|e| err(Code::INTERNAL, crate::error_chain::error_chain(&e, ": ")))?;
         log::info!("pod VM started: VMM pid {}", vm.vmm_pid());
+        if let Some(netns) = &spec.netns {
+            // CRI's PortForward dials localhost in the pod's namespace. A pod
+            // runs without it, so a failure is only reported.
+            if let Err(e) = crate::pod::port_forward::serve_in_netns(netns, vm.vsock()) {
+                log::warn!("{}", crate::error_chain::error_chain(&e, ": "));
+            }
+        }
         *lock(&self.vm) = Some(vm);
         Ok(())
     }
