@@ -869,22 +869,16 @@ fn cni_netns() -> Vec<String> {
 /// A TCP connection to `addr` made inside the named network namespace (the
 /// socket stays there; the caller's thread does not move).
 fn connect_in_netns(netns: &str, addr: &str) -> Result<std::net::TcpStream, String> {
-    use std::os::fd::AsFd;
     let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let ns = std::fs::File::open(format!("/run/netns/{netns}")).map_err(|e| e.to_string())?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("setns {netns}: {e}"))?;
-            let conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            conn.set_read_timeout(Some(Duration::from_secs(30)))
-                .map_err(|e| e.to_string())?;
-            Ok(conn)
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the client thread panicked".into()))
+    let path = PathBuf::from(format!("/run/netns/{netns}"));
+    let conn = vmm::net::cni::in_netns(&path, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
     })
+    .map_err(|e| format!("enter {netns}: {e}"))?
+    .map_err(|e| format!("connect {addr}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
 }
 
 /// The body of an HTTP/1.1 200 answer to `GET path`, else what came.

@@ -72,22 +72,25 @@ pub struct CniTap {
 /// Creates the tap in `netns` and redirects it to and from the namespace's
 /// interface. On error nothing is left in the namespace.
 pub fn join(netns: &Path) -> Result<CniTap, CniError> {
-    let netns = netns.to_path_buf();
-    // A thread of its own: setns moves only the calling thread, and this one
-    // ends right after, so no other work ever runs in the pod's namespace.
+    in_netns(netns, || join_here(netns))
+        .unwrap_or_else(|e| Err(CniError::Enter(netns.to_path_buf(), e)))
+}
+
+/// Runs `work` in the network namespace `netns`, on a thread of its own:
+/// setns moves only the calling thread, and this one ends right after, so
+/// no other work ever runs in the pod's namespace. Sockets, taps and child
+/// processes made there stay there. `Err`: the namespace cannot be entered.
+pub fn in_netns<T: Send>(netns: &Path, work: impl FnOnce() -> T + Send) -> std::io::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let file =
-                std::fs::File::open(&netns).map_err(|e| CniError::Enter(netns.clone(), e))?;
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| CniError::Enter(netns.clone(), e.into()))?;
-            join_here(&netns)
+            let file = std::fs::File::open(netns)?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(work())
         })
         .join()
         .unwrap_or_else(|_| {
-            Err(CniError::Enter(
-                netns.clone(),
-                std::io::Error::other("the thread joining the namespace panicked"),
+            Err(std::io::Error::other(
+                "the thread in the namespace panicked",
             ))
         })
     })

@@ -14,15 +14,14 @@
 //! - The namespace's loopback has no other user: the pod's processes run in
 //!   the guest. Redirecting all of its TCP is therefore safe, and needs no
 //!   list of ports (CRI's request names none ahead of time).
-//! - The listener is made on a short-lived thread that entered the
-//!   namespace (as [`crate::net::cni`] makes the tap): a socket stays in the
-//!   namespace it was made in, so the accepting thread runs anywhere. The
-//!   `nft` child is spawned from that thread and so runs in the namespace.
+//! - The listener is made in the namespace by [`crate::net::cni::in_netns`],
+//!   as the tap is: a socket stays in the namespace it was made in, so the
+//!   accepting thread runs anywhere. The `nft` child is spawned from that
+//!   thread and so runs in the namespace.
 //! - The rule goes with the namespace, which CNI deletes with the pod.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -99,17 +98,9 @@ pub fn serve_in_netns(netns: &Path, vsock_uds: PathBuf) -> Result<(), PortForwar
         netns: netns.to_path_buf(),
         what,
     };
-    let listener = std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(netns).map_err(|e| format!("open: {e}"))?;
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("setns: {e}"))?;
-            listen_and_redirect()
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the setup thread panicked".into()))
-    })
-    .map_err(fail)?;
+    let listener = crate::net::cni::in_netns(netns, listen_and_redirect)
+        .map_err(|e| fail(format!("cannot enter it: {e}")))?
+        .map_err(fail)?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     std::thread::Builder::new()
         .name("port-forward".into())
