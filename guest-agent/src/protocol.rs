@@ -165,6 +165,16 @@ pub enum Request {
         /// The container's name.
         name: String,
     },
+    /// Fill a pod volume with files, or replace all its files at once
+    /// (ConfigMap, Secret, downward API and projected volumes); replies
+    /// [`Reply::Ok`] once the new files are in place, or an error naming
+    /// the file that could not be written. The files go in a fresh hidden
+    /// directory that a `..data` symlink then points to, swapped by one
+    /// rename, and each top-level name is a symlink through `..data`, as the
+    /// kubelet's atomic writer lays them out: a container that has the volume
+    /// mounted sees either every old file or every new one, and a `subPath`
+    /// mount (bound once to the file it names) keeps the file it had.
+    WriteVolume(VolumeFiles),
     /// Set the window size of the terminal of a container or exec started
     /// with `tty`; replies [`Reply::Ok`].
     ResizePty {
@@ -386,14 +396,50 @@ pub struct Rootfs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeMount {
     /// The volume's name; the agent creates an empty directory for a name on
-    /// first use and shares it between every container that mounts it.
+    /// first use (or [`Request::WriteVolume`] fills it) and shares it between
+    /// every container that mounts it.
     pub name: String,
     /// Absolute path inside the container.
     pub path: String,
     /// Mount it read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// Mount only this relative path of the volume (`subPath`): normal
+    /// components, no `..`. Symlinks in it are followed but must stay inside
+    /// the volume. A missing path is created as a directory, as the kubelet
+    /// does; an existing file is bound as a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
 }
+
+/// The files of a [`Request::WriteVolume`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeFiles {
+    /// The volume's name, as in [`VolumeMount::name`].
+    pub name: String,
+    /// Every file the volume holds (files not listed go), at most
+    /// [`MAX_VOLUME_FILES`] of them and [`MAX_VOLUME_BYTES`] of data.
+    pub files: Vec<VolumeFile>,
+}
+
+/// One file of a [`VolumeFiles`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeFile {
+    /// Relative path: normal components separated by `/`, none starting with
+    /// `..` (those names are the writer's own), unique within the volume.
+    /// Directories on the way are made 0755.
+    pub path: String,
+    /// The content.
+    pub data: Vec<u8>,
+    /// Permission bits, at most `0o777`; owner root.
+    pub mode: u32,
+}
+
+/// Most files in one [`VolumeFiles`].
+pub const MAX_VOLUME_FILES: usize = 1024;
+/// Most bytes of file data in one [`VolumeFiles`]: the request must fit in
+/// one frame, where JSON spends up to 4 bytes per data byte.
+pub const MAX_VOLUME_BYTES: usize = 192 * 1024;
 
 /// cgroup v2 limits; `None` is unlimited. Read from a spec's
 /// `linux.resources` by [`RunSpec::limits`].
@@ -1025,6 +1071,7 @@ mod tests {
                     name: "shared".into(),
                     path: "/data".into(),
                     read_only: true,
+                    sub_path: None,
                 }],
                 image_user: Some("65534:65534".into()),
                 stdin: true,

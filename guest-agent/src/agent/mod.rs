@@ -822,6 +822,11 @@ impl Agent {
                 let result = self.with_container(&name, |c| c.freeze(false).map(|()| Reply::Ok));
                 self.reply(id, result);
             }
+            // TODO(volumes): replaced by the writer on branch `volumes`.
+            Request::WriteVolume(files) => {
+                let why = format!("volume {:?}: WriteVolume is not implemented yet", files.name);
+                self.reply(id, Err(why));
+            }
             Request::ResizePty { name, rows, cols } => {
                 let result =
                     self.with_container(&name, |c| c.resize_pty(rows, cols).map(|()| Reply::Ok));

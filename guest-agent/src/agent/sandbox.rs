@@ -912,6 +912,7 @@ mod tests {
                 name: "data".into(),
                 path: path.into(),
                 read_only,
+                sub_path: None,
             };
             let mut writer = sh("writer", "echo shared > /data/f && echo wrote");
             writer.volume_mounts = vec![volume("/data", false)];
@@ -1008,6 +1009,7 @@ mod tests {
                 name: "data".into(),
                 path: "/etc/passwd/data".into(),
                 read_only: false,
+                sub_path: None,
             }];
             let err = pod.start(&spec).unwrap_err();
             let msg = crate::agent::logger::Chain(&err).to_string();
