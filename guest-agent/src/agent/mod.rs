@@ -45,10 +45,11 @@
 //! silences the heartbeat (only in agents built with the `test-hooks`
 //! feature; others refuse it), and `Configure` gives the guest its pod identity
 //! (clock, RNG, hostname, `/etc/podinfo`, heartbeat period; see
-//! [`identity`]). The host sends `Configure` right after `Ready`, also to
-//! guests restored from a snapshot, which is why the heartbeat period can
-//! change after boot (the kernel command line's `unipod.heartbeat_ms` only
-//! sets the initial one).
+//! [`identity`]); `WriteVolume` fills a volume with files, or swaps them
+//! all at once (ConfigMap, Secret, ...; see [`volume`]). The host sends
+//! `Configure` right after `Ready`, also to guests restored from a
+//! snapshot, which is why the heartbeat period can change after boot (the
+//! kernel command line's `unipod.heartbeat_ms` only sets the initial one).
 //!
 //! # Limitations
 //!
@@ -71,6 +72,7 @@ pub mod port_forward;
 pub mod rootfs;
 pub mod sandbox;
 pub mod user;
+pub mod volume;
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -78,8 +80,8 @@ use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
     AgentMessage, DebugCommand, Event, ExecSpec, HostMessage, PodConfig, ProtocolError, Reply,
-    Request, RunSpec, Stream, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION,
-    REASON_ERROR, REASON_OOM_KILLED,
+    Request, RunSpec, Stream, VolumeFiles, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS,
+    PROTOCOL_VERSION, REASON_ERROR, REASON_OOM_KILLED,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -822,11 +824,7 @@ impl Agent {
                 let result = self.with_container(&name, |c| c.freeze(false).map(|()| Reply::Ok));
                 self.reply(id, result);
             }
-            // TODO(volumes): replaced by the writer on branch `volumes`.
-            Request::WriteVolume(files) => {
-                let why = format!("volume {:?}: WriteVolume is not implemented yet", files.name);
-                self.reply(id, Err(why));
-            }
+            Request::WriteVolume(files) => self.write_volume(id, &files),
             Request::ResizePty { name, rows, cols } => {
                 let result =
                     self.with_container(&name, |c| c.resize_pty(rows, cols).map(|()| Reply::Ok));
@@ -848,6 +846,23 @@ impl Agent {
                 "no running container named {name:?} (running: {:?})",
                 self.containers.running_names()
             )),
+        }
+    }
+
+    /// Fills or replaces the files of a volume ([`volume::write`]); the
+    /// files' content is never logged (it may be a Secret's).
+    fn write_volume(&mut self, id: u64, files: &VolumeFiles) {
+        let result = volume::write(&self.filesystems.volumes_dir(), files);
+        match result {
+            Ok(()) => {
+                log::info!("volume {}: wrote {} files", files.name, files.files.len());
+                self.reply(id, Ok(Reply::Ok));
+            }
+            Err(e) => {
+                let msg = Chain(&e).to_string();
+                log::warn!("{msg}");
+                self.reply(id, Err(msg));
+            }
         }
     }
 

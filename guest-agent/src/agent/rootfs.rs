@@ -8,7 +8,8 @@
 //! /run/unipod/containers/<name>/      a tmpfs per container, holding
 //!                         upper/ work/     the overlay's writable layer
 //!                         rootfs/          overlay(lower = the image)
-//! /run/unipod/volumes/<volume>/       emptyDir volumes, shared by name
+//! /run/unipod/volumes/<volume>/       pod volumes, shared by name: emptyDir, or
+//!                                     files from WriteVolume (see `volume.rs`)
 //! ```
 //!
 //! The agent mounts these in its own mount namespace; the container's child
@@ -231,6 +232,11 @@ impl Filesystems {
         }
     }
 
+    /// `<run>/volumes`, where each pod volume is a directory.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.layout.run.join("volumes")
+    }
+
     /// Mounts `rootfs`'s device read-only at `<run>/images/<dev>`, unless it
     /// is mounted already; returns the mount point.
     pub fn mount_image(&mut self, rootfs: &Rootfs) -> Result<PathBuf, RootfsError> {
@@ -382,7 +388,7 @@ impl Filesystems {
             })
             .collect();
         for v in volume_mounts {
-            let source = self.layout.run.join("volumes").join(&v.name);
+            let source = self.volumes_dir().join(&v.name);
             fs::create_dir_all(&source).map_err(io_err(&source))?;
             binds.push(Bind {
                 source,
@@ -400,6 +406,12 @@ impl Filesystems {
 pub fn is_component(s: &str) -> bool {
     let mut c = Path::new(s).components();
     matches!((c.next(), c.next()), (Some(Component::Normal(n)), None) if n == s)
+}
+
+/// True for a relative path of normal components separated by single `/`s
+/// (no `.`, `..` or empty ones).
+pub fn is_relative_path(s: &str) -> bool {
+    s.split('/').all(is_component)
 }
 
 /// True for an absolute path other than `/` without `.` or `..` parts.
@@ -427,6 +439,12 @@ mod tests {
         assert!(is_component("vda") && is_component("a.b"));
         for bad in ["", ".", "..", "a/b", "/a"] {
             assert!(!is_component(bad), "{bad}");
+        }
+        for ok in ["a", "a/b", "..data/key", "a.b/c"] {
+            assert!(is_relative_path(ok), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "a//b", "./a", "a/../b", ".."] {
+            assert!(!is_relative_path(bad), "{bad}");
         }
     }
 
