@@ -71,7 +71,7 @@ use nix::unistd::Pid;
 use super::cgroup::{CgroupError, Cgroups, ContainerCgroup};
 use super::logger::Chain;
 use super::oci::{self, FsPlan, OciError, ProcessSecurity};
-use super::rootfs::{is_component, is_mount_path, ContainerRoot, RootfsError};
+use super::rootfs::{is_component, is_mount_path, is_relative_path, ContainerRoot, RootfsError};
 use super::sandbox::{self, ChildSetup, MountPlan, PidNsForChildren, Step};
 use super::user::{self, User, UserError};
 
@@ -280,6 +280,8 @@ pub fn validate(spec: &RunSpec) -> Result<(), ContainerError> {
             "the name must be one path component, not starting with '.'"
         } else if !is_mount_path(&v.path) {
             "the path must be absolute, not /, without . or .."
+        } else if v.sub_path.as_deref().is_some_and(|s| !is_relative_path(s)) {
+            "the subPath must be relative: normal components separated by '/', no . or .."
         } else {
             continue;
         };
@@ -1237,6 +1239,35 @@ mod tests {
             validate(&spec("a", &["x"], &["NOEQUALS"])),
             Err(ContainerError::InvalidEnv(_))
         ));
+    }
+
+    #[test]
+    fn volume_mounts_and_their_sub_paths_are_validated() {
+        let with = |sub_path: Option<&str>| {
+            let mut s = spec("web", &["/bin/true"], &[]);
+            s.rootfs = Some(guest_agent::protocol::Rootfs {
+                device: "/dev/vdb".into(),
+                fstype: "erofs".into(),
+            });
+            s.volume_mounts = vec![guest_agent::protocol::VolumeMount {
+                name: "cfg".into(),
+                path: "/etc/app.conf".into(),
+                read_only: true,
+                sub_path: sub_path.map(Into::into),
+            }];
+            validate(&s)
+        };
+        for ok in [None, Some("key"), Some("a/b"), Some("..data/key")] {
+            assert!(with(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "/etc", "../x", "a/../b", "a//b", "./a", "a/"] {
+            match with(Some(bad)) {
+                Err(e @ ContainerError::InvalidVolume { .. }) => {
+                    assert!(e.to_string().contains("subPath"), "{e}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

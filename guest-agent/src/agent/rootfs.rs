@@ -16,10 +16,13 @@
 //! process then builds its private view from them (see `sandbox.rs`): it
 //! pivots into `rootfs/` and bind-mounts the volumes and the pod's `hosts`,
 //! `hostname` and `resolv.conf` (written to `/etc` by `identity.rs` and
-//! `network.rs`) over the image's. Each container start mounts a fresh tmpfs
-//! for its upper layer, so a restarted container gets a fresh writable layer
-//! as in Kubernetes; [`ContainerRoot::remove`] unmounts and deletes it once
-//! the container's exit is reported.
+//! `network.rs`) over the image's. A volume mount with a `subPath` binds
+//! what that path resolves to inside the volume, opened here
+//! ([`volume::open_sub_path`]) so that the bind is made from that very file
+//! or directory. Each container start mounts a fresh tmpfs for its upper
+//! layer, so a restarted container gets a fresh writable layer as in
+//! Kubernetes; [`ContainerRoot::remove`] unmounts and deletes it once the
+//! container's exit is reported.
 //!
 //! The overlay's lower directory is a parameter ([`Filesystems::prepare`]), so
 //! tests use a plain directory instead of an image device.
@@ -36,12 +39,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{Rootfs, VolumeMount};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::volume::{self, VolumeError};
 
 /// Where the agent keeps images, container roots and volumes.
 pub const RUN_DIR: &str = "/run/unipod";
@@ -92,6 +98,17 @@ pub enum RootfsError {
         /// How long the agent waited.
         secs: u64,
     },
+    /// A volume mount's `subPath` cannot be bound.
+    #[error("volume mount {name:?} at {path:?}: subPath")]
+    SubPath {
+        /// The volume's name.
+        name: String,
+        /// The mount's path in the container.
+        path: String,
+        /// The cause (it names the sub path).
+        #[source]
+        source: VolumeError,
+    },
     /// A directory could not be created or removed.
     #[error("{path}")]
     Io {
@@ -133,10 +150,14 @@ impl Default for Layout {
 
 /// A bind mount into a container, from a path in the agent's view to an
 /// absolute path in the container's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Bind {
     /// The source, in the agent's mount namespace.
     pub source: PathBuf,
+    /// The source, already opened (`O_PATH`), when it was resolved in a
+    /// volume that containers can change (a `subPath`): the bind is made
+    /// from it, not from `source` again.
+    pub opened: Option<OwnedFd>,
     /// The target, inside the container's root.
     pub target: String,
     /// Whether the source is a directory (else a file).
@@ -383,17 +404,32 @@ impl Filesystems {
                     source.file_name().unwrap_or_default().to_string_lossy()
                 ),
                 source,
+                opened: None,
                 dir: false,
                 read_only: false,
             })
             .collect();
         for v in volume_mounts {
-            let source = self.volumes_dir().join(&v.name);
-            fs::create_dir_all(&source).map_err(io_err(&source))?;
+            let volume = self.volumes_dir().join(&v.name);
+            fs::create_dir_all(&volume).map_err(io_err(&volume))?;
+            let (source, opened, dir) = match &v.sub_path {
+                None => (volume, None, true),
+                Some(sub) => {
+                    let (fd, dir) = volume::open_sub_path(&volume, sub).map_err(|source| {
+                        RootfsError::SubPath {
+                            name: v.name.clone(),
+                            path: v.path.clone(),
+                            source,
+                        }
+                    })?;
+                    (volume.join(sub), Some(fd), dir)
+                }
+            };
             binds.push(Bind {
                 source,
+                opened,
                 target: v.path.clone(),
-                dir: true,
+                dir,
                 read_only: v.read_only,
             });
         }

@@ -19,7 +19,9 @@
 //! bind source into a detached mount (`open_tree(OPEN_TREE_CLONE)`, Linux
 //! 5.2) that the child attaches with `move_mount` after entering its root,
 //! so every target path is resolved inside the container's root: a symlink
-//! in the image cannot point a mount outside it.
+//! in the image cannot point a mount outside it. A volume's `subPath` is
+//! cloned from the descriptor `volume.rs` resolved it to, not by path, so a
+//! symlink a container plants in the volume cannot redirect it either.
 //!
 //! **Pid namespace.** A new pid namespace affects only the children of the
 //! process that enters it, so the *parent* thread switches the namespace its
@@ -51,7 +53,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -224,11 +226,28 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 /// detached bind mount of `path`, which [`attach_tree`] can mount in another
 /// mount namespace (a plain bind mount's source must be in the caller's).
 fn clone_tree(path: &Path) -> nix::Result<OwnedFd> {
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    open_tree(libc::AT_FDCWD, path, 0)
+}
+
+/// [`clone_tree`] of what `fd` (an `O_PATH` descriptor) is open on:
+/// `open_tree(fd, "", ... | AT_EMPTY_PATH)`.
+fn clone_opened_tree(fd: BorrowedFd) -> nix::Result<OwnedFd> {
+    open_tree(
+        fd.as_raw_fd(),
+        Path::new(""),
+        libc::AT_EMPTY_PATH as libc::c_uint,
+    )
+}
+
+/// `open_tree(dirfd, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | extra)`.
+fn open_tree(dirfd: RawFd, path: &Path, extra: libc::c_uint) -> nix::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | extra;
     let fd = path.with_nix_path(|p| {
-        // SAFETY: `p` is a NUL-terminated path that outlives the call; the
-        // syscall takes no other pointer and returns a new fd or -1.
-        unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) }
+        // SAFETY: `p` is a NUL-terminated path that outlives the call;
+        // `dirfd` is AT_FDCWD or a borrowed fd, passed by value (a bad one
+        // is EBADF); the syscall takes no other pointer and returns a new fd
+        // or -1.
+        unsafe { libc::syscall(libc::SYS_open_tree, dirfd, p.as_ptr(), flags) }
     })?;
     let fd = RawFd::try_from(Errno::result(fd)?).map_err(|_| Errno::EBADF)?;
     // SAFETY: `fd` was just returned by open_tree and is owned by nobody else.
@@ -261,7 +280,11 @@ impl MountPlan {
     /// `/dev`).
     pub fn new(root: &ContainerRoot, dev: &Path, fs: FsPlan) -> Result<Self, (String, Errno)> {
         let child_bind = |b: &Bind| {
-            let tree = clone_tree(&b.source).map_err(|e| (b.source.display().to_string(), e))?;
+            let tree = match &b.opened {
+                Some(fd) => clone_opened_tree(fd.as_fd()),
+                None => clone_tree(&b.source),
+            };
+            let tree = tree.map_err(|e| (b.source.display().to_string(), e))?;
             Ok(ChildBind {
                 tree,
                 target: b.target.clone(),
@@ -273,6 +296,7 @@ impl MountPlan {
             .iter()
             .map(|n| Bind {
                 source: dev.join(n),
+                opened: None,
                 target: format!("/dev/{n}"),
                 dir: false,
                 read_only: false,
@@ -292,6 +316,7 @@ impl MountPlan {
                 let bind = match &spec.kind {
                     MountKind::Bind { source, .. } => Some(child_bind(&Bind {
                         source: source.into(),
+                        opened: None,
                         target: spec.target.clone(),
                         dir: Path::new(source).is_dir(),
                         read_only: spec.flags.contains(MsFlags::MS_RDONLY),
@@ -648,12 +673,13 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use guest_agent::protocol::{ExecSpec, RunSpec, VolumeMount};
+    use guest_agent::protocol::{ExecSpec, RunSpec, VolumeFile, VolumeFiles, VolumeMount};
 
     use super::*;
     use crate::agent::container::{Container, ContainerError, Termination};
     use crate::agent::oci::test_util::{merge, set_cwd};
     use crate::agent::rootfs::{Filesystems, Layout};
+    use crate::agent::volume;
 
     /// A pod on a private tmpfs: the image (a plain directory), the run
     /// directory and the pod's /etc files.
@@ -927,6 +953,107 @@ mod tests {
             let (out, err, _) = pod.run(&reader);
             assert_eq!(out, "shared\nrefused\n");
             assert!(err.contains("Read-only file system"), "{err}");
+        });
+    }
+
+    fn volume_mount(
+        name: &str,
+        path: &str,
+        read_only: bool,
+        sub_path: Option<&str>,
+    ) -> VolumeMount {
+        VolumeMount {
+            name: name.into(),
+            path: path.into(),
+            read_only,
+            sub_path: sub_path.map(Into::into),
+        }
+    }
+
+    /// The files of volume `cfg`: `key` holding `text`, and more.
+    fn cfg(text: &str, more: &[&str]) -> VolumeFiles {
+        let file = |path: &str, data: &str| VolumeFile {
+            path: path.into(),
+            data: data.into(),
+            mode: 0o644,
+        };
+        let mut files = vec![file("key", text)];
+        files.extend(more.iter().map(|p| file(p, "")));
+        VolumeFiles {
+            name: "cfg".into(),
+            files,
+        }
+    }
+
+    #[test]
+    fn a_running_container_sees_a_written_volume_swap_but_its_sub_path_does_not() {
+        in_private_mounts(|work| {
+            let pod = Pod::new(work);
+            let volumes = pod.fs.volumes_dir();
+            volume::write(&volumes, &cfg("v1\n", &[])).unwrap();
+            let mut spec = sh(
+                "web",
+                "cat /cfg/key; echo > /scratch/ready; n=0; \
+                 while test ! -e /cfg/go && test $n -lt 1000; do sleep 0.01; n=$((n+1)); done; \
+                 cat /cfg/key; ls /cfg; cat /etc/app.conf",
+            );
+            spec.volume_mounts = vec![
+                volume_mount("cfg", "/cfg", true, None),
+                volume_mount("scratch", "/scratch", false, None),
+                volume_mount("cfg", "/etc/app.conf", true, Some("key")),
+            ];
+            let mut c = pod.start(&spec).unwrap();
+            let ready = volumes.join("scratch/ready");
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !ready.exists() && std::time::Instant::now() < give_up {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            volume::write(&volumes, &cfg("v2\n", &["go"])).unwrap();
+            let (out, err, t) = c.wait_output();
+            c.finish();
+            let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+            assert_eq!(t, Termination::Exited(0), "{out}{err}");
+            assert_eq!(out, "v1\nv2\ngo\nkey\nv1\n", "{err}");
+        });
+    }
+
+    #[test]
+    fn sub_paths_bind_what_they_resolve_to_inside_the_volume_only() {
+        in_private_mounts(|work| {
+            let pod = Pod::new(work);
+            let volumes = pod.fs.volumes_dir();
+            volume::write(&volumes, &cfg("v1\n", &[])).unwrap();
+            let mut spec = sh(
+                "web",
+                "cat /etc/app.conf; echo x > /d/f && echo wrote; \
+                 echo no > /etc/app.conf || echo refused",
+            );
+            spec.volume_mounts = vec![
+                volume_mount("cfg", "/etc/app.conf", true, Some("key")),
+                volume_mount("data", "/d", false, Some("sub/dir")),
+            ];
+            let (out, err, t) = pod.run(&spec);
+            assert_eq!(t, Termination::Exited(0), "{out}{err}");
+            assert_eq!(out, "v1\nwrote\nrefused\n", "{err}");
+            assert_eq!(
+                std::fs::read_to_string(volumes.join("data/sub/dir/f")).unwrap(),
+                "x\n",
+                "the missing sub path was made as a directory"
+            );
+
+            // A link a container could plant: the start fails, naming the mount.
+            std::os::unix::fs::symlink("/etc", volumes.join("data/esc")).unwrap();
+            let mounts = [volume_mount("data", "/x", false, Some("esc/passwd"))];
+            let err = pod
+                .fs
+                .prepare("esc", &pod.lower, &mounts, None)
+                .unwrap_err();
+            assert_eq!(
+                crate::agent::logger::Chain(&err).to_string(),
+                "volume mount \"data\" at \"/x\": subPath: \"esc/passwd\" leads outside \
+                 the volume (through a symlink)"
+            );
+            assert!(!pod.work.join("run/containers/esc").exists(), "cleaned up");
         });
     }
 

@@ -1,5 +1,5 @@
 //! Volumes the host fills with files (`WriteVolume`: ConfigMap, Secret,
-//! downward API and projected volumes).
+//! downward API and projected volumes), and the `subPath` of a volume mount.
 //!
 //! # Design
 //!
@@ -20,33 +20,41 @@
 //! renames it over `..data`. That rename is the one atomic step: a reader
 //! going through `..data` sees every old file or every new one. Then the
 //! top-level symlinks of names that went are removed, and the old directory.
-//! Containers bind the volume's directory itself, so they see each swap.
+//! Containers bind the volume's directory itself, so they see each swap; a
+//! `subPath` bind holds the file or directory it was resolved to and keeps
+//! the old content, as in Kubernetes.
 //!
 //! A container may have the volume bound read-write and plant symlinks in
 //! it, so the agent never follows one it did not make: files are created
-//! one component at a time with `O_NOFOLLOW` under the new directory.
+//! one component at a time with `O_NOFOLLOW` under the new directory, and a
+//! sub path is resolved by [`open_sub_path`] with `openat2(RESOLVE_BENEATH)`
+//! from the volume's directory. That follows symlinks (a ConfigMap key is one,
+//! through `..data`) but refuses any that lead outside the volume, and its
+//! result is an `O_PATH` descriptor that the sandbox clones the bind from,
+//! so nothing can be swapped between the check and the mount.
 //!
 //! # Limitations
 //!
 //! Files belong to root (no `fsGroup`). Every write replaces every file,
 //! changed or not. The first write refuses a volume that already holds other
 //! files (an emptyDir in use); later writes leave such files alone, as the
-//! kubelet does. Nothing is fsynced: the volume is on a tmpfs in guest RAM.
+//! kubelet does (a missing `subPath` creates one). Nothing is fsynced: the
+//! volume is on a tmpfs in guest RAM.
 
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use guest_agent::protocol::{VolumeFile, VolumeFiles, MAX_VOLUME_BYTES, MAX_VOLUME_FILES};
 use nix::errno::Errno;
-use nix::fcntl::{open, openat, OFlag};
-use nix::sys::stat::{fchmod, mkdirat, Mode};
+use nix::fcntl::{open, openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
 
 use super::rootfs::{is_component, is_relative_path};
 
@@ -84,6 +92,12 @@ pub enum VolumeError {
         volume: String,
         /// The first such entry.
         entry: String,
+    },
+    /// A sub path resolves outside its volume.
+    #[error("{sub_path:?} leads outside the volume (through a symlink)")]
+    Escapes {
+        /// The sub path.
+        sub_path: String,
     },
     /// A file system operation failed.
     #[error("{what} {path}")]
@@ -361,6 +375,49 @@ fn swap_data_link(dir: &Path, data_dir: &str) -> Result<(), VolumeError> {
     })
 }
 
+/// Opens `sub_path` (checked by [`is_relative_path`]) in the volume
+/// directory `dir` as an `O_PATH` descriptor, following symlinks only while
+/// they stay inside `dir`, and creating missing directories (0755) on the
+/// way, as the kubelet does. Returns it and whether it is a directory.
+pub fn open_sub_path(dir: &Path, sub_path: &str) -> Result<(OwnedFd, bool), VolumeError> {
+    let path_flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    let root = open(dir, path_flags | OFlag::O_DIRECTORY, Mode::empty())
+        .map_err(errno_err("open", dir))?;
+    let how = OpenHow::new()
+        .flags(path_flags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let failed = |prefix: &str, e| match e {
+        Errno::EXDEV => VolumeError::Escapes {
+            sub_path: sub_path.into(),
+        },
+        e => errno_err("open", &dir.join(prefix))(e),
+    };
+    let mut found: Option<OwnedFd> = None;
+    let mut end = 0;
+    for part in sub_path.split('/') {
+        end += part.len() + usize::from(end > 0);
+        let prefix = &sub_path[..end];
+        let fd = match openat2(&root, prefix, how) {
+            Err(Errno::ENOENT) => {
+                // Made in the directory the shorter prefix resolved to,
+                // which is inside the volume.
+                let parent = found.as_ref().map_or(root.as_fd(), |p| p.as_fd());
+                match mkdirat(parent, part, Mode::from_bits_truncate(DIR_MODE)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(errno_err("create", &dir.join(prefix))(e)),
+                }
+                openat2(&root, prefix, how).map_err(|e| failed(prefix, e))?
+            }
+            other => other.map_err(|e| failed(prefix, e))?,
+        };
+        found = Some(fd);
+    }
+    let fd = found.expect("a checked sub path has a component");
+    let stat = fstat(&fd).map_err(errno_err("inspect", &dir.join(sub_path)))?;
+    let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    Ok((fd, is_dir))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -613,5 +670,54 @@ mod tests {
             "..2026_12_07_03_59_57.43"
         );
         assert_eq!(v.mode("..2026_12_07_03_59_57.43"), 0o755);
+    }
+
+    #[test]
+    fn sub_paths_follow_symlinks_inside_the_volume_only() {
+        let v = Volumes::new();
+        write(
+            &v.0,
+            &files("cfg", &[("key", "v1", 0o644), ("d/k", "", 0o644)]),
+        )
+        .unwrap();
+        let cfg = v.0.join("cfg");
+
+        // A key: a file, through the key's link and ..data.
+        let (fd, dir) = open_sub_path(&cfg, "key").unwrap();
+        assert!(!dir);
+        let via_fd = fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        let data = data_dir(&v, "cfg");
+        assert_eq!(via_fd.unwrap(), cfg.join(&data).join("key"));
+        assert!(open_sub_path(&cfg, "d").unwrap().1, "a directory");
+
+        // Missing directories are made, in the directory they resolve to.
+        let (_, dir) = open_sub_path(&cfg, "d/new/deeper").unwrap();
+        assert!(dir);
+        assert!(cfg.join(&data).join("d/new/deeper").is_dir());
+
+        // Links out of the volume are refused, absolute or relative.
+        std::os::unix::fs::symlink("/etc", cfg.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../", cfg.join("rel")).unwrap();
+        for sub in ["abs", "abs/passwd", "rel", "rel/x/y", "d/../../../x"] {
+            match open_sub_path(&cfg, sub) {
+                Err(e @ VolumeError::Escapes { .. }) => {
+                    assert_eq!(
+                        e.to_string(),
+                        format!("{sub:?} leads outside the volume (through a symlink)")
+                    )
+                }
+                other => panic!("{sub}: {other:?}"),
+            }
+        }
+        assert!(!v.0.join("x").exists(), "nothing made outside");
+
+        // A file on the way is no directory.
+        assert!(matches!(
+            open_sub_path(&cfg, "key/x"),
+            Err(VolumeError::Io { .. })
+        ));
     }
 }
