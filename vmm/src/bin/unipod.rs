@@ -39,43 +39,43 @@ fn main() {
             std::process::exit(cli::EXIT_USAGE);
         }
     }
-    let code =
-        match &cli.command {
-            Command::Boot(args) => {
-                cli::boot(args, start).unwrap_or_else(|e| report_error(&e, e.exit_code()))
+    let code = match &cli.command {
+        Command::Boot(args) => {
+            cli::boot(args, start).unwrap_or_else(|e| report_error(&e, e.exit_code()))
+        }
+        Command::Run(args) => {
+            let options = RunOptions::from(args);
+            if args.manifests.is_empty() {
+                pod::run::run(&options)
+                    .unwrap_or_else(|e| report_error(&e, vmm::exit_code::EXIT_RUN_ERROR))
+            } else {
+                supervisor::run_manifest(&options, &args.manifests, args.supervisor, args.detach)
+                    .unwrap_or_else(|e| report_error(&e, supervisor::error_code(&e)))
             }
-            Command::Run(args) => {
-                let options = RunOptions::from(args);
-                match &args.manifest {
-                    Some(manifest) => {
-                        supervisor::run_manifest(&options, manifest, args.supervisor, args.detach)
-                            .unwrap_or_else(|e| report_error(&e, supervisor::error_code(&e)))
-                    }
-                    None => pod::run::run(&options)
-                        .unwrap_or_else(|e| report_error(&e, vmm::exit_code::EXIT_RUN_ERROR)),
-                }
-            }
-            Command::Get(args) => {
-                cli::pods::get(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
-            }
-            Command::Describe(args) => cli::pods::describe(args)
-                .unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED)),
-            Command::Logs(args) => {
-                cli::pods::logs(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
-            }
-            Command::Exec(args) => cli::pods::exec(args)
-                .unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_EXEC_ERROR)),
-            Command::Stop(args) => {
-                cli::pods::stop(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
-            }
-            Command::Rm(args) => {
-                cli::pods::rm(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
-            }
-            Command::Snapshot(args) => cli::snapshot::snapshot(args)
-                .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
-            Command::Image(args) => cli::image::image(args)
-                .unwrap_or_else(|e| report_error(&e, cli::image::EXIT_IMAGE_ERROR)),
-        };
+        }
+        Command::Get(args) => {
+            cli::pods::get(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
+        Command::Describe(args) => {
+            cli::pods::describe(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
+        Command::Logs(args) => {
+            cli::pods::logs(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
+        Command::Exec(args) => {
+            cli::pods::exec(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_EXEC_ERROR))
+        }
+        Command::Stop(args) => {
+            cli::pods::stop(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
+        Command::Rm(args) => {
+            cli::pods::rm(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
+        Command::Snapshot(args) => cli::snapshot::snapshot(args)
+            .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
+        Command::Image(args) => cli::image::image(args)
+            .unwrap_or_else(|e| report_error(&e, cli::image::EXIT_IMAGE_ERROR)),
+    };
     std::process::exit(code);
 }
 

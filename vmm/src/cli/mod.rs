@@ -550,15 +550,27 @@ mod tests {
     #[test]
     fn run_takes_a_manifest_or_a_command_after_dashes() {
         let run = parse_run(&["pod.yaml", "--detach"]).expect("valid");
-        assert_eq!(run.manifest, Some(PathBuf::from("pod.yaml")));
+        assert_eq!(run.manifests, [PathBuf::from("pod.yaml")]);
         assert!(run.command.is_empty() && run.detach);
+        let run =
+            parse_run(&["pod.yaml", "-f", "config.yaml", "--filename", "s.yaml"]).expect("valid");
+        assert_eq!(
+            run.manifests,
+            [
+                PathBuf::from("pod.yaml"),
+                "config.yaml".into(),
+                "s.yaml".into()
+            ]
+        );
+        let run = parse_run(&["-f", "all.yaml"]).expect("valid");
+        assert_eq!(run.manifests, [PathBuf::from("all.yaml")]);
         let run = parse_run(&["--name", "x", "--", "/bin/sh", "-c", "true"]).expect("valid");
-        assert_eq!(run.manifest, None);
+        assert!(run.manifests.is_empty());
         assert_eq!(run.command, ["/bin/sh", "-c", "true"]);
         let run = parse_run(&["--", "true"]).expect("valid");
         assert_eq!(
-            (run.manifest, run.command),
-            (None, vec!["true".to_string()])
+            (run.manifests, run.command),
+            (vec![], vec!["true".to_string()])
         );
         for (bad, why) in [
             (&["pod.yaml", "--name", "x"][..], "--name"),

@@ -107,14 +107,20 @@ pub struct RunArgs {
     /// 'unipod rm NAME'.
     #[arg(value_name = "MANIFEST | -- CMD")]
     pub words: Vec<String>,
+    /// A manifest file, as kubectl apply -f takes it; repeatable. The files
+    /// (and their '---'-separated documents) hold exactly one Pod, and any
+    /// ConfigMaps and Secrets it uses, which are stored first, as
+    /// 'unipod apply' stores them.
+    #[arg(long = "filename", short = 'f', value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// The container's command and arguments (the words after `--`); set by
     /// [`RunArgs::split_manifest`].
     #[arg(skip)]
     pub command: Vec<String>,
-    /// The manifest (a word before any `--`); set by
+    /// The manifest files: a word before any `--`, then each `-f`; set by
     /// [`RunArgs::split_manifest`].
     #[arg(skip)]
-    pub manifest: Option<PathBuf>,
+    pub manifests: Vec<PathBuf>,
     /// With MANIFEST: run the pod in the background, wait until it runs
     /// (or fails), print its name and exit. 'unipod logs/exec/stop/rm' reach
     /// it; its supervisor logs to STATE_DIR/pods/NAME/supervisor.log.
@@ -139,23 +145,24 @@ impl RunArgs {
             .min(self.words.len());
         let before = self.words.len() - after_dashes;
         self.command = self.words[before..].to_vec();
-        self.manifest = match &self.words[..before] {
-            [] => None,
-            [one] => Some(PathBuf::from(one)),
+        self.manifests = match &self.words[..before] {
+            [] => Vec::new(),
+            [one] => vec![PathBuf::from(one)],
             [_, second, ..] => {
                 return Err(format!(
-                    "unexpected argument {second:?}: give one MANIFEST, or a command after '--'"
+                    "unexpected argument {second:?}: give one MANIFEST (more with -f), or a command after '--'"
                 ))
             }
         };
-        if self.manifest.is_none() && self.command.is_empty() {
+        self.manifests.extend(self.files.iter().cloned());
+        if self.manifests.is_empty() && self.command.is_empty() {
             return Err(
                 "give a MANIFEST (unipod run pod.yaml) or a command after '--' \
                         (unipod run -- CMD...)"
                     .into(),
             );
         }
-        if self.manifest.is_none() {
+        if self.manifests.is_empty() {
             return match (self.detach, self.supervisor) {
                 (false, false) => Ok(()),
                 _ => Err("--detach needs a MANIFEST (unipod run --detach pod.yaml)".into()),

@@ -12,6 +12,80 @@ use super::status::{
     PodRecord,
 };
 
+/// A volume's lines in `describe`, as kubectl prints them.
+fn volume_source(source: &VolumeSource) -> String {
+    use manifest::{DownwardSource, FileSource};
+    let sources = match source {
+        VolumeSource::EmptyDir(e) => {
+            let medium = match e.medium {
+                manifest::StorageMedium::Memory => "Memory",
+                manifest::StorageMedium::Default => "",
+            };
+            return format!(
+                "    Type:       EmptyDir (a temporary directory that shares a pod's lifetime)\n    Medium:     {medium}\n"
+            );
+        }
+        VolumeSource::Files(sources) => sources,
+    };
+    let mut out = String::new();
+    if sources.len() != 1 {
+        out.push_str(
+            "    Type:       Projected (a volume that contains injected data from multiple sources)\n",
+        );
+    }
+    for source in sources {
+        match source {
+            FileSource::Keys(k) => out.push_str(&format!(
+                "    Type:       {} (a volume populated by a {})\n    Name:       {}\n    Optional:   {}\n",
+                k.kind, k.kind, k.name, k.optional
+            )),
+            FileSource::Downward(files) => {
+                out.push_str(
+                    "    Type:       DownwardAPI (a volume populated by information about the pod)\n    Items:\n",
+                );
+                for f in files {
+                    let what = match &f.source {
+                        DownwardSource::Field(field) => format!("{field:?}"),
+                        DownwardSource::Resource(r) => resource_ref(r),
+                    };
+                    out.push_str(&format!("      {what} -> {}\n", f.path));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An env var's value in `describe`: literal values as written, the
+/// sources of the others (never a Secret's value).
+fn env_source(source: &manifest::EnvSource) -> String {
+    match source {
+        manifest::EnvSource::Value(v) => v.clone(),
+        manifest::EnvSource::Field(f) => format!(" ({f:?})"),
+        manifest::EnvSource::Resource(r) => resource_ref(r),
+        manifest::EnvSource::Key(k) => format!(
+            "<set to the key '{}' of {} '{}'>  Optional: {}",
+            k.key,
+            k.kind.lower(),
+            k.name,
+            k.optional
+        ),
+    }
+}
+
+fn resource_ref(r: &manifest::ResourceFieldRef) -> String {
+    let which = if r.resource.limit {
+        "limits"
+    } else {
+        "requests"
+    };
+    let what = if r.resource.cpu { "cpu" } else { "memory" };
+    match &r.container {
+        Some(c) => format!("{which}.{what} ({c})"),
+        None => format!("{which}.{what}"),
+    }
+}
+
 /// `rows` as kubectl prints them: each column padded to its widest cell
 /// and three spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
@@ -151,10 +225,24 @@ fn describe_containers(
                     out.push_str(&format!("      {l}\n"));
                 }
             }
+            if !s.env_from.is_empty() {
+                out.push_str("    Environment Variables from:\n");
+                for f in &s.env_from {
+                    let prefix = if f.prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with prefix '{}'", f.prefix)
+                    };
+                    out.push_str(&format!(
+                        "      {}  {}{prefix}  Optional: {}\n",
+                        f.name, f.kind, f.optional
+                    ));
+                }
+            }
             if !s.env.is_empty() {
                 out.push_str("    Environment:\n");
-                for (k, v) in &s.env {
-                    out.push_str(&format!("      {k}:  {v}\n"));
+                for e in &s.env {
+                    out.push_str(&format!("      {}:  {}\n", e.name, env_source(&e.source)));
                 }
             }
             if !s.volume_mounts.is_empty() {
@@ -251,15 +339,7 @@ pub fn describe_text(r: &PodRecord, manifest: Option<&PodManifest>, now: i64) ->
         if !m.volumes.is_empty() {
             out.push_str("Volumes:\n");
             for v in &m.volumes {
-                let VolumeSource::EmptyDir(e) = &v.source;
-                let medium = match e.medium {
-                    manifest::StorageMedium::Memory => "Memory",
-                    manifest::StorageMedium::Default => "",
-                };
-                out.push_str(&format!(
-                    "  {}:\n    Type:       EmptyDir (a temporary directory that shares a pod's lifetime)\n    Medium:     {medium}\n",
-                    v.name
-                ));
+                out.push_str(&format!("  {}:\n{}", v.name, volume_source(&v.source)));
             }
         }
     }

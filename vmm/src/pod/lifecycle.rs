@@ -151,6 +151,9 @@ enum State {
     Initial,
     /// `Run` sent, no answer yet.
     Starting,
+    /// Its configuration cannot be resolved yet (a ConfigMap or Secret is
+    /// missing); tried again at `retry_at`, without counting a restart.
+    ConfigError { message: String, retry_at: Instant },
     Running {
         since: Instant,
         signalled: Option<i32>,
@@ -171,6 +174,9 @@ struct Track {
     restarts: u32,
     /// Exits since the last long run, for the back-off.
     crashes: u32,
+    /// The last configuration error, so that a retry failing the same way
+    /// records no new event.
+    config_error: Option<String>,
 }
 
 impl Track {
@@ -181,6 +187,7 @@ impl Track {
             last: None,
             restarts: 0,
             crashes: 0,
+            config_error: None,
         }
     }
 
@@ -423,6 +430,29 @@ impl Lifecycle {
         }
         let msg = format!("Started container {name}");
         self.event(now, "Normal", "Started", msg);
+    }
+
+    /// The container's configuration cannot be resolved (`message` is the
+    /// kubelet's, e.g. `configmap "x" not found`): it waits with
+    /// `CreateContainerConfigError` and is tried again after
+    /// [`CONFIG_RETRY`]. The event is recorded when the message changes.
+    pub fn config_error(&mut self, name: &str, message: &str, now: Instant) {
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        if !matches!(track.state, State::Starting) {
+            return;
+        }
+        let repeated = track.config_error.as_deref() == Some(message);
+        track.config_error = Some(message.to_owned());
+        track.state = State::ConfigError {
+            message: message.to_owned(),
+            retry_at: now + CONFIG_RETRY,
+        };
+        if !repeated {
+            self.event(now, "Warning", "Failed", format!("Error: {message}"));
+        }
+        self.changed = true;
     }
 
     /// The agent refused to start the container (`message` says why).
@@ -705,8 +735,12 @@ impl Lifecycle {
         for t in &self.app {
             match &t.state {
                 State::Running { .. } => running += 1,
-                State::Initial | State::Starting if t.last.is_none() => waiting += 1,
-                State::Initial | State::Starting => stopped += 1,
+                State::Initial | State::Starting | State::ConfigError { .. }
+                    if t.last.is_none() =>
+                {
+                    waiting += 1
+                }
+                State::Initial | State::Starting | State::ConfigError { .. } => stopped += 1,
                 State::Terminated {
                     t: term,
                     restart_at,
@@ -848,6 +882,10 @@ impl Lifecycle {
                 waiting("ContainerCreating", None),
                 t.last.as_ref().map(|l| self.termination_state(l)),
             ),
+            State::ConfigError { message, .. } => (
+                waiting("CreateContainerConfigError", Some(message.clone())),
+                t.last.as_ref().map(|l| self.termination_state(l)),
+            ),
             State::Running { since, .. } => (
                 ContainerState::Running {
                     started_at: self.time(*since),
@@ -891,10 +929,19 @@ impl Lifecycle {
     }
 }
 
-/// Starts `track` if it waits for its first start or a due restart.
+/// How long a container whose configuration could not be resolved waits
+/// before the next try.
+pub const CONFIG_RETRY: Duration = Duration::from_secs(1);
+
+/// Starts `track` if it waits for its first start, a due restart, or a
+/// retry of its configuration.
 fn start_if_due(track: &mut Track, now: Instant) -> bool {
     match &track.state {
         State::Initial => {
+            track.state = State::Starting;
+            true
+        }
+        State::ConfigError { retry_at, .. } if *retry_at <= now => {
             track.state = State::Starting;
             true
         }

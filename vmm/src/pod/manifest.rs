@@ -51,6 +51,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
+
+pub use super::objects::{ConfigObject, Kind};
 pub use super::security_context::{PodSecurityContext, SecurityContext};
 
 mod names;
@@ -58,6 +61,8 @@ mod quantity;
 #[cfg(test)]
 mod tests;
 mod walk;
+
+pub(crate) use walk::is_relative_path;
 
 /// The pod's `terminationGracePeriodSeconds` when the manifest has none, as in
 /// Kubernetes.
@@ -87,6 +92,9 @@ const MIB: u64 = 1 << 20;
 pub struct PodManifest {
     /// `metadata.name`, a DNS-1123 label.
     pub name: String,
+    /// `metadata.namespace`: only shown through the downward API;
+    /// [`DEFAULT_NAMESPACE`] when absent.
+    pub namespace: String,
     /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
     /// `metadata.annotations`.
@@ -108,7 +116,13 @@ pub struct PodManifest {
     pub volumes: Vec<Volume>,
     /// `spec.securityContext`.
     pub security_context: PodSecurityContext,
+    /// `spec.resources`: the whole pod's, which size its VM in place of the
+    /// containers' sum when set.
+    pub resources: Resources,
 }
+
+/// The namespace of a pod whose manifest names none, as in Kubernetes.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// `spec.restartPolicy`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,9 +153,11 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// `args`: replaces the image's cmd when not empty.
     pub args: Vec<String>,
-    /// `env` as (name, value) pairs, in manifest order; a later duplicate
-    /// name wins, as in Kubernetes.
-    pub env: Vec<(String, String)>,
+    /// `env`, in manifest order; a later duplicate name wins, as in
+    /// Kubernetes.
+    pub env: Vec<EnvVar>,
+    /// `envFrom`, in manifest order; `env` wins over it.
+    pub env_from: Vec<EnvFrom>,
     /// `workingDir`, an absolute path.
     pub working_dir: Option<PathBuf>,
     /// `ports`.
@@ -152,6 +168,117 @@ pub struct ContainerSpec {
     pub volume_mounts: Vec<VolumeMount>,
     /// `securityContext`.
     pub security_context: SecurityContext,
+}
+
+/// One entry of a container's `env`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvVar {
+    /// `name`.
+    pub name: String,
+    /// `value` or `valueFrom`.
+    pub source: EnvSource,
+}
+
+impl EnvVar {
+    /// A variable with a literal value.
+    pub fn value(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.to_owned(),
+            source: EnvSource::Value(value.to_owned()),
+        }
+    }
+}
+
+/// Where an environment variable's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnvSource {
+    /// `value`, in which `$(VAR)` names earlier variables.
+    Value(String),
+    /// `valueFrom.fieldRef`.
+    Field(FieldRef),
+    /// `valueFrom.resourceFieldRef`.
+    Resource(ResourceFieldRef),
+    /// `valueFrom.configMapKeyRef` or `valueFrom.secretKeyRef`.
+    Key(KeyRef),
+}
+
+/// A key of a ConfigMap or Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    /// ConfigMap or Secret.
+    pub kind: Kind,
+    /// The object's name.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// `optional`: a missing object or key leaves the variable unset.
+    pub optional: bool,
+}
+
+/// One entry of a container's `envFrom`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvFrom {
+    /// `configMapRef` or `secretRef`.
+    pub kind: Kind,
+    /// The object's name.
+    pub name: String,
+    /// `prefix`, put before every key.
+    pub prefix: String,
+    /// `optional`.
+    pub optional: bool,
+}
+
+/// A pod field the downward API exposes (`fieldRef.fieldPath`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldRef {
+    /// `metadata.name`.
+    Name,
+    /// `metadata.namespace`.
+    Namespace,
+    /// `metadata.uid`.
+    Uid,
+    /// `metadata.labels`: every label, one `key="value"` per line (volumes
+    /// only).
+    Labels,
+    /// `metadata.annotations`, as `Labels` (volumes only).
+    Annotations,
+    /// `metadata.labels['key']`.
+    Label(String),
+    /// `metadata.annotations['key']`.
+    Annotation(String),
+    /// `spec.nodeName`: this host's name (env only).
+    NodeName,
+    /// `spec.serviceAccountName` (env only).
+    ServiceAccountName,
+    /// `status.hostIP` (env only).
+    HostIp,
+    /// `status.hostIPs` (env only).
+    HostIps,
+    /// `status.podIP` (env only).
+    PodIp,
+    /// `status.podIPs` (env only).
+    PodIps,
+}
+
+/// A container resource the downward API exposes (`resourceFieldRef`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceFieldRef {
+    /// `containerName`: the container whose resources to read; the
+    /// variable's own container when `None` (env only).
+    pub container: Option<String>,
+    /// `resource`.
+    pub resource: ResourceName,
+    /// `divisor`: thousandths of a core for CPU, bytes for memory; at least 1.
+    pub divisor: u64,
+}
+
+/// `limits.cpu`, `requests.memory`, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceName {
+    /// `limits` (true) or `requests`.
+    pub limit: bool,
+    /// `cpu` (true) or `memory`.
+    pub cpu: bool,
 }
 
 /// One entry of a container's `ports`.
@@ -202,8 +329,14 @@ pub struct VolumeMount {
     pub name: String,
     /// `mountPath`, absolute and unique within the container.
     pub mount_path: PathBuf,
-    /// `readOnly`.
+    /// `readOnly`; always true for ConfigMap, Secret, downward API and
+    /// projected volumes, as the kubelet mounts them.
     pub read_only: bool,
+    /// `subPath`: a relative path in the volume to mount instead of its root.
+    pub sub_path: Option<String>,
+    /// `subPathExpr`: as `subPath`, with `$(VAR)` taken from the
+    /// container's environment.
+    pub sub_path_expr: Option<String>,
 }
 
 /// One entry of `spec.volumes`.
@@ -220,7 +353,76 @@ pub struct Volume {
 pub enum VolumeSource {
     /// `emptyDir`: a directory that starts empty and lives as long as the pod.
     EmptyDir(EmptyDir),
+    /// `configMap`, `secret`, `downwardAPI` or `projected`: files the host
+    /// writes, read-only in the containers, updated while the pod runs.
+    Files(Vec<FileSource>),
 }
+
+impl VolumeSource {
+    /// Whether the host writes the volume's files.
+    pub fn is_files(&self) -> bool {
+        matches!(self, VolumeSource::Files(_))
+    }
+}
+
+/// One source of a files volume: the volume itself for `configMap`,
+/// `secret` and `downwardAPI`, each of `projected.sources`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSource {
+    /// The keys of a ConfigMap or Secret.
+    Keys(KeysSource),
+    /// Downward API fields, one file each.
+    Downward(Vec<DownwardFile>),
+}
+
+/// The files of a `configMap` or `secret` volume (or projection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeysSource {
+    /// ConfigMap or Secret.
+    pub kind: Kind,
+    /// The object's name.
+    pub name: String,
+    /// `items`: only these keys, at these paths; every key when empty.
+    pub items: Vec<KeyToPath>,
+    /// `defaultMode` (of the volume or the projection), 0644 when absent.
+    pub default_mode: u32,
+    /// `optional`: a missing object gives no files.
+    pub optional: bool,
+}
+
+/// One entry of `items`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyToPath {
+    /// `key`.
+    pub key: String,
+    /// `path`, relative.
+    pub path: String,
+    /// `mode`; the default mode when `None`.
+    pub mode: Option<u32>,
+}
+
+/// One file of a `downwardAPI` volume (or projection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownwardFile {
+    /// `path`, relative.
+    pub path: String,
+    /// `fieldRef` (metadata fields only) or `resourceFieldRef`.
+    pub source: DownwardSource,
+    /// `mode`, or the default mode.
+    pub mode: u32,
+}
+
+/// What a downward API file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownwardSource {
+    /// A pod field.
+    Field(FieldRef),
+    /// A container's resource.
+    Resource(ResourceFieldRef),
+}
+
+/// The mode of a files volume's files when the manifest gives none.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
 
 /// An `emptyDir` volume's settings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -291,6 +493,10 @@ impl PodManifest {
     /// The pod's need for one resource, picked from a [`ResourceList`]:
     /// `None` when no container states it.
     fn pod_amount(&self, pick: impl Fn(&ResourceList) -> Option<u64>) -> Option<u64> {
+        let pod_level = pick(&self.resources.limits).or(pick(&self.resources.requests));
+        if pod_level.is_some() {
+            return pod_level;
+        }
         let of = |c: &ContainerSpec| pick(&c.resources.limits).or(pick(&c.resources.requests));
         let app: Vec<u64> = self.containers.iter().filter_map(of).collect();
         let init: Vec<u64> = self.init_containers.iter().filter_map(of).collect();
@@ -366,10 +572,12 @@ pub enum ManifestError {
     },
     /// A field (or a value, such as a volume source) unipod does not
     /// implement, or does not know.
-    #[error("{path}: not supported yet{}", did_you_mean(suggestion.as_deref()))]
+    #[error("{path}: {}{}", reason.unwrap_or("unknown field, or not supported yet"), did_you_mean(suggestion.as_deref()))]
     Unsupported {
         /// The field's path.
         path: String,
+        /// Why it is refused, when unipod knows the field.
+        reason: Option<&'static str>,
         /// A supported field with a similar name, when there is one.
         suggestion: Option<&'static str>,
     },
@@ -424,6 +632,20 @@ pub enum ManifestError {
         /// The volume name.
         name: String,
     },
+    /// A problem in one document of a file of several.
+    #[error("document {index} ({kind}): {source}")]
+    InDocument {
+        /// 1 for the first document.
+        index: usize,
+        /// Its `kind`, or "no kind".
+        kind: String,
+        /// The problem.
+        #[source]
+        source: Box<ManifestError>,
+    },
+    /// A file of several documents has no Pod, or more than one.
+    #[error("{0}")]
+    Pods(String),
     /// Several of the problems above, object by object from the top down.
     #[error("{} problems:{}", .0.len(), list(.0))]
     Multiple(Vec<ManifestError>),
@@ -473,6 +695,75 @@ pub fn parse(text: &str) -> Result<(PodManifest, Vec<Warning>), ManifestError> {
         serde_norway::from_str(text).map_err(ManifestError::Yaml)?;
     value.apply_merge().map_err(ManifestError::Yaml)?;
     walk::pod(&value)
+}
+
+/// What a manifest file holds: the documents of `kubectl apply -f`.
+#[derive(Debug, Default)]
+pub struct Documents {
+    /// The Pods, each with its warnings.
+    pub pods: Vec<(PodManifest, Vec<Warning>)>,
+    /// The ConfigMaps and Secrets.
+    pub objects: Vec<ConfigObject>,
+    /// Warnings about the objects.
+    pub warnings: Vec<Warning>,
+}
+
+/// Parses every document of a YAML text (separated by `---`): Pods,
+/// ConfigMaps and Secrets. Empty documents are skipped. Each problem of a
+/// file of several documents names its document.
+pub fn parse_documents(text: &str) -> Result<Documents, ManifestError> {
+    let mut values = Vec::new();
+    for document in serde_norway::Deserializer::from_str(text) {
+        let mut value = serde_norway::Value::deserialize(document).map_err(ManifestError::Yaml)?;
+        value.apply_merge().map_err(ManifestError::Yaml)?;
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    let several = values.len() > 1;
+    let mut out = Documents::default();
+    let mut errors = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let result = match kind {
+            "ConfigMap" | "Secret" => walk::object(value).map(|(o, w)| {
+                out.objects.push(o);
+                out.warnings.extend(w);
+            }),
+            _ => walk::pod(value).map(|p| out.pods.push(p)),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if several => errors.push(ManifestError::InDocument {
+                index: i + 1,
+                kind: if kind.is_empty() {
+                    "no kind".into()
+                } else {
+                    kind.into()
+                },
+                source: Box::new(e),
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(out),
+        1 => Err(errors.remove(0)),
+        _ => Err(ManifestError::Multiple(errors)),
+    }
+}
+
+/// Reads the file at `path` and [`parse_documents`]s it; errors name the
+/// file.
+pub fn load_documents(path: &Path) -> Result<Documents, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_documents(&text).map_err(|e| ManifestError::File {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 /// Reads the file at `path` and [`parse`]s it; errors name the file.

@@ -12,10 +12,12 @@
 
 pub mod agent_client;
 pub mod cleanup;
+pub mod config_sources;
 pub mod control;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod manifest;
+pub mod objects;
 pub mod options;
 pub mod phase;
 pub mod pod_vm;

@@ -21,12 +21,13 @@ use guest_agent::protocol::RunSpec;
 
 use super::lifecycle::ContainerInfo;
 use super::manifest::{
-    ContainerSpec, PodManifest, Resources, RestartPolicy, DEFAULT_TERMINATION_GRACE_PERIOD,
+    ContainerSpec, EnvVar, PodManifest, Resources, RestartPolicy, DEFAULT_NAMESPACE,
+    DEFAULT_TERMINATION_GRACE_PERIOD,
 };
 use super::options::{is_dns_label, RunOptions, Sidecar};
-use super::spec;
 use super::start::{guest_inputs, state_root};
 use super::supervisor::{self, Origin, Prepared};
+use super::{config_sources, spec};
 use crate::image::ImageConfig;
 use crate::net::NetError;
 
@@ -101,7 +102,8 @@ fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
         .containers
         .iter()
         .map(|c| {
-            let mut run = spec::run_spec(&manifest, c, &root, 0)?;
+            let env = config_sources::literal_env(c);
+            let mut run = spec::run_spec(&manifest, c, &root, 0, &env)?;
             run.rootfs = None;
             let info = ContainerInfo {
                 name: c.name.clone(),
@@ -121,6 +123,10 @@ fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
         inputs,
         init: Vec::new(),
         app,
+        // Command pods take nothing from objects: their specs are final.
+        builds: Default::default(),
+        catalog: Default::default(),
+        objects: Vec::new(),
         ports: args.publish.clone(),
         unknown_after: args.unknown_after(),
         give_up_after: args.give_up_after(),
@@ -137,7 +143,7 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
         .env
         .iter()
         .map(|e| match e.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            Some((k, v)) if !k.is_empty() => Ok(EnvVar::value(k, v)),
             _ => Err(RunError::BadEnv(e.clone())),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -147,6 +153,7 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
         command,
         args: Vec::new(),
         env: env.clone(),
+        env_from: Vec::new(),
         working_dir: args.workdir.as_ref().map(PathBuf::from),
         ports: Vec::new(),
         resources: Resources::default(),
@@ -162,6 +169,8 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
         .collect();
     Ok(PodManifest {
         name: args.name.clone(),
+        namespace: DEFAULT_NAMESPACE.into(),
+        resources: Resources::default(),
         labels: Default::default(),
         annotations: Default::default(),
         hostname: None,
@@ -288,7 +297,8 @@ mod tests {
         assert_eq!(pod.containers[0].command, ["/bin/sh", "-c", "sleep 9"]);
         assert_eq!(pod.containers[1].command, ["echo", "hi"]);
         let root = agent_root();
-        let run = spec::run_spec(&pod, &pod.containers[1], &root, 0).expect("a spec");
+        let env = config_sources::literal_env(&pod.containers[1]);
+        let run = spec::run_spec(&pod, &pod.containers[1], &root, 0, &env).expect("a spec");
         assert_eq!(run.argv(), ["echo", "hi"]);
         assert_eq!(run.env(), [DEFAULT_PATH, "A=1"]);
         assert_eq!(run.cwd().as_deref(), Some("/tmp"));
@@ -307,7 +317,8 @@ mod tests {
         }
         let pod =
             command_pod(&options("pod", &["PATH=/x", "B="], None, &[], &["true"])).expect("valid");
-        let run = spec::run_spec(&pod, &pod.containers[0], &agent_root(), 0).expect("a spec");
+        let env = config_sources::literal_env(&pod.containers[0]);
+        let run = spec::run_spec(&pod, &pod.containers[0], &agent_root(), 0, &env).expect("a spec");
         assert_eq!(run.env(), ["PATH=/x", "B="]);
     }
 }

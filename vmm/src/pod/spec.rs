@@ -15,14 +15,14 @@
 //! - each distinct image (by digest) gets one disk, in the order the pod
 //!   first names them, init containers first: `/dev/vda`, `/dev/vdb`, ...
 //!
-//! # Limitations
-//! `$(VAR)` references in `command`, `args` and `env` values are passed
-//! as written, not expanded.
+//! `$(VAR)` references are expanded as the kubelet does (see
+//! [`config_sources`]).
 
 #![forbid(unsafe_code)]
 
 use guest_agent::protocol::{Rootfs, RunSpec, VolumeMount};
 
+use super::config_sources;
 use super::manifest::{ContainerSpec, PodManifest};
 use super::runtime_spec::{self, Process};
 use super::security_context::{self, SecurityError, Subject};
@@ -40,6 +40,16 @@ pub enum SpecError {
     /// The `securityContext` cannot be applied.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// `subPathExpr` expanded to a path outside the volume.
+    #[error("container {container:?}: subPathExpr {expr:?} expands to {path:?}, which is not a relative path inside the volume")]
+    SubPathExpr {
+        /// The container.
+        container: String,
+        /// The expression.
+        expr: String,
+        /// What it expanded to.
+        path: String,
+    },
     /// More images than disk slots.
     #[error("the pod uses {found} distinct images; a pod VM has disks for at most {max}")]
     TooManyImages {
@@ -104,15 +114,16 @@ pub fn argv(container: &ContainerSpec, image: &ImageConfig) -> Result<Vec<String
     Ok(argv)
 }
 
-/// The image's environment, then the container's; a name set twice keeps
-/// its first position and its last value.
-pub fn env(container: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
+/// The image's environment, then the container's (resolved by
+/// [`config_sources::container_env`]); a name set twice keeps its first
+/// position and its last value.
+pub fn env(container_env: &[(String, String)], image: &ImageConfig) -> Vec<String> {
     let mut out: Vec<(String, String)> = Vec::new();
     let image_env = image.env.iter().map(|e| match e.split_once('=') {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (e.clone(), String::new()),
     });
-    for (k, v) in image_env.chain(container.env.iter().cloned()) {
+    for (k, v) in image_env.chain(container_env.iter().cloned()) {
         match out.iter_mut().find(|(name, _)| *name == k) {
             Some(slot) => slot.1 = v,
             None => out.push((k, v)),
@@ -122,13 +133,56 @@ pub fn env(container: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
 }
 
 /// The agent's [`RunSpec`] for `container` of `pod`, whose image is
-/// `image` on disk `disk`.
+/// `image` on disk `disk`, and whose environment from the manifest is
+/// `container_env` (resolved by [`config_sources::container_env`]), which
+/// also expands `$(VAR)` in `command`, `args` and `subPathExpr`.
 pub fn run_spec(
     pod: &PodManifest,
     container: &ContainerSpec,
     image: &ImageConfig,
     disk: usize,
+    container_env: &[(String, String)],
 ) -> Result<RunSpec, SpecError> {
+    let lookup = |name: &str| {
+        container_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let expanded = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|s| config_sources::expand(s, lookup))
+            .collect()
+    };
+    let container = &ContainerSpec {
+        command: expanded(&container.command),
+        args: expanded(&container.args),
+        ..container.clone()
+    };
+    let mut volume_mounts = Vec::new();
+    for m in &container.volume_mounts {
+        let sub_path = match &m.sub_path_expr {
+            Some(expr) => {
+                let path = config_sources::expand(expr, lookup);
+                if !crate::pod::manifest::is_relative_path(&path) {
+                    return Err(SpecError::SubPathExpr {
+                        container: container.name.clone(),
+                        expr: expr.clone(),
+                        path,
+                    });
+                }
+                Some(path)
+            }
+            None => m.sub_path.clone(),
+        };
+        volume_mounts.push(VolumeMount {
+            name: m.name.clone(),
+            path: m.mount_path.display().to_string(),
+            read_only: m.read_only,
+            sub_path,
+        });
+    }
     let cwd = container
         .working_dir
         .as_ref()
@@ -136,7 +190,7 @@ pub fn run_spec(
         .or_else(|| image.working_dir.clone().filter(|d| !d.is_empty()));
     let mut spec = runtime_spec::default_spec(&Process {
         argv: argv(container, image)?,
-        env: env(container, image),
+        env: env(container_env, image),
         cwd,
         memory_bytes: container.resources.limits.memory_bytes,
         cpu_millis: container.resources.limits.cpu_millis,
@@ -162,15 +216,7 @@ pub fn run_spec(
             device: device_name(disk),
             fstype: IMAGE_FSTYPE.into(),
         }),
-        volume_mounts: container
-            .volume_mounts
-            .iter()
-            .map(|m| VolumeMount {
-                name: m.name.clone(),
-                path: m.mount_path.display().to_string(),
-                read_only: m.read_only,
-            })
-            .collect(),
+        volume_mounts,
         image_user,
         // `unipod run` has no terminal to attach, and its containers take
         // the pod's resolv.conf; the shim sets these.
@@ -247,9 +293,12 @@ mod tests {
 
     #[test]
     fn container_env_overrides_image_env_in_place() {
-        let p = pod("      env:\n        - name: LANG\n          value: fr\n        - name: X\n          value: '1'\n");
+        let container_env = [
+            ("LANG".to_string(), "fr".to_string()),
+            ("X".into(), "1".into()),
+        ];
         assert_eq!(
-            env(&p.containers[0], &image(&[], &["sh"])),
+            env(&container_env, &image(&[], &["sh"])),
             ["PATH=/usr/bin:/bin", "LANG=fr", "X=1"]
         );
     }
@@ -261,7 +310,7 @@ mod tests {
             "      resources:\n        limits:\n          memory: 64Mi\n          cpu: 500m\n",
             "      volumeMounts:\n        - name: v\n          mountPath: /data\n          readOnly: true\n",
         ));
-        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 1).unwrap();
+        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 1, &[]).unwrap();
         assert_eq!(spec.cwd().as_deref(), Some("/srv"));
         assert_eq!(spec.image_user.as_deref(), Some("1000:1000"));
         assert_eq!(
@@ -278,13 +327,35 @@ mod tests {
             [VolumeMount {
                 name: "v".into(),
                 path: "/data".into(),
-                read_only: true
+                read_only: true,
+                sub_path: None,
             }]
         );
         assert!(spec.share_pid_namespace());
         let p = pod("      workingDir: /work\n");
-        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 0).unwrap();
+        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 0, &[]).unwrap();
         assert_eq!(spec.cwd().as_deref(), Some("/work"));
+    }
+
+    #[test]
+    fn command_args_and_sub_path_expr_expand_the_containers_env() {
+        let p = pod(concat!(
+            "      command: [echo, '$(POD)']
+",
+            "      args: ['$$(POD)', '$(NONE)']
+",
+            "      volumeMounts:\n        - name: v\n          mountPath: /logs\n          subPathExpr: $(POD)/logs\n",
+        ));
+        let env = [("POD".to_string(), "web-1".to_string())];
+        let spec = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 0, &env).unwrap();
+        assert_eq!(spec.argv(), ["echo", "web-1", "$(POD)", "$(NONE)"]);
+        assert_eq!(
+            spec.volume_mounts[0].sub_path.as_deref(),
+            Some("web-1/logs")
+        );
+        let escape = [("POD".to_string(), "../x".to_string())];
+        let err = run_spec(&p, &p.containers[0], &image(&[], &["sh"]), 0, &escape).unwrap_err();
+        assert!(matches!(err, SpecError::SubPathExpr { .. }), "{err}");
     }
 
     #[test]

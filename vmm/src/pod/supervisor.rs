@@ -41,7 +41,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    AgentMessage, Event, ExecSpec, ProtocolError, Reply, Request, RunSpec, Stream,
+    AgentMessage, Event, ExecSpec, ProtocolError, Reply, Request, RunSpec, Stream, VolumeFile,
+    VolumeFiles,
 };
 
 use super::options::{NetworkMode, RunOptions};
@@ -56,11 +57,15 @@ use crate::file_error::FileError;
 use crate::image::{ImageError, ImageStore, StoredImage};
 use crate::net::{Attachment, Proto, PublishedPort};
 use crate::pod::agent_client::AgentLink;
+use crate::pod::config_sources::{self, ConfigError, PodFacts};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
 use crate::pod::lifecycle::{Action, ContainerInfo, Lifecycle, LifecycleConfig};
-use crate::pod::manifest::{self, ManifestError, PodManifest, Protocol, Warning};
+use crate::pod::manifest::{
+    self, ManifestError, PodManifest, Protocol, VmSize, VolumeSource, Warning,
+};
+use crate::pod::objects::{Catalog, ConfigObject, ObjectStore};
 use crate::pod::phase::PodPhase;
 use crate::pod::spec::{self, SpecError};
 use crate::pod::status::{
@@ -73,6 +78,10 @@ use crate::pod::vmm_process;
 pub use crate::exit_code::EXIT_POD_FAILED;
 
 const TICK: Duration = Duration::from_millis(100);
+/// How often a running pod's ConfigMap, Secret and downward API volumes are
+/// compared with their sources (the kubelet's sync is about a minute; a
+/// check here reads a few small files on the host).
+const VOLUME_SYNC: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The failure reason of a pod interrupted twice.
@@ -115,6 +124,12 @@ pub enum PodRunError {
     /// `unipod run` setup failed (artifacts, name, network).
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The files hold no Pod, or several.
+    #[error("the manifest files hold {0} Pods; give exactly one (ConfigMaps and Secrets may come with it)")]
+    PodCount(usize),
+    /// A ConfigMap or Secret could not be stored.
+    #[error(transparent)]
+    Object(crate::pod::objects::ObjectError),
     /// The pod directory could not be written.
     #[error(transparent)]
     Io(#[from] FileError),
@@ -158,6 +173,13 @@ pub(crate) struct Prepared {
     pub(crate) inputs: GuestInputs,
     pub(crate) init: Vec<(ContainerInfo, RunSpec)>,
     pub(crate) app: Vec<(ContainerInfo, RunSpec)>,
+    /// What rebuilds a manifest container's spec at each start, by name.
+    pub(crate) builds: HashMap<String, ContainerBuild>,
+    /// Where the pod's ConfigMaps and Secrets are found.
+    pub(crate) catalog: Catalog,
+    /// The ConfigMaps and Secrets of the manifest files, applied before the
+    /// pod runs.
+    pub(crate) objects: Vec<ConfigObject>,
     pub(crate) ports: Vec<PublishedPort>,
     /// Silence that makes the pod Unknown ([`RunOptions::unknown_after`]).
     pub(crate) unknown_after: Duration,
@@ -165,16 +187,37 @@ pub(crate) struct Prepared {
     pub(crate) give_up_after: Duration,
 }
 
+/// A container's image config and disk, to rebuild its spec when it
+/// (re)starts with its configuration resolved.
+pub(crate) struct ContainerBuild {
+    pub(crate) image: crate::image::ImageConfig,
+    pub(crate) disk: usize,
+}
+
 /// Checks everything that can be checked without side effects.
 pub(crate) fn prepare(
     args: &RunOptions,
-    path: &Path,
+    files: &[PathBuf],
     adopt: bool,
 ) -> Result<(Prepared, Vec<Warning>), PodRunError> {
-    if !is_manifest_path(path) {
-        return Err(PodRunError::NotAManifest(path.to_path_buf()));
+    let mut pods = Vec::new();
+    let mut objects = Vec::new();
+    let mut warnings = Vec::new();
+    for file in files {
+        if !is_manifest_path(file) {
+            return Err(PodRunError::NotAManifest(file.clone()));
+        }
+        let documents = manifest::load_documents(file)?;
+        pods.extend(documents.pods.into_iter().map(|p| (file.clone(), p)));
+        objects.extend(documents.objects);
+        warnings.extend(documents.warnings);
     }
-    let (manifest, warnings) = manifest::load(path)?;
+    let (path, (manifest, pod_warnings)) = match pods.len() {
+        1 => pods.remove(0),
+        n => return Err(PodRunError::PodCount(n)),
+    };
+    let path = path.as_path();
+    warnings.extend(pod_warnings);
     let state = state_root(args.state_dir.as_deref());
     let dir = state.join("pods").join(&manifest.name);
     if !adopt && dir.exists() {
@@ -218,9 +261,20 @@ pub(crate) fn prepare(
         }
     }
     let mut entries = Vec::new();
+    let mut builds = HashMap::new();
     let containers = manifest.init_containers.iter().chain(&manifest.containers);
     for ((c, (_, reference, image)), disk) in containers.zip(&resolved).zip(&disks) {
-        let run = spec::run_spec(&manifest, c, &image.config, *disk).map_err(spec_err)?;
+        // Checked now with the literal env; rebuilt with the resolved one
+        // at each start.
+        let env = config_sources::literal_env(c);
+        let run = spec::run_spec(&manifest, c, &image.config, *disk, &env).map_err(spec_err)?;
+        builds.insert(
+            c.name.clone(),
+            ContainerBuild {
+                image: image.config.clone(),
+                disk: *disk,
+            },
+        );
         let info = ContainerInfo {
             name: c.name.clone(),
             image: reference.clone(),
@@ -252,6 +306,7 @@ pub(crate) fn prepare(
         .collect();
     Ok((
         Prepared {
+            catalog: Catalog::new(Some(ObjectStore::open(&state))),
             manifest,
             origin: Origin::Manifest(path.to_path_buf()),
             state,
@@ -259,6 +314,8 @@ pub(crate) fn prepare(
             inputs,
             init: entries,
             app,
+            builds,
+            objects,
             ports,
             unknown_after: args.unknown_after(),
             give_up_after: args.give_up_after(),
@@ -274,14 +331,24 @@ pub(crate) fn prepare(
 /// runs.
 pub fn run_manifest(
     args: &RunOptions,
-    path: &Path,
+    files: &[PathBuf],
     supervisor: bool,
     detach: bool,
 ) -> Result<i32, PodRunError> {
-    let (prepared, warnings) = prepare(args, path, supervisor)?;
+    let (prepared, warnings) = prepare(args, files, supervisor)?;
+    let Origin::Manifest(path) = &prepared.origin else {
+        unreachable!("prepare makes manifest pods");
+    };
+    let path = path.clone();
     if !supervisor {
         for w in &warnings {
             eprintln!("unipod: warning: {}: {w}", path.display());
+        }
+        // As 'kubectl apply -f' would, before the pod that uses them.
+        let store = ObjectStore::open(&prepared.state);
+        for object in &prepared.objects {
+            let applied = store.apply(object).map_err(PodRunError::Object)?;
+            eprintln!("unipod: {}/{} {applied}", object.kind.lower(), object.name);
         }
     }
     install_signal_handlers();
@@ -289,7 +356,7 @@ pub fn run_manifest(
     if supervisor {
         return Ok(Supervisor::run(&prepared, args, &dir, false));
     }
-    create_pod_dir(&prepared, path)?;
+    create_pod_dir(&prepared, &path)?;
     if detach {
         return run_detached(&prepared);
     }
@@ -522,6 +589,8 @@ enum Msg {
 enum Pending {
     Configure,
     Run(String),
+    /// A [`Request::WriteVolume`] of this volume.
+    Volume(String),
     Exec(String),
     Other,
 }
@@ -550,6 +619,12 @@ pub(crate) struct Supervisor<'a> {
     /// not only on the next change, so status.json catches up once there
     /// is room again.
     unsaved: bool,
+    /// The files last sent for each files volume.
+    volumes: HashMap<String, Vec<VolumeFile>>,
+    /// Why a files volume could not be filled, while it cannot.
+    volume_errors: HashMap<String, String>,
+    /// The next time the files volumes are checked for changes.
+    next_volume_sync: Option<Instant>,
     /// `--debug-stop-heartbeat`, until it is sent (once the first
     /// container started).
     #[cfg(feature = "test-hooks")]
@@ -578,6 +653,9 @@ impl<'a> Supervisor<'a> {
             tx,
             accepted: now,
             unsaved: false,
+            volumes: HashMap::new(),
+            volume_errors: HashMap::new(),
+            next_volume_sync: None,
             #[cfg(feature = "test-hooks")]
             stop_heartbeat: args.debug_stop_heartbeat,
         };
@@ -787,10 +865,13 @@ impl<'a> Supervisor<'a> {
                         .vm_failed(INTERRUPTED, "interrupted twice".into(), now);
                 }
             }
+            if self.next_volume_sync.is_some_and(|t| t <= now) && self.life.over().is_none() {
+                self.sync_volumes(&mut link, now);
+            }
             let mut shutdown = false;
             for action in self.life.due(now) {
                 match action {
-                    Action::Run(name) => self.start_container(&mut link, &name),
+                    Action::Run(name) => self.start_container(&mut link, &name, now),
                     Action::Signal(name, signal) => {
                         self.send(&mut link, Request::Signal { name, signal }, Pending::Other);
                     }
@@ -860,16 +941,14 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn start_container(&mut self, link: &mut AgentLink, name: &str) {
-        let Some(spec) = self
-            .p
-            .init
-            .iter()
-            .chain(&self.p.app)
-            .find(|(i, _)| i.name == name)
-            .map(|(_, s)| s.clone())
-        else {
-            return;
+    fn start_container(&mut self, link: &mut AgentLink, name: &str, now: Instant) {
+        let spec = match self.container_spec(name) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return,
+            Err(e) => {
+                self.life.config_error(name, &e.to_string(), now);
+                return;
+            }
         };
         let restarts = self.life.restart_count(name);
         if restarts > 0 {
@@ -885,6 +964,107 @@ impl<'a> Supervisor<'a> {
             Err(e) => log::warn!("container {name}: cannot create its log: {e}"),
         }
         self.send(link, Request::Run(spec), Pending::Run(name.to_string()));
+    }
+
+    /// What only the running pod knows, for its downward API.
+    fn facts(&self) -> PodFacts {
+        PodFacts {
+            uid: self.record.uid.clone(),
+            pod_ip: self.record.status.pod_ip.clone().unwrap_or_default(),
+            host_ip: self
+                .record
+                .network
+                .as_ref()
+                .map(|n| n.gateway.clone())
+                .unwrap_or_default(),
+            node_name: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            vm: Some(VmSize {
+                vcpus: self.p.inputs.vcpus,
+                mem_mib: self.p.inputs.mem_mib,
+            }),
+        }
+    }
+
+    /// The container's spec with its configuration resolved now, as the
+    /// kubelet resolves it at each start; `None` for an unknown name.
+    fn container_spec(&self, name: &str) -> Result<Option<RunSpec>, ConfigError> {
+        let Some(base) = self
+            .p
+            .init
+            .iter()
+            .chain(&self.p.app)
+            .find(|(i, _)| i.name == name)
+            .map(|(_, s)| s)
+        else {
+            return Ok(None);
+        };
+        let manifest = &self.p.manifest;
+        let Some(container) = manifest
+            .init_containers
+            .iter()
+            .chain(&manifest.containers)
+            .find(|c| c.name == name)
+        else {
+            return Ok(Some(base.clone()));
+        };
+        for m in &container.volume_mounts {
+            if let Some(why) = self.volume_errors.get(&m.name) {
+                return Err(ConfigError(why.clone()));
+            }
+        }
+        let Some(build) = self.p.builds.get(name) else {
+            return Ok(Some(base.clone()));
+        };
+        let env =
+            config_sources::container_env(manifest, container, &self.facts(), &self.p.catalog)?;
+        let mut spec = spec::run_spec(manifest, container, &build.image, build.disk, &env)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        spec.rootfs.clone_from(&base.rootfs);
+        Ok(Some(spec))
+    }
+
+    /// Sends each files volume whose content changed (or was never sent);
+    /// records why one cannot be filled. Runs once the agent is configured,
+    /// then every [`VOLUME_SYNC`], so `unipod apply` reaches mounted files.
+    fn sync_volumes(&mut self, link: &mut AgentLink, now: Instant) {
+        let manifest = &self.p.manifest;
+        let facts = self.facts();
+        let mut sends = Vec::new();
+        for volume in &manifest.volumes {
+            let VolumeSource::Files(sources) = &volume.source else {
+                continue;
+            };
+            let name = volume.name.clone();
+            match config_sources::volume_files(manifest, &name, sources, &facts, &self.p.catalog) {
+                Ok(files) => {
+                    if self.volume_errors.remove(&name).is_some() {
+                        log::info!("volume {name}: its sources are back");
+                    }
+                    if self.volumes.get(&name) != Some(&files) {
+                        sends.push(VolumeFiles {
+                            name: name.clone(),
+                            files: files.clone(),
+                        });
+                        self.volumes.insert(name, files);
+                    }
+                }
+                Err(e) => {
+                    let why = format!("MountVolume.SetUp failed for volume {name:?} : {e}");
+                    if self.volume_errors.get(&name) != Some(&why) {
+                        self.life.event(now, "Warning", "FailedMount", why.clone());
+                    }
+                    self.volume_errors.insert(name, why);
+                }
+            }
+        }
+        for files in sends {
+            let name = files.name.clone();
+            self.send(link, Request::WriteVolume(files), Pending::Volume(name));
+        }
+        let any = manifest.volumes.iter().any(|v| v.source.is_files());
+        self.next_volume_sync = any.then(|| now + VOLUME_SYNC);
     }
 
     fn handle(&mut self, msg: Msg, link: &mut AgentLink, vmm: &mut Child, now: Instant) {
@@ -924,7 +1104,15 @@ impl<'a> Supervisor<'a> {
         match (self.pending.remove(&id), result) {
             (Some(Pending::Configure), Ok(_)) => {
                 self.mark(StartupTimeline::CONFIGURED);
+                // Before any container: the agent serves requests in order.
+                self.sync_volumes(link, now);
                 self.life.agent_ready(now);
+            }
+            (Some(Pending::Volume(name)), Err(e)) => {
+                let why = format!("MountVolume.SetUp failed for volume {name:?} : {e}");
+                self.volumes.remove(&name);
+                self.volume_errors.insert(name, why.clone());
+                self.life.event(now, "Warning", "FailedMount", why);
             }
             (Some(Pending::Configure), Err(e)) => {
                 let why = format!("the agent could not configure the pod: {e}");

@@ -9,6 +9,12 @@ pub(super) fn is_dns_label(name: &str) -> bool {
         && bytes.iter().all(|&b| alnum(b) || b == b'-')
 }
 
+/// RFC 1123 subdomain (dot-separated labels, at most 253 characters), as
+/// Kubernetes checks ConfigMap and Secret names.
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
 /// IANA service name, as Kubernetes checks port names.
 pub(super) fn is_port_name(name: &str) -> bool {
     let bytes = name.as_bytes();

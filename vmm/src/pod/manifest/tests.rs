@@ -35,6 +35,7 @@ fn container(name: &str) -> ContainerSpec {
         command: Vec::new(),
         args: Vec::new(),
         env: Vec::new(),
+        env_from: Vec::new(),
         working_dir: None,
         ports: Vec::new(),
         resources: Resources::default(),
@@ -113,6 +114,8 @@ spec:
     assert_eq!(warnings, Vec::new());
     let expected = PodManifest {
         name: "full-pod".to_owned(),
+        namespace: "default".to_owned(),
+        resources: Resources::default(),
         labels: BTreeMap::from([
             ("app".to_owned(), "demo".to_owned()),
             ("tier".to_owned(), "1".to_owned()),
@@ -134,6 +137,8 @@ spec:
                 name: "scratch".to_owned(),
                 mount_path: PathBuf::from("/scratch"),
                 read_only: false,
+                sub_path: None,
+                sub_path_expr: None,
             }],
             ..container("init")
         }],
@@ -142,10 +147,8 @@ spec:
             image: "registry.example/web:1.2".to_owned(),
             command: vec!["httpd".into()],
             args: vec!["-f".into(), "-p".into(), "8080".into()],
-            env: vec![
-                ("MODE".to_owned(), "prod".to_owned()),
-                ("EMPTY".to_owned(), String::new()),
-            ],
+            env: vec![EnvVar::value("MODE", "prod"), EnvVar::value("EMPTY", "")],
+            env_from: Vec::new(),
             working_dir: Some(PathBuf::from("/srv")),
             ports: vec![
                 ContainerPort {
@@ -176,11 +179,15 @@ spec:
                     name: "scratch".to_owned(),
                     mount_path: PathBuf::from("/scratch"),
                     read_only: true,
+                    sub_path: None,
+                    sub_path_expr: None,
                 },
                 VolumeMount {
                     name: "cache".to_owned(),
                     mount_path: PathBuf::from("/cache"),
                     read_only: false,
+                    sub_path: None,
+                    sub_path_expr: None,
                 },
             ],
             security_context: SecurityContext::default(),
@@ -215,6 +222,8 @@ fn minimal_manifest_gets_kubernetes_defaults() {
         pod,
         PodManifest {
             name: "p".to_owned(),
+            namespace: "default".to_owned(),
+            resources: Resources::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             hostname: None,
@@ -242,14 +251,39 @@ fn unknown_container_field_is_refused_with_its_path() {
     let yaml = with_container_fields("      livenessProbe:\n        exec: {command: [true]}\n");
     assert_eq!(
         problems(&yaml),
-        ["spec.containers[0].livenessProbe: not supported yet"]
+        ["spec.containers[0].livenessProbe: probes are not implemented yet"]
     );
 }
 
 #[test]
 fn unknown_spec_field_is_refused_with_its_path() {
-    let yaml = format!("{MINIMAL}  affinity:\n    nodeAffinity: {{}}\n");
-    assert_eq!(problems(&yaml), ["spec.affinity: not supported yet"]);
+    let yaml = format!("{MINIMAL}  preset: x\n");
+    assert_eq!(
+        problems(&yaml),
+        ["spec.preset: unknown field, or not supported yet"]
+    );
+}
+
+#[test]
+fn scheduling_fields_are_accepted_with_one_warning_each() {
+    let yaml = format!(
+        "{MINIMAL}  affinity:\n    nodeAffinity: {{}}\n  nodeSelector: {{disk: ssd}}\n  priorityClassName: high\n  runtimeClassName: unipod\n  topologySpreadConstraints: []\n  schedulingGates: []\n  preemptionPolicy: Never\n"
+    );
+    let (_, warnings) = parse_ok(&yaml);
+    let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.affinity",
+            "spec.nodeSelector",
+            "spec.priorityClassName",
+            "spec.runtimeClassName",
+            "spec.topologySpreadConstraints",
+            "spec.schedulingGates",
+            "spec.preemptionPolicy"
+        ]
+    );
+    assert!(warnings[0].message.contains("scheduler"), "{}", warnings[0]);
 }
 
 #[test]
@@ -258,7 +292,7 @@ fn misspelt_field_suggests_the_supported_one() {
     assert_eq!(
         problems(&yaml),
         [
-            "spec.containers[0].imagee: not supported yet (did you mean \"image\"?)",
+            "spec.containers[0].imagee: unknown field, or not supported yet (did you mean \"image\"?)",
             "spec.containers[0].image: required field is missing",
         ]
     );
@@ -390,25 +424,226 @@ fn request_above_limit_is_refused() {
 #[test]
 fn unsupported_resource_is_refused() {
     let yaml = with_container_fields(
-        "      resources:\n        limits: {ephemeral-storage: 1Gi}\n        claims: []\n",
+        "      resources:\n        limits: {example.com/dongle: 1, hugepages-2Mi: 2Mi}\n        claims: []\n",
     );
     assert_eq!(
         problems(&yaml),
         [
-            "spec.containers[0].resources.claims: not supported yet",
-            "spec.containers[0].resources.limits.ephemeral-storage: not supported yet",
+            "spec.containers[0].resources.claims: dynamic resource claims need an API server and their drivers",
+            "spec.containers[0].resources.limits[\"example.com/dongle\"]: extended resources need a device plugin; unipod has none",
+            "spec.containers[0].resources.limits[\"hugepages-2Mi\"]: huge pages are not supported in pod VMs",
+        ]
+    );
+    let yaml =
+        with_container_fields("      resources:\n        limits: {ephemeral-storage: 1Gi}\n");
+    let (_, warnings) = parse_ok(&yaml);
+    assert_eq!(
+        warnings[0].path,
+        "spec.containers[0].resources.limits.ephemeral-storage"
+    );
+}
+
+#[test]
+fn pod_level_resources_size_the_vm() {
+    let yaml = format!("{MINIMAL}  resources:\n    limits: {{cpu: 1500m, memory: 100Mi}}\n");
+    let (pod, _) = parse_ok(&yaml);
+    assert_eq!(
+        pod.vm_size(),
+        VmSize {
+            vcpus: 2,
+            mem_mib: 100 + GUEST_OVERHEAD_MIB
+        }
+    );
+}
+
+#[test]
+fn env_value_from_and_env_from_parse_into_their_sources() {
+    let yaml = with_container_fields(concat!(
+        "      env:\n",
+        "        - {name: A, value: a}\n",
+        "        - {name: B, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}}\n",
+        "        - {name: C, valueFrom: {configMapKeyRef: {name: cfg.v1, key: k.x, optional: true}}}\n",
+        "        - {name: D, valueFrom: {secretKeyRef: {name: s, key: p}}}\n",
+        "        - {name: E, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}\n",
+        "      envFrom:\n",
+        "        - {prefix: P_, configMapRef: {name: cfg}}\n",
+        "        - {secretRef: {name: s, optional: true}}\n",
+    ));
+    let (pod, _) = parse_ok(&yaml);
+    let c = &pod.containers[0];
+    assert_eq!(c.env[0], EnvVar::value("A", "a"));
+    assert_eq!(
+        c.env[1].source,
+        EnvSource::Field(FieldRef::Label("app".into()))
+    );
+    assert_eq!(
+        c.env[2].source,
+        EnvSource::Key(KeyRef {
+            kind: Kind::ConfigMap,
+            name: "cfg.v1".into(),
+            key: "k.x".into(),
+            optional: true
+        })
+    );
+    assert!(matches!(&c.env[3].source, EnvSource::Key(k) if k.kind == Kind::Secret && !k.optional));
+    assert!(
+        matches!(&c.env[4].source, EnvSource::Resource(r) if r.divisor == 1 << 20 && r.container.is_none())
+    );
+    assert_eq!(c.env_from.len(), 2);
+    assert_eq!(
+        (c.env_from[0].prefix.as_str(), c.env_from[0].kind),
+        ("P_", Kind::ConfigMap)
+    );
+    assert!(c.env_from[1].optional && c.env_from[1].kind == Kind::Secret);
+}
+
+#[test]
+fn bad_env_sources_name_the_field_and_the_fix() {
+    let yaml = with_container_fields(concat!(
+        "      env:\n",
+        "        - {name: A, value: a, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n",
+        "        - {name: B, valueFrom: {fieldRef: {fieldPath: metadata.labels}}}\n",
+        "        - {name: C, valueFrom: {configMapKeyRef: {name: cfg, key: \"a/b\"}}}\n",
+        "        - {name: D, valueFrom: {resourceFieldRef: {resource: limits.cpu, containerName: nope}}}\n",
+        "      envFrom:\n",
+        "        - {configMapRef: {name: x}, secretRef: {name: y}}\n",
+    ));
+    let got = problems(&yaml);
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert!(
+        got[0].starts_with("spec.containers[0].env[0].valueFrom: valueFrom with value"),
+        "{}",
+        got[0]
+    );
+    assert!(got[1].starts_with("spec.containers[0].env[1].valueFrom.fieldRef.fieldPath: \"metadata.labels\" is not valid"), "{}", got[1]);
+    assert!(
+        got[2].starts_with("spec.containers[0].env[2].valueFrom.configMapKeyRef.key"),
+        "{}",
+        got[2]
+    );
+    assert!(
+        got[3].starts_with("spec.containers[0].envFrom[0]"),
+        "{}",
+        got[3]
+    );
+    assert!(got[4].contains("\"nope\""), "{}", got[4]);
+}
+
+#[test]
+fn config_volumes_parse_with_items_octal_modes_and_sub_paths() {
+    let yaml = format!(
+        "{}{}",
+        with_container_fields(concat!(
+            "      volumeMounts:\n",
+            "        - {name: cm, mountPath: /etc/cfg}\n",
+            "        - {name: cm, mountPath: /etc/one.conf, subPath: one.conf}\n",
+            "        - {name: logs, mountPath: /logs, subPathExpr: $(POD_NAME)}\n",
+        )),
+        concat!(
+            "  volumes:\n",
+            "    - name: cm\n",
+            "      configMap: {name: app, defaultMode: 0440, items: [{key: a, path: one.conf, mode: 0400}]}\n",
+            "    - name: logs\n",
+            "    - name: sec\n",
+            "      secret: {secretName: creds, defaultMode: 256, optional: true}\n",
+            "    - name: info\n",
+            "      downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}\n",
+            "    - name: all\n",
+            "      projected: {sources: [{configMap: {name: app}}, {secret: {name: creds}}]}\n",
+        )
+    );
+    let (pod, warnings) = parse_ok(&yaml);
+    assert_eq!(warnings, []);
+    let VolumeSource::Files(cm) = &pod.volumes[0].source else {
+        panic!("{:?}", pod.volumes[0]);
+    };
+    assert_eq!(
+        cm,
+        &[FileSource::Keys(KeysSource {
+            kind: Kind::ConfigMap,
+            name: "app".into(),
+            items: vec![KeyToPath {
+                key: "a".into(),
+                path: "one.conf".into(),
+                mode: Some(0o400)
+            }],
+            default_mode: 0o440,
+            optional: false,
+        })]
+    );
+    let VolumeSource::Files(sec) = &pod.volumes[2].source else {
+        panic!()
+    };
+    assert!(matches!(&sec[0], FileSource::Keys(k) if k.default_mode == 0o400 && k.optional));
+    let VolumeSource::Files(all) = &pod.volumes[4].source else {
+        panic!()
+    };
+    assert_eq!(all.len(), 2);
+    let mounts = &pod.containers[0].volume_mounts;
+    // ConfigMap mounts are read-only whatever the manifest says; emptyDirs are not.
+    assert!(mounts[0].read_only && mounts[1].read_only && !mounts[2].read_only);
+    assert_eq!(mounts[1].sub_path.as_deref(), Some("one.conf"));
+    assert_eq!(mounts[2].sub_path_expr.as_deref(), Some("$(POD_NAME)"));
+}
+
+#[test]
+fn config_volume_problems_name_the_field() {
+    let yaml = format!(
+        "{MINIMAL}{}",
+        concat!(
+            "  volumes:\n",
+            "    - name: a\n",
+            "      configMap: {name: app, defaultMode: 0999, items: [{key: k, path: ../x}]}\n",
+            "    - name: b\n",
+            "      projected: {sources: [{serviceAccountToken: {path: token}}]}\n",
+            "    - name: c\n",
+            "      emptyDir: {}\n",
+            "      secret: {secretName: s}\n",
+        )
+    );
+    let got = problems(&yaml);
+    assert_eq!(
+        got,
+        [
+            "spec.volumes[0].configMap.defaultMode: \"0999\" is not valid; expected a file mode from 0 to 0777, e.g. 0400 (octal) or 256 (decimal)",
+            "spec.volumes[0].configMap.items[0].path: \"../x\" is not valid; expected a relative path whose parts do not start with \"..\", e.g. \"conf/app.properties\"",
+            "spec.volumes[1].projected.sources[0].serviceAccountToken: it needs an API server to issue the token",
+            "spec.volumes[2]: emptyDir and secret is not valid; expected one volume source",
         ]
     );
 }
 
 #[test]
-fn env_value_from_is_refused() {
-    let yaml = with_container_fields(
-        "      env:\n        - name: A\n          value: a\n        - name: B\n          valueFrom:\n            fieldRef: {fieldPath: metadata.name}\n",
+fn a_file_of_several_documents_holds_a_pod_and_its_objects() {
+    let text = format!(
+        "{}---\n{MINIMAL}---\n{}",
+        concat!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: game, namespace: default}\n",
+            "data: {lives: \"3\"}\nbinaryData: {raw: aGk=}\n",
+        ),
+        concat!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\ntype: Opaque\n",
+            "data: {password: czNjcjN0}\nstringData: {user: admin}\n",
+        )
     );
-    assert_eq!(
-        problems(&yaml),
-        ["spec.containers[0].env[1].valueFrom: not supported yet"]
+    let docs = parse_documents(&text).unwrap();
+    assert_eq!(docs.pods.len(), 1);
+    assert_eq!(docs.objects.len(), 2);
+    assert_eq!(docs.objects[0].text("lives").as_deref(), Some("3"));
+    assert_eq!(docs.objects[0].data["raw"], b"hi");
+    assert_eq!(docs.objects[1].text("password").as_deref(), Some("s3cr3t"));
+    assert_eq!(docs.objects[1].text("user").as_deref(), Some("admin"));
+    assert_eq!(docs.warnings[0].path, "metadata.namespace");
+    let bad =
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: Bad}\ndata: {p: \"not base64!\"}\n---\n"
+            .to_string()
+            + MINIMAL;
+    let err = parse_documents(&bad).unwrap_err().to_string();
+    assert!(err.starts_with("document 1 (Secret): 2 problems:"), "{err}");
+    assert!(err.contains("metadata.name: \"Bad\" is not valid"), "{err}");
+    assert!(
+        err.contains("data[\"p\"]: \"not base64!\" is not valid; expected base64"),
+        "{err}"
     );
 }
 
@@ -429,10 +664,7 @@ fn duplicate_env_names_warn_and_keep_both() {
     let (pod, warnings) = parse_ok(&yaml);
     assert_eq!(
         pod.containers[0].env,
-        [
-            ("A".to_owned(), "1".to_owned()),
-            ("A".to_owned(), "2".to_owned())
-        ]
+        [EnvVar::value("A", "1"), EnvVar::value("A", "2")]
     );
     assert_eq!(warnings.len(), 1);
     assert_eq!(warnings[0].path, "spec.containers[0].env[1].name");
@@ -443,7 +675,7 @@ fn host_path_volume_is_refused() {
     let yaml = format!("{MINIMAL}  volumes:\n    - name: v\n      hostPath: {{path: /etc}}\n");
     assert_eq!(
         problems(&yaml),
-        ["spec.volumes[0].hostPath: not supported yet"]
+        ["spec.volumes[0].hostPath: host directories are not supported yet"]
     );
 }
 
@@ -609,7 +841,6 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: p
-  namespace: default
   uid: 4a1c6c1e-0000-0000-0000-000000000000
   creationTimestamp: null
   resourceVersion: "123"
@@ -634,7 +865,6 @@ status:
         paths,
         [
             "status",
-            "metadata.namespace",
             "metadata.uid",
             // creationTimestamp: null is a key like any other.
             "metadata.creationTimestamp",
@@ -648,7 +878,7 @@ status:
     );
     assert_eq!(
         warnings[1].to_string(),
-        "metadata.namespace: ignored: unipod runs each pod in its own VM, with no namespaces to place it in"
+        "metadata.uid: ignored: unipod gives every pod it runs a fresh UID"
     );
 }
 
@@ -764,7 +994,7 @@ spec:
         error.to_string(),
         "4 problems:\n  \
          apiVersion: \"v2\" is not valid; expected \"v1\"\n  \
-         spec.containers[0].stdin: not supported yet\n  \
+         spec.containers[0].stdin: unipod run attaches no stdin to a manifest's containers\n  \
          spec.containers[0].image: required field is missing\n  \
          spec.restartPolicy: \"Sometimes\" is not valid; expected one of \"Always\", \"OnFailure\" or \"Never\""
     );

@@ -21,9 +21,9 @@ use serde_norway::{Mapping, Number, Value};
 use super::names::{is_dns_label, is_port_name, suggest};
 use super::quantity::{self, QuantityError};
 use super::{
-    ContainerPort, ContainerSpec, EmptyDir, ManifestError, PodManifest, Protocol, ResourceList,
-    Resources, RestartPolicy, StorageMedium, Volume, VolumeMount, VolumeSource, Warning,
-    DEFAULT_TERMINATION_GRACE_PERIOD,
+    ContainerPort, ContainerSpec, EmptyDir, EnvSource, EnvVar, ManifestError, PodManifest,
+    Protocol, ResourceList, Resources, RestartPolicy, StorageMedium, Volume, VolumeMount,
+    VolumeSource, Warning, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
 
 /// Fields ignored with a warning, each with the reason it is safe to ignore
@@ -41,12 +41,8 @@ const TOP_IGNORED: Ignored = &[(
     "written by the cluster about a running pod; it does not describe the pod to run",
 )];
 
-const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
+const METADATA_FIELDS: &[&str] = &["name", "namespace", "labels", "annotations"];
 const METADATA_IGNORED: Ignored = &[
-    (
-        "namespace",
-        "unipod runs each pod in its own VM, with no namespaces to place it in",
-    ),
     ("uid", "unipod gives every pod it runs a fresh UID"),
     ("creationTimestamp", BOOKKEEPING),
     ("resourceVersion", BOOKKEEPING),
@@ -71,6 +67,7 @@ const SPEC_FIELDS: &[&str] = &[
     "hostPID",
     "hostIPC",
     "hostNetwork",
+    "resources",
 ];
 const SPEC_IGNORED: Ignored = &[
     (
@@ -101,6 +98,55 @@ const SPEC_IGNORED: Ignored = &[
         "tolerations",
         "they only let a scheduler place the pod on tainted nodes",
     ),
+    (
+        "affinity",
+        "it only steers a scheduler between nodes; the pod runs on this host",
+    ),
+    (
+        "nodeSelector",
+        "it only steers a scheduler between nodes; the pod runs on this host",
+    ),
+    (
+        "topologySpreadConstraints",
+        "they only spread a controller's pods across nodes; the pod runs on this host",
+    ),
+    (
+        "schedulingGates",
+        "they only hold a pod back from a scheduler; unipod runs it now",
+    ),
+    (
+        "priorityClassName",
+        "it only orders scheduling and preemption, which unipod does not do",
+    ),
+    (
+        "preemptionPolicy",
+        "it only orders scheduling and preemption, which unipod does not do",
+    ),
+    (
+        "runtimeClassName",
+        "it picks the runtime on a Kubernetes node; here the runtime is unipod",
+    ),
+    (
+        "overhead",
+        "set from a RuntimeClass for the scheduler; unipod adds its own guest overhead",
+    ),
+    (
+        "readinessGates",
+        "their conditions are written by cluster controllers, which unipod has none of",
+    ),
+    (
+        "automountServiceAccountToken",
+        "there is no API server, so there is no service account token to mount",
+    ),
+    (
+        "serviceAccount",
+        "there is no API server to issue the account's token",
+    ),
+    (
+        "imagePullSecrets",
+        "images come from unipod's image store, not pulled with the pod's credentials",
+    ),
+    ("os", "every pod VM runs Linux"),
 ];
 
 const CONTAINER_FIELDS: &[&str] = &[
@@ -114,6 +160,7 @@ const CONTAINER_FIELDS: &[&str] = &[
     "resources",
     "volumeMounts",
     "securityContext",
+    "envFrom",
 ];
 const CONTAINER_IGNORED: Ignored = &[
     (
@@ -128,14 +175,95 @@ const CONTAINER_IGNORED: Ignored = &[
         "terminationMessagePolicy",
         "unipod reports a container's exit code and reason from the agent, not from a file",
     ),
+    (
+        "resizePolicy",
+        "unipod does not resize a running pod's resources",
+    ),
 ];
 
-const ENV_FIELDS: &[&str] = &["name", "value"];
+/// Fields unipod knows and refuses, with why; any other unknown field is
+/// reported as not supported.
+const REFUSED: Ignored = &[
+    ("livenessProbe", "probes are not implemented yet"),
+    ("readinessProbe", "probes are not implemented yet"),
+    ("startupProbe", "probes are not implemented yet"),
+    ("lifecycle", "lifecycle hooks are not implemented yet"),
+    ("hostPath", "host directories are not supported yet"),
+    (
+        "persistentVolumeClaim",
+        "there is no API server to bind a claim to a volume",
+    ),
+    ("ephemeral", "there is no API server to provision the claim"),
+    ("csi", "there are no CSI drivers in unipod"),
+    ("nfs", "network file systems are not mounted by unipod"),
+    ("image", "image volumes are not supported yet"),
+    (
+        "serviceAccountToken",
+        "it needs an API server to issue the token",
+    ),
+    (
+        "clusterTrustBundle",
+        "it needs an API server holding the trust bundles",
+    ),
+    (
+        "podCertificate",
+        "it needs an API server to issue the certificate",
+    ),
+    (
+        "stdin",
+        "unipod run attaches no stdin to a manifest's containers",
+    ),
+    (
+        "tty",
+        "unipod run attaches no terminal to a manifest's containers",
+    ),
+    (
+        "dnsConfig",
+        "custom DNS settings are not supported yet; use unipod run --dns",
+    ),
+    (
+        "hostAliases",
+        "extra /etc/hosts entries are not supported yet",
+    ),
+    (
+        "activeDeadlineSeconds",
+        "pod deadlines are not supported yet",
+    ),
+    (
+        "ephemeralContainers",
+        "they are added by the API server to a running pod",
+    ),
+    ("volumeDevices", "raw block volumes are not supported"),
+    (
+        "claims",
+        "dynamic resource claims need an API server and their drivers",
+    ),
+    (
+        "resourceClaims",
+        "dynamic resource claims need an API server and their drivers",
+    ),
+];
+
+const ENV_FIELDS: &[&str] = &["name", "value", "valueFrom"];
 const PORT_FIELDS: &[&str] = &["containerPort", "hostPort", "protocol", "name"];
 const RESOURCES_FIELDS: &[&str] = &["limits", "requests"];
-const RESOURCE_NAMES: &[&str] = &["cpu", "memory"];
-const MOUNT_FIELDS: &[&str] = &["name", "mountPath", "readOnly"];
-const VOLUME_FIELDS: &[&str] = &["name", "emptyDir"];
+const RESOURCE_NAMES: &[&str] = &["cpu", "memory", "ephemeral-storage"];
+const MOUNT_FIELDS: &[&str] = &[
+    "name",
+    "mountPath",
+    "readOnly",
+    "subPath",
+    "subPathExpr",
+    "mountPropagation",
+];
+const VOLUME_FIELDS: &[&str] = &[
+    "name",
+    "emptyDir",
+    "configMap",
+    "secret",
+    "downwardAPI",
+    "projected",
+];
 const EMPTY_DIR_FIELDS: &[&str] = &["medium", "sizeLimit"];
 
 const DNS_LABEL: &str = "a DNS-1123 label: at most 63 lowercase letters, digits or '-', \
@@ -144,7 +272,10 @@ const PORT_NAME: &str = "an IANA service name: at most 15 lowercase letters, dig
                          with a letter, no \"--\" and no '-' at either end, e.g. \"http\"";
 const ABSOLUTE_PATH: &str = "an absolute path without \"..\", e.g. \"/data\"";
 
+mod config;
 mod security;
+
+pub(super) use config::object;
 
 /// Validates the pod at `root` and builds it.
 pub(super) fn pod(root: &Value) -> Result<(PodManifest, Vec<Warning>), ManifestError> {
@@ -181,6 +312,7 @@ type Seen = HashMap<String, String>;
 /// The pod's `metadata` fields.
 struct Metadata {
     name: String,
+    namespace: String,
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
 }
@@ -195,6 +327,7 @@ struct Spec {
     containers: Vec<ContainerSpec>,
     volumes: Vec<Volume>,
     security_context: crate::pod::security_context::PodSecurityContext,
+    resources: Resources,
 }
 
 #[derive(Default)]
@@ -251,13 +384,50 @@ impl Walker {
                     message: format!("ignored: {why}"),
                 });
             } else {
+                let reason = REFUSED.iter().find(|(name, _)| name == key).map(|r| r.1);
                 self.error(ManifestError::Unsupported {
                     path: key_path,
+                    reason,
                     suggestion: suggest(key, known),
                 });
             }
         }
         Some(Obj { path, map })
+    }
+
+    /// As [`Walker::object`] for a resource list, whose extended-resource
+    /// and huge-page names `resource_list` has already refused.
+    fn object_quiet<'v>(
+        &mut self,
+        path: String,
+        value: &'v Value,
+        known: &'static [&'static str],
+    ) -> Option<Obj<'v>> {
+        let Value::Mapping(map) = value else {
+            self.wrong_type(path, "a mapping", value);
+            return None;
+        };
+        let mut rest = map.clone();
+        rest.retain(|k, _| {
+            k.as_str()
+                .is_none_or(|k| !k.contains('/') && !k.starts_with("hugepages-"))
+        });
+        self.object(path.clone(), &Value::Mapping(rest), known, &[])?;
+        Some(Obj { path, map })
+    }
+
+    /// A relative path inside a volume: no leading `/`, no `..`.
+    fn relative_path(&mut self, path: String, text: String) -> Option<String> {
+        if is_relative_path(&text) {
+            Some(text)
+        } else {
+            self.invalid(
+                path,
+                &Value::String(text),
+                "a relative path without \"..\", e.g. \"conf/app.properties\"",
+            );
+            None
+        }
     }
 
     /// The value of a required field; records it as missing when absent.
@@ -423,6 +593,7 @@ impl Walker {
         let spec = spec?;
         let pod = PodManifest {
             name: metadata.name,
+            namespace: metadata.namespace,
             labels: metadata.labels,
             annotations: metadata.annotations,
             hostname: spec.hostname,
@@ -433,6 +604,7 @@ impl Walker {
             containers: spec.containers,
             volumes: spec.volumes,
             security_context: spec.security_context,
+            resources: spec.resources,
         };
         // Sized here, not when the VM boots: a pod the VMM would refuse
         // must leave nothing behind.
@@ -462,10 +634,15 @@ impl Walker {
         let name = self
             .required_string(&obj, "name")
             .and_then(|n| self.dns_label(obj.path("name"), n));
+        let namespace = self
+            .string(&obj, "namespace")
+            .and_then(|n| self.dns_label(obj.path("namespace"), n))
+            .unwrap_or_else(|| super::DEFAULT_NAMESPACE.to_owned());
         let labels = self.string_map(&obj, "labels");
         let annotations = self.string_map(&obj, "annotations");
         Some(Metadata {
             name: name?,
+            namespace,
             labels,
             annotations,
         })
@@ -525,7 +702,33 @@ impl Walker {
                 }
             }
         };
+        let resources = obj
+            .get("resources")
+            .and_then(|v| self.resources(obj.path("resources"), v))
+            .unwrap_or_default();
+        if let Some(containers) = &containers {
+            self.check_resource_refs(&volumes, containers, &init_containers);
+        }
+        // The kubelet mounts these read-only whatever the mount says.
+        let files: Vec<&str> = volumes
+            .iter()
+            .filter(|v| v.source.is_files())
+            .map(|v| v.name.as_str())
+            .collect();
+        let force_read_only = |list: Vec<ContainerSpec>| -> Vec<ContainerSpec> {
+            list.into_iter()
+                .map(|mut c| {
+                    for m in &mut c.volume_mounts {
+                        m.read_only |= files.contains(&m.name.as_str());
+                    }
+                    c
+                })
+                .collect()
+        };
+        let init_containers = force_read_only(init_containers);
+        let containers = containers.map(force_read_only);
         Some(Spec {
+            resources,
             hostname,
             restart_policy: restart_policy?,
             share_process_namespace,
@@ -551,16 +754,31 @@ impl Walker {
                 self.unique(&mut declared, "volume name", name, obj.path("name"), &path);
             }
             let name = name.and_then(|n| self.dns_label(obj.path("name"), n));
-            // A volume with no source is an emptyDir, as Kubernetes defaults it.
-            let empty_dir = match obj.get("emptyDir") {
-                None => Some(EmptyDir::default()),
-                Some(v) => self.empty_dir(obj.path("emptyDir"), v),
-            };
-            if let (Some(name), Some(empty_dir)) = (name, empty_dir) {
-                volumes.push(Volume {
-                    name,
-                    source: VolumeSource::EmptyDir(empty_dir),
+            let sources: Vec<&str> = VOLUME_FIELDS[1..]
+                .iter()
+                .copied()
+                .filter(|k| obj.get(k).is_some())
+                .collect();
+            if sources.len() > 1 {
+                self.error(ManifestError::Invalid {
+                    path: obj.path.clone(),
+                    value: sources.join(" and "),
+                    expected: "one volume source".to_owned(),
                 });
+                continue;
+            }
+            // A volume with no source is an emptyDir, as Kubernetes defaults it.
+            let source = match sources.first() {
+                None => Some(VolumeSource::EmptyDir(EmptyDir::default())),
+                Some(&"emptyDir") => self
+                    .empty_dir(obj.path("emptyDir"), obj.get("emptyDir").expect("present"))
+                    .map(VolumeSource::EmptyDir),
+                Some(key) => self
+                    .file_volume(obj.path(key), key, obj.get(key).expect("present"))
+                    .map(VolumeSource::Files),
+            };
+            if let (Some(name), Some(source)) = (name, source) {
+                volumes.push(Volume { name, source });
             }
         }
         (volumes, declared)
@@ -631,11 +849,17 @@ impl Walker {
         let command = self.string_list(&obj, "command");
         let args = self.string_list(&obj, "args");
         let env = self.env(&obj);
+        let env_from = self.env_from(&obj);
+        let literal = |e: &EnvVar| match &e.source {
+            EnvSource::Value(v) => v.len(),
+            _ => 0,
+        };
+        // Values from objects are checked when the container starts.
         let bytes: usize = command
             .iter()
             .chain(&args)
             .map(|s| s.len() + 1)
-            .chain(env.iter().map(|(k, v)| k.len() + v.len() + 2))
+            .chain(env.iter().map(|e| e.name.len() + literal(e) + 2))
             .sum();
         if bytes > super::MAX_EXEC_BYTES {
             self.error(ManifestError::TooLarge {
@@ -660,6 +884,7 @@ impl Walker {
             command,
             args,
             env,
+            env_from,
             working_dir,
             ports,
             resources,
@@ -668,7 +893,7 @@ impl Walker {
         })
     }
 
-    fn env(&mut self, container: &Obj<'_>) -> Vec<(String, String)> {
+    fn env(&mut self, container: &Obj<'_>) -> Vec<EnvVar> {
         let mut env = Vec::new();
         let mut seen = Seen::new();
         for (path, item) in self.list(container, "env") {
@@ -700,8 +925,22 @@ impl Walker {
             } else {
                 seen.insert(name.clone(), path);
             }
-            let value = self.string(&obj, "value").unwrap_or_default();
-            env.push((name, value));
+            let source = match (obj.get("value"), obj.get("valueFrom")) {
+                (Some(_), Some(_)) => {
+                    self.error(ManifestError::Invalid {
+                        path: obj.path("valueFrom"),
+                        value: "valueFrom with value".to_owned(),
+                        expected: "either value or valueFrom, not both".to_owned(),
+                    });
+                    continue;
+                }
+                (_, Some(from)) => match self.value_from(obj.path("valueFrom"), from) {
+                    Some(source) => source,
+                    None => continue,
+                },
+                _ => EnvSource::Value(self.string(&obj, "value").unwrap_or_default()),
+            };
+            env.push(EnvVar { name, source });
         }
         env
     }
@@ -803,7 +1042,33 @@ impl Walker {
     }
 
     fn resource_list(&mut self, path: String, value: &Value) -> ResourceList {
-        let Some(obj) = self.object(path, value, RESOURCE_NAMES, &[]) else {
+        // Extended resources (`example.com/dongle`) and huge pages are
+        // named here, before the generic check refuses them.
+        if let Value::Mapping(map) = value {
+            for key in map.keys().filter_map(Value::as_str) {
+                let reason = if key.contains('/') {
+                    "extended resources need a device plugin; unipod has none"
+                } else if key.starts_with("hugepages-") {
+                    "huge pages are not supported in pod VMs"
+                } else {
+                    continue;
+                };
+                self.error(ManifestError::Unsupported {
+                    path: format!("{path}[{key:?}]"),
+                    reason: Some(reason),
+                    suggestion: None,
+                });
+            }
+            if map.contains_key("ephemeral-storage") {
+                self.warnings.push(Warning {
+                    path: format!("{path}.ephemeral-storage"),
+                    message: "ignored: a pod VM keeps containers' writes in its memory, \
+                              which memory limits bound"
+                        .to_owned(),
+                });
+            }
+        }
+        let Some(obj) = self.object_quiet(path, value, RESOURCE_NAMES) else {
             return ResourceList::default();
         };
         ResourceList {
@@ -866,11 +1131,40 @@ impl Walker {
                 self.absolute_path(obj.path("mountPath"), p)
             });
             let read_only = self.bool(&obj, "readOnly").unwrap_or(false);
+            let sub_path = self
+                .string(&obj, "subPath")
+                .filter(|p| !p.is_empty())
+                .and_then(|p| self.relative_path(obj.path("subPath"), p));
+            let sub_path_expr = self
+                .string(&obj, "subPathExpr")
+                .filter(|p| !p.is_empty())
+                .and_then(|p| self.relative_path(obj.path("subPathExpr"), p));
+            if sub_path.is_some() && sub_path_expr.is_some() {
+                self.error(ManifestError::Invalid {
+                    path: obj.path("subPathExpr"),
+                    value: "subPathExpr with subPath".to_owned(),
+                    expected: "either subPath or subPathExpr, not both".to_owned(),
+                });
+            }
+            match self.string(&obj, "mountPropagation").as_deref() {
+                None | Some("None") => {}
+                Some(other) => self.error(ManifestError::Unsupported {
+                    path: obj.path("mountPropagation"),
+                    reason: Some(if other == "HostToContainer" || other == "Bidirectional" {
+                        "mount propagation needs host directories, which are not supported yet"
+                    } else {
+                        "the modes are None, HostToContainer and Bidirectional"
+                    }),
+                    suggestion: None,
+                }),
+            }
             if let (Some(name), Some(mount_path)) = (name, mount_path) {
                 mounts.push(VolumeMount {
                     name,
                     mount_path,
                     read_only,
+                    sub_path,
+                    sub_path_expr,
                 });
             }
         }
@@ -926,6 +1220,11 @@ fn number_text(n: &Number) -> String {
         // words the quantity parser refuses.
         n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string())
     }
+}
+
+/// A path relative to a volume: not absolute, no `..` component.
+pub(crate) fn is_relative_path(text: &str) -> bool {
+    !text.is_empty() && !text.starts_with('/') && !text.split('/').any(|c| c == "..")
 }
 
 fn field_path(parent: &str, key: &str) -> String {
