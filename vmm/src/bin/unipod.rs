@@ -45,7 +45,9 @@ fn main() {
         }
         Command::Run(args) => {
             let options = RunOptions::from(args);
-            if args.manifests.is_empty() {
+            if args.dry_run {
+                pod::dry_run::dry_run(&options, &args.manifests)
+            } else if args.manifests.is_empty() {
                 pod::run::run(&options)
                     .unwrap_or_else(|e| report_error(&e, vmm::exit_code::EXIT_RUN_ERROR))
             } else {
@@ -53,6 +55,10 @@ fn main() {
                     .unwrap_or_else(|e| report_error(&e, supervisor::error_code(&e)))
             }
         }
+        Command::Apply(args) => cli::objects::apply(args)
+            .unwrap_or_else(|e| report_error(&e, cli::objects::EXIT_FAILED)),
+        Command::Delete(args) => cli::objects::delete(args)
+            .unwrap_or_else(|e| report_error(&e, cli::objects::EXIT_FAILED)),
         Command::Get(args) => {
             cli::pods::get(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
         }

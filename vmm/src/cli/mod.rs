@@ -21,6 +21,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod image;
+pub mod objects;
 pub mod pods;
 pub mod run;
 pub mod snapshot;
@@ -132,6 +133,17 @@ pub enum Command {
     /// images/, named by its manifest digest and its names (busybox:latest).
     #[command(after_help = image::IMAGE_AFTER_HELP)]
     Image(ImageArgs),
+    /// Store ConfigMaps and Secrets for pods to use, as 'kubectl apply -f'.
+    ///
+    /// Pods read them when each container starts (env, envFrom) and, for
+    /// their volumes, while they run: applying a changed ConfigMap or Secret
+    /// updates the files of running pods within seconds. Secrets are kept
+    /// readable by root only and never printed.
+    ///
+    /// Example: unipod apply -f config.yaml
+    Apply(objects::ApplyArgs),
+    /// Delete a ConfigMap or Secret: unipod delete configmap NAME.
+    Delete(objects::DeleteArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use guest_agent::protocol::Stream;
 
+use crate::error_chain::error_chain;
 use crate::file_error::FileError;
 use crate::pod::cleanup::{clean_up_orphan, wait_gone};
 use crate::pod::control::{
@@ -94,9 +95,10 @@ pub enum Output {
 /// `unipod get` arguments.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// Show only this pod.
-    #[arg(value_name = "POD")]
-    pub pod: Option<String>,
+    /// POD shows one pod; TYPE lists pods, configmaps (cm) or secrets, and
+    /// TYPE NAME shows one of them.
+    #[arg(value_name = "[TYPE] [NAME]", num_args = 0..=2)]
+    pub words: Vec<String>,
     /// Output format (default: a table).
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
@@ -189,6 +191,9 @@ pub struct RmArgs {
 /// Errors of the pod commands.
 #[derive(Debug, thiserror::Error)]
 pub enum PodsError {
+    /// A wrong argument, or a failed object command.
+    #[error("{0}")]
+    Usage(String),
     /// No such pod.
     #[error("pod {0:?} not found (unipod get lists pods)")]
     NotFound(String),
@@ -303,13 +308,25 @@ fn all_pods(state: &StateArg) -> Vec<PodRecord> {
 
 /// `unipod get`.
 pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
-    let records = match &args.pod {
+    let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    let pod = match words[..] {
+        [] | ["pods" | "pod" | "po"] => None,
+        ["pods" | "pod" | "po", name] => Some(name),
+        [kind, name] => return get_objects(kind, Some(name), args),
+        [word] => match super::objects::parse_kind(word) {
+            Ok(_) => return get_objects(word, None, args),
+            Err(_) => Some(word),
+        },
+        _ => unreachable!("clap takes at most two words"),
+    };
+    let pod = pod.map(str::to_owned);
+    let records = match &pod {
         Some(pod) => vec![load(&args.state, pod)?.1],
         None => all_pods(&args.state),
     };
     if let Some(format @ (Output::Json | Output::Yaml)) = args.output {
         // One pod prints as itself, several as a List, as kubectl does.
-        let doc = match &args.pod {
+        let doc = match &pod {
             Some(_) => serde_json::to_value(&records[0]),
             None => Ok(serde_json::json!({ "kind": "List", "items": records })),
         }
@@ -359,10 +376,22 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
     Ok(0)
 }
 
+/// `unipod get configmaps|secrets [NAME]`.
+fn get_objects(kind: &str, name: Option<&str>, args: &GetArgs) -> Result<i32, PodsError> {
+    let kind = super::objects::parse_kind(kind)
+        .map_err(|why| PodsError::Usage(format!("{why}, or pods")))?;
+    super::objects::get(kind, name, args.output, &args.state)
+        .map_err(|e| PodsError::Usage(error_chain(&e, ": ")))
+}
+
 /// `unipod describe`.
 pub fn describe(args: &DescribeArgs) -> Result<i32, PodsError> {
     let (dir, record) = load(&args.state, &args.pod)?;
-    let manifest = manifest::load(&dir.join("pod.yaml")).ok().map(|(m, _)| m);
+    // The copy of the file the pod came from, which may hold objects too.
+    let manifest = manifest::load_documents(&dir.join("pod.yaml"))
+        .ok()
+        .and_then(|d| d.pods.into_iter().next())
+        .map(|(m, _)| m);
     print!("{}", describe_text(&record, manifest.as_ref(), unix_now()));
     Ok(0)
 }

@@ -126,6 +126,12 @@ pub struct RunArgs {
     /// it; its supervisor logs to STATE_DIR/pods/NAME/supervisor.log.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// With MANIFEST: check the manifests and every image, ConfigMap and
+    /// Secret they name, print each problem and warning with its field path
+    /// and what would run, and start nothing. Exit 0 when the pod would
+    /// run, 125 when not; a missing image is only noted.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Internal: be the supervisor of a pod whose directory 'unipod run
     /// --detach' made.
     #[arg(long, hide = true)]
@@ -164,7 +170,10 @@ impl RunArgs {
         }
         if self.manifests.is_empty() {
             return match (self.detach, self.supervisor) {
-                (false, false) => Ok(()),
+                (false, false) if !self.dry_run => Ok(()),
+                (false, false) => {
+                    Err("--dry-run needs a MANIFEST (unipod run --dry-run pod.yaml)".into())
+                }
                 _ => Err("--detach needs a MANIFEST (unipod run --detach pod.yaml)".into()),
             };
         }

@@ -14,6 +14,7 @@ pub mod agent_client;
 pub mod cleanup;
 pub mod config_sources;
 pub mod control;
+pub mod dry_run;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod manifest;

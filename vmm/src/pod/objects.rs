@@ -249,6 +249,19 @@ impl ObjectStore {
         Ok(out)
     }
 
+    /// When the object was last applied (seconds since the epoch).
+    pub fn modified(&self, kind: Kind, name: &str) -> Option<i64> {
+        let modified = std::fs::metadata(self.path(kind, name))
+            .ok()?
+            .modified()
+            .ok()?;
+        let secs = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        i64::try_from(secs).ok()
+    }
+
     /// Removes the object; false when there was none.
     pub fn delete(&self, kind: Kind, name: &str) -> Result<bool, ObjectError> {
         let path = self.path(kind, name);
