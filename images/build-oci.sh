@@ -17,6 +17,9 @@
 #   OUT_DIR/pause-oci.tar             a pod sandbox ("pause") image for the
 #                                     CRI test: the same layers, Cmd sleep,
 #                                     named unipod-pause:latest
+#   OUT_DIR/nobody-oci.tar            the same layers with User nobody:users,
+#                                     WorkingDir /home/nobody and one more
+#                                     Env, named busybox-nobody:latest
 #
 # Two layers, so that import has whiteouts to apply:
 #   1 (tar+gzip): /bin/busybox and a symlink per applet ('busybox --list'),
@@ -50,7 +53,7 @@ key=$( { dpkg-query -W -f='${Version}' busybox-static; cat "$0" ${vecstress:+"$v
 stamp="$out/.busybox.key"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -f "$out/busybox/index.json" ] \
   && [ -f "$out/busybox-oci.tar" ] && [ -f "$out/busybox-docker-save.tar" ] \
-  && [ -f "$out/pause-oci.tar" ]; then
+  && [ -f "$out/pause-oci.tar" ] && [ -f "$out/nobody-oci.tar" ]; then
   say "busybox OCI image: $out/busybox (up to date)"
   exit 0
 fi
@@ -139,22 +142,31 @@ EOF
 echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
 "${TAR[@]}" --owner=0 --group=0 -C "$layout" -cf "$work/busybox-oci.tar" .
 
-# --- pause: the same layers, a config that sleeps, its own manifest ---
-pause="$work/pause"
-mkdir -p "$pause/blobs/sha256"
-cp "$blobs/$blob1" "$blobs/$blob2" "$pause/blobs/sha256/"
-sed 's/"Cmd":\["sh"\]/"Cmd":["sleep","2147483647"]/' "$work/config.json" >"$work/pause-config.json"
-pause_config=$(sha "$work/pause-config.json")
-cp "$work/pause-config.json" "$pause/blobs/sha256/$pause_config"
-sed "s/$config\",\"size\":$(size "$work/config.json")/$pause_config\",\"size\":$(size "$work/pause-config.json")/" \
-  "$work/manifest.json" >"$work/pause-manifest.json"
-pause_manifest=$(sha "$work/pause-manifest.json")
-cp "$work/pause-manifest.json" "$pause/blobs/sha256/$pause_manifest"
-cat >"$pause/index.json" <<EOF
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$pause_manifest","size":$(size "$work/pause-manifest.json"),"platform":{"architecture":"amd64","os":"linux"},"annotations":{"org.opencontainers.image.ref.name":"unipod-pause:latest"}}]}
+# variant NAME REF SED: the same layers with the config edited by SED, its
+# own manifest, as OCI tar $work/NAME-oci.tar named REF.
+variant() {
+  local name=$1 ref=$2 edit=$3 dir="$work/$1" vconfig vmanifest
+  mkdir -p "$dir/blobs/sha256"
+  cp "$blobs/$blob1" "$blobs/$blob2" "$dir/blobs/sha256/"
+  sed "$edit" "$work/config.json" >"$work/$name-config.json"
+  vconfig=$(sha "$work/$name-config.json")
+  cp "$work/$name-config.json" "$dir/blobs/sha256/$vconfig"
+  sed "s/$config\",\"size\":$(size "$work/config.json")/$vconfig\",\"size\":$(size "$work/$name-config.json")/" \
+    "$work/manifest.json" >"$work/$name-manifest.json"
+  vmanifest=$(sha "$work/$name-manifest.json")
+  cp "$work/$name-manifest.json" "$dir/blobs/sha256/$vmanifest"
+  cat >"$dir/index.json" <<EOF
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$vmanifest","size":$(size "$work/$name-manifest.json"),"platform":{"architecture":"amd64","os":"linux"},"annotations":{"org.opencontainers.image.ref.name":"$ref"}}]}
 EOF
-cp "$layout/oci-layout" "$pause/"
-"${TAR[@]}" --owner=0 --group=0 -C "$pause" -cf "$work/pause-oci.tar" .
+  cp "$layout/oci-layout" "$dir/"
+  "${TAR[@]}" --owner=0 --group=0 -C "$dir" -cf "$work/$name-oci.tar" .
+}
+# pause: a config that sleeps, for the CRI test's sandboxes.
+variant pause unipod-pause:latest 's/"Cmd":\["sh"\]/"Cmd":["sleep","2147483647"]/'
+# nobody: a config naming a user and group, a directory and more env, for
+# the tests of image configs (tests/config.rs).
+variant nobody busybox-nobody:latest \
+  's|"WorkingDir":"/"|"WorkingDir":"/home/nobody","User":"nobody:users"|; s|"Env":\[|"Env":["IMAGE_GREETING=from the image",|'
 
 # --- docker save (legacy format) ---
 save="$work/docker-save"
@@ -171,6 +183,7 @@ echo "{\"busybox\":{\"latest\":\"$config\"}}" >"$save/repositories"
 mkdir -p "$out"
 rm -rf "$out/busybox"
 mv "$layout" "$out/busybox"
-mv "$work/busybox-oci.tar" "$work/busybox-docker-save.tar" "$work/pause-oci.tar" "$out/"
+mv "$work/busybox-oci.tar" "$work/busybox-docker-save.tar" "$work/pause-oci.tar" \
+  "$work/nobody-oci.tar" "$out/"
 echo "$key" >"$stamp"
 say "busybox OCI image: $out/busybox (manifest sha256:$manifest), $out/busybox-oci.tar, $out/busybox-docker-save.tar"

@@ -425,6 +425,7 @@ impl Lifecycle {
             since: now,
             signalled: None,
         };
+        track.config_error = None;
         if !is_init {
             self.heartbeat.container_started(now);
         }
@@ -1044,6 +1045,29 @@ mod tests {
         l.agent_ready(t0);
         assert_eq!(l.due(t0), vec![run("a")]);
         assert_eq!(l.due(t0), vec![], "asked once");
+    }
+
+    #[test]
+    fn a_config_error_waits_and_retries_without_counting_a_restart() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        assert_eq!(l.due(t0), vec![run("a")]);
+        l.config_error("a", "configmap \"c\" not found", t0);
+        let c = state(&mut l, "a", t0);
+        assert_eq!(reason(&c), "CreateContainerConfigError");
+        assert_eq!(c.restart_count, 0);
+        assert_eq!(l.phase(), PodPhase::Pending);
+        assert_eq!(l.due(t0), vec![], "not before the retry");
+        let t1 = t0 + CONFIG_RETRY;
+        assert_eq!(l.due(t1), vec![run("a")]);
+        l.config_error("a", "configmap \"c\" not found", t1);
+        let failed = |l: &Lifecycle| l.events().iter().filter(|e| e.reason == "Failed").count();
+        assert_eq!(failed(&l), 1, "the same error is one event");
+        let t2 = t1 + CONFIG_RETRY;
+        assert_eq!(l.due(t2), vec![run("a")]);
+        l.started("a", t2);
+        let c = state(&mut l, "a", t2);
+        assert_eq!((reason(&c).as_str(), c.restart_count), ("Running", 0));
     }
 
     #[test]

@@ -508,6 +508,17 @@ fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
             }
             _ => {}
         }
+        // A container waiting for a ConfigMap or Secret waits for the user:
+        // say so and return, as kubectl does, instead of waiting with it.
+        if let Some((name, message)) = record.as_ref().and_then(config_error) {
+            eprintln!(
+                "unipod: pod {}: container {name} is waiting: CreateContainerConfigError: {message}; \
+                 it starts once that is fixed (unipod apply -f ...)",
+                p.manifest.name
+            );
+            let _ = writeln!(std::io::stdout(), "{}", p.manifest.name);
+            return Ok(0);
+        }
         if let Ok(Some(status)) = child.try_wait() {
             let tail = vmm_process::log_tail(&log_path, 5).join("\n");
             return fail(format!("the supervisor exited ({status}):\n{tail}"));
@@ -520,6 +531,23 @@ fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
             return Ok(EXIT_INTERRUPTED);
         }
     }
+}
+
+/// The first container waiting with `CreateContainerConfigError`, and why.
+fn config_error(record: &PodRecord) -> Option<(String, String)> {
+    let status = &record.status;
+    status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses)
+        .find_map(|c| match &c.state {
+            crate::pod::status::ContainerState::Waiting { reason, message }
+                if reason == "CreateContainerConfigError" =>
+            {
+                Some((c.name.clone(), message.clone().unwrap_or_default()))
+            }
+            _ => None,
+        })
 }
 
 /// Why a pod failed, from its status.
