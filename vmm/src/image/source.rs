@@ -373,6 +373,7 @@ fn image_config(config: &ImageConfiguration) -> ImageConfig {
         env: c.env().clone().unwrap_or_default(),
         working_dir: non_empty(c.working_dir()),
         user: non_empty(c.user()),
+        stop_signal: non_empty(c.stop_signal()),
     }
 }
 

@@ -52,6 +52,10 @@ pub struct ImageConfig {
     pub working_dir: Option<String>,
     /// `user`, `uid`, `user:group` or `uid:gid`.
     pub user: Option<String>,
+    /// The signal that stops it (`SIGQUIT`, `QUIT` or `3`); SIGTERM when
+    /// `None`. Absent in images imported before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 /// An imported image.

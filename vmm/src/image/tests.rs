@@ -133,7 +133,8 @@ fn test_config(diff_ids: &[String]) -> Vec<u8> {
             "Entrypoint": ["/bin/sh", "-c"],
             "Cmd": ["echo hi"],
             "WorkingDir": "/tmp",
-            "User": "nobody"
+            "User": "nobody",
+            "StopSignal": "SIGQUIT"
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     }))
@@ -278,6 +279,7 @@ fn an_oci_layout_imports_once_and_resolves_by_any_spelling() {
             env: vec!["PATH=/bin".into()],
             working_dir: Some("/tmp".into()),
             user: Some("nobody".into()),
+            stop_signal: Some("SIGQUIT".into()),
         }
     );
 

@@ -119,6 +119,26 @@ pub struct ContainerInfo {
     pub image: String,
     /// The image's digest.
     pub image_id: String,
+    /// The signal that asks it to stop: its image's `StopSignal`, else
+    /// SIGTERM.
+    pub stop_signal: i32,
+}
+
+/// The signal number of an image's `StopSignal` (`SIGQUIT`, `QUIT` or
+/// `3`), as containerd reads it; `None` when it names no signal.
+pub fn parse_stop_signal(text: &str) -> Option<i32> {
+    if let Ok(n) = text.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok().map(|s| s as i32);
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
 }
 
 /// Something the supervisor must do.
@@ -598,7 +618,8 @@ impl Lifecycle {
         self.changed = true;
     }
 
-    /// A graceful stop: SIGTERM now, SIGKILL after the grace period.
+    /// A graceful stop: each container's stop signal (SIGTERM unless its
+    /// image names another) now, SIGKILL after the grace period.
     pub fn stop(&mut self, now: Instant) {
         if self.stopping.is_some() || self.over.is_some() {
             return;
@@ -671,8 +692,12 @@ impl Lifecycle {
         }
         if let Some(since) = self.stopping {
             let kill = now.saturating_duration_since(since) >= self.cfg.grace;
-            let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
             for track in self.init.iter_mut().chain(self.app.iter_mut()) {
+                let signal = if kill {
+                    libc::SIGKILL
+                } else {
+                    track.info.stop_signal
+                };
                 if let State::Running { signalled, .. } = &mut track.state {
                     if signalled.is_none_or(|s| s != signal && s != libc::SIGKILL) {
                         *signalled = Some(signal);
@@ -988,7 +1013,38 @@ mod tests {
             name: name.into(),
             image: "busybox:latest".into(),
             image_id: "sha256:ab".into(),
+            stop_signal: libc::SIGTERM,
         }
+    }
+
+    #[test]
+    fn stop_signals_parse_as_containerd_reads_them_and_stop_uses_them() {
+        assert_eq!(parse_stop_signal("SIGQUIT"), Some(libc::SIGQUIT));
+        assert_eq!(parse_stop_signal("quit"), Some(libc::SIGQUIT));
+        assert_eq!(parse_stop_signal("3"), Some(3));
+        assert_eq!(parse_stop_signal("SIGNOPE"), None);
+        assert_eq!(parse_stop_signal("99"), None);
+        let cfg = LifecycleConfig::new(
+            RestartPolicy::Always,
+            Duration::from_secs(30),
+            Duration::from_secs(4),
+            Duration::from_secs(30),
+        );
+        let t0 = Instant::now();
+        let quit = ContainerInfo {
+            stop_signal: libc::SIGQUIT,
+            ..info("nginx")
+        };
+        let mut l = Lifecycle::new("p", cfg, vec![], vec![quit], t0, 1_700_000_000);
+        l.vm_started(t0);
+        l.agent_ready(t0);
+        assert_eq!(l.due(t0), vec![run("nginx")]);
+        l.started("nginx", t0);
+        l.stop(t0);
+        assert_eq!(
+            l.due(t0),
+            vec![Action::Signal("nginx".into(), libc::SIGQUIT)]
+        );
     }
 
     fn pod(policy: RestartPolicy, init: &[&str], app: &[&str]) -> (Lifecycle, Instant) {

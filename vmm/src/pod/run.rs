@@ -109,6 +109,7 @@ fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
                 name: c.name.clone(),
                 image: c.image.clone(),
                 image_id: String::new(),
+                stop_signal: libc::SIGTERM,
             };
             Ok((info, run))
         })

@@ -227,7 +227,7 @@ pub fn run_spec(
 
 /// The manifest path of the container named `name`, e.g.
 /// `spec.initContainers[0]`.
-fn container_path(pod: &PodManifest, name: &str) -> String {
+pub(crate) fn container_path(pod: &PodManifest, name: &str) -> String {
     let find = |list: &[ContainerSpec]| list.iter().position(|c| c.name == name);
     match (find(&pod.init_containers), find(&pod.containers)) {
         (Some(i), _) => format!("spec.initContainers[{i}]"),
@@ -252,6 +252,7 @@ mod tests {
             env: strings(&["PATH=/usr/bin:/bin", "LANG=C"]),
             working_dir: Some("/srv".into()),
             user: Some("1000:1000".into()),
+            stop_signal: None,
         }
     }
 

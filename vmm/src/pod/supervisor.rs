@@ -61,7 +61,7 @@ use crate::pod::config_sources::{self, ConfigError, PodFacts};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
-use crate::pod::lifecycle::{Action, ContainerInfo, Lifecycle, LifecycleConfig};
+use crate::pod::lifecycle::{parse_stop_signal, Action, ContainerInfo, Lifecycle, LifecycleConfig};
 use crate::pod::manifest::{
     self, ManifestError, PodManifest, Protocol, VmSize, VolumeSource, Warning,
 };
@@ -275,10 +275,23 @@ pub(crate) fn prepare(
                 disk: *disk,
             },
         );
+        let stop_signal = match image.config.stop_signal.as_deref() {
+            None => libc::SIGTERM,
+            Some(text) => parse_stop_signal(text).unwrap_or_else(|| {
+                warnings.push(Warning {
+                    path: format!("{}.image", spec::container_path(&manifest, &c.name)),
+                    message: format!(
+                        "the image's StopSignal {text:?} names no signal; SIGTERM stops it"
+                    ),
+                });
+                libc::SIGTERM
+            }),
+        };
         let info = ContainerInfo {
             name: c.name.clone(),
             image: reference.clone(),
             image_id: image.digest.clone(),
+            stop_signal,
         };
         entries.push((info, run));
     }
