@@ -45,7 +45,7 @@ fn volume_source(source: &VolumeSource) -> String {
                 );
                 for f in files {
                     let what = match &f.source {
-                        DownwardSource::Field(field) => format!("{field:?}"),
+                        DownwardSource::Field(field) => field.to_string(),
                         DownwardSource::Resource(r) => resource_ref(r),
                     };
                     out.push_str(&format!("      {what} -> {}\n", f.path));
@@ -61,7 +61,7 @@ fn volume_source(source: &VolumeSource) -> String {
 fn env_source(source: &manifest::EnvSource) -> String {
     match source {
         manifest::EnvSource::Value(v) => v.clone(),
-        manifest::EnvSource::Field(f) => format!(" ({f:?})"),
+        manifest::EnvSource::Field(f) => format!(" (v1:{f})"),
         manifest::EnvSource::Resource(r) => resource_ref(r),
         manifest::EnvSource::Key(k) => format!(
             "<set to the key '{}' of {} '{}'>  Optional: {}",

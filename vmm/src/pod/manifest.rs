@@ -260,6 +260,27 @@ pub enum FieldRef {
     PodIps,
 }
 
+impl fmt::Display for FieldRef {
+    /// The `fieldPath` as the manifest writes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldRef::Name => f.write_str("metadata.name"),
+            FieldRef::Namespace => f.write_str("metadata.namespace"),
+            FieldRef::Uid => f.write_str("metadata.uid"),
+            FieldRef::Labels => f.write_str("metadata.labels"),
+            FieldRef::Annotations => f.write_str("metadata.annotations"),
+            FieldRef::Label(k) => write!(f, "metadata.labels['{k}']"),
+            FieldRef::Annotation(k) => write!(f, "metadata.annotations['{k}']"),
+            FieldRef::NodeName => f.write_str("spec.nodeName"),
+            FieldRef::ServiceAccountName => f.write_str("spec.serviceAccountName"),
+            FieldRef::HostIp => f.write_str("status.hostIP"),
+            FieldRef::HostIps => f.write_str("status.hostIPs"),
+            FieldRef::PodIp => f.write_str("status.podIP"),
+            FieldRef::PodIps => f.write_str("status.podIPs"),
+        }
+    }
+}
+
 /// A container resource the downward API exposes (`resourceFieldRef`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceFieldRef {
