@@ -49,13 +49,16 @@ agent: deps
 
 # Guest initramfs images (cached in ~/.cache/unipod/initramfs), and the
 # busybox OCI test image for 'unipod image import' (target/guest/oci), with
-# the vecstress test program in it. initramfs-test-hooks.cpio is only for
+# the vecstress test program in it, and a stock Debian nginx image beside it
+# (mmdebstrap + umoci, cached in ~/.cache/unipod/nginx; about a minute the
+# first time). initramfs-test-hooks.cpio is only for
 # the tests that inject faults; it is never installed.
 images: deps agent
 	@bash images/build-initramfs.sh boot-test $(GUEST)/boot-test.cpio
 	@bash images/build-initramfs.sh agent $(GUEST)/initramfs.cpio $(AGENT)
 	@bash images/build-initramfs.sh agent $(GUEST)/initramfs-test-hooks.cpio $(AGENT_TEST_HOOKS)
 	@bash images/build-oci.sh $(GUEST)/oci $(VECSTRESS)
+	@bash images/build-nginx.sh $(GUEST)/oci
 
 build: deps
 	@echo "[build] cargo build --release"

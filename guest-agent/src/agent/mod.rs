@@ -133,6 +133,9 @@ pub enum AgentError {
 /// Returns `Ok` for an orderly power-off.
 pub fn run() -> Result<(), AgentError> {
     init::mount_filesystems();
+    if init::is_pid1() {
+        network::ipv6_off_on_pod_interface();
+    }
     init::ensure_stdio();
     init::route_ctrl_alt_del_to_sigint();
     log::info!(

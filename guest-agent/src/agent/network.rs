@@ -23,9 +23,18 @@
 //! system and see them directly; the others get them bind-mounted over their
 //! image's (`rootfs.rs`).
 //!
+//! IPv6: the kernel gives `lo` its `::1` when `lo` goes up, so `[::1]` and
+//! dual-stack `[::]` sockets work in every pod. On `eth0` the agent turns
+//! IPv6 off at start ([`ipv6_off_on_pod_interface`]), before a warm-start
+//! snapshot is taken and before the link goes up: otherwise every pod would
+//! pay, in emulated guest-kernel time, for a link-local address, its
+//! duplicate address detection, router solicitations (retried for as long as
+//! no router answers) and MLD reports, for an address nothing uses.
+//!
 //! # Limitations
 //!
-//! IPv4 only (the guest kernel has no IPv6). One interface, named `eth0`.
+//! The pod address is IPv4 only; IPv6 is loopback only. One interface,
+//! named `eth0`.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -175,6 +184,24 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The sysctl that turns IPv6 off on the pod interface.
+const POD_INTERFACE_DISABLE_IPV6: &str = "/proc/sys/net/ipv6/conf/eth0/disable_ipv6";
+
+/// Turns IPv6 off on `eth0` (no link-local address, DAD, router
+/// solicitations or MLD). Only as PID 1 (needs `/proc`); without IPv6 in the
+/// kernel or without `eth0` there is nothing to do.
+pub fn ipv6_off_on_pod_interface() {
+    match std::fs::write(POD_INTERFACE_DISABLE_IPV6, "1") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::debug!("{POD_INTERFACE_DISABLE_IPV6}: absent (no IPv6 or no eth0)");
+        }
+        Err(e) => {
+            log::warn!("cannot turn IPv6 off on eth0: write {POD_INTERFACE_DISABLE_IPV6}: {e}")
+        }
+    }
 }
 
 /// Brings `lo` up; every pod has it, with or without a network.

@@ -6,8 +6,10 @@
 //! - `command` replaces the image's Entrypoint and `args` its Cmd; when
 //!   `command` is set and `args` is not, the image's Cmd is dropped too (so
 //!   `command` alone runs as written);
-//! - the environment is the image's `Env`, then the container's `env`,
-//!   a later entry of one name replacing the earlier in place;
+//! - the environment is [`DEFAULT_PATH`], then the image's `Env`, then the
+//!   container's `env`, a later entry of one name replacing the earlier in
+//!   place (containerd's default spec starts from that `PATH` too, so an
+//!   image with no `PATH` still finds its entrypoint);
 //! - `workingDir` defaults to the image's WorkingDir; the runtime spec is
 //!   CRI's default (`runtime_spec.rs`) with the pod's and the container's
 //!   `securityContext` applied (`security_context.rs`), the image's User
@@ -27,6 +29,10 @@ use super::manifest::{ContainerSpec, PodManifest};
 use super::runtime_spec::{self, Process};
 use super::security_context::{self, SecurityError, Subject};
 use crate::image::{ImageConfig, StoredImage};
+
+/// The `PATH` of a container whose image and manifest set none: the one
+/// containerd's and Docker's default spec starts from.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The file system type of imported images.
 pub const IMAGE_FSTYPE: &str = "erofs";
@@ -114,11 +120,11 @@ pub fn argv(container: &ContainerSpec, image: &ImageConfig) -> Result<Vec<String
     Ok(argv)
 }
 
-/// The image's environment, then the container's (resolved by
-/// [`config_sources::container_env`]); a name set twice keeps its first
-/// position and its last value.
+/// `PATH=`[`DEFAULT_PATH`], then the image's environment, then the
+/// container's (resolved by [`config_sources::container_env`]); a name set
+/// twice keeps its first position and its last value.
 pub fn env(container_env: &[(String, String)], image: &ImageConfig) -> Vec<String> {
-    let mut out: Vec<(String, String)> = Vec::new();
+    let mut out = vec![("PATH".to_string(), DEFAULT_PATH.to_string())];
     let image_env = image.env.iter().map(|e| match e.split_once('=') {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (e.clone(), String::new()),
@@ -302,6 +308,25 @@ mod tests {
             env(&container_env, &image(&[], &["sh"])),
             ["PATH=/usr/bin:/bin", "LANG=fr", "X=1"]
         );
+    }
+
+    #[test]
+    fn path_defaults_to_containerds_unless_the_image_or_container_sets_it() {
+        let no_path = ImageConfig {
+            env: strings(&["LANG=C"]),
+            ..image(&["nginx"], &[])
+        };
+        assert_eq!(
+            env(&[], &no_path),
+            [format!("PATH={DEFAULT_PATH}"), "LANG=C".into()]
+        );
+        let late_path = ImageConfig {
+            env: strings(&["LANG=C", "PATH=/opt/bin"]),
+            ..image(&["nginx"], &[])
+        };
+        assert_eq!(env(&[], &late_path), ["PATH=/opt/bin", "LANG=C"]);
+        let own = [("PATH".to_string(), "/x".to_string())];
+        assert_eq!(env(&own, &no_path), ["PATH=/x", "LANG=C"]);
     }
 
     #[test]
