@@ -56,7 +56,7 @@ fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
         (
             "host-path",
             format!("{one}  volumes: [{{name: d, hostPath: {{path: /etc/../root}}}}]\n"),
-            "spec.volumes[0].hostPath: not supported yet",
+            "spec.volumes[0].hostPath: host directories are not supported yet",
         ),
         (
             "huge-env",
@@ -97,7 +97,7 @@ fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
             "unknown-field",
             "    - name: a\n      image: busybox\n      livenesProbe: {}\n",
             "Always",
-            "spec.containers[0].livenesProbe: not supported yet",
+            "spec.containers[0].livenesProbe: unknown field, or not supported yet",
         ),
         (
             "missing-image",
