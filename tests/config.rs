@@ -234,7 +234,7 @@ fn downward_api_config_maps_secrets_and_image_users_reach_the_containers() {
         "--bridge",
         "upt-config",
         "--pod-cidr",
-        "10.231.30.0/24",
+        "10.231.31.0/24",
         "--kernel",
         kernel.to_str().unwrap(),
         "--initrd",
