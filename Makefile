@@ -50,7 +50,7 @@ agent: deps
 # Guest initramfs images (cached in ~/.cache/unipod/initramfs), and the
 # busybox OCI test image for 'unipod image import' (target/guest/oci), with
 # the vecstress test program in it, and a stock Debian nginx image beside it
-# (mmdebstrap + umoci, cached in ~/.cache/unipod/nginx; about a minute the
+# (mmdebstrap + umoci, cached in ~/.cache/unipod/nginx; half a minute the
 # first time). initramfs-test-hooks.cpio is only for
 # the tests that inject faults; it is never installed.
 images: deps agent

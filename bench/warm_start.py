@@ -37,6 +37,17 @@ def snapshot_dir():
     return out[1]
 
 
+def recv_exact(s, n):
+    """Reads exactly `n` bytes (a frame can arrive in pieces)."""
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise RuntimeError("the agent closed the connection")
+        buf += chunk
+    return buf
+
+
 def boot_until_ready(extra, timeout):
     """Starts `unipod boot` and returns (ms to CONNECT OK, ms to Ready)."""
     sock = os.path.join(WORK, "v.sock")
@@ -62,9 +73,8 @@ def boot_until_ready(extra, timeout):
                 pass
             time.sleep(0.002)
         t_ok = time.monotonic()
-        head = s.recv(6)
-        n, _ = struct.unpack(">IH", head)
-        s.recv(n - 2)
+        n, _ = struct.unpack(">IH", recv_exact(s, 6))
+        recv_exact(s, n - 2)
         t_ready = time.monotonic()
         return (t_ok - t0) * 1000, (t_ready - t0) * 1000
     finally:

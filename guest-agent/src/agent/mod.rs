@@ -135,6 +135,12 @@ pub fn run() -> Result<(), AgentError> {
     init::mount_filesystems();
     if init::is_pid1() {
         network::ipv6_off_on_pod_interface();
+        // Now rather than at Configure, so that a warm-start snapshot has
+        // it: its 127.0.0.1 and ::1 are emulated guest-kernel work that a
+        // restored pod then skips (Configure sets it up again, a no-op).
+        if let Err(e) = network::loopback_up() {
+            log::warn!("cannot set lo up: {}", Chain(&e));
+        }
     }
     init::ensure_stdio();
     init::route_ctrl_alt_del_to_sigint();
