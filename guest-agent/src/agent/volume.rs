@@ -299,17 +299,7 @@ fn new_data_dir(dir: &Path, now: SystemTime) -> Result<(String, OwnedFd), Volume
 fn utc_stamp(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).expect("u64 seconds / 86400 fits in i64");
     let rem = secs % 86_400;
-    // The civil date of a day count (days since 1970-01-01), by eras of 400
-    // years that start on March 1st (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = guest_agent::civil::civil_from_days(days);
     let (h, m, s) = (rem / 3_600, rem / 60 % 60, rem % 60);
     format!("{year:04}_{month:02}_{day:02}_{h:02}_{m:02}_{s:02}")
 }

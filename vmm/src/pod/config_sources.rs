@@ -358,23 +358,10 @@ fn key_files(
 mod tests {
     use super::*;
     use crate::pod::manifest;
-    use crate::pod::objects::ConfigObject;
+    use crate::pod::objects::object;
 
     fn pod(yaml: &str) -> PodManifest {
         manifest::parse(yaml).expect("valid manifest").0
-    }
-
-    fn object(kind: Kind, name: &str, pairs: &[(&str, &str)]) -> ConfigObject {
-        ConfigObject {
-            kind,
-            name: name.into(),
-            data: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            immutable: false,
-            secret_type: None,
-        }
     }
 
     fn facts() -> PodFacts {

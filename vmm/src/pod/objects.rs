@@ -354,22 +354,24 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
+/// An object of text values, for tests.
+#[cfg(test)]
+pub(crate) fn object(kind: Kind, name: &str, pairs: &[(&str, &str)]) -> ConfigObject {
+    ConfigObject {
+        kind,
+        name: name.into(),
+        data: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        immutable: false,
+        secret_type: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn object(kind: Kind, name: &str, pairs: &[(&str, &str)]) -> ConfigObject {
-        ConfigObject {
-            kind,
-            name: name.into(),
-            data: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            immutable: false,
-            secret_type: None,
-        }
-    }
 
     #[test]
     fn apply_get_list_delete_round_trip_in_kubectls_words() {
