@@ -97,7 +97,7 @@ fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
             "unknown-field",
             "    - name: a\n      image: busybox\n      livenesProbe: {}\n",
             "Always",
-            "spec.containers[0].livenesProbe: unknown field, or not supported yet",
+            "spec.containers[0].livenesProbe: unknown field, or not supported yet (did you mean \"livenessProbe\"?)",
         ),
         (
             "missing-image",

@@ -388,7 +388,11 @@ impl Walker {
                 self.error(ManifestError::Unsupported {
                     path: key_path,
                     reason,
-                    suggestion: suggest(key, known),
+                    // A typo of a refused field is worth naming too.
+                    suggestion: suggest(key, known).or_else(|| {
+                        let refused: Vec<&'static str> = REFUSED.iter().map(|r| r.0).collect();
+                        reason.is_none().then(|| suggest(key, &refused)).flatten()
+                    }),
                 });
             }
         }
