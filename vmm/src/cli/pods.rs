@@ -384,14 +384,17 @@ fn get_objects(kind: &str, name: Option<&str>, args: &GetArgs) -> Result<i32, Po
         .map_err(|e| PodsError::Usage(error_chain(&e, ": ")))
 }
 
+/// The pod's manifest, from the copy of the file it came from (which may
+/// hold ConfigMaps and Secrets too); `None` for a command pod.
+fn stored_manifest(dir: &Path) -> Option<manifest::PodManifest> {
+    let documents = manifest::load_documents(&dir.join("pod.yaml")).ok()?;
+    documents.pods.into_iter().next().map(|(m, _)| m)
+}
+
 /// `unipod describe`.
 pub fn describe(args: &DescribeArgs) -> Result<i32, PodsError> {
     let (dir, record) = load(&args.state, &args.pod)?;
-    // The copy of the file the pod came from, which may hold objects too.
-    let manifest = manifest::load_documents(&dir.join("pod.yaml"))
-        .ok()
-        .and_then(|d| d.pods.into_iter().next())
-        .map(|(m, _)| m);
+    let manifest = stored_manifest(&dir);
     print!("{}", describe_text(&record, manifest.as_ref(), unix_now()));
     Ok(0)
 }
@@ -662,8 +665,8 @@ pub fn stop(args: &StopArgs) -> Result<i32, PodsError> {
             })
         }
     }
-    let grace = manifest::load(&dir.join("pod.yaml"))
-        .map(|(m, _)| m.termination_grace_period)
+    let grace = stored_manifest(&dir)
+        .map(|m| m.termination_grace_period)
         .unwrap_or(manifest::DEFAULT_TERMINATION_GRACE_PERIOD);
     let supervisor = record.supervisor.expect("alive, hence recorded");
     if !wait_gone(|| supervisor.alive(), grace + Duration::from_secs(60)) {

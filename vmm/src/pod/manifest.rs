@@ -1,23 +1,26 @@
-//! Kubernetes `v1` `Pod` manifests: parsed, validated and typed.
+//! Kubernetes `v1` `Pod` manifests (and the ConfigMaps and Secrets beside
+//! them): parsed, validated and typed.
 //!
-//! [`parse`] turns the YAML text of a Pod into a [`PodManifest`] plus the
-//! [`Warning`]s about fields it ignored; [`load`] does the same for a file.
+//! [`parse_documents`] turns the YAML text of a file (documents separated by
+//! `---`) into its Pods, each a [`PodManifest`] plus the [`Warning`]s about
+//! fields it ignored, and its ConfigMaps and Secrets; [`load_documents`]
+//! does the same for a file, and [`parse`] for the text of one Pod.
 //! [`PodManifest::vm_size`] sizes the microVM that runs the pod.
 //!
 //! # Design
 //! The text is parsed with `serde_norway`, the maintained fork of `serde_yaml`
 //! 0.9 (which is archived): same API, YAML 1.2 scalars (`yes` stays a
-//! string), duplicate keys and multiple documents rejected, alias expansion
+//! string), duplicate keys rejected, alias expansion
 //! bounded. It parses into an untyped `Value`, not into `#[derive(Deserialize)]`
 //! structs, because serde's errors for nested sequences carry no path
 //! (`unknown field "livenessProbe"`, but in which container?). Instead
 //! `walk.rs` visits the tree with an explicit list of known fields per object,
 //! so every problem names its full path
-//! (`spec.containers[1].livenessProbe: not supported yet`), and builds the
+//! (`spec.containers[1].livenessProbe: probes are not implemented yet`), and builds the
 //! typed structs on the way.
 //!
 //! Every field unipod does not implement is an error, not silently dropped: a
-//! pod that asked for a liveness probe, a hostPath or a secret must not run
+//! pod that asked for a liveness probe or a hostPath must not run
 //! without one. The exception is a short list of fields that change nothing
 //! for a single pod on its own VM (server bookkeeping, scheduling hints); each
 //! gives a [`Warning`] and the reason it is safe to ignore is next to its
@@ -782,18 +785,6 @@ pub fn load_documents(path: &Path) -> Result<Documents, ManifestError> {
         source,
     })?;
     parse_documents(&text).map_err(|e| ManifestError::File {
-        path: path.to_owned(),
-        source: Box::new(e),
-    })
-}
-
-/// Reads the file at `path` and [`parse`]s it; errors name the file.
-pub fn load(path: &Path) -> Result<(PodManifest, Vec<Warning>), ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(&text).map_err(|e| ManifestError::File {
         path: path.to_owned(),
         source: Box::new(e),
     })

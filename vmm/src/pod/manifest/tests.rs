@@ -1067,10 +1067,10 @@ fn load_names_the_file() {
     std::fs::write(&good, MINIMAL).expect("write good.yaml");
     std::fs::write(&bad, MINIMAL.replace("kind: Pod", "kind: Job")).expect("write bad.yaml");
 
-    let (pod, _) = load(&good).expect("good.yaml loads");
-    assert_eq!(pod.name, "p");
+    let documents = load_documents(&good).expect("good.yaml loads");
+    assert_eq!(documents.pods[0].0.name, "p");
 
-    let error = load(&bad).expect_err("bad.yaml is refused");
+    let error = load_documents(&bad).expect_err("bad.yaml is refused");
     assert_eq!(
         error.to_string(),
         format!("{}: invalid pod manifest", bad.display())
@@ -1079,7 +1079,7 @@ fn load_names_the_file() {
     assert_eq!(problems, ["kind: \"Job\" is not valid; expected \"Pod\""]);
 
     let missing = dir.join("missing.yaml");
-    let error = load(&missing).expect_err("missing.yaml does not exist");
+    let error = load_documents(&missing).expect_err("missing.yaml does not exist");
     assert!(matches!(error, ManifestError::Read { .. }));
     assert_eq!(
         error.to_string(),
