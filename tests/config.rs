@@ -3,7 +3,9 @@
 //! (env and volume), ConfigMaps and Secrets (env, envFrom, volumes with
 //! items and modes, subPath, an update reaching the mounted files), a
 //! container waiting for a ConfigMap that does not exist yet, and an
-//! image's User, WorkingDir and Env. One pod VM serves every check.
+//! image's User, WorkingDir and Env; pod-level limits on the pod's cgroup,
+//! and IPv6 off on `eth0` of a pod whose network has no IPv6 range. One pod
+//! VM serves every check.
 
 mod common;
 
@@ -51,6 +53,10 @@ metadata:
 spec:
   nodeSelector:
     disktype: ssd
+  resources:
+    limits:
+      memory: 128Mi
+      cpu: 500m
   containers:
   - name: app
     image: busybox
@@ -317,6 +323,32 @@ fn downward_api_config_maps_secrets_and_image_users_reach_the_containers() {
         assert!(files.contains(want), "{want:?} in:\n{files}");
     }
     assert!(!files.contains("ui.properties"), "only the items: {files}");
+    // The pod-level limits are on the cgroup above the containers' (the
+    // containers have no cgroup namespace, so they see the guest's tree).
+    let cgroup = pod.sh(
+        "app",
+        "cat /proc/self/cgroup /sys/fs/cgroup/unipod/memory.max /sys/fs/cgroup/unipod/cpu.max",
+    );
+    let lines: Vec<&str> = cgroup.lines().collect();
+    assert!(
+        matches!(lines.as_slice(), [own, "134217728", "50000 100000"] if own.starts_with("0::/unipod/")),
+        "the pod's cgroup and its memory.max and cpu.max:\n{cgroup}"
+    );
+
+    // Without --pod-cidr6, eth0 has no IPv6 address, not even link-local
+    // (so no DAD, router solicitations or MLD); lo has ::1.
+    let inet6 = pod.sh("app", "cat /proc/net/if_inet6");
+    assert!(
+        inet6
+            .lines()
+            .any(|l| l.starts_with("00000000000000000000000000000001 ") && l.ends_with(" lo")),
+        "::1 on lo:\n{inet6}"
+    );
+    assert!(
+        !inet6.lines().any(|l| l.ends_with(" eth0")),
+        "no IPv6 address on eth0:\n{inet6}"
+    );
+
     let ro = pod.sh("app", "touch /etc/config/x 2>&1; echo rc=$?");
     assert!(ro.contains("rc=1"), "a ConfigMap volume is read-only: {ro}");
 

@@ -5,10 +5,15 @@
 //! - the image runs as Debian ships it: its config has no `PATH`, so
 //!   `nginx` is found through the default PATH (`vmm/src/pod/spec.rs`);
 //! - Debian's default site, which listens on `[::]:80` as well as `0.0.0.0:80`,
-//!   starts (the guest kernel has IPv6) and serves HTTP on the pod IP;
+//!   starts (the guest kernel has IPv6) and serves HTTP on both pod IPs: the
+//!   network has an IPv6 range (`--pod-cidr6`), so the pod is dual-stack;
+//! - `status.podIPs` lists both addresses, IPv4 first, and `/etc/hosts` maps
+//!   the hostname to each;
 //! - `::1` works inside the pod: a busybox container beside nginx (the two
-//!   share the guest's network namespace) fetches the page from `[::1]:80`;
-//! - IPv6 stays off on `eth0` (the agent turns it off to keep guests cheap).
+//!   share the guest's network namespace) fetches the page from `[::1]:80`.
+//!
+//! (That `eth0` has no IPv6 at all without a range is checked in
+//! tests/config.rs.)
 //!
 //! The pod's bridge, tap and all traffic stay in a network namespace the
 //! test creates ([`Netns`]); the pod is removed before the namespace goes.
@@ -16,7 +21,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -111,6 +116,7 @@ fn debian_nginx_serves_on_the_pod_ip_and_on_ipv6_loopback() {
         .args(["run", "-d", "--state-dir"])
         .arg(&state)
         .args(["--bridge", "upt-nginx", "--pod-cidr", "10.231.30.0/24"])
+        .args(["--pod-cidr6", "fd00:231:30::/64"])
         .args(["--unknown-timeout-secs", "180"])
         .arg("--kernel")
         .arg(guest_artifact("vmlinux"))
@@ -126,16 +132,34 @@ fn debian_nginx_serves_on_the_pod_ip_and_on_ipv6_loopback() {
             |i: usize| s["status"]["containerStatuses"][i]["state"]["running"].is_object();
         running(0) && running(1)
     });
-    let ip: Ipv4Addr = status(&state, POD)["status"]["podIP"]
+    let s = status(&state, POD);
+    let ip: Ipv4Addr = s["status"]["podIP"]
         .as_str()
         .expect("a pod IP")
         .parse()
         .expect("an IPv4 address");
+    let ips: Vec<IpAddr> = s["status"]["podIPs"]
+        .as_array()
+        .expect("podIPs")
+        .iter()
+        .map(|p| {
+            p["ip"]
+                .as_str()
+                .expect("an ip")
+                .parse()
+                .expect("an address")
+        })
+        .collect();
+    // The same offset in both ranges.
+    let ip6 = Ipv6Addr::new(0xfd00, 0x231, 0x30, 0, 0, 0, 0, u16::from(ip.octets()[3]));
+    assert_eq!(ips, [IpAddr::from(ip), IpAddr::from(ip6)], "{s:#}");
 
-    // From the node (the test's namespace) to the pod IP.
-    let reply = http_get(&ns, SocketAddr::from((ip, 80)));
-    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
-    assert!(reply.contains("Welcome to nginx!"), "{reply}");
+    // From the node (the test's namespace) to each pod IP.
+    for addr in &ips {
+        let reply = http_get(&ns, SocketAddr::new(*addr, 80));
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{addr}: {reply}");
+        assert!(reply.contains("Welcome to nginx!"), "{addr}: {reply}");
+    }
 
     // Inside the pod, over IPv6 loopback and IPv4 loopback.
     for url in ["http://[::1]/", "http://127.0.0.1/"] {
@@ -148,25 +172,20 @@ fn debian_nginx_serves_on_the_pod_ip_and_on_ipv6_loopback() {
         );
     }
 
-    // lo has ::1; eth0 has no IPv6 address (no link-local, so no DAD,
-    // router solicitations or MLD), and IPv6 is off there.
-    let out = probe(
-        &state,
-        "cat /proc/net/if_inet6; echo disable_ipv6=$(cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6)",
-    );
+    // eth0 has the pod's IPv6 address, and the hostname maps to both IPs.
+    let out = probe(&state, "cat /proc/net/if_inet6 /etc/hosts");
     let (stdout, _) = text(&out);
     assert!(out.status.success(), "{:?}", text(&out));
+    let hex6: String = ip6.octets().iter().map(|b| format!("{b:02x}")).collect();
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("00000000000000000000000000000001 ") && l.ends_with(" lo")),
-        "::1 on lo:\n{stdout}"
+            .any(|l| l.starts_with(&format!("{hex6} ")) && l.ends_with(" eth0")),
+        "{ip6} on eth0:\n{stdout}"
     );
-    assert!(
-        !stdout.lines().any(|l| l.ends_with(" eth0")),
-        "no IPv6 address on eth0:\n{stdout}"
-    );
-    assert!(stdout.contains("disable_ipv6=1"), "{stdout}");
+    for line in [format!("{ip}\t{POD}"), format!("{ip6}\t{POD}")] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in:\n{stdout}");
+    }
 
     let (logs, _) = text(&unipod(&state, "logs", &[POD, "-c", "nginx"]));
     assert!(!logs.contains("[emerg]"), "nginx logged an error:\n{logs}");

@@ -29,7 +29,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::de::DeserializeOwned;
@@ -456,6 +456,13 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
+impl Limits {
+    /// True if no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
 /// The pod's identity and the host facts a restored guest must not reuse.
 ///
 /// Every guest restored from one snapshot starts with the same RNG state, a
@@ -483,6 +490,10 @@ pub struct PodConfig {
     /// The pod's network interface; `None` leaves the guest with `lo` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// The whole pod's limits (a manifest's pod-level `spec.resources`), on
+    /// the cgroup that holds every container's.
+    #[serde(default, skip_serializing_if = "Limits::is_unlimited")]
+    pub pod_limits: Limits,
 }
 
 /// How the agent sets up the pod's `eth0` (the virtio-net device), `lo`,
@@ -505,6 +516,22 @@ pub struct NetworkConfig {
     /// `search` domains of `/etc/resolv.conf`, at most 6.
     #[serde(default)]
     pub dns_search: Vec<String>,
+    /// The pod's IPv6 address, when its network has an IPv6 range; without
+    /// it `eth0` has IPv6 turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// The pod's IPv6 address on `eth0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Config {
+    /// The pod's IPv6 address (global or unique local).
+    pub address: Ipv6Addr,
+    /// The prefix length of its network (1 to 128).
+    pub prefix_len: u8,
+    /// The IPv6 default route's gateway, if the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv6Addr>,
 }
 
 impl fmt::Debug for PodConfig {
@@ -517,6 +544,7 @@ impl fmt::Debug for PodConfig {
             .field("entropy", &format_args!("<{} bytes>", self.entropy.len()))
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("network", &self.network)
+            .field("pod_limits", &self.pod_limits)
             .finish()
     }
 }
@@ -969,6 +997,7 @@ mod tests {
             entropy: (0..=255).chain(0..32).collect(),
             heartbeat_ms: Some(250),
             network: None,
+            pod_limits: Limits::default(),
         }
     }
 
@@ -981,6 +1010,7 @@ mod tests {
             mtu: 1500,
             dns_servers: vec![Ipv4Addr::new(10, 0, 0, 53)],
             dns_search: vec!["cluster.local".into()],
+            ipv6: None,
         }
     }
 
@@ -1266,6 +1296,24 @@ mod tests {
         let minimal = r#"{"mac":[2,0,0,0,0,1],"address":"10.0.0.2","prefix_len":24,"gateway":"10.0.0.1","mtu":1500}"#;
         let parsed: NetworkConfig = serde_json::from_str(minimal).unwrap();
         assert!(parsed.dns_servers.is_empty() && parsed.dns_search.is_empty());
+        assert_eq!(parsed.ipv6, None);
+
+        let dual = NetworkConfig {
+            ipv6: Some(Ipv6Config {
+                address: "fd00:211::2".parse().unwrap(),
+                prefix_len: 64,
+                gateway: Some("fd00:211::1".parse().unwrap()),
+            }),
+            ..network_config()
+        };
+        let json = serde_json::to_string(&dual).unwrap();
+        assert!(
+            json.ends_with(
+                r#""ipv6":{"address":"fd00:211::2","prefix_len":64,"gateway":"fd00:211::1"}}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<NetworkConfig>(&json).unwrap(), dual);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A small, blocking rtnetlink client: look up, create, configure and delete
-//! links, add IPv4 addresses and routes, and redirect one link's frames to
-//! another with tc.
+//! links, add IPv4 and IPv6 addresses and routes, and redirect one link's
+//! frames to another with tc.
 //!
 //! The host side uses it to build the pod bridge and attach tap devices to it;
 //! the guest agent uses it to bring up `lo` and `eth0`.
@@ -25,7 +25,9 @@
 //!
 //! # Limitations
 //!
-//! - IPv4 only: the guest kernel has IPv6 disabled.
+//! - IPv6 addresses are added without duplicate address detection
+//!   (`IFA_F_NODAD`): both callers hand out addresses from a plan of their
+//!   own, and DAD would hold an address back for a second or more.
 //! - Needs Linux 4.20 or later: [`Netlink::open`] turns on
 //!   `NETLINK_GET_STRICT_CHK`, so dumps are filtered in the kernel and a dump
 //!   for a missing link fails instead of returning nothing.
@@ -37,13 +39,15 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED,
     NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -56,9 +60,9 @@ use netlink_packet_route::tc::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-/// An IPv4 route: (destination, prefix length, gateway); the destination is
-/// `None` for the default route.
-pub type Ipv4Route = (Option<Ipv4Addr>, u8, Option<Ipv4Addr>);
+/// A route: (destination, prefix length, gateway); the destination is
+/// `None` for a default route, whose family the gateway tells.
+pub type IpRoute = (Option<IpAddr>, u8, Option<IpAddr>);
 
 /// Every Ethernet protocol, for a tc filter.
 const ETH_P_ALL: u16 = 0x0003;
@@ -275,63 +279,81 @@ impl Netlink {
         self.set_link(format!("set MAC {mac} on link index {index}"), link)
     }
 
-    /// Adds `addr/prefix_len` to link `index`. Fails with
-    /// [`NetlinkError::is_already_exists`] if the link already has it.
+    /// Adds `addr/prefix_len` to link `index` (an IPv6 one without duplicate
+    /// address detection). Fails with [`NetlinkError::is_already_exists`] if
+    /// the link already has it.
     pub fn add_address(
         &mut self,
         index: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(addr);
         msg.header.prefix_len = prefix_len;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.into()));
-        msg.attributes.push(AddressAttribute::Address(addr.into()));
-        if prefix_len < 31 {
-            let broadcast =
-                u32::from(addr) | u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-            msg.attributes
-                .push(AddressAttribute::Broadcast(broadcast.into()));
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        match addr {
+            IpAddr::V4(v4) if prefix_len < 31 => {
+                let broadcast =
+                    u32::from(v4) | u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
+                msg.attributes
+                    .push(AddressAttribute::Broadcast(broadcast.into()));
+            }
+            IpAddr::V4(_) => {}
+            IpAddr::V6(_) => {
+                msg.header.flags = AddressHeaderFlags::Nodad;
+                msg.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
         let op = format!("add address {addr}/{prefix_len} to link index {index}");
         self.request(op, RouteNetlinkMessage::NewAddress(msg), CREATE)
             .map(drop)
     }
 
-    /// The IPv4 addresses of link `index`, with their prefix lengths.
-    pub fn addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.index = index;
-        let op = format!("list addresses of link index {index}");
-        let replies = self.request(op, RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP)?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|reply| match reply {
+    /// The IPv4 and IPv6 addresses of link `index` (IPv6 link-local ones
+    /// left out), with their prefix lengths, IPv4 first.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        let mut all = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = AddressMessage::default();
+            msg.header.family = family;
+            msg.header.index = index;
+            let op = format!("list addresses of link index {index}");
+            let replies = self.request(op, RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP)?;
+            all.extend(replies.into_iter().filter_map(|reply| match reply {
                 RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
-                    a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, a.header.prefix_len)),
+                    let prefix_len = a.header.prefix_len;
+                    a.attributes.into_iter().find_map(|attr| match attr {
+                        AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some((ip, prefix_len)),
+                        AddressAttribute::Address(ip @ IpAddr::V6(v6))
+                            if !v6.is_unicast_link_local() =>
+                        {
+                            Some((ip, prefix_len))
+                        }
                         _ => None,
                     })
                 }
                 _ => None,
-            })
-            .collect())
+            }));
+        }
+        Ok(all)
     }
 
-    /// Adds a route to `dest/prefix_len` via `gateway`, which must be
-    /// reachable on a connected subnet. `prefix_len` 0 is the default route.
-    /// Fails with [`NetlinkError::is_already_exists`] if the route exists.
+    /// Adds a route to `dest/prefix_len` via `gateway` (both of one family),
+    /// which must be reachable on a connected subnet. `prefix_len` 0 is the
+    /// default route. Fails with [`NetlinkError::is_already_exists`] if the
+    /// route exists.
     pub fn add_route(
         &mut self,
-        dest: Ipv4Addr,
+        dest: IpAddr,
         prefix_len: u8,
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
     ) -> Result<(), NetlinkError> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = family(gateway);
         msg.header.destination_prefix_length = prefix_len;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         // What `ip route add` sends.
@@ -340,37 +362,39 @@ impl Netlink {
         msg.header.kind = RouteType::Unicast;
         if prefix_len > 0 {
             msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(dest)));
+                .push(RouteAttribute::Destination(RouteAddress::from(dest)));
         }
         msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+            .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         let op = format!("add route {dest}/{prefix_len} via {gateway}");
         self.request(op, RouteNetlinkMessage::NewRoute(msg), CREATE)
             .map(drop)
     }
 
-    /// Every IPv4 route of the main table.
-    pub fn routes(&mut self) -> Result<Vec<Ipv4Route>, NetlinkError> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        let dump = RouteNetlinkMessage::GetRoute(msg);
+    /// Every IPv4 and IPv6 route of the main table.
+    pub fn routes(&mut self) -> Result<Vec<IpRoute>, NetlinkError> {
         let mut routes = Vec::new();
-        for reply in self.request("list routes".to_owned(), dump, NLM_F_DUMP)? {
-            let RouteNetlinkMessage::NewRoute(route) = reply else {
-                continue;
-            };
-            if route.header.table != RouteHeader::RT_TABLE_MAIN {
-                continue;
-            }
-            let (mut dest, mut gateway) = (None, None);
-            for attribute in route.attributes {
-                match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = Some(ip),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(ip),
-                    _ => {}
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            let dump = RouteNetlinkMessage::GetRoute(msg);
+            for reply in self.request("list routes".to_owned(), dump, NLM_F_DUMP)? {
+                let RouteNetlinkMessage::NewRoute(route) = reply else {
+                    continue;
+                };
+                if route.header.table != RouteHeader::RT_TABLE_MAIN {
+                    continue;
                 }
+                let (mut dest, mut gateway) = (None, None);
+                for attribute in route.attributes {
+                    match attribute {
+                        RouteAttribute::Destination(a) => dest = ip_of(a),
+                        RouteAttribute::Gateway(a) => gateway = ip_of(a),
+                        _ => {}
+                    }
+                }
+                routes.push((dest, route.header.destination_prefix_length, gateway));
             }
-            routes.push((dest, route.header.destination_prefix_length, gateway));
         }
         Ok(routes)
     }
@@ -592,11 +616,29 @@ fn ext_ack_reason(flags: u16, payload: &[u8]) -> Option<String> {
         })
 }
 
+/// The address family of `ip`.
+fn family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The IP in a route attribute, if it holds one.
+fn ip_of(address: RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(ip.into()),
+        RouteAddress::Inet6(ip) => Some(ip.into()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use netlink_packet_route::link::{InfoData, InfoVeth};
     use nix::errno::Errno;
     use nix::sched::{unshare, CloneFlags};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -636,8 +678,14 @@ mod tests {
         assert_eq!(nl.link_names().unwrap(), ["lo"]);
         assert_eq!(nl.addresses(lo).unwrap(), []);
         nl.set_up(lo).unwrap();
-        // The kernel gives lo 127.0.0.1/8 when it comes up.
-        assert_eq!(nl.addresses(lo).unwrap(), [(Ipv4Addr::LOCALHOST, 8)]);
+        // The kernel gives lo 127.0.0.1/8 and ::1/128 when it comes up.
+        assert_eq!(
+            nl.addresses(lo).unwrap(),
+            [
+                (Ipv4Addr::LOCALHOST.into(), 8),
+                (Ipv6Addr::LOCALHOST.into(), 128)
+            ]
+        );
     }
 
     #[test]
@@ -664,11 +712,14 @@ mod tests {
             "{attributes:?}"
         );
 
-        let addr = Ipv4Addr::new(10, 9, 0, 1);
+        let addr = IpAddr::from([10, 9, 0, 1]);
         nl.add_address(br, addr, 24).unwrap();
         let again = nl.add_address(br, addr, 24).unwrap_err();
         assert!(again.is_already_exists(), "{again}");
-        assert_eq!(nl.addresses(br).unwrap(), [(addr, 24)]);
+        let addr6 = IpAddr::from(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1));
+        nl.add_address(br, addr6, 64).unwrap();
+        // Link-local addresses are left out.
+        assert_eq!(nl.addresses(br).unwrap(), [(addr, 24), (addr6, 64)]);
     }
 
     #[test]
@@ -677,27 +728,31 @@ mod tests {
             return;
         };
         let br = nl.create_bridge("br0").unwrap();
-        nl.add_address(br, Ipv4Addr::new(10, 9, 0, 1), 24).unwrap();
+        nl.add_address(br, [10, 9, 0, 1].into(), 24).unwrap();
+        let v6 = |last| IpAddr::from(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, last));
+        nl.add_address(br, v6(1), 64).unwrap();
         nl.set_up(br).unwrap();
 
-        let (net, gateway) = (Ipv4Addr::new(10, 10, 0, 0), Ipv4Addr::new(10, 9, 0, 2));
+        let (net, gateway) = (IpAddr::from([10, 10, 0, 0]), IpAddr::from([10, 9, 0, 2]));
         nl.add_route(net, 16, gateway).unwrap();
         assert!(nl
             .add_route(net, 16, gateway)
             .unwrap_err()
             .is_already_exists());
-        nl.add_route(Ipv4Addr::UNSPECIFIED, 0, gateway).unwrap();
+        nl.add_route(Ipv4Addr::UNSPECIFIED.into(), 0, gateway)
+            .unwrap();
+        nl.add_route(Ipv6Addr::UNSPECIFIED.into(), 0, v6(2))
+            .unwrap();
         let routes = nl.routes().unwrap();
         assert!(
             routes.contains(&(Some(net), 16, Some(gateway))),
             "{routes:?}"
         );
         assert!(routes.contains(&(None, 0, Some(gateway))), "{routes:?}");
+        assert!(routes.contains(&(None, 0, Some(v6(2)))), "{routes:?}");
 
         // A gateway on no connected subnet is refused, and the kernel says why.
-        let err = nl
-            .add_route(net, 24, Ipv4Addr::new(192, 0, 2, 1))
-            .unwrap_err();
+        let err = nl.add_route(net, 24, [192, 0, 2, 1].into()).unwrap_err();
         assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
         assert!(
             matches!(
@@ -766,8 +821,7 @@ mod tests {
             nl.set_up(br).unwrap_err(),
             nl.set_mtu(br, 1400).unwrap_err(),
             nl.link_master(br).unwrap_err(),
-            nl.add_address(br, Ipv4Addr::new(10, 9, 0, 1), 24)
-                .unwrap_err(),
+            nl.add_address(br, [10, 9, 0, 1].into(), 24).unwrap_err(),
             nl.addresses(br).unwrap_err(),
         ];
         for err in errors {

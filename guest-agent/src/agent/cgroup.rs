@@ -3,7 +3,10 @@
 //!
 //! # Design
 //!
-//! Each container gets `/sys/fs/cgroup/unipod/<name>`. At boot the agent
+//! Each container gets `/sys/fs/cgroup/unipod/<name>`, and `unipod` itself
+//! is the pod's cgroup: a manifest's pod-level limits go there
+//! ([`Cgroups::set_pod_limits`]), as the kubelet puts them on the pod's
+//! cgroup, so they bound the containers together. At boot the agent
 //! enables the `memory`, `cpu` and `pids` controllers (those the kernel has)
 //! in the root's and `unipod`'s `cgroup.subtree_control`, so each container's
 //! cgroup has their interface files. A container's [`Limits`] become
@@ -165,6 +168,26 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Sets the whole pod's `limits` (unset ones to `max`) on the cgroup
+    /// that holds every container's.
+    pub fn set_pod_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+        self.check_limits(limits)?;
+        self.write_limits(&self.parent, limits)
+    }
+
+    /// Writes `limits` (checked) into the cgroup `dir`.
+    fn write_limits(&self, dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
+        for (setting, _, controller) in limit_settings(limits) {
+            if !self.enabled.iter().any(|c| c == controller) {
+                continue; // Unset (checked before): nothing to reset either.
+            }
+            let (file, value) = limit_file(controller, setting);
+            let path = dir.join(file);
+            fs::write(&path, value).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
     /// Removes the cgroups of earlier containers that could not be removed
     /// when they finished (their killed processes were still exiting).
     pub fn remove_leftovers(&self) {
@@ -188,14 +211,7 @@ impl Cgroups {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
             _ => {}
         }
-        for (setting, _, controller) in limit_settings(limits) {
-            if !self.enabled.iter().any(|c| c == controller) {
-                continue; // Unset (checked above): nothing to reset either.
-            }
-            let (file, value) = limit_file(controller, setting);
-            let path = dir.join(file);
-            fs::write(&path, value).map_err(io_err(&path))?;
-        }
+        self.write_limits(&dir, limits)?;
         // Kill the whole container on OOM, not one of its processes, as
         // Kubernetes does on cgroup v2. Absent without the memory controller.
         let _ = fs::write(dir.join("memory.oom.group"), "1");
@@ -484,6 +500,18 @@ mod tests {
         assert_eq!(read("memory.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");
         assert_eq!(read("pids.max"), "max");
+
+        // The pod's own limits go on the cgroup above the containers'.
+        let pod = Limits {
+            memory_bytes: Some(128 << 20),
+            cpu_millis: Some(1500),
+            pids: None,
+        };
+        cgroups.set_pod_limits(&pod).unwrap();
+        let read_pod = |f: &str| fs::read_to_string(root.join("unipod").join(f)).unwrap();
+        assert_eq!(read_pod("memory.max"), "134217728");
+        assert_eq!(read_pod("cpu.max"), "150000 100000");
+        assert_eq!(read_pod("pids.max"), "max");
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -341,6 +341,7 @@ mod tests {
             entropy: vec![7; 32],
             heartbeat_ms: None,
             network: None,
+            pod_limits: Default::default(),
         }
     }
 
@@ -364,6 +365,7 @@ mod tests {
             entropy: vec![0; *ENTROPY_LEN.end()],
             heartbeat_ms: Some(MIN_HEARTBEAT_MS),
             network: None,
+            pod_limits: Default::default(),
         };
         assert_eq!(rejected_field(&edge), None);
     }

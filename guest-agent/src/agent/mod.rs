@@ -92,7 +92,7 @@ use nix::sys::timer::Expiration;
 use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
-use self::cgroup::{Cgroups, CGROUP_MOUNT};
+use self::cgroup::{CgroupError, Cgroups, CGROUP_MOUNT};
 use self::container::{Container, ContainerError, PipeRead, Termination};
 use self::host::{FrameKind, HostConn, HostError, Incoming, Listener, Outbox};
 use self::logger::Chain;
@@ -880,6 +880,16 @@ impl Agent {
     fn configure(&mut self, id: u64, config: &PodConfig) {
         if let Err(e) = identity::apply(config) {
             let msg = Chain(&e).to_string();
+            log::warn!("configure: {msg}");
+            return self.reply(id, Err(msg));
+        }
+        let pod_limits = match &self.cgroups {
+            Some(cgroups) => cgroups.set_pod_limits(&config.pod_limits),
+            None if config.pod_limits.is_unlimited() => Ok(()),
+            None => Err(CgroupError::NotMounted(CGROUP_MOUNT.into())),
+        };
+        if let Err(e) = pod_limits {
+            let msg = format!("the pod's limits: {}", Chain(&e));
             log::warn!("configure: {msg}");
             return self.reply(id, Err(msg));
         }

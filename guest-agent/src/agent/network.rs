@@ -29,18 +29,21 @@
 //! snapshot is taken and before the link goes up: otherwise every pod would
 //! pay, in emulated guest-kernel time, for a link-local address, its
 //! duplicate address detection, router solicitations (retried for as long as
-//! no router answers) and MLD reports, for an address nothing uses.
+//! no router answers) and MLD reports, for an address nothing uses. A pod
+//! whose network has an IPv6 range gets IPv6 back on `eth0`, with its address
+//! (no DAD: the host's plan hands it out once) and a default route, but
+//! still without router solicitations, SLAAC or DAD of the link-local
+//! address: the host says everything the pod needs.
 //!
 //! # Limitations
 //!
-//! The pod address is IPv4 only; IPv6 is loopback only. One interface,
-//! named `eth0`.
+//! One interface, named `eth0`; at most one IPv6 address.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use guest_agent::protocol::NetworkConfig;
+use guest_agent::protocol::{Ipv6Config, NetworkConfig};
 use unipod_netlink::{Netlink, NetlinkError};
 
 use super::identity::write_atomic;
@@ -163,7 +166,39 @@ pub fn validate(config: &NetworkConfig) -> Result<(), NetworkError> {
             format!("{bad:?} is not a domain name (dot-separated labels of [A-Za-z0-9-])"),
         ));
     }
-    Ok(())
+    config.ipv6.as_ref().map_or(Ok(()), validate_ipv6)
+}
+
+fn validate_ipv6(v6: &Ipv6Config) -> Result<(), NetworkError> {
+    let unusable = |ip: Ipv6Addr| {
+        ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_unicast_link_local()
+    };
+    if unusable(v6.address) {
+        return Err(invalid(
+            "ipv6.address",
+            format!(
+                "{} is not a global or unique local unicast address",
+                v6.address
+            ),
+        ));
+    }
+    if !(1..=128).contains(&v6.prefix_len) {
+        return Err(invalid(
+            "ipv6.prefix_len",
+            format!("/{} is outside /1 to /128", v6.prefix_len),
+        ));
+    }
+    match v6.gateway {
+        Some(gw) if gw == v6.address => Err(invalid(
+            "ipv6.gateway",
+            "equals the pod's IPv6 address".into(),
+        )),
+        Some(gw) if unusable(gw) => Err(invalid(
+            "ipv6.gateway",
+            format!("{gw} is not a global or unique local unicast address"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn is_domain(name: &str) -> bool {
@@ -186,22 +221,41 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// The sysctl that turns IPv6 off on the pod interface.
-const POD_INTERFACE_DISABLE_IPV6: &str = "/proc/sys/net/ipv6/conf/eth0/disable_ipv6";
+/// The pod interface's IPv6 sysctls.
+const POD_INTERFACE_IPV6_CONF: &str = "/proc/sys/net/ipv6/conf/eth0";
 
 /// Turns IPv6 off on `eth0` (no link-local address, DAD, router
 /// solicitations or MLD). Only as PID 1 (needs `/proc`); without IPv6 in the
 /// kernel or without `eth0` there is nothing to do.
 pub fn ipv6_off_on_pod_interface() {
-    match std::fs::write(POD_INTERFACE_DISABLE_IPV6, "1") {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            log::debug!("{POD_INTERFACE_DISABLE_IPV6}: absent (no IPv6 or no eth0)");
-        }
-        Err(e) => {
-            log::warn!("cannot turn IPv6 off on eth0: write {POD_INTERFACE_DISABLE_IPV6}: {e}")
+    if let Err(e) = set_pod_interface_sysctls(&[("disable_ipv6", "1")]) {
+        match e {
+            NetworkError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                log::debug!("{POD_INTERFACE_IPV6_CONF}: absent (no IPv6 or no eth0)");
+            }
+            e => log::warn!("cannot turn IPv6 off on eth0: {e}"),
         }
     }
+}
+
+/// Turns IPv6 on for `eth0`, for a host-given address only: no router
+/// solicitations or SLAAC, no DAD.
+fn ipv6_on_without_autoconfiguration() -> Result<(), NetworkError> {
+    set_pod_interface_sysctls(&[
+        ("accept_ra", "0"),
+        ("autoconf", "0"),
+        ("accept_dad", "0"),
+        ("router_solicitations", "0"),
+        ("disable_ipv6", "0"),
+    ])
+}
+
+fn set_pod_interface_sysctls(settings: &[(&str, &str)]) -> Result<(), NetworkError> {
+    for (name, value) in settings {
+        let path = Path::new(POD_INTERFACE_IPV6_CONF).join(name);
+        std::fs::write(&path, value).map_err(|source| NetworkError::File { path, source })?;
+    }
+    Ok(())
 }
 
 /// Brings `lo` up; every pod has it, with or without a network.
@@ -228,22 +282,54 @@ pub fn configure_interface(config: &NetworkConfig) -> Result<(), NetworkError> {
         .map_err(step("set the MAC of eth0"))?;
     nl.set_mtu(eth0, config.mtu)
         .map_err(step("set the MTU of eth0"))?;
-    match nl.add_address(eth0, config.address, config.prefix_len) {
-        Err(e) if !e.is_already_exists() => return Err(step("add the pod IP to eth0")(e)),
-        _ => {}
+    let exists_ok = |result: Result<(), NetlinkError>, what| match result {
+        Err(e) if !e.is_already_exists() => Err(step(what)(e)),
+        _ => Ok(()),
+    };
+    exists_ok(
+        nl.add_address(eth0, config.address.into(), config.prefix_len),
+        "add the pod IP to eth0",
+    )?;
+    if let Some(v6) = &config.ipv6 {
+        ipv6_on_without_autoconfiguration()?;
+        exists_ok(
+            nl.add_address(eth0, v6.address.into(), v6.prefix_len),
+            "add the pod's IPv6 address to eth0",
+        )?;
     }
     nl.set_up(eth0).map_err(step("set eth0 up"))?;
-    match nl.add_route(Ipv4Addr::UNSPECIFIED, 0, config.gateway) {
-        Err(e) if !e.is_already_exists() => Err(step("add the default route")(e)),
-        _ => Ok(()),
+    exists_ok(
+        nl.add_route(Ipv4Addr::UNSPECIFIED.into(), 0, config.gateway.into()),
+        "add the default route",
+    )?;
+    match config.ipv6.and_then(|v6| v6.gateway) {
+        Some(gateway) => exists_ok(
+            nl.add_route(Ipv6Addr::UNSPECIFIED.into(), 0, gateway.into()),
+            "add the IPv6 default route",
+        ),
+        None => Ok(()),
     }
 }
 
-/// The `/etc/hosts` of a pod: `localhost`, and the hostname on the pod IP
-/// (on 127.0.1.1 without a network, as Debian does).
-pub fn hosts_file(hostname: &str, address: Option<Ipv4Addr>) -> String {
-    let ip = address.unwrap_or(Ipv4Addr::new(127, 0, 1, 1));
-    format!("# Managed by unipod.\n127.0.0.1\tlocalhost\n{ip}\t{hostname}\n")
+/// The `/etc/hosts` of a pod, in the kubelet's shape: `localhost` and the
+/// IPv6 names, then the hostname on each pod IP (on 127.0.1.1 without a
+/// network, as Debian does).
+pub fn hosts_file(hostname: &str, config: Option<&NetworkConfig>) -> String {
+    let mut out = String::from(
+        "# Managed by unipod.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n",
+    );
+    let ips: Vec<IpAddr> = match config {
+        Some(c) => std::iter::once(c.address.into())
+            .chain(c.ipv6.map(|v6| v6.address.into()))
+            .collect(),
+        None => vec![Ipv4Addr::new(127, 0, 1, 1).into()],
+    };
+    for ip in ips {
+        let _ = writeln!(out, "{ip}\t{hostname}");
+    }
+    out
 }
 
 /// The `/etc/resolv.conf` of a pod, or `None` when there is nothing to say.
@@ -272,7 +358,7 @@ pub fn write_files(
         let path = etc.join(name);
         write_atomic(&path, contents).map_err(|source| NetworkError::File { path, source })
     };
-    write("hosts", &hosts_file(hostname, config.map(|c| c.address)))?;
+    write("hosts", &hosts_file(hostname, config))?;
     write("hostname", &format!("{hostname}\n"))?;
     if let Some(resolv) = config.and_then(resolv_conf) {
         write("resolv.conf", &resolv)?;
@@ -293,7 +379,18 @@ mod tests {
             mtu: 1500,
             dns_servers: vec![Ipv4Addr::new(10, 0, 0, 53)],
             dns_search: vec!["default.svc.cluster.local".into()],
+            ipv6: Some(Ipv6Config {
+                address: "fd00:211::2".parse().unwrap(),
+                prefix_len: 64,
+                gateway: Some("fd00:211::1".parse().unwrap()),
+            }),
         }
+    }
+
+    fn with_ipv6(change: impl FnOnce(&mut Ipv6Config)) -> NetworkConfig {
+        let mut c = config();
+        change(c.ipv6.as_mut().unwrap());
+        c
     }
 
     fn rejected_field(config: &NetworkConfig) -> Option<&'static str> {
@@ -397,18 +494,47 @@ mod tests {
                     ..config()
                 },
             ),
+            (
+                "ipv6.address",
+                with_ipv6(|v6| v6.address = "fe80::2".parse().unwrap()),
+            ),
+            (
+                "ipv6.address",
+                with_ipv6(|v6| v6.address = Ipv6Addr::UNSPECIFIED),
+            ),
+            ("ipv6.prefix_len", with_ipv6(|v6| v6.prefix_len = 129)),
+            ("ipv6.prefix_len", with_ipv6(|v6| v6.prefix_len = 0)),
+            (
+                "ipv6.gateway",
+                with_ipv6(|v6| v6.gateway = Some(v6.address)),
+            ),
+            (
+                "ipv6.gateway",
+                with_ipv6(|v6| v6.gateway = Some("ff02::1".parse().unwrap())),
+            ),
         ];
+        assert_eq!(rejected_field(&with_ipv6(|v6| v6.gateway = None)), None);
         for (field, cfg) in cases {
             assert_eq!(rejected_field(&cfg), Some(field), "{cfg:?}");
         }
     }
 
     #[test]
-    fn hosts_maps_the_hostname_to_the_pod_ip() {
-        let hosts = hosts_file("web-0", Some(Ipv4Addr::new(10, 211, 0, 2)));
+    fn hosts_maps_the_hostname_to_each_pod_ip() {
+        let hosts = hosts_file("web-0", Some(&config()));
         assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
-        assert!(hosts.ends_with("10.211.0.2\tweb-0\n"), "{hosts}");
-        assert!(hosts_file("web-0", None).ends_with("127.0.1.1\tweb-0\n"));
+        assert!(hosts.contains("::1\tlocalhost ip6-localhost"), "{hosts}");
+        assert!(
+            hosts.ends_with("10.211.0.2\tweb-0\nfd00:211::2\tweb-0\n"),
+            "{hosts}"
+        );
+        let v4_only = NetworkConfig {
+            ipv6: None,
+            ..config()
+        };
+        assert!(hosts_file("web-0", Some(&v4_only))
+            .ends_with("fe00::2\tip6-allrouters\n10.211.0.2\tweb-0\n"));
+        assert!(hosts_file("web-0", None).ends_with("\n127.0.1.1\tweb-0\n"));
     }
 
     #[test]

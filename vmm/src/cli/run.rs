@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::net::{Ipv4Cidr, PublishedPort, DEFAULT_BRIDGE, DEFAULT_POD_CIDR};
+use crate::net::{Ipv4Cidr, Ipv6Cidr, PublishedPort, DEFAULT_BRIDGE, DEFAULT_POD_CIDR};
 use crate::pod::options::{NetworkMode, RunOptions, Sidecar};
 
 /// `unipod run` arguments.
@@ -72,6 +72,14 @@ pub struct RunArgs {
     /// The gateway (the bridge's address). Default: the CIDR's first address.
     #[arg(long, value_name = "IP")]
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// Give pods IPv6 addresses from this range too (for example
+    /// fd00:211::/64), beside their IPv4 ones: a pod's IPv6 address has the
+    /// same offset in it as its IPv4 address in --pod-cidr, and the bridge
+    /// takes the gateway's. IPv6 reaches the host and the bridge's pods,
+    /// with no masquerading or port forwards. Every pod on one bridge must
+    /// use the same one.
+    #[arg(long, value_name = "CIDR")]
+    pub pod_cidr6: Option<Ipv6Cidr>,
     /// Forward a host port to the pod (nftables DNAT), as a manifest's
     /// hostPort does: HOST_PORT:POD_PORT[/tcp|/udp]; repeatable.
     #[arg(long, short = 'p', value_name = "HOST:POD")]
@@ -227,6 +235,7 @@ impl From<&RunArgs> for RunOptions {
             network: args.network,
             bridge: args.bridge.clone(),
             pod_cidr: args.pod_cidr,
+            pod_cidr6: args.pod_cidr6,
             gateway: args.gateway,
             publish: args.publish.clone(),
             nat: args.nat,

@@ -164,6 +164,7 @@ impl Attachment {
             mtu: POD_MTU,
             dns_servers,
             dns_search,
+            ipv6: self.lease.ipv6,
         }
     }
 }
@@ -176,7 +177,11 @@ fn plug_tap(req: &AttachRequest, lease: &Lease) -> Result<Tap, NetError> {
         source,
     })?;
     let net = req.network;
-    let bridge = ensure_bridge(&mut nl, &net.bridge, net.gateway, net.subnet.prefix_len())?;
+    let mut gateways = vec![(net.gateway.into(), net.subnet.prefix_len())];
+    if let (Some(net6), Some(gateway6)) = (net.subnet6, net.ipv6_of(net.gateway)) {
+        gateways.push((gateway6.into(), net6.prefix_len()));
+    }
+    let bridge = ensure_bridge(&mut nl, &net.bridge, &gateways)?;
     attach(&mut nl, tap.name(), bridge)?;
     Ok(tap)
 }

@@ -5,9 +5,9 @@
 //! host's pod network, shared by every pod on it (and by other unipod
 //! processes starting at the same moment, so "already exists" is success).
 //! It carries the gateway address, which is also the host's address on the
-//! pod network.
+//! pod network (and, with `--pod-cidr6`, the IPv6 one).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use unipod_netlink::{Netlink, NetlinkError};
 
@@ -32,13 +32,12 @@ fn step(step: String) -> impl FnOnce(NetlinkError) -> BridgeError {
     move |source| BridgeError::Netlink { step, source }
 }
 
-/// Makes sure bridge `name` exists, carries `gateway/prefix_len` and is up;
-/// returns its index.
+/// Makes sure bridge `name` exists, carries each `gateway/prefix_len` of
+/// `gateways` and is up; returns its index.
 pub fn ensure_bridge(
     nl: &mut Netlink,
     name: &str,
-    gateway: Ipv4Addr,
-    prefix_len: u8,
+    gateways: &[(IpAddr, u8)],
 ) -> Result<u32, BridgeError> {
     let index = match nl
         .link_index(name)
@@ -55,13 +54,15 @@ pub fn ensure_bridge(
             Err(e) => return Err(step(format!("create bridge {name} (needs root)"))(e)),
         },
     };
-    match nl.add_address(index, gateway, prefix_len) {
-        Err(e) if !e.is_already_exists() => {
-            return Err(step(format!(
-                "add the gateway {gateway}/{prefix_len} to bridge {name}"
-            ))(e))
+    for &(gateway, prefix_len) in gateways {
+        match nl.add_address(index, gateway, prefix_len) {
+            Err(e) if !e.is_already_exists() => {
+                return Err(step(format!(
+                    "add the gateway {gateway}/{prefix_len} to bridge {name}"
+                ))(e))
+            }
+            _ => {}
         }
-        _ => {}
     }
     nl.set_up(index)
         .map_err(step(format!("set bridge {name} up")))?;
@@ -101,11 +102,14 @@ mod tests {
     fn bridge_is_created_once_with_the_gateway() {
         in_netns("bridge_is_created_once", || {
             let mut nl = Netlink::open().unwrap();
-            let gw = Ipv4Addr::new(10, 231, 0, 1);
-            let first = ensure_bridge(&mut nl, "uptest0", gw, 24).unwrap();
-            let again = ensure_bridge(&mut nl, "uptest0", gw, 24).unwrap();
+            let gateways = [
+                (IpAddr::from([10, 231, 0, 1]), 24),
+                ("fd00:231::1".parse().unwrap(), 64),
+            ];
+            let first = ensure_bridge(&mut nl, "uptest0", &gateways).unwrap();
+            let again = ensure_bridge(&mut nl, "uptest0", &gateways).unwrap();
             assert_eq!(first, again);
-            assert_eq!(nl.addresses(first).unwrap(), vec![(gw, 24)]);
+            assert_eq!(nl.addresses(first).unwrap(), gateways);
         });
     }
 
@@ -113,7 +117,7 @@ mod tests {
     fn attaching_a_missing_tap_names_it() {
         in_netns("attaching_a_missing_tap", || {
             let mut nl = Netlink::open().unwrap();
-            let br = ensure_bridge(&mut nl, "uptest1", Ipv4Addr::new(10, 231, 1, 1), 24).unwrap();
+            let br = ensure_bridge(&mut nl, "uptest1", &[([10, 231, 1, 1].into(), 24)]).unwrap();
             let err = attach(&mut nl, "upnotthere", br).unwrap_err();
             assert!(err.to_string().contains("upnotthere"), "{err}");
         });

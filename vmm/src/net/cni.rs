@@ -16,15 +16,19 @@
 //!   and the shim close it. The interface's ingress qdisc (and with it the
 //!   filter) is removed on failure; after a successful start it goes with
 //!   the interface, which CNI deletes when the pod is torn down.
-//! - The interface's IPv4 address stays on it: frames reach the tc filter
+//! - The interface's addresses stay on it: frames reach the tc filter
 //!   before the namespace's IP stack sees them, so it does not answer for
 //!   the pod.
+//! - A dual-stack CNI result gives the interface an IPv6 address too; the
+//!   guest takes it, and the IPv6 default route if there is one whose
+//!   gateway is not link-local (the guest's link-local address is not the
+//!   interface's, so such a route could not be taken over).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use guest_agent::protocol::NetworkConfig;
+use guest_agent::protocol::{Ipv6Config, NetworkConfig};
 use unipod_netlink::{Netlink, NetlinkError};
 
 use super::{NetError, Tap};
@@ -103,15 +107,37 @@ fn join_here(netns: &Path) -> Result<CniTap, CniError> {
     let (interface, index, address, prefix_len) = pod_interface(&mut nl)
         .map_err(nl_err)?
         .ok_or_else(|| CniError::NoInterface(netns.to_path_buf()))?;
-    let gateway = nl
-        .routes()
-        .map_err(nl_err)?
-        .into_iter()
-        .find_map(|(dest, prefix, gateway)| gateway.filter(|_| dest.is_none() && prefix == 0))
+    let routes = nl.routes().map_err(nl_err)?;
+    let default_gateways = routes
+        .iter()
+        .filter(|(dest, prefix, _)| dest.is_none() && *prefix == 0)
+        .filter_map(|(_, _, gateway)| *gateway);
+    let gateway = default_gateways
+        .clone()
+        .find_map(|gw| match gw {
+            IpAddr::V4(gw) => Some(gw),
+            IpAddr::V6(_) => None,
+        })
         .ok_or_else(|| CniError::NoGateway {
             netns: netns.to_path_buf(),
             interface: interface.clone(),
         })?;
+    let gateway6 = default_gateways.clone().find_map(|gw| match gw {
+        IpAddr::V6(gw) if !gw.is_unicast_link_local() => Some(gw),
+        _ => None,
+    });
+    let ipv6 =
+        nl.addresses(index)
+            .map_err(nl_err)?
+            .into_iter()
+            .find_map(|(ip, prefix_len)| match ip {
+                IpAddr::V6(address) => Some(Ipv6Config {
+                    address,
+                    prefix_len,
+                    gateway: gateway6,
+                }),
+                IpAddr::V4(_) => None,
+            });
     let (mac, mtu) = nl.link_mac_and_mtu(index).map_err(nl_err)?;
 
     let tap = Tap::create(CNI_TAP_NAME).map_err(|e| CniError::Tap(netns.to_path_buf(), e))?;
@@ -147,6 +173,7 @@ fn join_here(netns: &Path) -> Result<CniTap, CniError> {
             mtu,
             dns_servers: Vec::new(),
             dns_search: Vec::new(),
+            ipv6,
         },
         interface,
     })
@@ -162,7 +189,14 @@ fn pod_interface(nl: &mut Netlink) -> Result<Option<(String, u32, Ipv4Addr, u8)>
         let Some(index) = nl.link_index(&name)? else {
             continue;
         };
-        if let Some(&(address, prefix_len)) = nl.addresses(index)?.first() {
+        let v4 = nl
+            .addresses(index)?
+            .into_iter()
+            .find_map(|(ip, len)| match ip {
+                IpAddr::V4(ip) => Some((ip, len)),
+                IpAddr::V6(_) => None,
+            });
+        if let Some((address, prefix_len)) = v4 {
             return Ok(Some((name, index, address, prefix_len)));
         }
     }
@@ -250,6 +284,27 @@ mod tests {
         ip(&["-n", &ns.0, "link", "set", "peer0", "up"]);
         ip(&["-n", &ns.0, "addr", "add", "10.88.0.7/16", "dev", "eth0"]);
         ip(&["-n", &ns.0, "route", "add", "default", "via", "10.88.0.1"]);
+        // A dual-stack result, as the bridge plugin gives one.
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            "fd00:88::7/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &ns.0,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:88::1",
+        ]);
 
         let path = PathBuf::from(format!("/run/netns/{}", ns.0));
         let joined = join(&path).expect("join the namespace");
@@ -259,6 +314,14 @@ mod tests {
         assert_eq!(joined.guest.prefix_len, 16);
         assert_eq!(joined.guest.gateway, Ipv4Addr::new(10, 88, 0, 1));
         assert_eq!(joined.guest.mtu, 1450);
+        assert_eq!(
+            joined.guest.ipv6,
+            Some(Ipv6Config {
+                address: "fd00:88::7".parse().unwrap(),
+                prefix_len: 64,
+                gateway: Some("fd00:88::1".parse().unwrap()),
+            })
+        );
         assert_eq!(joined.tap.name(), CNI_TAP_NAME);
         assert!(tc_filters(&ns.0, "eth0")
             .contains(&format!("Egress Redirect to device {CNI_TAP_NAME}")));

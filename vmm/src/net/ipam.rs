@@ -22,13 +22,20 @@
 //! functions of its address, so they are unique per network exactly when
 //! addresses are.
 //!
-//! The CIDR type is our own ([`Ipv4Cidr`], about 60 lines) rather than the
-//! `ipnet` crate: we need only IPv4 parsing, a mask and a range, and our own
-//! type refuses host bits (`10.211.0.5/16`) with a message that names the
-//! flag and the fix, which `ipnet` would silently truncate.
+//! The CIDR types are our own ([`Ipv4Cidr`], [`Ipv6Cidr`], about 60 lines
+//! each) rather than the `ipnet` crate: we need only parsing, a mask and an
+//! offset, and our own types refuse host bits (`10.211.0.5/16`) with a
+//! message that names the flag and the fix, which `ipnet` would silently
+//! truncate.
+//!
+//! IPv6 (`--pod-cidr6`) needs no leases of its own: a pod's IPv6 address is
+//! its IPv4 address's offset in `--pod-cidr` placed in `--pod-cidr6`
+//! (10.211.0.7 in 10.211.0.0/16 is fd00:211::7 in fd00:211::/64), and so is
+//! the gateway's. It is unique exactly when the IPv4 address is, and a pod's
+//! two addresses are easy to tell from each other.
 //!
 //! # Limitations
-//! IPv4 only. Owners are pids of this host's (this pid namespace's)
+//! Every pod has an IPv4 address; IPv6 comes only beside it. Owners are pids of this host's (this pid namespace's)
 //! processes; a state dir shared between pid namespaces would see every
 //! foreign lease as stale.
 
@@ -36,12 +43,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+
+use guest_agent::protocol::Ipv6Config;
 
 use super::{ifname_problem, validate_pod_name, NetError};
 
@@ -172,6 +181,107 @@ impl From<Ipv4Cidr> for String {
     }
 }
 
+/// An IPv6 network: a base address with its host bits clear, and a prefix
+/// length. Parses from and prints as `fd00:211::/64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv6Cidr {
+    network: Ipv6Addr,
+    prefix_len: u8,
+}
+
+impl Ipv6Cidr {
+    /// The network `network/prefix_len`; refused if the prefix is over 128,
+    /// `network` has host bits set or is not a unicast network.
+    pub fn new(network: Ipv6Addr, prefix_len: u8) -> Result<Ipv6Cidr, NetError> {
+        let invalid = |reason: String| NetError::InvalidCidr6 {
+            value: format!("{network}/{prefix_len}"),
+            reason,
+        };
+        if prefix_len > 128 {
+            return Err(invalid("the prefix length must be at most 128".into()));
+        }
+        let base = Ipv6Addr::from(u128::from(network) & mask6(prefix_len));
+        if base != network {
+            return Err(invalid(format!(
+                "host bits are set; did you mean {base}/{prefix_len}?"
+            )));
+        }
+        if network.is_multicast() || network.is_loopback() || network.is_unicast_link_local() {
+            return Err(invalid(
+                "not a global or unique local range; use one such as fd00:211::/64".into(),
+            ));
+        }
+        Ok(Ipv6Cidr {
+            network,
+            prefix_len,
+        })
+    }
+
+    /// The base (network) address.
+    pub fn network(&self) -> Ipv6Addr {
+        self.network
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// The address `offset` after the base one.
+    pub fn nth(&self, offset: u32) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.network) | u128::from(offset))
+    }
+}
+
+/// The netmask of a prefix length of at most 128.
+fn mask6(prefix_len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Ipv6Cidr, NetError> {
+        let invalid = |reason: &str| NetError::InvalidCidr6 {
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| invalid("expected an IPv6 network such as fd00:211::/64"))?;
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| invalid("the address is not IPv6, as in fd00:211::/64"))?;
+        let prefix_len: u8 = prefix
+            .parse()
+            .map_err(|_| invalid("the prefix length must be a number from 0 to 128"))?;
+        Ipv6Cidr::new(addr, prefix_len)
+    }
+}
+
+impl TryFrom<String> for Ipv6Cidr {
+    type Error = NetError;
+
+    fn try_from(s: String) -> Result<Ipv6Cidr, NetError> {
+        s.parse()
+    }
+}
+
+impl From<Ipv6Cidr> for String {
+    fn from(cidr: Ipv6Cidr) -> String {
+        cidr.to_string()
+    }
+}
+
 /// A pod network: a bridge, the subnet of its pods, and the gateway address
 /// the bridge holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +293,9 @@ pub struct PodNetwork {
     pub subnet: Ipv4Cidr,
     /// The bridge's address and the pods' default route (`--gateway`).
     pub gateway: Ipv4Addr,
+    /// The pods' IPv6 range (`--pod-cidr6`), if they get IPv6 addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Cidr>,
 }
 
 impl PodNetwork {
@@ -193,7 +306,15 @@ impl PodNetwork {
             bridge: bridge.into(),
             gateway: subnet.first_host(),
             subnet,
+            subnet6: None,
         }
+    }
+
+    /// The IPv6 address that goes with `ip` of this network: the same offset
+    /// in [`PodNetwork::subnet6`].
+    pub fn ipv6_of(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        let offset = u32::from(ip) - u32::from(self.subnet.network());
+        self.subnet6.map(|net6| net6.nth(offset))
     }
 
     /// Checks the network without I/O: a prefix from /8 to /30, a gateway
@@ -243,6 +364,21 @@ impl PodNetwork {
                 ),
             });
         }
+        if let Some(net6) = self.subnet6 {
+            let host_bits6 = 128 - u32::from(net6.prefix_len());
+            let host_bits4 = 32 - u32::from(prefix);
+            if host_bits6 < host_bits4 {
+                return Err(NetError::InvalidCidr6 {
+                    value: net6.to_string(),
+                    reason: format!(
+                        "too small for --pod-cidr {}: pods take the same offset in both, so \
+                         use a prefix length of at most /{}",
+                        self.subnet,
+                        128 - host_bits4
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -289,6 +425,9 @@ pub struct Lease {
     pub gateway: Ipv4Addr,
     /// The MAC of the pod's virtio-net device ([`mac_for`]).
     pub mac: [u8; 6],
+    /// The pod's IPv6 address, prefix length and gateway, if the network
+    /// has an IPv6 range.
+    pub ipv6: Option<Ipv6Config>,
 }
 
 impl Lease {
@@ -319,6 +458,8 @@ struct LeaseFile {
     version: u32,
     subnet: Ipv4Cidr,
     gateway: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet6: Option<Ipv6Cidr>,
     leases: BTreeMap<Ipv4Addr, LeaseRecord>,
 }
 
@@ -437,11 +578,17 @@ impl Ipam {
                     owner_start,
                 },
             );
+            let ipv6 = self.net.subnet6.map(|net6| Ipv6Config {
+                address: self.net.ipv6_of(ip).expect("the network has IPv6"),
+                prefix_len: net6.prefix_len(),
+                gateway: self.net.ipv6_of(self.net.gateway),
+            });
             let lease = Lease {
                 ip,
                 prefix_len: subnet.prefix_len(),
                 gateway: self.net.gateway,
                 mac: mac_for(ip),
+                ipv6,
             };
             Ok((lease, true))
         })
@@ -494,6 +641,7 @@ impl Ipam {
                     version: FORMAT_VERSION,
                     subnet: self.net.subnet,
                     gateway: self.net.gateway,
+                    subnet6: self.net.subnet6,
                     leases: BTreeMap::new(),
                 },
                 true,
@@ -507,6 +655,14 @@ impl Ipam {
                 existing_gateway: file.gateway,
                 cidr: self.net.subnet,
                 gateway: self.net.gateway,
+            });
+        }
+        if file.subnet6 != self.net.subnet6 {
+            return Err(NetError::Network6Mismatch {
+                bridge: self.net.bridge.clone(),
+                file: self.leases_path(),
+                existing: file.subnet6,
+                asked: self.net.subnet6,
             });
         }
         let (value, changed) = change(&mut file)?;
@@ -732,6 +888,7 @@ mod tests {
                 prefix_len: 24,
                 gateway: ip("10.99.0.1"),
                 mac: [0x02, 0x75, 10, 99, 0, 2],
+                ipv6: None,
             }
         );
         assert_eq!(lease.tap_name(), "up0a630002");
@@ -867,6 +1024,53 @@ mod tests {
         let err = ipam.allocate("web", me()).unwrap_err().to_string();
         assert!(err.starts_with("pod web already has IP 10.99.0.2"), "{err}");
         assert_eq!(ipam.leases().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn cidr6_parses_and_refuses_host_bits_and_odd_ranges() {
+        let net6: Ipv6Cidr = "fd00:211::/64".parse().unwrap();
+        assert_eq!(net6.to_string(), "fd00:211::/64");
+        assert_eq!(net6.nth(7), "fd00:211::7".parse::<Ipv6Addr>().unwrap());
+        let err = |s: &str| s.parse::<Ipv6Cidr>().unwrap_err().to_string();
+        assert!(err("fd00:211::5/64").contains("did you mean fd00:211::/64"));
+        assert!(err("fe80::/64").contains("not a global or unique local"));
+        assert!(err("fd00::/129").contains("at most 128"));
+        assert!(err("10.0.0.0/8").starts_with("--pod-cidr6 10.0.0.0/8: the address is not IPv6"));
+    }
+
+    #[test]
+    fn the_ipv6_address_takes_the_offset_of_the_ipv4_one() {
+        let dir = TempDir::new("ipv6");
+        let mut dual = net("10.99.0.0/24");
+        dual.subnet6 = Some("fd00:99::/64".parse().unwrap());
+        let ipam = Ipam::open(&dir.0, &dual).unwrap();
+        ipam.allocate("a", me()).unwrap();
+        let lease = ipam.allocate("b", me()).unwrap();
+        assert_eq!(lease.ip, ip("10.99.0.3"));
+        assert_eq!(
+            lease.ipv6,
+            Some(Ipv6Config {
+                address: "fd00:99::3".parse().unwrap(),
+                prefix_len: 64,
+                gateway: Some("fd00:99::1".parse().unwrap()),
+            })
+        );
+
+        // The same bridge without IPv6, or with another range, is refused.
+        let err = Ipam::open(&dir.0, &net("10.99.0.0/24"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("set up with --pod-cidr6 fd00:99::/64")
+                && err.contains("not without --pod-cidr6"),
+            "{err}"
+        );
+
+        // The IPv6 range must have room for every IPv4 offset.
+        let mut small = net("10.99.0.0/16");
+        small.subnet6 = Some("fd00:99::/120".parse().unwrap());
+        let err = small.validate().unwrap_err().to_string();
+        assert!(err.contains("at most /112"), "{err}");
     }
 
     #[test]

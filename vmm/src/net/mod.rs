@@ -31,7 +31,8 @@
 //!   unipod` removes all of it.
 //!
 //! # Limitations
-//! IPv4 only. Port forwards of a VMM that was killed stay until
+//! IPv6 (`--pod-cidr6`) reaches the bridge and the pods on it, not beyond:
+//! no IPv6 masquerading or port forwards. Port forwards of a VMM that was killed stay until
 //! [`nat::remove_port_forwards`] runs for that pod name (the pod supervisor
 //! calls it before adding a pod's forwards, so a restarted pod recovers its
 //! ports).
@@ -48,11 +49,18 @@ use std::path::PathBuf;
 
 pub use attachment::{Attachment, PublishedPort};
 pub use ipam::{
-    mac_for, tap_name_for, Ipam, Ipv4Cidr, Lease, LeaseInfo, PodNetwork, DEFAULT_BRIDGE,
+    mac_for, tap_name_for, Ipam, Ipv4Cidr, Ipv6Cidr, Lease, LeaseInfo, PodNetwork, DEFAULT_BRIDGE,
     DEFAULT_POD_CIDR,
 };
 pub use nat::{add_port_forward, enable_egress_nat, remove_port_forwards, Proto};
 pub use tap::Tap;
+
+fn describe_cidr6(cidr: &Option<ipam::Ipv6Cidr>) -> String {
+    match cidr {
+        Some(cidr) => format!("with --pod-cidr6 {cidr}"),
+        None => "without --pod-cidr6".to_owned(),
+    }
+}
 
 /// Linux's `IFNAMSIZ`, including the terminating NUL.
 pub const IFNAMSIZ: usize = 16;
@@ -74,6 +82,14 @@ pub enum NetError {
     /// `--pod-cidr` is not a usable IPv4 CIDR.
     #[error("--pod-cidr {value}: {reason}")]
     InvalidCidr {
+        /// The value given.
+        value: String,
+        /// What is wrong with it, and the fix.
+        reason: String,
+    },
+    /// `--pod-cidr6` is not a usable IPv6 CIDR.
+    #[error("--pod-cidr6 {value}: {reason}")]
+    InvalidCidr6 {
         /// The value given.
         value: String,
         /// What is wrong with it, and the fix.
@@ -146,6 +162,22 @@ pub enum NetError {
         cidr: Ipv4Cidr,
         /// The gateway asked for.
         gateway: Ipv4Addr,
+    },
+    /// The bridge was set up with another IPv6 range, or with none.
+    #[error(
+        "bridge {bridge} was set up {} (recorded in {}), not {}; pass the recorded value, \
+         or pick another --bridge for a new network",
+        describe_cidr6(existing), .file.display(), describe_cidr6(asked)
+    )]
+    Network6Mismatch {
+        /// The bridge.
+        bridge: String,
+        /// Its lease file.
+        file: PathBuf,
+        /// The IPv6 range recorded for it.
+        existing: Option<ipam::Ipv6Cidr>,
+        /// The IPv6 range asked for.
+        asked: Option<ipam::Ipv6Cidr>,
     },
     /// The pod already holds a lease whose owner is alive.
     #[error("pod {pod} already has IP {ip} (held by pid {owner_pid}); stop it first or pick another pod name")]

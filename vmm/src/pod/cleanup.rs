@@ -50,6 +50,7 @@ pub fn release_network(dir: &Path, record: &mut PodRecord) -> Result<(), NetErro
         if let Ok(gw) = net.gateway.parse() {
             network.gateway = gw;
         }
+        network.subnet6 = net.pod_cidr6.and_then(|c| c.parse().ok());
         let ipam = Ipam::open(state, &network)?;
         ipam.release(&record.name)?;
     }

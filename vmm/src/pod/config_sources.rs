@@ -34,11 +34,11 @@ use super::objects::Catalog;
 pub struct PodFacts {
     /// The pod's UID.
     pub uid: String,
-    /// The pod IP; empty without a network.
-    pub pod_ip: String,
-    /// The host's address as the pod sees it (the bridge's); empty without
-    /// a network.
-    pub host_ip: String,
+    /// The pod IPs, IPv4 first; none without a network.
+    pub pod_ips: Vec<String>,
+    /// The host's addresses as the pod sees them (the bridge's), IPv4
+    /// first; none without a network.
+    pub host_ips: Vec<String>,
     /// The host's name, as `spec.nodeName`.
     pub node_name: String,
     /// The pod VM, whose vCPUs and memory stand for the node's allocatable
@@ -198,8 +198,11 @@ fn field_value(pod: &PodManifest, field: &FieldRef, facts: &PodFacts) -> String 
         FieldRef::Annotation(k) => pod.annotations.get(k).cloned().unwrap_or_default(),
         FieldRef::NodeName => facts.node_name.clone(),
         FieldRef::ServiceAccountName => SERVICE_ACCOUNT.to_owned(),
-        FieldRef::HostIp | FieldRef::HostIps => facts.host_ip.clone(),
-        FieldRef::PodIp | FieldRef::PodIps => facts.pod_ip.clone(),
+        // The kubelet gives the first address, or all of them joined by commas.
+        FieldRef::HostIp => facts.host_ips.first().cloned().unwrap_or_default(),
+        FieldRef::HostIps => facts.host_ips.join(","),
+        FieldRef::PodIp => facts.pod_ips.first().cloned().unwrap_or_default(),
+        FieldRef::PodIps => facts.pod_ips.join(","),
     }
 }
 
@@ -367,8 +370,8 @@ mod tests {
     fn facts() -> PodFacts {
         PodFacts {
             uid: "3f1c-uid".into(),
-            pod_ip: "10.88.0.7".into(),
-            host_ip: "10.88.0.1".into(),
+            pod_ips: vec!["10.88.0.7".into(), "fd00:88::7".into()],
+            host_ips: vec!["10.88.0.1".into(), "fd00:88::1".into()],
             node_name: "node-1".into(),
             vm: Some(VmSize {
                 vcpus: 1,
@@ -400,6 +403,10 @@ spec:
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
     - name: POD_IP
       valueFrom: {fieldRef: {fieldPath: status.podIP}}
+    - name: POD_IPS
+      valueFrom: {fieldRef: {fieldPath: status.podIPs}}
+    - name: HOST_IP
+      valueFrom: {fieldRef: {fieldPath: status.hostIP}}
     - name: APP
       valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}
     - name: MEM_MI
@@ -432,6 +439,8 @@ spec:
         assert_eq!(get("CM_mode"), Some("hard"));
         assert_eq!(get("POD_NAME"), Some("dapi"));
         assert_eq!(get("POD_IP"), Some("10.88.0.7"));
+        assert_eq!(get("POD_IPS"), Some("10.88.0.7,fd00:88::7"));
+        assert_eq!(get("HOST_IP"), Some("10.88.0.1"));
         assert_eq!(get("APP"), Some("web"));
         assert_eq!(get("MEM_MI"), Some("64"));
         // No request: the limit stands in for it, as the API server defaults it.

@@ -114,8 +114,8 @@ fn check_pod(
     // Facts a running pod would have; the IP is not known before it runs.
     let facts = PodFacts {
         uid: "<uid>".into(),
-        pod_ip: "<pod IP>".into(),
-        host_ip: "<host IP>".into(),
+        pod_ips: vec!["<pod IP>".into()],
+        host_ips: vec!["<host IP>".into()],
         node_name: "<node>".into(),
         vm: Some(size),
     };

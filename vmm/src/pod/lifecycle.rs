@@ -879,6 +879,7 @@ impl Lifecycle {
             message,
             conditions,
             pod_ip: None,
+            pod_ips: Vec::new(),
             start_time: self.started.map(|t| self.time(t)),
             deletion_timestamp: self.stopping.map(|t| self.time(t)),
             init_container_statuses: init_statuses,

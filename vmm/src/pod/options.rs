@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::net::{Ipv4Cidr, PublishedPort};
+use crate::net::{Ipv4Cidr, Ipv6Cidr, PublishedPort};
 
 /// The options of one `unipod run`: a command (`-- CMD`) or a manifest pod.
 #[derive(Clone, Debug)]
@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub pod_cidr: Ipv4Cidr,
     /// The gateway (the bridge's address). Default: the CIDR's first address.
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// The pod network's IPv6 range, if pods get IPv6 addresses.
+    pub pod_cidr6: Option<Ipv6Cidr>,
     /// Forward a host port to the pod (nftables DNAT), as a manifest's
     /// hostPort does: HOST_PORT:POD_PORT[/tcp|/udp]; repeatable.
     pub publish: Vec<PublishedPort>,

@@ -269,6 +269,7 @@ mod tests {
             bridge: "unipod0".to_string(),
             pod_cidr: "10.211.0.0/16".parse().expect("a CIDR"),
             gateway: None,
+            pod_cidr6: None,
             publish: Vec::new(),
             nat: false,
             dns: Vec::new(),

@@ -27,7 +27,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use guest_agent::protocol::{NetworkConfig, PodConfig, AGENT_VSOCK_PORT};
+use guest_agent::protocol::{Limits, NetworkConfig, PodConfig, AGENT_VSOCK_PORT};
 
 use super::agent_client::{AgentError, AgentLink};
 use super::options::{NetworkMode, RunOptions};
@@ -65,6 +65,7 @@ pub(crate) fn attach_network(
     if let Some(gateway) = args.gateway {
         network.gateway = gateway;
     }
+    network.subnet6 = args.pod_cidr6;
     let request = AttachRequest {
         state_dir: state,
         network: &network,
@@ -243,6 +244,7 @@ pub(crate) fn pod_config(
         entropy,
         heartbeat_ms: Some(heartbeat_ms),
         network,
+        pod_limits: Limits::default(),
     })
 }
 

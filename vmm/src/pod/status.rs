@@ -171,8 +171,14 @@ pub struct NetworkRecord {
     pub bridge: String,
     /// The pod CIDR of the bridge.
     pub pod_cidr: String,
+    /// The bridge's IPv6 range, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<String>,
     /// The bridge's address.
     pub gateway: String,
+    /// The bridge's IPv6 address, if the network has IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     /// The pod's tap.
     pub tap: String,
     /// Whether host ports were forwarded to the pod.
@@ -194,9 +200,12 @@ pub struct PodStatus {
     /// PodScheduled, Initialized, ContainersReady, Ready.
     #[serde(default)]
     pub conditions: Vec<PodCondition>,
-    /// The pod's IP.
+    /// The pod's IP (its IPv4 one).
     #[serde(rename = "podIP", default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
+    /// Every pod IP, IPv4 first, as Kubernetes lists them.
+    #[serde(rename = "podIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
     /// When the VM was started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
@@ -209,6 +218,13 @@ pub struct PodStatus {
     /// One per app container, in order.
     #[serde(default)]
     pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// One of a pod's addresses, in `status.podIPs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIp {
+    /// The address.
+    pub ip: String,
 }
 
 /// A pod condition.
@@ -807,6 +823,8 @@ mod tests {
             network: Some(NetworkRecord {
                 bridge: "unipod0".into(),
                 pod_cidr: "10.211.0.0/16".into(),
+                pod_cidr6: None,
+                gateway6: None,
                 gateway: "10.211.0.1".into(),
                 tap: "up-10-211-0-2".into(),
                 host_ports: true,

@@ -41,8 +41,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    AgentMessage, Event, ExecSpec, ProtocolError, Reply, Request, RunSpec, Stream, VolumeFile,
-    VolumeFiles,
+    AgentMessage, Event, ExecSpec, Limits, ProtocolError, Reply, Request, RunSpec, Stream,
+    VolumeFile, VolumeFiles,
 };
 
 use super::options::{NetworkMode, RunOptions};
@@ -69,7 +69,7 @@ use crate::pod::objects::{Catalog, ConfigObject, ObjectStore};
 use crate::pod::phase::PodPhase;
 use crate::pod::spec::{self, SpecError};
 use crate::pod::status::{
-    format_time, unix_now, NetworkRecord, PodRecord, PodStatus, ProcessRef, StartupTimeline,
+    format_time, unix_now, NetworkRecord, PodIp, PodRecord, PodStatus, ProcessRef, StartupTimeline,
     STATUS_VERSION,
 };
 use crate::pod::vm_inputs::{GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
@@ -780,16 +780,29 @@ impl<'a> Supervisor<'a> {
             self.record.network = Some(NetworkRecord {
                 bridge: args.bridge.clone(),
                 pod_cidr: args.pod_cidr.to_string(),
+                pod_cidr6: args.pod_cidr6.map(|c| c.to_string()),
                 gateway: lease.gateway.to_string(),
+                gateway6: lease
+                    .ipv6
+                    .and_then(|v6| v6.gateway)
+                    .map(|gw| gw.to_string()),
                 tap: net.tap_name().to_string(),
                 host_ports: !self.p.ports.is_empty(),
             });
             self.record.status.pod_ip = Some(lease.ip.to_string());
+            let ipv6 = lease
+                .ipv6
+                .map(|v6| format!("{}/{}", v6.address, v6.prefix_len));
+            self.record.status.pod_ips = std::iter::once(lease.ip.to_string())
+                .chain(lease.ipv6.map(|v6| v6.address.to_string()))
+                .map(|ip| PodIp { ip })
+                .collect();
             eprintln!(
-                "unipod: pod {}: IP {}/{} on bridge {} (tap {})",
+                "unipod: pod {}: IP {}/{}{} on bridge {} (tap {})",
                 self.p.manifest.name,
                 lease.ip,
                 lease.prefix_len,
+                ipv6.map(|v6| format!(" and {v6}")).unwrap_or_default(),
                 args.bridge,
                 net.tap_name()
             );
@@ -863,6 +876,12 @@ impl<'a> Supervisor<'a> {
         match pod_config(&hostname, args.heartbeat_ms, network) {
             Ok(mut config) => {
                 config.pod_uid = self.record.uid.clone();
+                let limits = &self.p.manifest.resources.limits;
+                config.pod_limits = Limits {
+                    memory_bytes: limits.memory_bytes,
+                    cpu_millis: limits.cpu_millis,
+                    pids: None,
+                };
                 self.send(&mut link, Request::Configure(config), Pending::Configure);
             }
             Err(e) => {
@@ -1011,13 +1030,19 @@ impl<'a> Supervisor<'a> {
     fn facts(&self) -> PodFacts {
         PodFacts {
             uid: self.record.uid.clone(),
-            pod_ip: self.record.status.pod_ip.clone().unwrap_or_default(),
-            host_ip: self
+            pod_ips: self
+                .record
+                .status
+                .pod_ips
+                .iter()
+                .map(|p| p.ip.clone())
+                .collect(),
+            host_ips: self
                 .record
                 .network
-                .as_ref()
-                .map(|n| n.gateway.clone())
-                .unwrap_or_default(),
+                .iter()
+                .flat_map(|n| std::iter::once(n.gateway.clone()).chain(n.gateway6.clone()))
+                .collect(),
             node_name: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -1409,8 +1434,10 @@ impl<'a> Supervisor<'a> {
             return;
         }
         let pod_ip = self.record.status.pod_ip.take();
+        let pod_ips = std::mem::take(&mut self.record.status.pod_ips);
         self.record.status = self.life.status(now);
         self.record.status.pod_ip = pod_ip;
+        self.record.status.pod_ips = pod_ips;
         self.record.events = self.life.events().to_vec();
         let result = self.record.write(&self.p.dir);
         if let Err(e) = &result {
