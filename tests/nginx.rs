@@ -100,8 +100,8 @@ fn http_get(ns: &Netns, addr: SocketAddr) -> String {
 }
 
 #[test]
-fn debian_nginx_serves_on_the_pod_ip_and_on_ipv6_loopback() {
-    let name = "debian_nginx_serves_on_the_pod_ip_and_on_ipv6_loopback";
+fn debian_nginx_serves_on_both_pod_ips_and_on_ipv6_loopback() {
+    let name = "debian_nginx_serves_on_both_pod_ips_and_on_ipv6_loopback";
     if skip_without_kvm_or_root(name) {
         return;
     }
