@@ -18,6 +18,12 @@
 //! run at once, each in its own cgroup (an exec joins its container's),
 //! process group and pipes, and every event names its container.
 //!
+//! A container's health probes (`RunSpec::probes`) run here too, on the
+//! poll loop's deadlines ([`probe`]): exec checks are execs registered
+//! with the containers (their output and exit go to the prober, not the
+//! host), network checks run on short-lived threads that wake the loop;
+//! only a change of a probe's result is sent (`Event::Probe`).
+//!
 //! A container with a `rootfs` runs in its own mount namespace on an overlay
 //! of its image, with the pod's volumes and `/etc` files bound in
 //! ([`rootfs`]), and in its own pid namespace unless it shares the pod's,
