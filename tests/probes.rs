@@ -164,7 +164,10 @@ fn liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them() {
     });
     let s = status(&state, POD);
     assert_eq!(container(&s, "ready")["ready"], false, "{s:#}");
-    assert_eq!(container(&s, "ready")["state"]["running"].is_object(), true);
+    assert!(
+        container(&s, "ready")["state"]["running"].is_object(),
+        "{s:#}"
+    );
     assert_eq!(condition(&s, "Ready"), "False", "{s:#}");
 
     // The exec liveness probe fails once the file is gone: one restart,

@@ -239,7 +239,7 @@ pub struct RunSpec {
     /// Health probes the agent runs on this container ([`Probes`]); none
     /// for the shim's containers, whose kubelet probes them itself.
     #[serde(default)]
-    pub probes: Probes,
+    pub probes: Box<Probes>,
 }
 
 impl Default for RunSpec {
@@ -252,7 +252,7 @@ impl Default for RunSpec {
             image_user: None,
             stdin: false,
             resolv_conf: None,
-            probes: Probes::default(),
+            probes: Box::default(),
         }
     }
 }
@@ -1098,7 +1098,7 @@ mod tests {
                 image_user: Some("65534:65534".into()),
                 stdin: true,
                 resolv_conf: Some("nameserver 10.0.0.53\n".into()),
-                probes: Probes {
+                probes: Box::new(Probes {
                     liveness: Some(ProbeSpec {
                         handler: ProbeHandler::HttpGet {
                             host: None,
@@ -1113,7 +1113,7 @@ mod tests {
                         failure_threshold: 3,
                     }),
                     ..Probes::default()
-                },
+                }),
             }),
             Request::Run(RunSpec {
                 name: "x".into(),

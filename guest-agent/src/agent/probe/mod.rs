@@ -185,13 +185,17 @@ impl Prober {
         self.execs.contains_key(name)
     }
 
-    /// The earliest check or timeout.
+    /// The earliest check, or timeout of an exec check. A network check
+    /// bounds its own time and wakes the loop when it is done, so its
+    /// deadline is not the loop's (a late thread must not make it spin).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.containers
             .values()
             .flat_map(|c| &c.workers)
             .filter_map(|w| match w.in_flight {
-                Some((_, deadline)) => Some(deadline),
+                Some((_, deadline)) => {
+                    matches!(w.spec.handler, ProbeHandler::Exec { .. }).then_some(deadline)
+                }
                 None if w.hold => None,
                 None => Some(w.next_at),
             })
@@ -791,6 +795,11 @@ mod tests {
         );
         let start = p.due(t0).remove(0);
         assert_eq!(p.spawn_net(start, t0), None);
+        assert_eq!(
+            p.next_deadline(),
+            None,
+            "the thread wakes the loop, not a deadline"
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         let reports = loop {
             let r = p.take_results(Instant::now());
