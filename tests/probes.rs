@@ -155,12 +155,10 @@ fn liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them() {
         let web = container(s, "web");
         web["started"] == true && web["ready"] == true
     });
+    // Its first failure is reported: cat's message, or a time-out when the
+    // guest is busy starting the three containers.
     wait_for(&state, POD, "ready reported not ready", |s| {
-        has_event(
-            s,
-            "Unhealthy",
-            "Readiness probe failed: cat: can't open '/tmp/ready'",
-        )
+        has_event(s, "Unhealthy", "Readiness probe failed: ")
     });
     let s = status(&state, POD);
     assert_eq!(container(&s, "ready")["ready"], false, "{s:#}");
