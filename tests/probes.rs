@@ -18,7 +18,8 @@ use common::{shared_state_dir, skip_without_kvm, wait_until};
 const POD: &str = "probes-demo";
 
 /// Short periods keep the test quick; timeouts are generous because an
-/// exec in a nested guest can take a second.
+/// exec or a request to httpd (which forks) in a nested guest can take
+/// seconds when the host is busy.
 const MANIFEST: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -47,7 +48,7 @@ spec:
         command: [cat, /tmp/healthy]
       initialDelaySeconds: 1
       periodSeconds: 1
-      timeoutSeconds: 5
+      timeoutSeconds: 10
       failureThreshold: 2
       terminationGracePeriodSeconds: 1
   - name: ready
@@ -57,7 +58,7 @@ spec:
       exec:
         command: [cat, /tmp/ready]
       periodSeconds: 1
-      timeoutSeconds: 5
+      timeoutSeconds: 10
       failureThreshold: 1
   - name: web
     image: busybox
@@ -78,7 +79,7 @@ spec:
         - name: X-Probe
           value: liveness
       periodSeconds: 1
-      timeoutSeconds: 3
+      timeoutSeconds: 10
       failureThreshold: 2
       terminationGracePeriodSeconds: 1
     readinessProbe:
@@ -86,7 +87,7 @@ spec:
         path: /index.html
         port: 8080
       periodSeconds: 1
-      timeoutSeconds: 3
+      timeoutSeconds: 10
 "#;
 
 fn container(s: &serde_json::Value, name: &str) -> serde_json::Value {
@@ -214,10 +215,20 @@ fn liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them() {
 
     // The httpGet liveness probe: a 404 restarts web, whose fresh
     // writable layer serves the page again.
+    let before = container(&status(&state, POD), "web")["restartCount"]
+        .as_u64()
+        .expect("a restart count");
     sh(&state, "web", "rm /www/live");
+    wait_for(&state, POD, "web failed its httpGet probe", |s| {
+        has_event(
+            s,
+            "Unhealthy",
+            "Liveness probe failed: HTTP probe failed with statuscode: 404",
+        )
+    });
     wait_for(&state, POD, "web restarted and ready", |s| {
         let web = container(s, "web");
-        web["restartCount"].as_u64() >= Some(1) && web["ready"] == true
+        web["restartCount"].as_u64() > Some(before) && web["ready"] == true
     });
     let s = status(&state, POD);
     assert!(
@@ -238,6 +249,10 @@ fn liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them() {
     );
     let (describe, _) = text(&unipod(&state, "describe", &[POD]));
     assert!(describe.contains("Unhealthy"), "{describe}");
+    assert!(
+        describe.contains("Liveness:       exec [cat /tmp/healthy] delay=1s timeout=10s period=1s #success=1 #failure=2"),
+        "{describe}"
+    );
 
     let out = unipod(&state, "rm", &["-f", POD]);
     assert!(out.status.success(), "{:?}", text(&out));
