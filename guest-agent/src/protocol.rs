@@ -35,6 +35,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod probe;
+pub use probe::{ProbeHandler, ProbeKind, ProbeSpec, Probes, MAX_PROBE_OUTPUT};
+
 /// Version word carried by every frame; a peer with another version is refused.
 ///
 /// 2: a container's `Run` carries its OCI runtime spec (`RunSpec::spec`).
@@ -233,6 +236,10 @@ pub struct RunSpec {
     /// needs a `rootfs`, at most [`MAX_RESOLV_CONF`] bytes.
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// Health probes the agent runs on this container ([`Probes`]); none
+    /// for the shim's containers, whose kubelet probes them itself.
+    #[serde(default)]
+    pub probes: Box<Probes>,
 }
 
 impl Default for RunSpec {
@@ -245,6 +252,7 @@ impl Default for RunSpec {
             image_user: None,
             stdin: false,
             resolv_conf: None,
+            probes: Box::default(),
         }
     }
 }
@@ -681,6 +689,20 @@ pub enum Event {
         /// The container's name.
         name: String,
     },
+    /// A probe's result changed (thresholds applied): sent for the
+    /// containers whose `RunSpec::probes` has one, only on a change.
+    Probe {
+        /// The container's name.
+        name: String,
+        /// Which probe.
+        kind: ProbeKind,
+        /// Its result now.
+        success: bool,
+        /// A failure's output or error, as the kubelet words it (e.g. the
+        /// exec's output, `HTTP probe failed with statuscode: 500`);
+        /// empty on success.
+        message: String,
+    },
 }
 
 /// Serde for `Result<Reply, String>` as `{"ok": ...}` / `{"err": "..."}`, in
@@ -1106,6 +1128,22 @@ mod tests {
                 image_user: Some("65534:65534".into()),
                 stdin: true,
                 resolv_conf: Some("nameserver 10.0.0.53\n".into()),
+                probes: Box::new(Probes {
+                    liveness: Some(ProbeSpec {
+                        handler: ProbeHandler::HttpGet {
+                            host: None,
+                            port: 8080,
+                            path: "/healthz".into(),
+                            headers: vec![("X-Probe".into(), "1".into())],
+                        },
+                        initial_delay_secs: 3,
+                        period_secs: 10,
+                        timeout_secs: 1,
+                        success_threshold: 1,
+                        failure_threshold: 3,
+                    }),
+                    ..Probes::default()
+                }),
             }),
             Request::Run(RunSpec {
                 name: "x".into(),
@@ -1181,6 +1219,12 @@ mod tests {
                 signal: None,
             },
             Event::Oom { name: "web".into() },
+            Event::Probe {
+                name: "web".into(),
+                kind: ProbeKind::Liveness,
+                success: false,
+                message: "HTTP probe failed with statuscode: 500".into(),
+            },
         ];
         let replies = vec![
             Ok(Reply::Started { pid: 1 }),

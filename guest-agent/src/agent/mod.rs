@@ -18,6 +18,12 @@
 //! run at once, each in its own cgroup (an exec joins its container's),
 //! process group and pipes, and every event names its container.
 //!
+//! A container's health probes (`RunSpec::probes`) run here too, on the
+//! poll loop's deadlines ([`probe`]): exec checks are execs registered
+//! with the containers (their output and exit go to the prober, not the
+//! host), network checks run on short-lived threads that wake the loop;
+//! only a change of a probe's result is sent (`Event::Probe`).
+//!
 //! A container with a `rootfs` runs in its own mount namespace on an overlay
 //! of its image, with the pod's volumes and `/etc` files bound in
 //! ([`rootfs`]), and in its own pid namespace unless it shares the pod's,
@@ -69,6 +75,7 @@ pub mod network;
 pub mod oci;
 pub mod pod;
 pub mod port_forward;
+pub mod probe;
 pub mod rootfs;
 pub mod sandbox;
 pub mod user;
@@ -97,6 +104,7 @@ use self::container::{Container, ContainerError, PipeRead, Termination};
 use self::host::{FrameKind, HostConn, HostError, Incoming, Listener, Outbox};
 use self::logger::Chain;
 use self::pod::Containers;
+use self::probe::Prober;
 use self::rootfs::{ContainerRoot, Filesystems, Layout};
 
 /// Grace between SIGTERM and SIGKILL when PID 1 gets SIGTERM/SIGINT.
@@ -225,6 +233,8 @@ struct Ready {
     signal: bool,
     timer: bool,
     listener: bool,
+    /// A network probe check finished.
+    probes: bool,
     host: Option<PollFlags>,
     /// Container name and stream of each ready pipe.
     pipes: Vec<(String, Stream)>,
@@ -245,6 +255,8 @@ struct Agent {
     /// Compiled seccomp profiles, shared by the containers that use one.
     seccomp: oci::seccomp::Cache,
     containers: Containers,
+    /// The containers' health probes.
+    prober: Prober,
     /// `ContainerExited` frames queued and written, to know when the last one
     /// reached a host.
     exits_queued: u64,
@@ -286,6 +298,7 @@ impl Agent {
             filesystems: Filesystems::new(Layout::default()),
             seccomp: oci::seccomp::Cache::default(),
             containers: Containers::default(),
+            prober: Prober::default(),
             exits_queued: 0,
             exits_written: 0,
             finished: None,
@@ -347,6 +360,9 @@ impl Agent {
             }
         }
         self.check_deadlines(now);
+        if ready.probes || self.prober.next_deadline().is_some_and(|t| t <= now) {
+            self.run_probes(now);
+        }
         self.flush_host(now);
         self.check_stop_complete();
         Ok(())
@@ -365,6 +381,11 @@ impl Agent {
             PollFd::new(self.heartbeat.timer.as_fd(), input),
             PollFd::new(self.listener.as_fd(), input),
         ];
+        let mut probe_slot = None;
+        if let Some(fd) = self.prober.wake_fd() {
+            probe_slot = Some(fds.len());
+            fds.push(PollFd::new(fd, input));
+        }
         let mut host_slot = None;
         if let Some(h) = &self.host {
             let mut events = PollFlags::empty();
@@ -401,6 +422,7 @@ impl Agent {
             signal: !flags(0).is_empty(),
             timer: !flags(1).is_empty(),
             listener: !flags(2).is_empty(),
+            probes: probe_slot.is_some_and(|i| !flags(i).is_empty()),
             host: host_slot.map(flags).filter(|f| !f.is_empty()),
             pipes: pipe_slots
                 .into_iter()
@@ -426,7 +448,8 @@ impl Agent {
         });
         let drain = self.containers.drain_deadline();
         let linger = self.finished.flatten();
-        [stop, drain, linger].into_iter().flatten().min()
+        let probe = self.prober.next_deadline();
+        [stop, drain, linger, probe].into_iter().flatten().min()
     }
 
     // ---- signals and the reaper ----
@@ -500,6 +523,9 @@ impl Agent {
         if let Err(e) = container::validate(&spec) {
             return self.reply(id, Err(Chain(&e).to_string()));
         }
+        if let Err(e) = spec.probes.validate() {
+            return self.reply(id, Err(e));
+        }
         self.finished = None;
         if let Some(cgroups) = self.cgroups.as_ref().filter(|_| self.containers.is_empty()) {
             // Only in an empty pod: the cgroup of a live container, even one
@@ -514,6 +540,7 @@ impl Agent {
                 let (name, pid) = (c.name().to_string(), c.pid());
                 log::info!("{name}: started {:?} as pid {pid}", spec.argv());
                 self.containers.insert(c);
+                self.prober.add(&name, &spec.probes, now);
                 self.reply(id, Ok(Reply::Started { pid }));
                 self.queue(FrameKind::Event, Event::ContainerStarted { name, pid });
             }
@@ -620,6 +647,9 @@ impl Agent {
             return;
         };
         if let PipeRead::Data(data) = c.read(stream, now) {
+            if self.prober.is_exec(name) {
+                return self.prober.exec_output(name, &data);
+            }
             let name = name.to_string();
             self.queue(FrameKind::Event, Event::Output { name, stream, data });
         }
@@ -635,6 +665,15 @@ impl Agent {
         for c in done {
             let report = c.finish();
             let name = c.name().to_string();
+            if self.prober.is_exec(&name) {
+                if let Some(r) = self.prober.exec_done(&name, report.exit_code, now) {
+                    self.report_probe(r);
+                }
+                continue;
+            }
+            if !c.is_exec() {
+                self.prober.remove(&name);
+            }
             log::info!("{name}: exit code {} ({})", report.exit_code, report.reason);
             if report.reason == REASON_OOM_KILLED {
                 self.queue(FrameKind::Event, Event::Oom { name: name.clone() });

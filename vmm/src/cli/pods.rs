@@ -52,10 +52,11 @@ Exit codes:
 
 /// Help after `unipod get --help`.
 pub const GET_AFTER_HELP: &str = "\
-Columns are kubectl's: READY counts running containers, STATUS is computed
-as 'kubectl get pod' does (Init:0/1, PodInitializing, CrashLoopBackOff,
-Completed, Error, OOMKilled, Running, Terminating, ...), RESTARTS adds up
-the container restarts. A pod whose supervisor is gone shows Unknown.
+Columns are kubectl's: READY counts ready containers (running, and their
+readiness probe passed if they have one), STATUS is computed as 'kubectl
+get pod' does (Init:0/1, PodInitializing, CrashLoopBackOff, Completed,
+Error, OOMKilled, Running, Terminating, ...), RESTARTS adds up the
+container restarts. A pod whose supervisor is gone shows Unknown.
 
 Exit codes:
   0  done

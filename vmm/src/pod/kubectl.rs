@@ -172,6 +172,32 @@ fn describe_state(out: &mut String, label: &str, state: &ContainerState) {
     }
 }
 
+/// A probe as `kubectl describe` shows it: `exec [cat /tmp/healthy]
+/// delay=5s timeout=1s period=5s #success=1 #failure=3`.
+fn describe_probe(p: &guest_agent::protocol::ProbeSpec) -> String {
+    use guest_agent::protocol::ProbeHandler;
+    let handler = match &p.handler {
+        ProbeHandler::Exec { command } => format!("exec [{}]", command.join(" ")),
+        ProbeHandler::HttpGet {
+            host, port, path, ..
+        } => format!(
+            "http-get http://{}:{port}{path}",
+            host.as_deref().unwrap_or("")
+        ),
+        ProbeHandler::TcpSocket { host, port } => {
+            format!("tcp-socket {}:{port}", host.as_deref().unwrap_or(""))
+        }
+    };
+    format!(
+        "{handler} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p.initial_delay_secs,
+        p.timeout_secs,
+        p.period_secs,
+        p.success_threshold,
+        p.failure_threshold
+    )
+}
+
 fn describe_containers(
     out: &mut String,
     title: &str,
@@ -224,6 +250,10 @@ fn describe_containers(
                 for l in limits {
                     out.push_str(&format!("      {l}\n"));
                 }
+            }
+            for (kind, probe) in s.probes.probes.iter() {
+                let label = format!("{}:", kind.title());
+                out.push_str(&format!("    {label:<16}{}\n", describe_probe(probe)));
             }
             if !s.env_from.is_empty() {
                 out.push_str("    Environment Variables from:\n");
@@ -373,6 +403,38 @@ pub fn describe_text(r: &PodRecord, manifest: Option<&PodManifest>, now: i64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_are_described_as_kubectl_describes_them() {
+        use guest_agent::protocol::{ProbeHandler, ProbeSpec};
+        let spec = |handler| ProbeSpec {
+            handler,
+            initial_delay_secs: 5,
+            period_secs: 5,
+            timeout_secs: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        };
+        let exec = spec(ProbeHandler::Exec {
+            command: vec!["cat".into(), "/tmp/healthy".into()],
+        });
+        assert_eq!(
+            describe_probe(&exec),
+            "exec [cat /tmp/healthy] delay=5s timeout=1s period=5s #success=1 #failure=3"
+        );
+        let http = spec(ProbeHandler::HttpGet {
+            host: None,
+            port: 8080,
+            path: "/healthz".into(),
+            headers: Vec::new(),
+        });
+        assert!(describe_probe(&http).starts_with("http-get http://:8080/healthz delay=5s"));
+        let tcp = spec(ProbeHandler::TcpSocket {
+            host: Some("10.0.0.1".into()),
+            port: 53,
+        });
+        assert!(describe_probe(&tcp).starts_with("tcp-socket 10.0.0.1:53 delay=5s"));
+    }
 
     #[test]
     fn tables_pad_columns_like_kubectl() {

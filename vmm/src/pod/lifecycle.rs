@@ -36,6 +36,13 @@
 //!   or is starting: then [`Action::Shutdown`] is due once.
 //! - Stop: SIGTERM to every running container, SIGKILL to those left after
 //!   the grace period; containers waiting for a (re)start are not started.
+//! - Probes (run by the agent, which reports changes: [`Lifecycle::probe`]):
+//!   a container with a readiness probe is not ready until it succeeds,
+//!   one with a startup probe is not `started` until that succeeds; a
+//!   liveness or startup failure kills the container (its stop signal, then
+//!   SIGKILL after the probe's grace period, else the pod's) and the restart
+//!   policy decides on a restart, as for any exit. Ready containers make
+//!   the ContainersReady and Ready conditions.
 //! - A pod with a main container ([`Lifecycle::with_main`], `unipod run --
 //!   CMD`) ends when that container ends for good: its exit decides
 //!   Succeeded or Failed, and the others are shut down with the VM.
@@ -43,6 +50,8 @@
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
+
+use guest_agent::protocol::ProbeKind;
 
 use super::manifest::RestartPolicy;
 use super::phase::{PhaseTracker, PodPhase};
@@ -122,6 +131,21 @@ pub struct ContainerInfo {
     /// The signal that asks it to stop: its image's `StopSignal`, else
     /// SIGTERM.
     pub stop_signal: i32,
+    /// Which probes it has.
+    pub probes: ProbeInfo,
+}
+
+/// What the lifecycle needs to know of a container's probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// It has a readiness probe: not ready until it succeeds.
+    pub readiness: bool,
+    /// It has a startup probe: not started until it succeeds.
+    pub startup: bool,
+    /// The grace of a kill after a liveness failure (else the pod's).
+    pub liveness_grace: Option<Duration>,
+    /// The grace of a kill after a startup failure (else the pod's).
+    pub startup_grace: Option<Duration>,
 }
 
 /// The signal number of an image's `StopSignal` (`SIGQUIT`, `QUIT` or
@@ -177,6 +201,12 @@ enum State {
     Running {
         since: Instant,
         signalled: Option<i32>,
+        /// Its readiness probe passed (or it has none).
+        ready: bool,
+        /// Its startup probe passed (or it has none).
+        started: bool,
+        /// A probe failed: SIGKILL is due then (the stop signal now).
+        kill_at: Option<Instant>,
     },
     /// Ended; `restart_at` when a restart is due.
     Terminated {
@@ -444,6 +474,9 @@ impl Lifecycle {
         track.state = State::Running {
             since: now,
             signalled: None,
+            ready: !track.info.probes.readiness,
+            started: !track.info.probes.startup,
+            kill_at: None,
         };
         track.config_error = None;
         if !is_init {
@@ -451,6 +484,67 @@ impl Lifecycle {
         }
         let msg = format!("Started container {name}");
         self.event(now, "Normal", "Started", msg);
+    }
+
+    /// A probe's result changed, as the agent reports it (`message`: a
+    /// failure's output). Readiness sets `ready`; a startup success sets
+    /// `started`; a liveness or startup failure kills the container for a
+    /// restart. Failures are `Unhealthy` events, as the kubelet records them.
+    pub fn probe(
+        &mut self,
+        name: &str,
+        kind: ProbeKind,
+        success: bool,
+        message: &str,
+        now: Instant,
+    ) {
+        if self.stopping.is_some() || self.over.is_some() {
+            return;
+        }
+        let pod_grace = self.cfg.grace;
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        let probes = track.info.probes.clone();
+        let State::Running {
+            ready,
+            started,
+            kill_at,
+            ..
+        } = &mut track.state
+        else {
+            return;
+        };
+        if kill_at.is_some() {
+            return;
+        }
+        let mut events = Vec::new();
+        if !success {
+            let msg = format!("{} probe failed: {message}", kind.title());
+            events.push(("Warning", "Unhealthy", msg));
+        }
+        match (kind, success) {
+            (ProbeKind::Readiness, ok) => *ready = ok,
+            (ProbeKind::Startup, true) => *started = true,
+            (ProbeKind::Liveness, true) => {}
+            (ProbeKind::Liveness | ProbeKind::Startup, false) => {
+                let grace = match kind {
+                    ProbeKind::Liveness => probes.liveness_grace,
+                    _ => probes.startup_grace,
+                };
+                *kill_at = Some(now + grace.unwrap_or(pod_grace));
+                *ready = false;
+                let msg = format!(
+                    "Container {name} failed {} probe, will be restarted",
+                    kind.lower()
+                );
+                events.push(("Normal", "Killing", msg));
+            }
+        }
+        for (kind, reason, msg) in events {
+            self.event(now, kind, reason, msg);
+        }
+        self.changed = true;
     }
 
     /// The container's configuration cannot be resolved (`message` is the
@@ -705,7 +799,26 @@ impl Lifecycle {
                     }
                 }
             }
-        } else if self.agent_ready {
+        } else {
+            // Containers killed for a failed probe: the stop signal, then
+            // SIGKILL once the probe's grace is over.
+            for track in self.init.iter_mut().chain(self.app.iter_mut()) {
+                let stop = track.info.stop_signal;
+                if let State::Running {
+                    signalled,
+                    kill_at: Some(at),
+                    ..
+                } = &mut track.state
+                {
+                    let signal = if now >= *at { libc::SIGKILL } else { stop };
+                    if signalled.is_none_or(|s| s != signal && s != libc::SIGKILL) {
+                        *signalled = Some(signal);
+                        actions.push(Action::Signal(track.info.name.clone(), signal));
+                    }
+                }
+            }
+        }
+        if self.stopping.is_none() && self.agent_ready {
             if self.next_init < self.init.len() {
                 if !self.init_failed {
                     let i = self.next_init;
@@ -828,7 +941,7 @@ impl Lifecycle {
             && self
                 .app
                 .iter()
-                .all(|t| matches!(t.state, State::Running { .. }))
+                .all(|t| matches!(t.state, State::Running { ready: true, .. }))
             && phase == PodPhase::Running
             && self.stopping.is_none();
         let wanted = [true, initialized, ready, ready];
@@ -943,12 +1056,16 @@ impl Lifecycle {
             ),
         };
         let running = matches!(t.state, State::Running { .. });
+        let (ready, started) = match t.state {
+            State::Running { ready, started, .. } => (ready, started),
+            _ => (false, false),
+        };
         ContainerStatus {
             name: t.info.name.clone(),
             image: t.info.image.clone(),
             image_id: t.info.image_id.clone(),
-            ready: running && self.stopping.is_none(),
-            started: running,
+            ready: running && ready && self.stopping.is_none(),
+            started,
             restart_count: t.restarts,
             state,
             last_state: last,
@@ -1015,7 +1132,172 @@ mod tests {
             image: "busybox:latest".into(),
             image_id: "sha256:ab".into(),
             stop_signal: libc::SIGTERM,
+            probes: ProbeInfo::default(),
         }
+    }
+
+    /// A pod of app containers `app`, whose `probed` one has these probes.
+    fn probed_pod(policy: RestartPolicy, app: &[&str], probes: ProbeInfo) -> (Lifecycle, Instant) {
+        let (mut l, t0) = pod(policy, &[], app);
+        l.app[0].info.probes = probes;
+        l.agent_ready(t0);
+        l.due(t0);
+        for name in app {
+            l.started(name, t0);
+        }
+        (l, t0)
+    }
+
+    fn conditions(l: &mut Lifecycle, now: Instant) -> Vec<(String, String)> {
+        l.status(now)
+            .conditions
+            .into_iter()
+            .map(|c| (c.kind, c.status))
+            .collect()
+    }
+
+    fn ready_condition(l: &mut Lifecycle, now: Instant) -> String {
+        let c = conditions(l, now);
+        c.into_iter().find(|(k, _)| k == "Ready").unwrap().1
+    }
+
+    fn last_event(l: &Lifecycle) -> (String, String, String) {
+        let e = l.events().last().unwrap();
+        (e.kind.clone(), e.reason.clone(), e.message.clone())
+    }
+
+    #[test]
+    fn without_a_readiness_probe_a_running_container_is_ready_with_one_after_success() {
+        let readiness = ProbeInfo {
+            readiness: true,
+            ..ProbeInfo::default()
+        };
+        let (mut l, t0) = probed_pod(RestartPolicy::Always, &["web", "side"], readiness);
+        assert!(!state(&mut l, "web", t0).ready);
+        assert!(
+            state(&mut l, "side", t0).ready,
+            "no probe: ready once running"
+        );
+        assert_eq!(ready_condition(&mut l, t0), "False");
+        l.probe("web", ProbeKind::Readiness, true, "", t0 + S);
+        assert!(state(&mut l, "web", t0 + S).ready);
+        assert_eq!(ready_condition(&mut l, t0 + S), "True");
+        l.probe(
+            "web",
+            ProbeKind::Readiness,
+            false,
+            "cat: can't open '/tmp/ready'",
+            t0 + 2 * S,
+        );
+        assert!(!state(&mut l, "web", t0 + 2 * S).ready);
+        assert_eq!(ready_condition(&mut l, t0 + 2 * S), "False");
+        assert_eq!(
+            last_event(&l),
+            (
+                "Warning".into(),
+                "Unhealthy".into(),
+                "Readiness probe failed: cat: can't open '/tmp/ready'".into()
+            )
+        );
+        assert_eq!(
+            l.due(t0 + 10 * S),
+            vec![],
+            "a readiness failure kills nothing"
+        );
+    }
+
+    #[test]
+    fn a_liveness_failure_kills_after_the_probes_grace_and_restarts_under_the_policy() {
+        let live = ProbeInfo {
+            liveness_grace: Some(2 * S),
+            ..ProbeInfo::default()
+        };
+        let (mut l, t0) = probed_pod(RestartPolicy::Always, &["web"], live);
+        l.probe("web", ProbeKind::Liveness, false, "boom", t0 + S);
+        let events: Vec<_> = l
+            .events()
+            .iter()
+            .rev()
+            .take(2)
+            .map(|e| e.message.clone())
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                "Container web failed liveness probe, will be restarted".to_string(),
+                "Liveness probe failed: boom".to_string()
+            ]
+        );
+        assert_eq!(
+            l.due(t0 + S),
+            vec![Action::Signal("web".into(), libc::SIGTERM)]
+        );
+        assert_eq!(l.due(t0 + 2 * S), vec![]);
+        assert_eq!(
+            l.due(t0 + 3 * S),
+            vec![Action::Signal("web".into(), libc::SIGKILL)],
+            "the probe's grace (2 s), not the pod's (5 s)"
+        );
+        // Further results of the dying container change nothing.
+        l.probe("web", ProbeKind::Liveness, false, "again", t0 + 3 * S);
+        assert_eq!(l.due(t0 + 3 * S), vec![]);
+        l.exited("web", 137, "Signaled", Some(9), t0 + 4 * S);
+        assert_eq!(
+            l.due(t0 + 4 * S),
+            vec![run("web")],
+            "Always: restarted at once"
+        );
+        l.started("web", t0 + 4 * S);
+        let st = state(&mut l, "web", t0 + 4 * S);
+        assert_eq!((st.restart_count, st.ready), (1, true));
+    }
+
+    #[test]
+    fn a_liveness_failure_under_never_ends_the_container_for_good() {
+        let (mut l, t0) = probed_pod(RestartPolicy::Never, &["web"], ProbeInfo::default());
+        l.probe("web", ProbeKind::Liveness, false, "dead", t0);
+        assert_eq!(l.due(t0), vec![Action::Signal("web".into(), libc::SIGTERM)]);
+        assert_eq!(
+            l.due(t0 + 5 * S),
+            vec![Action::Signal("web".into(), libc::SIGKILL)],
+            "no probe grace: the pod's"
+        );
+        l.exited("web", 137, "Signaled", Some(9), t0 + 5 * S);
+        assert_eq!(l.phase(), PodPhase::Failed);
+        assert_eq!(l.due(t0 + 5 * S), vec![Action::Shutdown]);
+    }
+
+    #[test]
+    fn a_startup_probe_keeps_the_container_unstarted_until_it_passes_or_kills_it() {
+        let startup = ProbeInfo {
+            startup: true,
+            ..ProbeInfo::default()
+        };
+        let (mut l, t0) = probed_pod(RestartPolicy::Always, &["web"], startup.clone());
+        let st = state(&mut l, "web", t0);
+        assert!(!st.started && st.ready);
+        l.probe("web", ProbeKind::Startup, true, "", t0 + S);
+        assert!(state(&mut l, "web", t0 + S).started);
+
+        let (mut l, t0) = probed_pod(RestartPolicy::Always, &["web"], startup);
+        l.probe("web", ProbeKind::Startup, false, "not yet", t0 + S);
+        assert_eq!(
+            last_event(&l).2,
+            "Container web failed startup probe, will be restarted"
+        );
+        assert_eq!(
+            l.due(t0 + S),
+            vec![Action::Signal("web".into(), libc::SIGTERM)]
+        );
+    }
+
+    #[test]
+    fn probe_results_during_a_stop_change_nothing() {
+        let (mut l, t0) = probed_pod(RestartPolicy::Always, &["web"], ProbeInfo::default());
+        l.stop(t0);
+        let before = l.events().len();
+        l.probe("web", ProbeKind::Liveness, false, "x", t0);
+        assert_eq!(l.events().len(), before);
     }
 
     #[test]

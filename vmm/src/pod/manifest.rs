@@ -16,7 +16,7 @@
 //! (`unknown field "livenessProbe"`, but in which container?). Instead
 //! `walk.rs` visits the tree with an explicit list of known fields per object,
 //! so every problem names its full path
-//! (`spec.containers[1].livenessProbe: probes are not implemented yet`), and builds the
+//! (`spec.containers[1].lifecycle: lifecycle hooks are not implemented yet`), and builds the
 //! typed structs on the way.
 //!
 //! Every field unipod does not implement is an error, not silently dropped: a
@@ -171,6 +171,21 @@ pub struct ContainerSpec {
     pub volume_mounts: Vec<VolumeMount>,
     /// `securityContext`.
     pub security_context: SecurityContext,
+    /// `startupProbe`, `livenessProbe`, `readinessProbe`.
+    pub probes: ContainerProbes,
+}
+
+/// A container's health probes: what the agent runs (with the kubelet's
+/// defaults filled in, named ports resolved) and the host's part of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerProbes {
+    /// The probes, as the agent gets them in the container's `RunSpec`.
+    pub probes: guest_agent::protocol::Probes,
+    /// `livenessProbe.terminationGracePeriodSeconds`: the grace of a kill
+    /// after a liveness failure, in place of the pod's.
+    pub liveness_grace: Option<Duration>,
+    /// `startupProbe.terminationGracePeriodSeconds`, likewise.
+    pub startup_grace: Option<Duration>,
 }
 
 /// One entry of a container's `env`.

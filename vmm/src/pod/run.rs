@@ -110,6 +110,7 @@ fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
                 image: c.image.clone(),
                 image_id: String::new(),
                 stop_signal: libc::SIGTERM,
+                probes: Default::default(),
             };
             Ok((info, run))
         })
@@ -160,6 +161,7 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
         resources: Resources::default(),
         volume_mounts: Vec::new(),
         security_context: Default::default(),
+        probes: Default::default(),
     };
     let sh = |command: &str| vec!["/bin/sh".to_string(), "-c".into(), command.into()];
     let containers = args

@@ -228,6 +228,7 @@ pub fn run_spec(
         // the pod's resolv.conf; the shim sets these.
         stdin: false,
         resolv_conf: None,
+        probes: Box::new(container.probes.probes.clone()),
     })
 }
 

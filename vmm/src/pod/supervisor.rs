@@ -61,7 +61,9 @@ use crate::pod::config_sources::{self, ConfigError, PodFacts};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
-use crate::pod::lifecycle::{parse_stop_signal, Action, ContainerInfo, Lifecycle, LifecycleConfig};
+use crate::pod::lifecycle::{
+    parse_stop_signal, Action, ContainerInfo, Lifecycle, LifecycleConfig, ProbeInfo,
+};
 use crate::pod::manifest::{
     self, ManifestError, PodManifest, Protocol, VmSize, VolumeSource, Warning,
 };
@@ -292,6 +294,12 @@ pub(crate) fn prepare(
             image: reference.clone(),
             image_id: image.digest.clone(),
             stop_signal,
+            probes: ProbeInfo {
+                readiness: c.probes.probes.readiness.is_some(),
+                startup: c.probes.probes.startup.is_some(),
+                liveness_grace: c.probes.liveness_grace,
+                startup_grace: c.probes.startup_grace,
+            },
         };
         entries.push((info, run));
     }
@@ -1266,6 +1274,12 @@ impl<'a> Supervisor<'a> {
                     self.life.exited(&name, exit_code, &reason, signal, now);
                 }
             }
+            Event::Probe {
+                name,
+                kind,
+                success,
+                message,
+            } => self.life.probe(&name, kind, success, &message, now),
             Event::Ready { .. } | Event::Heartbeat { .. } => {}
         }
     }

@@ -41,6 +41,7 @@ fn container(name: &str) -> ContainerSpec {
         resources: Resources::default(),
         volume_mounts: Vec::new(),
         security_context: Default::default(),
+        probes: Default::default(),
     }
 }
 
@@ -191,6 +192,7 @@ spec:
                 },
             ],
             security_context: SecurityContext::default(),
+            probes: Default::default(),
         }],
         volumes: vec![
             Volume {
@@ -248,10 +250,151 @@ fn null_fields_count_as_absent() {
 
 #[test]
 fn unknown_container_field_is_refused_with_its_path() {
-    let yaml = with_container_fields("      livenessProbe:\n        exec: {command: [true]}\n");
+    let yaml =
+        with_container_fields("      lifecycle:\n        postStart: {exec: {command: [true]}}\n");
     assert_eq!(
         problems(&yaml),
-        ["spec.containers[0].livenessProbe: probes are not implemented yet"]
+        ["spec.containers[0].lifecycle: lifecycle hooks are not implemented yet"]
+    );
+}
+
+/// `MINIMAL` with a port named `http` (8080) and `probes` (indented as
+/// container fields).
+fn with_probes(probes: &str) -> String {
+    with_container_fields(&format!(
+        "      ports: [{{containerPort: 8080, name: http}}]\n{probes}"
+    ))
+}
+
+#[test]
+fn probes_parse_with_the_kubernetes_defaults_and_named_ports_resolved() {
+    use guest_agent::protocol::{ProbeHandler, ProbeSpec};
+    let (pod, _) = parse_ok(&with_probes(
+        "      livenessProbe:
+        exec: {command: [cat, /tmp/healthy]}
+        initialDelaySeconds: 5
+        periodSeconds: 5
+        terminationGracePeriodSeconds: 7
+      readinessProbe:
+        httpGet:
+          path: healthz
+          port: http
+          httpHeaders: [{name: X-Custom-Header, value: Awesome}]
+        successThreshold: 2
+        periodSeconds: 0
+      startupProbe:
+        tcpSocket: {port: 8080, host: 127.0.0.1}
+        failureThreshold: 30
+",
+    ));
+    let p = &pod.containers[0].probes;
+    assert_eq!(
+        p.probes.liveness,
+        Some(ProbeSpec {
+            handler: ProbeHandler::Exec {
+                command: vec!["cat".into(), "/tmp/healthy".into()]
+            },
+            initial_delay_secs: 5,
+            period_secs: 5,
+            timeout_secs: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        })
+    );
+    assert_eq!(p.liveness_grace, Some(Duration::from_secs(7)));
+    assert_eq!(
+        p.probes.readiness,
+        Some(ProbeSpec {
+            handler: ProbeHandler::HttpGet {
+                host: None,
+                port: 8080,
+                path: "/healthz".into(),
+                headers: vec![("X-Custom-Header".into(), "Awesome".into())],
+            },
+            initial_delay_secs: 0,
+            period_secs: 10,
+            timeout_secs: 1,
+            success_threshold: 2,
+            failure_threshold: 3,
+        }),
+        "periodSeconds: 0 takes the default, as the API server defaults it"
+    );
+    let startup = p.probes.startup.as_ref().unwrap();
+    assert_eq!(
+        startup.handler,
+        ProbeHandler::TcpSocket {
+            host: Some("127.0.0.1".into()),
+            port: 8080
+        }
+    );
+    assert_eq!((startup.failure_threshold, p.startup_grace), (30, None));
+}
+
+#[test]
+fn invalid_probes_are_refused_with_the_field_and_the_rule() {
+    let cases = [
+        (
+            "      livenessProbe:\n        exec: {command: [ls]}\n        tcpSocket: {port: 80}\n",
+            "spec.containers[0].livenessProbe.tcpSocket: exec and tcpSocket is not valid; expected exactly one handler",
+        ),
+        (
+            "      livenessProbe:\n        periodSeconds: 3\n",
+            "spec.containers[0].livenessProbe.exec|httpGet|tcpSocket: required field is missing",
+        ),
+        (
+            "      readinessProbe:\n        exec: {command: [ls]}\n        periodSeconds: -1\n",
+            "spec.containers[0].readinessProbe.periodSeconds: -1 is not valid; expected a whole number, 0 or more",
+        ),
+        (
+            "      livenessProbe:\n        httpGet: {port: metrics}\n",
+            "spec.containers[0].livenessProbe.httpGet.port: \"metrics\" is not valid; expected a port number or the name of one of this container's ports (named: http)",
+        ),
+        (
+            "      startupProbe:\n        exec: {command: [ls]}\n        successThreshold: 2\n",
+            "spec.containers[0].startupProbe.successThreshold: 2 is not valid; expected 1: a startup probe",
+        ),
+        (
+            "      readinessProbe:\n        exec: {command: [ls]}\n        terminationGracePeriodSeconds: 5\n",
+            "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: 5 is not valid; expected no value",
+        ),
+        (
+            "      livenessProbe:\n        exec: {command: [ls]}\n        terminationGracePeriodSeconds: 0\n",
+            "spec.containers[0].livenessProbe.terminationGracePeriodSeconds: 0 is not valid; expected a whole number of seconds greater than 0",
+        ),
+        (
+            "      livenessProbe:\n        httpGet: {port: 8080, scheme: HTTPS}\n",
+            "spec.containers[0].livenessProbe.httpGet.scheme: HTTPS probes are not supported yet",
+        ),
+        (
+            "      livenessProbe:\n        grpc: {port: 9090}\n",
+            "spec.containers[0].livenessProbe.grpc: grpc probes are not supported yet",
+        ),
+        (
+            "      livenessProbe:\n        exec: {command: []}\n",
+            "spec.containers[0].livenessProbe.exec.command: required field is missing",
+        ),
+    ];
+    for (probe, expected) in cases {
+        let found = problems(&with_probes(probe));
+        assert!(
+            found.len() == 1 && found[0].starts_with(expected),
+            "{probe}: expected {expected:?}, got {found:?}"
+        );
+    }
+}
+
+#[test]
+fn init_containers_take_no_probes() {
+    let yaml = format!(
+        "{MINIMAL}  initContainers:\n    - name: i\n      image: busybox\n      readinessProbe:\n        exec: {{command: [ls]}}\n"
+    );
+    let found = problems(&yaml);
+    assert!(
+        found.len() == 1
+            && found[0].starts_with(
+                "spec.initContainers[0].readinessProbe: a probe is not valid; expected no probe"
+            ),
+        "{found:?}"
     );
 }
 

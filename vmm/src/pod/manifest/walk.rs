@@ -161,6 +161,9 @@ const CONTAINER_FIELDS: &[&str] = &[
     "volumeMounts",
     "securityContext",
     "envFrom",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
 ];
 const CONTAINER_IGNORED: Ignored = &[
     (
@@ -184,10 +187,11 @@ const CONTAINER_IGNORED: Ignored = &[
 /// Fields unipod knows and refuses, with why; any other unknown field is
 /// reported as not supported.
 const REFUSED: Ignored = &[
-    ("livenessProbe", "probes are not implemented yet"),
-    ("readinessProbe", "probes are not implemented yet"),
-    ("startupProbe", "probes are not implemented yet"),
     ("lifecycle", "lifecycle hooks are not implemented yet"),
+    (
+        "grpc",
+        "grpc probes are not supported yet; use an exec probe running grpc_health_probe",
+    ),
     ("hostPath", "host directories are not supported yet"),
     (
         "persistentVolumeClaim",
@@ -273,6 +277,7 @@ const PORT_NAME: &str = "an IANA service name: at most 15 lowercase letters, dig
 const ABSOLUTE_PATH: &str = "an absolute path without \"..\", e.g. \"/data\"";
 
 mod config;
+mod probe;
 mod security;
 
 pub(super) use config::object;
@@ -882,6 +887,7 @@ impl Walker {
             .unwrap_or_default();
         let volume_mounts = self.volume_mounts(&obj, declared);
         let security_context = self.container_security_context(&obj);
+        let probes = self.probes(&obj, &ports);
         Some(ContainerSpec {
             name: name?,
             image: image?,
@@ -894,6 +900,7 @@ impl Walker {
             resources,
             volume_mounts,
             security_context,
+            probes,
         })
     }
 

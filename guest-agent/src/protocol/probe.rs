@@ -1,0 +1,175 @@
+//! Health probes in the protocol: what the host asks the agent to check on a
+//! container ([`Probes`], carried by `RunSpec::probes`) and what the agent
+//! reports back (`Event::Probe`).
+//!
+//! # Design
+//!
+//! The agent runs the probes on their schedule and applies the thresholds
+//! itself, as the kubelet's probe workers do, so nothing crosses vsock while
+//! a probe keeps its result: an `Event::Probe` is sent only when a probe's
+//! result changes (its first result counts as a change, except a liveness
+//! probe's first success, which is what the kubelet assumes anyway). A host
+//! that sends no probes never receives the event, which is why it needs no
+//! protocol version of its own.
+//!
+//! Everything here is already validated and defaulted by the host (the
+//! manifest's rules are the kubelet's); the agent still checks the bounds
+//! that keep it safe ([`Probes::validate`]).
+
+use serde::{Deserialize, Serialize};
+
+/// The kubelet's limit on a probe's output (exec output, HTTP body) kept for
+/// the failure message.
+pub const MAX_PROBE_OUTPUT: usize = 10 * 1024;
+
+/// Which probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// `startupProbe`: holds the other two until it succeeds.
+    Startup,
+    /// `livenessProbe`: its failure restarts the container.
+    Liveness,
+    /// `readinessProbe`: decides the container's `ready`.
+    Readiness,
+}
+
+impl ProbeKind {
+    /// As events name it: `Liveness`, `Readiness`, `Startup`.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        }
+    }
+
+    /// As messages name it: `liveness`, `readiness`, `startup`.
+    pub fn lower(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "startup",
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+        }
+    }
+}
+
+/// How a probe checks the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeHandler {
+    /// Run `command` in the container (as an exec); exit 0 is success.
+    Exec {
+        /// Program and arguments; not run through a shell.
+        command: Vec<String>,
+    },
+    /// `GET path` over HTTP/1.1; a status from 200 to 399 is success.
+    HttpGet {
+        /// The address to connect to; `None`: the guest's loopback, which
+        /// reaches the pod's servers (the containers share the guest's
+        /// network namespace).
+        host: Option<String>,
+        /// The TCP port (a named port is resolved by the host).
+        port: u16,
+        /// The request path, starting with `/`.
+        path: String,
+        /// Extra headers, in order; a `Host`, `User-Agent` or `Accept` here
+        /// replaces the default one.
+        headers: Vec<(String, String)>,
+    },
+    /// Open a TCP connection; success when it connects.
+    TcpSocket {
+        /// As for [`ProbeHandler::HttpGet::host`].
+        host: Option<String>,
+        /// The TCP port.
+        port: u16,
+    },
+}
+
+/// One probe with its timing, in whole seconds as Kubernetes has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// What to check.
+    pub handler: ProbeHandler,
+    /// Seconds after the container started before the first check.
+    pub initial_delay_secs: u32,
+    /// Seconds between checks, at least 1.
+    pub period_secs: u32,
+    /// Seconds a check may take, at least 1; longer is a failure.
+    pub timeout_secs: u32,
+    /// Consecutive successes that make a failed probe succeed, at least 1.
+    pub success_threshold: u32,
+    /// Consecutive failures that make a probe fail, at least 1.
+    pub failure_threshold: u32,
+}
+
+/// A container's probes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probes {
+    /// `startupProbe`.
+    #[serde(default)]
+    pub startup: Option<ProbeSpec>,
+    /// `livenessProbe`.
+    #[serde(default)]
+    pub liveness: Option<ProbeSpec>,
+    /// `readinessProbe`.
+    #[serde(default)]
+    pub readiness: Option<ProbeSpec>,
+}
+
+impl Probes {
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.startup.is_none() && self.liveness.is_none() && self.readiness.is_none()
+    }
+
+    /// The probes present, with their kind, startup first.
+    pub fn iter(&self) -> impl Iterator<Item = (ProbeKind, &ProbeSpec)> {
+        [
+            (ProbeKind::Startup, &self.startup),
+            (ProbeKind::Liveness, &self.liveness),
+            (ProbeKind::Readiness, &self.readiness),
+        ]
+        .into_iter()
+        .filter_map(|(kind, p)| p.as_ref().map(|p| (kind, p)))
+    }
+
+    /// Checks what the agent relies on: periods, timeouts and thresholds
+    /// of at least 1, a command, a port, a path starting with `/`, header
+    /// names and values that cannot break the request.
+    pub fn validate(&self) -> Result<(), String> {
+        for (kind, p) in self.iter() {
+            let bad = |what: &str| Err(format!("{} probe: {what}", kind.lower()));
+            if p.period_secs == 0 || p.timeout_secs == 0 {
+                return bad("period and timeout must be at least 1 second");
+            }
+            if p.success_threshold == 0 || p.failure_threshold == 0 {
+                return bad("thresholds must be at least 1");
+            }
+            match &p.handler {
+                ProbeHandler::Exec { command } if command.is_empty() => {
+                    return bad("exec needs a command")
+                }
+                ProbeHandler::HttpGet { port: 0, .. } | ProbeHandler::TcpSocket { port: 0, .. } => {
+                    return bad("port 0")
+                }
+                ProbeHandler::HttpGet { path, headers, .. } => {
+                    let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
+                    if !path.starts_with('/') || !clean(path) || path.contains(' ') {
+                        return bad(
+                            "the HTTP path must start with '/' and hold no spaces or newlines",
+                        );
+                    }
+                    if headers
+                        .iter()
+                        .any(|(k, v)| k.is_empty() || k.contains(':') || !clean(k) || !clean(v))
+                    {
+                        return bad("an HTTP header has an empty name, a ':' or a newline");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

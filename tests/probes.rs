@@ -1,0 +1,259 @@
+//! End-to-end test of health probes on one real pod VM, with a manifest
+//! modelled on the Kubernetes docs' "Configure Liveness, Readiness and
+//! Startup Probes" examples: an exec liveness probe on a file the
+//! container deletes (a restart, with the kubelet's events), an exec
+//! readiness probe flipping READY as a file appears and disappears, and a
+//! busybox httpd whose startup probe (tcpSocket) holds its httpGet
+//! liveness and readiness probes, and whose liveness probe restarts it
+//! once the page it checks is gone. The probes run in the guest agent.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::pod::{import_busybox, manifest, remove, run_pod, status, text, unipod, wait_for};
+use common::{shared_state_dir, skip_without_kvm, wait_until};
+
+const POD: &str = "probes-demo";
+
+/// Short periods keep the test quick; timeouts are generous because an
+/// exec or a request to httpd (which forks) in a nested guest can take
+/// seconds when the host is busy.
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probes-demo
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes:
+  - name: state
+    emptyDir: {}
+  containers:
+  - name: liveness
+    image: busybox
+    # The docs' liveness-exec example, deleting the file on its first run
+    # only (the emptyDir remembers), so that the pod settles after one
+    # restart.
+    args:
+    - /bin/sh
+    - -c
+    - touch /tmp/healthy; if [ ! -e /state/died ]; then touch /state/died; sleep 3; rm -f /tmp/healthy; fi; sleep 600
+    volumeMounts:
+    - name: state
+      mountPath: /state
+    livenessProbe:
+      exec:
+        command: [cat, /tmp/healthy]
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      timeoutSeconds: 10
+      failureThreshold: 2
+      terminationGracePeriodSeconds: 1
+  - name: ready
+    image: busybox
+    command: [sh, -c, "sleep 600"]
+    readinessProbe:
+      exec:
+        command: [cat, /tmp/ready]
+      periodSeconds: 1
+      timeoutSeconds: 10
+      failureThreshold: 1
+  - name: web
+    image: busybox
+    command: [sh, -c, "mkdir -p /www && echo ok > /www/index.html && echo ok > /www/live && exec httpd -f -p 8080 -h /www"]
+    ports:
+    - containerPort: 8080
+      name: http
+    startupProbe:
+      tcpSocket:
+        port: 8080
+      periodSeconds: 1
+      failureThreshold: 60
+    livenessProbe:
+      httpGet:
+        path: /live
+        port: http
+        httpHeaders:
+        - name: X-Probe
+          value: liveness
+      periodSeconds: 1
+      timeoutSeconds: 10
+      failureThreshold: 2
+      terminationGracePeriodSeconds: 1
+    readinessProbe:
+      httpGet:
+        path: /index.html
+        port: 8080
+      periodSeconds: 1
+      timeoutSeconds: 10
+"#;
+
+fn container(s: &serde_json::Value, name: &str) -> serde_json::Value {
+    s["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn condition(s: &serde_json::Value, kind: &str) -> String {
+    s["status"]["conditions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether the pod has an event of `reason` whose message contains `text`.
+fn has_event(s: &serde_json::Value, reason: &str, text: &str) -> bool {
+    s["events"].as_array().is_some_and(|l| {
+        l.iter().any(|e| {
+            e["reason"] == reason && e["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+    })
+}
+
+/// `sh -c script` in `container`.
+fn sh(state: &Path, container: &str, script: &str) {
+    let out = unipod(
+        state,
+        "exec",
+        &[POD, "-c", container, "--", "sh", "-c", script],
+    );
+    assert!(out.status.success(), "exec {script:?}: {:?}", text(&out));
+}
+
+/// The READY column of `unipod get`, once it shows `want` (bounded).
+fn wait_ready_column(state: &Path, want: &str) {
+    let mut last = String::new();
+    let shown = wait_until(Duration::from_secs(60), || {
+        let out = unipod(state, "get", &[]);
+        last = text(&out).0;
+        last.lines()
+            .any(|l| l.starts_with(POD) && l.split_whitespace().nth(1) == Some(want))
+    });
+    assert!(shown, "unipod get never showed READY {want}:\n{last}");
+}
+
+#[test]
+fn liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them() {
+    if skip_without_kvm("liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them") {
+        return;
+    }
+    let state = shared_state_dir();
+    import_busybox(&state);
+    remove(&state, POD);
+    let path = manifest(POD, MANIFEST);
+    let out = run_pod(&state, &path, &["-d"]).output().expect("runs");
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // The startup probe passes once httpd listens; then the httpGet
+    // readiness probe makes web ready. `ready` has failed its probe.
+    wait_for(&state, POD, "web started and ready", |s| {
+        let web = container(s, "web");
+        web["started"] == true && web["ready"] == true
+    });
+    // Its first failure is reported: cat's message, or a time-out when the
+    // guest is busy starting the three containers.
+    wait_for(&state, POD, "ready reported not ready", |s| {
+        has_event(s, "Unhealthy", "Readiness probe failed: ")
+    });
+    let s = status(&state, POD);
+    assert_eq!(container(&s, "ready")["ready"], false, "{s:#}");
+    assert!(
+        container(&s, "ready")["state"]["running"].is_object(),
+        "{s:#}"
+    );
+    assert_eq!(condition(&s, "Ready"), "False", "{s:#}");
+
+    // The exec liveness probe fails once the file is gone: one restart,
+    // with the kubelet's events.
+    wait_for(&state, POD, "liveness restarted and running", |s| {
+        let c = container(s, "liveness");
+        c["restartCount"].as_u64() >= Some(1) && c["state"]["running"].is_object()
+    });
+    let s = status(&state, POD);
+    assert!(
+        has_event(
+            &s,
+            "Unhealthy",
+            "Liveness probe failed: cat: can't open '/tmp/healthy': No such file or directory"
+        ),
+        "{s:#}"
+    );
+    assert!(
+        has_event(
+            &s,
+            "Killing",
+            "Container liveness failed liveness probe, will be restarted"
+        ),
+        "{s:#}"
+    );
+
+    // Readiness follows the file: READY 3/3 and the Ready condition, then
+    // back to 2/3.
+    sh(&state, "ready", "touch /tmp/ready");
+    wait_for(&state, POD, "ready", |s| {
+        container(s, "ready")["ready"] == true
+            && condition(s, "ContainersReady") == "True"
+            && condition(s, "Ready") == "True"
+    });
+    wait_ready_column(&state, "3/3");
+    sh(&state, "ready", "rm /tmp/ready");
+    wait_for(&state, POD, "not ready again", |s| {
+        container(s, "ready")["ready"] == false && condition(s, "Ready") == "False"
+    });
+    wait_ready_column(&state, "2/3");
+    assert_eq!(
+        container(&status(&state, POD), "ready")["restartCount"],
+        0,
+        "a readiness failure restarts nothing"
+    );
+
+    // The httpGet liveness probe: a 404 restarts web, whose fresh
+    // writable layer serves the page again.
+    let before = container(&status(&state, POD), "web")["restartCount"]
+        .as_u64()
+        .expect("a restart count");
+    sh(&state, "web", "rm /www/live");
+    wait_for(&state, POD, "web failed its httpGet probe", |s| {
+        has_event(
+            s,
+            "Unhealthy",
+            "Liveness probe failed: HTTP probe failed with statuscode: 404",
+        )
+    });
+    wait_for(&state, POD, "web restarted and ready", |s| {
+        let web = container(s, "web");
+        web["restartCount"].as_u64() > Some(before) && web["ready"] == true
+    });
+    let s = status(&state, POD);
+    assert!(
+        has_event(
+            &s,
+            "Unhealthy",
+            "Liveness probe failed: HTTP probe failed with statuscode: 404"
+        ),
+        "{s:#}"
+    );
+    assert!(
+        has_event(
+            &s,
+            "Killing",
+            "Container web failed liveness probe, will be restarted"
+        ),
+        "{s:#}"
+    );
+    let (describe, _) = text(&unipod(&state, "describe", &[POD]));
+    assert!(describe.contains("Unhealthy"), "{describe}");
+    assert!(
+        describe.contains("Liveness:       exec [cat /tmp/healthy] delay=1s timeout=10s period=1s #success=1 #failure=2"),
+        "{describe}"
+    );
+
+    let out = unipod(&state, "rm", &["-f", POD]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
