@@ -65,9 +65,9 @@ pub enum ProbeHandler {
     },
     /// `GET path` over HTTP/1.1; a status from 200 to 399 is success.
     HttpGet {
-        /// The address to connect to; `None`: the guest's loopback, which
-        /// reaches the pod's servers (the containers share the guest's
-        /// network namespace).
+        /// The address to connect to. The host fills in the pod IP when the
+        /// manifest names none, as the kubelet does ([`Probes::default_host`]);
+        /// `None` (a pod without a network) is the guest's loopback.
         host: Option<String>,
         /// The TCP port (a named port is resolved by the host).
         port: u16,
@@ -118,6 +118,22 @@ pub struct Probes {
 }
 
 impl Probes {
+    /// Gives every network probe that names no host `host` (the pod IP):
+    /// the kubelet probes the pod IP, so a server that listens on loopback
+    /// only fails there too.
+    pub fn default_host(&mut self, host: &str) {
+        for probe in [&mut self.startup, &mut self.liveness, &mut self.readiness]
+            .into_iter()
+            .flatten()
+        {
+            match &mut probe.handler {
+                ProbeHandler::HttpGet { host: h @ None, .. }
+                | ProbeHandler::TcpSocket { host: h @ None, .. } => *h = Some(host.to_owned()),
+                _ => {}
+            }
+        }
+    }
+
     /// True when there is none.
     pub fn is_empty(&self) -> bool {
         self.startup.is_none() && self.liveness.is_none() && self.readiness.is_none()
@@ -171,5 +187,51 @@ impl Probes {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(handler: ProbeHandler) -> Option<ProbeSpec> {
+        Some(ProbeSpec {
+            handler,
+            initial_delay_secs: 0,
+            period_secs: 10,
+            timeout_secs: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        })
+    }
+
+    #[test]
+    fn network_probes_without_a_host_get_the_pod_ip() {
+        let mut probes = Probes {
+            startup: probe(ProbeHandler::TcpSocket {
+                host: None,
+                port: 80,
+            }),
+            liveness: probe(ProbeHandler::HttpGet {
+                host: Some("10.0.0.9".into()),
+                port: 80,
+                path: "/".into(),
+                headers: vec![],
+            }),
+            readiness: probe(ProbeHandler::Exec {
+                command: vec!["true".into()],
+            }),
+        };
+        let before = probes.clone();
+        probes.default_host("10.211.0.2");
+        let host = |p: &Option<ProbeSpec>| match &p.as_ref().unwrap().handler {
+            ProbeHandler::TcpSocket { host, .. } | ProbeHandler::HttpGet { host, .. } => {
+                host.clone()
+            }
+            ProbeHandler::Exec { .. } => None,
+        };
+        assert_eq!(host(&probes.startup).as_deref(), Some("10.211.0.2"));
+        assert_eq!(host(&probes.liveness).as_deref(), Some("10.0.0.9"));
+        assert_eq!(probes.readiness, before.readiness);
     }
 }

@@ -1096,6 +1096,9 @@ impl<'a> Supervisor<'a> {
         let mut spec = spec::run_spec(manifest, container, &build.image, build.disk, &env)
             .map_err(|e| ConfigError(e.to_string()))?;
         spec.rootfs.clone_from(&base.rootfs);
+        if let Some(ip) = &self.record.status.pod_ip {
+            spec.probes.default_host(ip);
+        }
         Ok(Some(spec))
     }
 

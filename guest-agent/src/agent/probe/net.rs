@@ -21,8 +21,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-/// The guest's loopback: the pod's servers listen in the guest's one
-/// network namespace.
+/// For a probe without a host: the host gives network probes the pod IP,
+/// so this is for pods without a network, whose servers listen in the
+/// guest's one network namespace.
 const DEFAULT_HOST: &str = "127.0.0.1";
 /// The kubelet's user agent (its minor version is what kubelets send).
 const USER_AGENT: &str = "kube-probe/1.33";
