@@ -55,7 +55,7 @@ spec:
     disktype: ssd
   resources:
     limits:
-      memory: 128Mi
+      memory: 64Mi
       cpu: 500m
   containers:
   - name: app
@@ -331,7 +331,7 @@ fn downward_api_config_maps_secrets_and_image_users_reach_the_containers() {
     );
     let lines: Vec<&str> = cgroup.lines().collect();
     assert!(
-        matches!(lines.as_slice(), [own, "134217728", "50000 100000"] if own.starts_with("0::/unipod/")),
+        matches!(lines.as_slice(), [own, "67108864", "50000 100000"] if own.starts_with("0::/unipod/")),
         "the pod's cgroup and its memory.max and cpu.max:\n{cgroup}"
     );
 
