@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod probe;
-pub use probe::{ProbeHandler, ProbeKind, ProbeSpec, Probes, MAX_PROBE_OUTPUT};
+pub use probe::{HookKind, HookSpec, ProbeHandler, ProbeKind, ProbeSpec, Probes, MAX_PROBE_OUTPUT};
 
 /// Version word carried by every frame; a peer with another version is refused.
 ///
@@ -188,6 +188,10 @@ pub enum Request {
         /// Columns.
         cols: u16,
     },
+    /// Run a container's lifecycle hook once; replies [`Reply::Ok`] once it
+    /// is under way (an error if the container is not running), and its
+    /// result comes as [`Event::Hook`].
+    RunHook(HookSpec),
 }
 
 /// A container to run: its OCI runtime spec plus what only the pod VM knows.
@@ -703,6 +707,17 @@ pub enum Event {
         /// empty on success.
         message: String,
     },
+    /// A [`Request::RunHook`] finished.
+    Hook {
+        /// The container's name.
+        name: String,
+        /// Which hook.
+        hook: HookKind,
+        /// It succeeded: an exec exited 0, an HTTP server answered.
+        success: bool,
+        /// A failure's output or error; empty on success.
+        message: String,
+    },
 }
 
 /// Serde for `Result<Reply, String>` as `{"ok": ...}` / `{"err": "..."}`, in
@@ -1174,6 +1189,14 @@ mod tests {
                 rows: 24,
                 cols: 80,
             },
+            Request::RunHook(HookSpec {
+                container: "web".into(),
+                hook: HookKind::PreStop,
+                handler: ProbeHandler::Exec {
+                    command: vec!["nginx".into(), "-s".into(), "quit".into()],
+                },
+                timeout_secs: Some(30),
+            }),
         ];
         requests
             .into_iter()
@@ -1224,6 +1247,12 @@ mod tests {
                 kind: ProbeKind::Liveness,
                 success: false,
                 message: "HTTP probe failed with statuscode: 500".into(),
+            },
+            Event::Hook {
+                name: "web".into(),
+                hook: HookKind::PostStart,
+                success: false,
+                message: "exit status 1".into(),
             },
         ];
         let replies = vec![

@@ -669,6 +669,7 @@ impl Agent {
                 if let Some(r) = self.prober.exec_done(&name, report.exit_code, now) {
                     self.report_probe(r);
                 }
+                self.report_hooks();
                 continue;
             }
             if !c.is_exec() {
@@ -873,6 +874,10 @@ impl Agent {
                 self.reply(id, result);
             }
             Request::WriteVolume(files) => self.write_volume(id, &files),
+            Request::RunHook(spec) => {
+                let result = self.run_hook(&spec, now).map(|()| Reply::Ok);
+                self.reply(id, result);
+            }
             Request::ResizePty { name, rows, cols } => {
                 let result =
                     self.with_container(&name, |c| c.resize_pty(rows, cols).map(|()| Reply::Ok));

@@ -86,6 +86,43 @@ pub enum ProbeHandler {
     },
 }
 
+/// A container lifecycle hook that runs in the guest (`sleep` hooks are
+/// timed by the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// `lifecycle.postStart`: right after the container started.
+    PostStart,
+    /// `lifecycle.preStop`: before the container's stop signal.
+    PreStop,
+}
+
+impl HookKind {
+    /// As the kubelet's events name it: `PostStart`, `PreStop`.
+    pub fn title(self) -> &'static str {
+        match self {
+            HookKind::PostStart => "PostStart",
+            HookKind::PreStop => "PreStop",
+        }
+    }
+}
+
+/// One run of a lifecycle hook (`Request::RunHook`); its result comes back
+/// as `Event::Hook`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSpec {
+    /// The container (running) whose hook it is.
+    pub container: String,
+    /// Which hook.
+    pub hook: HookKind,
+    /// What to run: an exec in the container, or an HTTP GET, whose status
+    /// does not matter (the kubelet's hooks only need an answer).
+    pub handler: ProbeHandler,
+    /// Seconds it may take; `None` for no limit (the kubelet bounds an exec
+    /// `postStart` by nothing).
+    pub timeout_secs: Option<u32>,
+}
+
 /// One probe with its timing, in whole seconds as Kubernetes has them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeSpec {

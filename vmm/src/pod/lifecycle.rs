@@ -51,7 +51,7 @@
 
 use std::time::{Duration, Instant};
 
-use guest_agent::protocol::ProbeKind;
+use guest_agent::protocol::{HookKind, ProbeKind};
 
 use super::manifest::RestartPolicy;
 use super::phase::{PhaseTracker, PodPhase};
@@ -133,7 +133,43 @@ pub struct ContainerInfo {
     pub stop_signal: i32,
     /// Which probes it has.
     pub probes: ProbeInfo,
+    /// Which lifecycle hooks it has.
+    pub hooks: HookInfo,
+    /// An init container with `restartPolicy: Always`.
+    pub sidecar: bool,
 }
+
+/// What the lifecycle needs to know of a container's hooks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookInfo {
+    /// `lifecycle.postStart`.
+    pub post_start: Option<HookRun>,
+    /// `lifecycle.preStop`.
+    pub pre_stop: Option<HookRun>,
+}
+
+impl HookInfo {
+    fn get(&self, kind: HookKind) -> Option<&HookRun> {
+        match kind {
+            HookKind::PostStart => self.post_start.as_ref(),
+            HookKind::PreStop => self.pre_stop.as_ref(),
+        }
+    }
+}
+
+/// How a hook runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookRun {
+    /// `sleep`: timed here.
+    Sleep(Duration),
+    /// Anything else: run by the supervisor ([`Action::Hook`]), which
+    /// reports back through [`Lifecycle::hook_done`].
+    Handler,
+}
+
+/// After a `preStop` hook, the stop signal has at least this long before
+/// SIGKILL, as the kubelet's minimum grace period.
+const MIN_GRACE_AFTER_PRE_STOP: Duration = Duration::from_secs(2);
 
 /// What the lifecycle needs to know of a container's probes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,6 +208,9 @@ pub enum Action {
     Run(String),
     /// Send the signal to the container.
     Signal(String, i32),
+    /// Run the container's hook, within the time given (none: unbounded),
+    /// and report it with [`Lifecycle::hook_done`].
+    Hook(String, HookKind, Option<Duration>),
     /// The pod is over: stop the VM.
     Shutdown,
 }
@@ -205,14 +244,36 @@ enum State {
         ready: bool,
         /// Its startup probe passed (or it has none).
         started: bool,
-        /// A probe failed: SIGKILL is due then (the stop signal now).
+        /// A probe or a `postStart` hook failed: SIGKILL is due then (the
+        /// stop signal first, after a `preStop` hook).
         kill_at: Option<Instant>,
+        post_start: Step,
+        pre_stop: Step,
     },
     /// Ended; `restart_at` when a restart is due.
     Terminated {
         t: Termination,
         restart_at: Option<Instant>,
     },
+}
+
+/// Where a running container's hook is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Not begun (or the container has no such hook).
+    Idle,
+    /// To begin at the next [`Lifecycle::due`].
+    Due,
+    /// Under way; a `sleep` ends by itself then.
+    Running { sleep_until: Option<Instant> },
+    /// Finished then.
+    Done(Instant),
+}
+
+impl Step {
+    fn pending(self) -> bool {
+        matches!(self, Step::Due | Step::Running { .. })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -244,6 +305,27 @@ impl Track {
     fn is_active(&self) -> bool {
         matches!(self.state, State::Starting | State::Running { .. })
     }
+
+    /// Running, its `postStart` hook done.
+    fn is_up(&self) -> bool {
+        matches!(self.state, State::Running { post_start, .. } if !post_start.pending())
+    }
+
+    /// Up and ready.
+    fn is_ready(&self) -> bool {
+        self.is_up() && matches!(self.state, State::Running { ready: true, .. })
+    }
+
+    /// Its `postStart` hook holds the containers after it: it is being
+    /// started or the hook is under way.
+    fn holds_next(&self) -> bool {
+        self.info.hooks.post_start.is_some()
+            && match self.state {
+                State::Starting => true,
+                State::Running { post_start, .. } => post_start.pending(),
+                _ => false,
+            }
+    }
 }
 
 /// One pod's lifecycle.
@@ -261,6 +343,8 @@ pub struct Lifecycle {
     heartbeat: PhaseTracker,
     failure: Option<(String, String)>,
     stopping: Option<Instant>,
+    /// Every app container ended for good: the sidecars are stopped.
+    sidecars_stop: Option<Instant>,
     shutdown_sent: bool,
     /// Set once the phase is final and nothing runs.
     over: Option<PodPhase>,
@@ -299,6 +383,7 @@ impl Lifecycle {
             heartbeat: PhaseTracker::new(cfg.unknown_after, cfg.give_up_after),
             failure: None,
             stopping: None,
+            sidecars_stop: None,
             shutdown_sent: false,
             over: None,
             main: None,
@@ -477,6 +562,12 @@ impl Lifecycle {
             ready: !track.info.probes.readiness,
             started: !track.info.probes.startup,
             kill_at: None,
+            post_start: if track.info.hooks.post_start.is_some() {
+                Step::Due
+            } else {
+                Step::Idle
+            },
+            pre_stop: Step::Idle,
         };
         track.config_error = None;
         if !is_init {
@@ -539,6 +630,59 @@ impl Lifecycle {
                     kind.lower()
                 );
                 events.push(("Normal", "Killing", msg));
+            }
+        }
+        for (kind, reason, msg) in events {
+            self.event(now, kind, reason, msg);
+        }
+        self.changed = true;
+    }
+
+    /// A hook begun by [`Action::Hook`] finished (`Err`: the kubelet's
+    /// message). A failed `postStart` kills the container for a restart
+    /// (`FailedPostStartHook`); a failed `preStop` is only recorded.
+    pub fn hook_done(
+        &mut self,
+        name: &str,
+        kind: HookKind,
+        result: Result<(), String>,
+        now: Instant,
+    ) {
+        let grace = self.cfg.grace;
+        let stopping = self.stopping.is_some();
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        let State::Running {
+            post_start,
+            pre_stop,
+            kill_at,
+            ready,
+            ..
+        } = &mut track.state
+        else {
+            return;
+        };
+        let step = match kind {
+            HookKind::PostStart => post_start,
+            HookKind::PreStop => pre_stop,
+        };
+        if !matches!(step, Step::Running { .. }) {
+            return;
+        }
+        *step = Step::Done(now);
+        let mut events = Vec::new();
+        if let Err(message) = result {
+            let reason = match kind {
+                HookKind::PostStart => "FailedPostStartHook",
+                HookKind::PreStop => "FailedPreStopHook",
+            };
+            events.push(("Warning", reason, message));
+            if kind == HookKind::PostStart && kill_at.is_none() && !stopping {
+                *kill_at = Some(now + grace);
+                *ready = false;
+                // The kubelet's kill message for it is the reason itself.
+                events.push(("Normal", "Killing", "FailedPostStartHook".into()));
             }
         }
         for (kind, reason, msg) in events {
@@ -643,12 +787,17 @@ impl Lifecycle {
             self.cfg.backoff_reset,
         );
         let pod = self.name.clone();
+        let finishing = self.sidecars_stop.is_some();
         let Some((track, is_init)) = self.track_mut(name) else {
             return;
         };
+        let sidecar = track.info.sidecar;
         let failed = t.exit_code != 0;
         let restart = !stopping
             && match (is_init, policy) {
+                // A sidecar restarts whatever the pod's policy, until the
+                // app containers are done.
+                _ if sidecar => !finishing,
                 (_, RestartPolicy::Never) => false,
                 (true, _) | (false, RestartPolicy::OnFailure) => failed,
                 (false, RestartPolicy::Always) => true,
@@ -665,10 +814,10 @@ impl Lifecycle {
         });
         track.state = State::Terminated { t, restart_at };
         let delayed = restart_at.filter(|at| *at > now).is_some();
-        if is_init && !failed {
+        if is_init && !sidecar && !failed {
             self.next_init += 1;
         }
-        if is_init && failed && policy == RestartPolicy::Never && !stopping {
+        if is_init && !sidecar && failed && policy == RestartPolicy::Never && !stopping {
             self.init_failed = true;
         }
         if delayed {
@@ -784,55 +933,11 @@ impl Lifecycle {
             }
             return actions;
         }
-        if let Some(since) = self.stopping {
-            let kill = now.saturating_duration_since(since) >= self.cfg.grace;
-            for track in self.init.iter_mut().chain(self.app.iter_mut()) {
-                let signal = if kill {
-                    libc::SIGKILL
-                } else {
-                    track.info.stop_signal
-                };
-                if let State::Running { signalled, .. } = &mut track.state {
-                    if signalled.is_none_or(|s| s != signal && s != libc::SIGKILL) {
-                        *signalled = Some(signal);
-                        actions.push(Action::Signal(track.info.name.clone(), signal));
-                    }
-                }
-            }
-        } else {
-            // Containers killed for a failed probe: the stop signal, then
-            // SIGKILL once the probe's grace is over.
-            for track in self.init.iter_mut().chain(self.app.iter_mut()) {
-                let stop = track.info.stop_signal;
-                if let State::Running {
-                    signalled,
-                    kill_at: Some(at),
-                    ..
-                } = &mut track.state
-                {
-                    let signal = if now >= *at { libc::SIGKILL } else { stop };
-                    if signalled.is_none_or(|s| s != signal && s != libc::SIGKILL) {
-                        *signalled = Some(signal);
-                        actions.push(Action::Signal(track.info.name.clone(), signal));
-                    }
-                }
-            }
-        }
+        self.check_sidecars_stop(now);
+        self.step_hooks(now, &mut actions);
+        self.stop_containers(now, &mut actions);
         if self.stopping.is_none() && self.agent_ready {
-            if self.next_init < self.init.len() {
-                if !self.init_failed {
-                    let i = self.next_init;
-                    if start_if_due(&mut self.init[i], now) {
-                        actions.push(Action::Run(self.init[i].info.name.clone()));
-                    }
-                }
-            } else {
-                for track in &mut self.app {
-                    if start_if_due(track, now) {
-                        actions.push(Action::Run(track.info.name.clone()));
-                    }
-                }
-            }
+            self.start_containers(now, &mut actions);
         }
         if !actions.is_empty() {
             self.changed = true;
@@ -853,6 +958,202 @@ impl Lifecycle {
         actions
     }
 
+    /// Once every app container ended for good (not under `Always`), the
+    /// sidecars are stopped, as the kubelet stops them.
+    fn check_sidecars_stop(&mut self, now: Instant) {
+        let done = self.next_init >= self.init.len()
+            && !self.app.is_empty()
+            && self.app.iter().all(|t| {
+                matches!(
+                    t.state,
+                    State::Terminated {
+                        restart_at: None,
+                        ..
+                    }
+                )
+            });
+        if self.stopping.is_some() || self.sidecars_stop.is_some() || !done {
+            return;
+        }
+        if !self.init.iter().any(|t| t.info.sidecar) {
+            return;
+        }
+        self.sidecars_stop = Some(now);
+        for track in self.init.iter_mut().filter(|t| t.info.sidecar) {
+            if let State::Terminated { restart_at, .. } = &mut track.state {
+                *restart_at = None;
+            }
+        }
+        self.changed = true;
+    }
+
+    /// Begins due `postStart` hooks and ends `sleep` hooks whose time is up.
+    fn step_hooks(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for track in self.init.iter_mut().chain(self.app.iter_mut()) {
+            let State::Running {
+                post_start,
+                pre_stop,
+                ..
+            } = &mut track.state
+            else {
+                continue;
+            };
+            for step in [&mut *post_start, &mut *pre_stop] {
+                if let Step::Running {
+                    sleep_until: Some(at),
+                } = *step
+                {
+                    if at <= now {
+                        *step = Step::Done(now);
+                        self.changed = true;
+                    }
+                }
+            }
+            if *post_start == Step::Due {
+                actions.extend(begin_hook(
+                    &track.info,
+                    post_start,
+                    HookKind::PostStart,
+                    None,
+                    now,
+                ));
+            }
+        }
+    }
+
+    /// When each running container's SIGKILL is due, if it is being
+    /// stopped: after a failed probe or hook, at its own time; in a pod
+    /// stop, app and init containers at the end of the grace period, then
+    /// the sidecars, last first, each once those after it ended.
+    fn kill_deadlines(&self) -> Vec<Option<Instant>> {
+        let tracks: Vec<&Track> = self.init.iter().chain(&self.app).collect();
+        let grace_end = |since: Instant| since + self.cfg.grace;
+        let others_active = tracks.iter().any(|t| !t.info.sidecar && t.is_active());
+        tracks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let own = match t.state {
+                    State::Running { kill_at, .. } => kill_at,
+                    _ => None,
+                };
+                let later_sidecars_active = tracks[i + 1..]
+                    .iter()
+                    .any(|l| l.info.sidecar && l.is_active());
+                let pod = match (self.stopping, self.sidecars_stop) {
+                    (Some(since), _) if !t.info.sidecar => Some(grace_end(since)),
+                    (Some(since), _) if !others_active && !later_sidecars_active => {
+                        Some(grace_end(since))
+                    }
+                    (None, Some(since)) if t.info.sidecar && !later_sidecars_active => {
+                        Some(grace_end(since))
+                    }
+                    _ => None,
+                };
+                match (own, pod) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops the containers being stopped: the `preStop` hook, then the
+    /// stop signal, then SIGKILL at the deadline (at least
+    /// [`MIN_GRACE_AFTER_PRE_STOP`] after the hook).
+    fn stop_containers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let deadlines = self.kill_deadlines();
+        for (track, deadline) in self
+            .init
+            .iter_mut()
+            .chain(self.app.iter_mut())
+            .zip(deadlines)
+        {
+            let Some(deadline) = deadline else {
+                continue;
+            };
+            let has_pre_stop = track.info.hooks.pre_stop.is_some();
+            let State::Running {
+                signalled,
+                pre_stop,
+                ..
+            } = &mut track.state
+            else {
+                continue;
+            };
+            match *pre_stop {
+                Step::Idle if has_pre_stop && deadline > now => {
+                    let left = deadline - now;
+                    actions.extend(begin_hook(
+                        &track.info,
+                        pre_stop,
+                        HookKind::PreStop,
+                        Some(left),
+                        now,
+                    ));
+                    continue;
+                }
+                Step::Idle | Step::Due => *pre_stop = Step::Done(now),
+                Step::Running { .. } if now < deadline => continue,
+                Step::Running { .. } => *pre_stop = Step::Done(deadline),
+                Step::Done(_) => {}
+            }
+            let kill_time = match *pre_stop {
+                Step::Done(ended) if has_pre_stop => deadline.max(ended + MIN_GRACE_AFTER_PRE_STOP),
+                _ => deadline,
+            };
+            let signal = if now >= kill_time {
+                libc::SIGKILL
+            } else {
+                track.info.stop_signal
+            };
+            if signalled.is_none_or(|s| s != signal && s != libc::SIGKILL) {
+                *signalled = Some(signal);
+                actions.push(Action::Signal(track.info.name.clone(), signal));
+            }
+        }
+    }
+
+    /// Starts what is due: init containers one at a time (a sidecar lets
+    /// the next one start once it has started and its `postStart` is
+    /// done), sidecar restarts, then the app containers in order, each
+    /// waiting for the `postStart` hook of those before it.
+    fn start_containers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        while let Some(t) = self.init.get(self.next_init) {
+            let started = matches!(t.state, State::Running { started: true, .. }) && t.is_up();
+            if !(t.info.sidecar && started) {
+                break;
+            }
+            self.next_init += 1;
+            self.changed = true;
+        }
+        let passed = self.next_init.min(self.init.len());
+        if self.sidecars_stop.is_none() {
+            for track in self.init[..passed].iter_mut().filter(|t| t.info.sidecar) {
+                if start_if_due(track, now) {
+                    actions.push(Action::Run(track.info.name.clone()));
+                }
+            }
+        }
+        if self.next_init < self.init.len() {
+            if !self.init_failed {
+                let track = &mut self.init[self.next_init];
+                if start_if_due(track, now) {
+                    actions.push(Action::Run(track.info.name.clone()));
+                }
+            }
+            return;
+        }
+        for track in &mut self.app {
+            if start_if_due(track, now) {
+                actions.push(Action::Run(track.info.name.clone()));
+            }
+            if track.holds_next() {
+                break;
+            }
+        }
+    }
+
     /// The phase without the heartbeat (Unknown) overlay.
     fn base_phase(&self) -> PodPhase {
         if let Some(p) = self.over {
@@ -871,8 +1172,16 @@ impl Lifecycle {
             return PodPhase::Pending;
         }
         let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+        // Running sidecars keep the pod Running; their exits count for
+        // nothing.
+        running += self
+            .init
+            .iter()
+            .filter(|t| t.info.sidecar && matches!(t.state, State::Running { .. }))
+            .count();
         for t in &self.app {
             match &t.state {
+                State::Running { .. } if !t.is_up() && t.last.is_none() => waiting += 1,
                 State::Running { .. } => running += 1,
                 State::Initial | State::Starting | State::ConfigError { .. }
                     if t.last.is_none() =>
@@ -941,7 +1250,8 @@ impl Lifecycle {
             && self
                 .app
                 .iter()
-                .all(|t| matches!(t.state, State::Running { ready: true, .. }))
+                .chain(self.init.iter().filter(|t| t.info.sidecar))
+                .all(Track::is_ready)
             && phase == PodPhase::Running
             && self.stopping.is_none();
         let wanted = [true, initialized, ready, ready];
@@ -1026,6 +1336,11 @@ impl Lifecycle {
                 waiting("CreateContainerConfigError", Some(message.clone())),
                 t.last.as_ref().map(|l| self.termination_state(l)),
             ),
+            // The kubelet shows no Running container before its postStart.
+            State::Running { .. } if !t.is_up() => (
+                waiting("ContainerCreating", None),
+                t.last.as_ref().map(|l| self.termination_state(l)),
+            ),
             State::Running { since, .. } => (
                 ContainerState::Running {
                     started_at: self.time(*since),
@@ -1055,9 +1370,9 @@ impl Lifecycle {
                 t.last.as_ref().map(|l| self.termination_state(l)),
             ),
         };
-        let running = matches!(t.state, State::Running { .. });
+        let running = t.is_up();
         let (ready, started) = match t.state {
-            State::Running { ready, started, .. } => (ready, started),
+            State::Running { ready, started, .. } if running => (ready, started),
             _ => (false, false),
         };
         ContainerStatus {
@@ -1076,6 +1391,34 @@ impl Lifecycle {
 /// How long a container whose configuration could not be resolved waits
 /// before the next try.
 pub const CONFIG_RETRY: Duration = Duration::from_secs(1);
+
+/// Begins hook `kind` of container `info`: a `sleep` is timed here,
+/// anything else is an [`Action::Hook`].
+fn begin_hook(
+    info: &ContainerInfo,
+    step: &mut Step,
+    kind: HookKind,
+    within: Option<Duration>,
+    now: Instant,
+) -> Option<Action> {
+    match info.hooks.get(kind) {
+        None => {
+            *step = Step::Done(now);
+            None
+        }
+        Some(HookRun::Sleep(d)) => {
+            let d = within.map_or(*d, |w| (*d).min(w));
+            *step = Step::Running {
+                sleep_until: Some(now + d),
+            };
+            None
+        }
+        Some(HookRun::Handler) => {
+            *step = Step::Running { sleep_until: None };
+            Some(Action::Hook(info.name.clone(), kind, within))
+        }
+    }
+}
 
 /// Starts `track` if it waits for its first start, a due restart, or a
 /// retry of its configuration.
@@ -1133,6 +1476,8 @@ mod tests {
             image_id: "sha256:ab".into(),
             stop_signal: libc::SIGTERM,
             probes: ProbeInfo::default(),
+            hooks: HookInfo::default(),
+            sidecar: false,
         }
     }
 
@@ -1727,5 +2072,192 @@ mod tests {
         ));
         assert_eq!(l.phase(), PodPhase::Failed);
         assert!(l.events().iter().any(|e| e.reason == "Failed"));
+    }
+
+    /// A pod whose init container `side` is a sidecar.
+    fn sidecar_pod(policy: RestartPolicy, init: &[&str], app: &[&str]) -> (Lifecycle, Instant) {
+        let (mut l, t0) = pod(policy, init, app);
+        for t in &mut l.init {
+            t.info.sidecar = t.info.name.starts_with("side");
+        }
+        l.agent_ready(t0);
+        (l, t0)
+    }
+
+    #[test]
+    fn a_sidecar_lets_the_next_init_start_once_started_and_keeps_running_beside_the_apps() {
+        let (mut l, t0) = sidecar_pod(RestartPolicy::Always, &["side", "i1"], &["a"]);
+        l.init[0].info.probes.startup = true;
+        assert_eq!(l.due(t0), vec![run("side")]);
+        l.started("side", t0);
+        assert_eq!(l.due(t0), vec![], "its startup probe has not passed");
+        assert_eq!(l.phase(), PodPhase::Pending);
+        l.probe("side", ProbeKind::Startup, true, "", t0 + S);
+        assert_eq!(l.due(t0 + S), vec![run("i1")]);
+        l.started("i1", t0 + S);
+        l.exited("i1", 0, "Completed", None, t0 + 2 * S);
+        assert_eq!(l.due(t0 + 2 * S), vec![run("a")]);
+        l.started("a", t0 + 2 * S);
+        assert_eq!(l.phase(), PodPhase::Running);
+        assert_eq!(ready_condition(&mut l, t0 + 2 * S), "True");
+        // A sidecar that exits is restarted, whatever the pod's policy.
+        l.exited("side", 1, "Error", None, t0 + 3 * S);
+        assert_eq!(
+            ready_condition(&mut l, t0 + 3 * S),
+            "False",
+            "a sidecar counts for Ready"
+        );
+        assert_eq!(l.due(t0 + 3 * S), vec![run("side")]);
+        assert_eq!(l.restart_count("side"), 1);
+        assert_eq!(reason(&state(&mut l, "i1", t0 + 3 * S)), "Completed");
+    }
+
+    #[test]
+    fn sidecars_do_not_keep_a_never_pod_from_ending_and_stop_last_first() {
+        let (mut l, t0) = sidecar_pod(RestartPolicy::Never, &["side1", "side2"], &["a"]);
+        assert_eq!(l.due(t0), vec![run("side1")]);
+        l.started("side1", t0);
+        assert_eq!(l.due(t0), vec![run("side2")]);
+        l.started("side2", t0);
+        assert_eq!(l.due(t0), vec![run("a")]);
+        l.started("a", t0);
+        l.exited("a", 0, "Completed", None, t0 + S);
+        assert_eq!(l.phase(), PodPhase::Running, "the sidecars still run");
+        assert_eq!(
+            l.due(t0 + S),
+            vec![Action::Signal("side2".into(), libc::SIGTERM)],
+            "the last sidecar first"
+        );
+        l.exited("side2", 143, "Error", Some(15), t0 + 2 * S);
+        assert_eq!(
+            l.due(t0 + 2 * S),
+            vec![Action::Signal("side1".into(), libc::SIGTERM)],
+            "not restarted; then the one before it"
+        );
+        l.exited("side1", 143, "Error", Some(15), t0 + 3 * S);
+        assert_eq!(l.due(t0 + 3 * S), vec![Action::Shutdown]);
+        assert_eq!(
+            l.over(),
+            Some(PodPhase::Succeeded),
+            "the app containers decide"
+        );
+    }
+
+    #[test]
+    fn a_pod_stop_ends_the_app_containers_before_the_sidecars() {
+        let (mut l, t0) = sidecar_pod(RestartPolicy::Always, &["side"], &["a"]);
+        l.due(t0);
+        l.started("side", t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.stop(t0 + S);
+        assert_eq!(
+            l.due(t0 + S),
+            vec![Action::Signal("a".into(), libc::SIGTERM)]
+        );
+        l.exited("a", 143, "Error", Some(15), t0 + 2 * S);
+        assert_eq!(
+            l.due(t0 + 2 * S),
+            vec![Action::Signal("side".into(), libc::SIGTERM)]
+        );
+        assert_eq!(
+            l.due(t0 + 6 * S),
+            vec![Action::Signal("side".into(), libc::SIGKILL)],
+            "within the pod's one grace period (5 s)"
+        );
+    }
+
+    #[test]
+    fn post_start_holds_running_and_the_next_container_and_its_failure_kills() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a", "b"]);
+        l.app[0].info.hooks.post_start = Some(HookRun::Handler);
+        l.agent_ready(t0);
+        assert_eq!(l.due(t0), vec![run("a")], "b waits for a's postStart");
+        l.started("a", t0);
+        assert_eq!(
+            l.due(t0),
+            vec![Action::Hook("a".into(), HookKind::PostStart, None)]
+        );
+        assert_eq!(reason(&state(&mut l, "a", t0)), "ContainerCreating");
+        assert_eq!(l.phase(), PodPhase::Pending);
+        l.hook_done("a", HookKind::PostStart, Ok(()), t0 + S);
+        assert_eq!(reason(&state(&mut l, "a", t0 + S)), "Running");
+        assert_eq!(l.due(t0 + S), vec![run("b")]);
+        l.started("b", t0 + S);
+        // A restart runs the hook again; this time it fails.
+        l.exited("a", 1, "Error", None, t0 + 2 * S);
+        assert_eq!(l.due(t0 + 2 * S), vec![run("a")]);
+        l.started("a", t0 + 2 * S);
+        l.due(t0 + 2 * S);
+        l.hook_done("a", HookKind::PostStart, Err("exit 1".into()), t0 + 3 * S);
+        let reasons: Vec<_> = l
+            .events()
+            .iter()
+            .rev()
+            .take(2)
+            .map(|e| e.reason.clone())
+            .collect();
+        assert_eq!(
+            reasons,
+            vec!["Killing".to_string(), "FailedPostStartHook".to_string()]
+        );
+        assert_eq!(
+            l.due(t0 + 3 * S),
+            vec![Action::Signal("a".into(), libc::SIGTERM)]
+        );
+    }
+
+    #[test]
+    fn pre_stop_runs_before_the_stop_signal_within_the_grace() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a", "b"]);
+        l.app[0].info.hooks.pre_stop = Some(HookRun::Handler);
+        l.app[1].info.hooks.pre_stop = Some(HookRun::Sleep(2 * S));
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.started("b", t0);
+        l.stop(t0);
+        assert_eq!(
+            l.due(t0),
+            vec![Action::Hook("a".into(), HookKind::PreStop, Some(5 * S))],
+            "b sleeps first, a runs its hook; neither is signalled yet"
+        );
+        assert_eq!(l.due(t0 + S), vec![]);
+        l.hook_done("a", HookKind::PreStop, Err("refused".into()), t0 + S);
+        assert_eq!(last_event(&l).1, "FailedPreStopHook");
+        assert_eq!(
+            l.due(t0 + S),
+            vec![Action::Signal("a".into(), libc::SIGTERM)]
+        );
+        assert_eq!(
+            l.due(t0 + 2 * S),
+            vec![Action::Signal("b".into(), libc::SIGTERM)]
+        );
+        assert_eq!(
+            l.due(t0 + 5 * S),
+            vec![
+                Action::Signal("a".into(), libc::SIGKILL),
+                Action::Signal("b".into(), libc::SIGKILL)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pre_stop_past_the_grace_still_gets_the_stop_signal_before_the_kill() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.app[0].info.hooks.pre_stop = Some(HookRun::Handler);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.stop(t0);
+        l.due(t0);
+        assert_eq!(
+            l.due(t0 + 5 * S),
+            vec![Action::Signal("a".into(), libc::SIGTERM)]
+        );
+        assert_eq!(
+            l.due(t0 + 7 * S),
+            vec![Action::Signal("a".into(), libc::SIGKILL)]
+        );
     }
 }

@@ -173,6 +173,42 @@ pub struct ContainerSpec {
     pub security_context: SecurityContext,
     /// `startupProbe`, `livenessProbe`, `readinessProbe`.
     pub probes: ContainerProbes,
+    /// `lifecycle`: its `postStart` and `preStop` hooks.
+    pub hooks: Hooks,
+    /// An init container with `restartPolicy: Always`: a native sidecar,
+    /// which keeps running beside the app containers.
+    pub sidecar: bool,
+}
+
+/// A container's lifecycle hooks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// `lifecycle.postStart`.
+    pub post_start: Option<Hook>,
+    /// `lifecycle.preStop`.
+    pub pre_stop: Option<Hook>,
+}
+
+impl Hooks {
+    /// The hook of `kind`.
+    pub fn get(&self, kind: guest_agent::protocol::HookKind) -> Option<&Hook> {
+        match kind {
+            guest_agent::protocol::HookKind::PostStart => self.post_start.as_ref(),
+            guest_agent::protocol::HookKind::PreStop => self.pre_stop.as_ref(),
+        }
+    }
+}
+
+/// One lifecycle hook's handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `exec` or `httpGet`, run by the guest agent.
+    InGuest(guest_agent::protocol::ProbeHandler),
+    /// `sleep`: timed by the host.
+    Sleep(Duration),
+    /// `tcpSocket`: accepted for compatibility, and failed when run, as
+    /// the kubelet does (it runs no such hook).
+    TcpSocket,
 }
 
 /// A container's health probes: what the agent runs (with the kubelet's
@@ -537,13 +573,28 @@ impl PodManifest {
             return pod_level;
         }
         let of = |c: &ContainerSpec| pick(&c.resources.limits).or(pick(&c.resources.requests));
-        let app: Vec<u64> = self.containers.iter().filter_map(of).collect();
-        let init: Vec<u64> = self.init_containers.iter().filter_map(of).collect();
-        if app.is_empty() && init.is_empty() {
+        if self
+            .containers
+            .iter()
+            .chain(&self.init_containers)
+            .all(|c| of(c).is_none())
+        {
             return None;
         }
-        let sum = app.iter().fold(0u64, |acc, &n| acc.saturating_add(n));
-        let largest_init = init.iter().copied().max().unwrap_or(0);
+        // As the kubelet sums them: sidecars run beside the app containers
+        // and beside every init container after them.
+        let mut sidecars = 0u64;
+        let mut largest_init = 0u64;
+        for c in &self.init_containers {
+            let n = of(c).unwrap_or(0);
+            if c.sidecar {
+                sidecars = sidecars.saturating_add(n);
+            } else {
+                largest_init = largest_init.max(sidecars.saturating_add(n));
+            }
+        }
+        let app = self.containers.iter().filter_map(of);
+        let sum = app.fold(sidecars, u64::saturating_add);
         Some(sum.max(largest_init))
     }
 }

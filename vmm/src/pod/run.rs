@@ -111,6 +111,8 @@ fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
                 image_id: String::new(),
                 stop_signal: libc::SIGTERM,
                 probes: Default::default(),
+                hooks: Default::default(),
+                sidecar: false,
             };
             Ok((info, run))
         })
@@ -162,6 +164,8 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
         volume_mounts: Vec::new(),
         security_context: Default::default(),
         probes: Default::default(),
+        hooks: Default::default(),
+        sidecar: false,
     };
     let sh = |command: &str| vec!["/bin/sh".to_string(), "-c".into(), command.into()];
     let containers = args

@@ -41,8 +41,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    AgentMessage, Event, ExecSpec, Limits, ProtocolError, Reply, Request, RunSpec, Stream,
-    VolumeFile, VolumeFiles,
+    AgentMessage, Event, ExecSpec, HookKind, HookSpec, Limits, ProbeHandler, ProtocolError, Reply,
+    Request, RunSpec, Stream, VolumeFile, VolumeFiles,
 };
 
 use super::options::{NetworkMode, RunOptions};
@@ -62,10 +62,11 @@ use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
 use crate::pod::lifecycle::{
-    parse_stop_signal, Action, ContainerInfo, Lifecycle, LifecycleConfig, ProbeInfo,
+    parse_stop_signal, Action, ContainerInfo, HookInfo, HookRun, Lifecycle, LifecycleConfig,
+    ProbeInfo,
 };
 use crate::pod::manifest::{
-    self, ManifestError, PodManifest, Protocol, VmSize, VolumeSource, Warning,
+    self, Hook, ManifestError, PodManifest, Protocol, VmSize, VolumeSource, Warning,
 };
 use crate::pod::objects::{Catalog, ConfigObject, ObjectStore};
 use crate::pod::phase::PodPhase;
@@ -300,6 +301,11 @@ pub(crate) fn prepare(
                 liveness_grace: c.probes.liveness_grace,
                 startup_grace: c.probes.startup_grace,
             },
+            hooks: HookInfo {
+                post_start: c.hooks.post_start.as_ref().map(hook_run),
+                pre_stop: c.hooks.pre_stop.as_ref().map(hook_run),
+            },
+            sidecar: c.sidecar,
         };
         entries.push((info, run));
     }
@@ -641,7 +647,17 @@ enum Pending {
     /// A [`Request::WriteVolume`] of this volume.
     Volume(String),
     Exec(String),
+    /// A [`Request::RunHook`]: its error fails the hook.
+    Hook(String, HookKind),
     Other,
+}
+
+/// How the lifecycle runs a manifest hook.
+fn hook_run(hook: &Hook) -> HookRun {
+    match hook {
+        Hook::Sleep(d) => HookRun::Sleep(*d),
+        Hook::InGuest(_) | Hook::TcpSocket => HookRun::Handler,
+    }
 }
 
 struct ExecClient {
@@ -943,6 +959,9 @@ impl<'a> Supervisor<'a> {
                     Action::Signal(name, signal) => {
                         self.send(&mut link, Request::Signal { name, signal }, Pending::Other);
                     }
+                    Action::Hook(name, kind, within) => {
+                        self.run_hook(&mut link, &name, kind, within, now);
+                    }
                     Action::Shutdown => shutdown = true,
                 }
             }
@@ -1032,6 +1051,71 @@ impl<'a> Supervisor<'a> {
             Err(e) => log::warn!("container {name}: cannot create its log: {e}"),
         }
         self.send(link, Request::Run(spec), Pending::Run(name.to_string()));
+    }
+
+    /// Runs container `name`'s hook in the guest; a `tcpSocket` hook fails
+    /// here, as the kubelet fails it.
+    fn run_hook(
+        &mut self,
+        link: &mut AgentLink,
+        name: &str,
+        kind: HookKind,
+        within: Option<Duration>,
+        now: Instant,
+    ) {
+        let hook = self
+            .p
+            .manifest
+            .init_containers
+            .iter()
+            .chain(&self.p.manifest.containers)
+            .find(|c| c.name == name)
+            .and_then(|c| c.hooks.get(kind));
+        let mut handler = match hook {
+            Some(Hook::InGuest(handler)) => handler.clone(),
+            _ => {
+                let why = "Cannot run handler: invalid handler: tcpSocket is not run as a \
+                           lifecycle hook (it is deprecated)";
+                self.life.hook_done(name, kind, Err(why.into()), now);
+                return;
+            }
+        };
+        if let (ProbeHandler::HttpGet { host: h @ None, .. }, Some(ip)) =
+            (&mut handler, &self.record.status.pod_ip)
+        {
+            *h = Some(ip.clone());
+        }
+        let spec = HookSpec {
+            container: name.to_string(),
+            hook: kind,
+            handler,
+            timeout_secs: within.map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
+        };
+        let pending = Pending::Hook(name.to_string(), kind);
+        self.send(link, Request::RunHook(spec), pending);
+    }
+
+    /// The kubelet's message for a failed hook of container `name`.
+    fn hook_message(&self, name: &str, kind: HookKind, error: &str) -> String {
+        let pod = &self.p.manifest.name;
+        let hook = self
+            .p
+            .manifest
+            .init_containers
+            .iter()
+            .chain(&self.p.manifest.containers)
+            .find(|c| c.name == name)
+            .and_then(|c| c.hooks.get(kind));
+        match hook {
+            Some(Hook::InGuest(ProbeHandler::Exec { command })) => format!(
+                "Exec lifecycle hook ([{}]) for Container {name:?} in Pod {pod:?} failed - error: {error}",
+                command.join(" ")
+            ),
+            Some(Hook::InGuest(ProbeHandler::HttpGet { path, .. })) => format!(
+                "HTTP lifecycle hook ({path}) for Container {name:?} in Pod {pod:?} failed - error: {error}"
+            ),
+            _ => error.to_string(),
+        }
     }
 
     /// What only the running pod knows, for its downward API.
@@ -1226,6 +1310,10 @@ impl<'a> Supervisor<'a> {
                     self.execs.remove(&exec);
                 }
             }
+            (Some(Pending::Hook(name, kind)), Err(e)) => {
+                let message = self.hook_message(&name, kind, &e);
+                self.life.hook_done(&name, kind, Err(message), now);
+            }
             (Some(Pending::Other), Err(e)) => log::debug!("agent request {id} failed: {e}"),
             _ => {}
         }
@@ -1283,6 +1371,19 @@ impl<'a> Supervisor<'a> {
                 success,
                 message,
             } => self.life.probe(&name, kind, success, &message, now),
+            Event::Hook {
+                name,
+                hook,
+                success,
+                message,
+            } => {
+                let result = if success {
+                    Ok(())
+                } else {
+                    Err(self.hook_message(&name, hook, &message))
+                };
+                self.life.hook_done(&name, hook, result, now);
+            }
             Event::Ready { .. } | Event::Heartbeat { .. } => {}
         }
     }

@@ -43,7 +43,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{
-    Event, ExecSpec, ProbeHandler, ProbeKind, ProbeSpec, Probes, MAX_PROBE_OUTPUT,
+    Event, ExecSpec, HookKind, HookSpec, ProbeHandler, ProbeKind, ProbeSpec, Probes,
+    MAX_PROBE_OUTPUT,
 };
 
 use super::container::Container;
@@ -103,23 +104,60 @@ struct ContainerProbes {
     started: bool,
 }
 
+/// What a check is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Probe(ProbeKind),
+    Hook(HookKind),
+}
+
 /// An exec check in flight.
 #[derive(Debug)]
 struct ExecCheck {
     container: String,
-    kind: ProbeKind,
+    target: Target,
     seq: u64,
     output: Vec<u8>,
 }
+
+/// A lifecycle hook under way (`Request::RunHook`): one check, reported
+/// whatever its result.
+#[derive(Debug)]
+struct HookRun {
+    container: String,
+    hook: HookKind,
+    /// When an exec hook is killed and fails.
+    deadline: Option<Instant>,
+    /// An exec hook's command, for its messages.
+    command: Option<String>,
+}
+
+/// A lifecycle hook's result, for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookReport {
+    /// The container.
+    pub container: String,
+    /// The hook.
+    pub hook: HookKind,
+    /// Its outcome: `Err` with the failure's message.
+    pub check: Check,
+}
+
+/// A check's result as it comes back from its thread.
+type Outcome = (String, Target, u64, Check);
 
 /// The probes of the pod's containers (see the module doc).
 pub struct Prober {
     containers: BTreeMap<String, ContainerProbes>,
     /// Exec checks by exec name.
     execs: BTreeMap<String, ExecCheck>,
+    /// Lifecycle hooks under way, by check number.
+    hooks: BTreeMap<u64, HookRun>,
+    /// Hooks finished, for [`Prober::take_hook_reports`].
+    hook_reports: Vec<HookReport>,
     seq: u64,
-    tx: Sender<(String, ProbeKind, u64, Check)>,
-    rx: Receiver<(String, ProbeKind, u64, Check)>,
+    tx: Sender<Outcome>,
+    rx: Receiver<Outcome>,
     /// Threads write a byte to `wake.1` when they send; the loop polls
     /// `wake.0`. `None` if the pair could not be made (then results are
     /// picked up at the next deadline).
@@ -140,6 +178,8 @@ impl Default for Prober {
         Prober {
             containers: BTreeMap::new(),
             execs: BTreeMap::new(),
+            hooks: BTreeMap::new(),
+            hook_reports: Vec::new(),
             seq: 0,
             tx,
             rx,
@@ -178,6 +218,7 @@ impl Prober {
     /// are forgotten.
     pub fn remove(&mut self, name: &str) {
         self.containers.remove(name);
+        self.hooks.retain(|_, h| h.container != name);
     }
 
     /// True when exec `name` is a probe's check.
@@ -199,6 +240,7 @@ impl Prober {
                 None if w.hold => None,
                 None => Some(w.next_at),
             })
+            .chain(self.hooks.values().filter_map(|h| h.deadline))
             .min()
     }
 
@@ -292,22 +334,42 @@ impl Prober {
             .execs
             .iter()
             .filter(|(_, e)| {
+                let Target::Probe(kind) = e.target else {
+                    return false;
+                };
                 let w = self
                     .containers
                     .get(&e.container)
-                    .and_then(|c| c.workers.iter().find(|w| w.kind == e.kind));
+                    .and_then(|c| c.workers.iter().find(|w| w.kind == kind));
                 // Gone or no longer in flight: only the process is left.
                 w.and_then(|w| w.in_flight)
                     .is_some_and(|(seq, deadline)| seq == e.seq && deadline <= now)
             })
             .map(|(name, e)| (name.clone(), e.seq))
             .collect();
+        let late_hooks: Vec<(String, u64)> = self
+            .execs
+            .iter()
+            .filter(|(_, e)| {
+                let deadline = self.hooks.get(&e.seq).and_then(|h| h.deadline);
+                matches!(e.target, Target::Hook(_)) && deadline.is_some_and(|d| d <= now)
+            })
+            .map(|(name, e)| (name.clone(), e.seq))
+            .collect();
+        for (_, seq) in &late_hooks {
+            let command = self.hooks.get(seq).and_then(|h| h.command.clone());
+            let why = format!("command '{}' timed out", command.unwrap_or_default());
+            self.hook_finished(*seq, Err(why));
+        }
         let mut reports = Vec::new();
         for (name, _) in &expired {
             let Some(e) = self.execs.get(name) else {
                 continue;
             };
-            let (container, kind, seq) = (e.container.clone(), e.kind, e.seq);
+            let Target::Probe(kind) = e.target else {
+                continue;
+            };
+            let (container, seq) = (e.container.clone(), e.seq);
             let command = self
                 .containers
                 .get(&container)
@@ -320,17 +382,18 @@ impl Prober {
             let why = format!("command \"{command}\" timed out");
             reports.extend(self.finish(&container, kind, seq, Err(why), now));
         }
-        (reports, expired.into_iter().map(|(n, _)| n).collect())
+        let kill = expired.into_iter().chain(late_hooks).map(|(n, _)| n);
+        (reports, kill.collect())
     }
 
-    /// Registers exec `name` as check `start`.
-    fn exec_started(&mut self, name: &str, start: &Start) {
+    /// Registers exec `name` as check `seq` of `container`.
+    fn exec_started(&mut self, name: &str, container: &str, target: Target, seq: u64) {
         self.execs.insert(
             name.to_string(),
             ExecCheck {
-                container: start.container.clone(),
-                kind: start.kind,
-                seq: start.seq,
+                container: container.to_string(),
+                target,
+                seq,
                 output: Vec::new(),
             },
         );
@@ -348,19 +411,27 @@ impl Prober {
     /// else fails with the command's output.
     pub fn exec_done(&mut self, name: &str, exit_code: i32, now: Instant) -> Option<Report> {
         let e = self.execs.remove(name)?;
-        let check = if exit_code == 0 {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&e.output).trim_end().to_string())
-        };
-        self.finish(&e.container, e.kind, e.seq, check, now)
+        let output = String::from_utf8_lossy(&e.output).trim_end().to_string();
+        match e.target {
+            Target::Probe(kind) => {
+                let check = if exit_code == 0 { Ok(()) } else { Err(output) };
+                self.finish(&e.container, kind, e.seq, check, now)
+            }
+            Target::Hook(_) => {
+                let hook = self.hooks.get(&e.seq)?;
+                let command = hook.command.clone().unwrap_or_default();
+                let why =
+                    format!("command '{command}' exited with {exit_code}: , message: {output:?}");
+                let check = if exit_code == 0 { Ok(()) } else { Err(why) };
+                self.hook_finished(e.seq, check);
+                None
+            }
+        }
     }
 
     /// Runs a network check on a thread of its own; its result comes back
     /// through [`Prober::take_results`].
     fn spawn_net(&mut self, start: Start, now: Instant) -> Option<Report> {
-        let tx = self.tx.clone();
-        let wake = self.wake.as_ref().and_then(|(_, w)| w.try_clone().ok());
         let Start {
             container,
             kind,
@@ -368,7 +439,25 @@ impl Prober {
             handler,
             timeout,
         } = start;
-        let (c, k) = (container.clone(), kind);
+        let spawned = self.spawn_check(&container, Target::Probe(kind), seq, handler, timeout);
+        let why = spawned.err()?;
+        self.finish(&container, kind, seq, Err(why), now)
+    }
+
+    /// Runs a network check on a thread of its own, bounded by `timeout`;
+    /// its result comes back through [`Prober::take_results`]. A hook's
+    /// HTTP check needs only an answer: the kubelet ignores its status.
+    fn spawn_check(
+        &mut self,
+        container: &str,
+        target: Target,
+        seq: u64,
+        handler: ProbeHandler,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let tx = self.tx.clone();
+        let wake = self.wake.as_ref().and_then(|(_, w)| w.try_clone().ok());
+        let c = container.to_string();
         let spawned = std::thread::Builder::new()
             .name("probe".into())
             .stack_size(64 * 1024)
@@ -382,25 +471,75 @@ impl Prober {
                         port,
                         path,
                         headers,
-                    } => net::http_get(host.as_deref(), *port, path, headers, timeout),
+                    } => {
+                        let status = net::http_get(host.as_deref(), *port, path, headers, timeout);
+                        match (target, status) {
+                            (Target::Probe(_), Ok(code)) if !(200..400).contains(&code) => {
+                                Err(format!("HTTP probe failed with statuscode: {code}"))
+                            }
+                            (_, status) => status.map(drop),
+                        }
+                    }
                     ProbeHandler::Exec { .. } => Err("an exec check on a thread".into()),
                 };
-                if tx.send((c, k, seq, check)).is_ok() {
+                if tx.send((c, target, seq, check)).is_ok() {
                     if let Some(mut w) = wake {
                         let _ = w.write(&[1]);
                     }
                 }
             });
-        match spawned {
-            Ok(_) => None,
-            Err(e) => self.finish(
-                &container,
-                kind,
-                seq,
-                Err(format!("cannot start the check: {e}")),
-                now,
-            ),
+        spawned
+            .map(drop)
+            .map_err(|e| format!("cannot start the check: {e}"))
+    }
+
+    /// Starts hook `spec`, as check `seq`, on a thread when it is a network
+    /// one; an exec hook is started by the agent and registered with
+    /// `exec_started`.
+    fn start_hook(&mut self, spec: &HookSpec, now: Instant) -> u64 {
+        self.seq += 1;
+        let seq = self.seq;
+        let timeout = spec.timeout_secs.map(secs);
+        let command = match &spec.handler {
+            ProbeHandler::Exec { command } => Some(command.join(" ")),
+            _ => None,
+        };
+        self.hooks.insert(
+            seq,
+            HookRun {
+                container: spec.container.clone(),
+                hook: spec.hook,
+                deadline: timeout.filter(|_| command.is_some()).map(|t| now + t),
+                command,
+            },
+        );
+        if !matches!(spec.handler, ProbeHandler::Exec { .. }) {
+            let target = Target::Hook(spec.hook);
+            let timeout = timeout.unwrap_or(NETWORK_HOOK_TIMEOUT);
+            if let Err(why) =
+                self.spawn_check(&spec.container, target, seq, spec.handler.clone(), timeout)
+            {
+                self.hook_finished(seq, Err(why));
+            }
         }
+        seq
+    }
+
+    /// Hook check `seq` is done: its report, unless the hook is gone (its
+    /// container exited, or it timed out).
+    fn hook_finished(&mut self, seq: u64, check: Check) {
+        if let Some(h) = self.hooks.remove(&seq) {
+            self.hook_reports.push(HookReport {
+                container: h.container,
+                hook: h.hook,
+                check,
+            });
+        }
+    }
+
+    /// The hooks finished since the last call.
+    pub fn take_hook_reports(&mut self) -> Vec<HookReport> {
+        std::mem::take(&mut self.hook_reports)
     }
 
     /// The socket the poll loop watches for results of network checks.
@@ -415,12 +554,20 @@ impl Prober {
             while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
         }
         let results: Vec<_> = self.rx.try_iter().collect();
-        results
-            .into_iter()
-            .filter_map(|(c, k, seq, check)| self.finish(&c, k, seq, check, now))
-            .collect()
+        let mut reports = Vec::new();
+        for (c, target, seq, check) in results {
+            match target {
+                Target::Probe(kind) => reports.extend(self.finish(&c, kind, seq, check, now)),
+                Target::Hook(_) => self.hook_finished(seq, check),
+            }
+        }
+        reports
     }
 }
+
+/// The bound of a network hook without a timeout (a `postStart`): the
+/// kubelet's hooks have none, but a thread must end.
+const NETWORK_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn secs(n: u32) -> Duration {
     Duration::from_secs(u64::from(n))
@@ -453,6 +600,51 @@ impl Agent {
         for r in reports {
             self.report_probe(r);
         }
+        self.report_hooks();
+    }
+
+    /// Queues an `Event::Hook` per hook finished.
+    pub(super) fn report_hooks(&mut self) {
+        for h in self.prober.take_hook_reports() {
+            self.report_hook(h);
+        }
+    }
+
+    /// Starts a container's lifecycle hook (`Request::RunHook`); its result
+    /// is queued as an `Event::Hook` when it finishes.
+    pub(super) fn run_hook(&mut self, spec: &HookSpec, now: Instant) -> Result<(), String> {
+        let running = self
+            .containers
+            .get(&spec.container)
+            .is_some_and(|c| c.is_running() && !c.is_exec());
+        if !running {
+            return Err(format!("container {:?} is not running", spec.container));
+        }
+        let seq = self.prober.start_hook(spec, now);
+        if let ProbeHandler::Exec { command } = &spec.handler {
+            let name = format!("_hook-{seq}");
+            let target = Target::Hook(spec.hook);
+            if let Err(why) = self.start_check_exec(&name, &spec.container, command.clone()) {
+                self.prober.hook_finished(seq, Err(why));
+            } else {
+                self.prober
+                    .exec_started(&name, &spec.container, target, seq);
+            }
+        }
+        self.run_probes(now);
+        Ok(())
+    }
+
+    /// Queues the event for a finished hook.
+    fn report_hook(&mut self, h: HookReport) {
+        log::info!("{}: {} hook {:?}", h.container, h.hook.title(), h.check);
+        let event = Event::Hook {
+            name: h.container,
+            hook: h.hook,
+            success: h.check.is_ok(),
+            message: h.check.err().unwrap_or_default(),
+        };
+        self.queue(FrameKind::Event, event);
     }
 
     /// Queues the event for a probe's change.
@@ -482,9 +674,30 @@ impl Agent {
         now: Instant,
     ) -> Option<Report> {
         let name = format!("_probe-{}", start.seq);
+        match self.start_check_exec(&name, &start.container, argv) {
+            Ok(()) => {
+                let target = Target::Probe(start.kind);
+                self.prober
+                    .exec_started(&name, &start.container, target, start.seq);
+                None
+            }
+            Err(why) => self
+                .prober
+                .finish(&start.container, start.kind, start.seq, Err(why), now),
+        }
+    }
+
+    /// Starts exec `name` of a check in `container`, registered with the
+    /// pod's containers so that the one reaper collects it.
+    fn start_check_exec(
+        &mut self,
+        name: &str,
+        container: &str,
+        argv: Vec<String>,
+    ) -> Result<(), String> {
         let spec = ExecSpec {
-            id: name.clone(),
-            container: start.container.clone(),
+            id: name.to_string(),
+            container: container.to_string(),
             argv,
             env: Vec::new(),
             stdin: false,
@@ -492,22 +705,14 @@ impl Agent {
         };
         let target = self
             .containers
-            .get(&start.container)
+            .get(container)
             .filter(|c| c.is_running() && !c.is_exec());
-        let started = match target {
-            Some(target) => Container::exec(&spec, target).map_err(|e| Chain(&e).to_string()),
-            None => Err(format!("container {:?} is not running", start.container)),
+        let c = match target {
+            Some(target) => Container::exec(&spec, target).map_err(|e| Chain(&e).to_string())?,
+            None => return Err(format!("container {container:?} is not running")),
         };
-        match started {
-            Ok(c) => {
-                self.prober.exec_started(&name, start);
-                self.containers.insert(c);
-                None
-            }
-            Err(why) => self
-                .prober
-                .finish(&start.container, start.kind, start.seq, Err(why), now),
-        }
+        self.containers.insert(c);
+        Ok(())
     }
 }
 
@@ -739,7 +944,7 @@ mod tests {
             t0,
         );
         let start = p.due(t0).remove(0);
-        p.exec_started("_probe-1", &start);
+        p.exec_started("_probe-1", "web", Target::Probe(start.kind), start.seq);
         p.exec_output("_probe-1", b"partial");
         assert_eq!(p.next_deadline(), Some(t0 + S));
         let (reports, kill) = p.expire(t0 + S / 2);
@@ -770,7 +975,7 @@ mod tests {
             t0,
         );
         let start = p.due(t0).remove(0);
-        p.exec_started("_probe-1", &start);
+        p.exec_started("_probe-1", "web", Target::Probe(start.kind), start.seq);
         p.exec_output("_probe-1", &vec![b'x'; MAX_PROBE_OUTPUT + 10]);
         p.exec_output("_probe-1", b"more\n");
         let r = p.exec_done("_probe-1", 1, t0).unwrap();
@@ -810,5 +1015,84 @@ mod tests {
         };
         assert_eq!(reports.len(), 1);
         assert!(reports[0].success, "{reports:?}");
+    }
+
+    #[test]
+    fn an_exec_hook_reports_once_with_the_kubelets_words_and_dies_with_its_container() {
+        let t0 = Instant::now();
+        let mut p = Prober::default();
+        let hook = |hook| HookSpec {
+            container: "web".into(),
+            hook,
+            handler: exec("false"),
+            timeout_secs: Some(5),
+        };
+        let seq = p.start_hook(&hook(HookKind::PreStop), t0);
+        p.exec_started("_hook-1", "web", Target::Hook(HookKind::PreStop), seq);
+        assert_eq!(
+            p.next_deadline(),
+            Some(t0 + 5 * S),
+            "its timeout wakes the loop"
+        );
+        p.exec_output("_hook-1", b"no\n");
+        assert_eq!(p.exec_done("_hook-1", 1, t0), None, "hooks are not probes");
+        assert_eq!(
+            p.take_hook_reports(),
+            vec![HookReport {
+                container: "web".into(),
+                hook: HookKind::PreStop,
+                check: Err("command 'false' exited with 1: , message: \"no\"".into()),
+            }]
+        );
+        assert!(p.take_hook_reports().is_empty());
+        // The container exits before its hook ends: nothing to report.
+        let seq = p.start_hook(&hook(HookKind::PostStart), t0);
+        p.exec_started("_hook-2", "web", Target::Hook(HookKind::PostStart), seq);
+        p.remove("web");
+        p.exec_done("_hook-2", 0, t0);
+        assert!(p.take_hook_reports().is_empty());
+    }
+
+    #[test]
+    fn an_http_hook_needs_only_an_answer_whatever_its_status() {
+        use std::io::{BufRead, BufReader};
+        let t0 = Instant::now();
+        let mut p = Prober::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            s.write_all(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+                .unwrap();
+            line
+        });
+        let spec = HookSpec {
+            container: "web".into(),
+            hook: HookKind::PreStop,
+            handler: ProbeHandler::HttpGet {
+                host: None,
+                port,
+                path: "/shutdown".into(),
+                headers: vec![],
+            },
+            timeout_secs: Some(10),
+        };
+        p.start_hook(&spec, t0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reports = loop {
+            p.take_results(Instant::now());
+            let r = p.take_hook_reports();
+            if !r.is_empty() || Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(server.join().unwrap(), "GET /shutdown HTTP/1.1\r\n");
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].check, Ok(()), "{reports:?}");
     }
 }

@@ -7,8 +7,8 @@
 //! HTTP is the kubelet's request written by hand: `GET path HTTP/1.1` with
 //! `Host`, `User-Agent: kube-probe/1.33`, `Accept: */*` (each replaced by
 //! a header of the probe's of the same name), the probe's other headers,
-//! and `Connection: close`; only the status line is read. A status from 200
-//! to 399 is success. Messages follow the kubelet's (Go's) wording, which is
+//! and `Connection: close`; only the status line is read, and its status
+//! returned (a probe succeeds on 200 to 399, a hook on any). Messages follow the kubelet's (Go's) wording, which is
 //! what `kubectl describe` shows: `dial tcp 127.0.0.1:80: connect:
 //! connection refused`, `HTTP probe failed with statuscode: 503`.
 //!
@@ -80,14 +80,15 @@ pub fn tcp(host: Option<&str>, port: u16, timeout: Duration) -> Check {
     dial(host, port, Instant::now() + timeout).map(drop)
 }
 
-/// `httpGet`: success for a status from 200 to 399 within `timeout`.
+/// `httpGet`: the response's status within `timeout`. A probe succeeds on
+/// 200 to 399; a hook on any status.
 pub fn http_get(
     host: Option<&str>,
     port: u16,
     path: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Check {
+) -> Result<u16, String> {
     let deadline = Instant::now() + timeout;
     let name = host_port(host.unwrap_or(DEFAULT_HOST), port);
     let url = format!("http://{name}{path}");
@@ -145,13 +146,7 @@ pub fn http_get(
             Err(e) => return Err(get_err(e.to_string())),
         }
     }
-    let status =
-        parse_status(&line).ok_or_else(|| get_err("net/http: malformed HTTP response".into()))?;
-    if (200..400).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {status}"))
-    }
+    parse_status(&line).ok_or_else(|| get_err("net/http: malformed HTTP response".into()))
 }
 
 /// The status code of `HTTP/1.x NNN ...`.
@@ -229,7 +224,7 @@ mod tests {
     fn http_2xx_and_3xx_succeed_and_send_the_kubelets_headers() {
         let (port, server) = serve_once("200 OK");
         let headers = vec![("X-Custom".to_string(), "Awesome".to_string())];
-        assert_eq!(http_get(None, port, "/healthz", &headers, SECOND), Ok(()));
+        assert_eq!(http_get(None, port, "/healthz", &headers, SECOND), Ok(200));
         let head = server.join().unwrap();
         assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
         assert!(
@@ -239,31 +234,25 @@ mod tests {
         assert!(head.contains("User-Agent: kube-probe/"), "{head}");
         assert!(head.contains("X-Custom: Awesome\r\n"), "{head}");
         let (port, _server) = serve_once("302 Found");
-        assert_eq!(http_get(None, port, "/", &[], SECOND), Ok(()));
+        assert_eq!(http_get(None, port, "/", &[], SECOND), Ok(302));
     }
 
     #[test]
     fn a_probes_host_header_replaces_the_default() {
         let (port, server) = serve_once("204 No Content");
         let headers = vec![("host".to_string(), "example.com".to_string())];
-        assert_eq!(http_get(None, port, "/", &headers, SECOND), Ok(()));
+        assert_eq!(http_get(None, port, "/", &headers, SECOND), Ok(204));
         let head = server.join().unwrap();
         assert!(head.contains("host: example.com\r\n"), "{head}");
         assert!(!head.contains("Host: 127.0.0.1"), "{head}");
     }
 
     #[test]
-    fn http_4xx_and_5xx_fail_with_the_status_code() {
+    fn http_4xx_and_5xx_come_back_as_their_status_code() {
         let (port, _server) = serve_once("500 Internal Server Error");
-        assert_eq!(
-            http_get(None, port, "/", &[], SECOND),
-            Err("HTTP probe failed with statuscode: 500".into())
-        );
+        assert_eq!(http_get(None, port, "/", &[], SECOND), Ok(500));
         let (port, _server) = serve_once("404 Not Found");
-        assert_eq!(
-            http_get(None, port, "/", &[], SECOND),
-            Err("HTTP probe failed with statuscode: 404".into())
-        );
+        assert_eq!(http_get(None, port, "/", &[], SECOND), Ok(404));
     }
 
     #[test]

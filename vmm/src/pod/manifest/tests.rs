@@ -42,6 +42,8 @@ fn container(name: &str) -> ContainerSpec {
         volume_mounts: Vec::new(),
         security_context: Default::default(),
         probes: Default::default(),
+        hooks: Default::default(),
+        sidecar: false,
     }
 }
 
@@ -193,6 +195,8 @@ spec:
             ],
             security_context: SecurityContext::default(),
             probes: Default::default(),
+            hooks: Default::default(),
+            sidecar: false,
         }],
         volumes: vec![
             Volume {
@@ -250,11 +254,118 @@ fn null_fields_count_as_absent() {
 
 #[test]
 fn unknown_container_field_is_refused_with_its_path() {
-    let yaml =
-        with_container_fields("      lifecycle:\n        postStart: {exec: {command: [true]}}\n");
+    let yaml = with_container_fields("      stopSignal: SIGUSR1\n");
+    let found = problems(&yaml);
+    assert!(
+        found.len() == 1 && found[0].starts_with("spec.containers[0].stopSignal"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn lifecycle_hooks_parse_from_the_kubernetes_docs_example() {
+    use guest_agent::protocol::ProbeHandler;
+    let (pod, warnings) = parse_ok(&with_container_fields(
+        "      ports: [{containerPort: 80, name: web}]
+      lifecycle:
+        postStart:
+          exec:
+            command: [/bin/sh, -c, echo Hello from the postStart handler > /usr/share/message]
+        preStop:
+          httpGet: {path: /shutdown, port: web}
+",
+    ));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let hooks = &pod.containers[0].hooks;
+    assert!(matches!(
+        &hooks.post_start,
+        Some(Hook::InGuest(ProbeHandler::Exec { command })) if command.len() == 3
+    ));
     assert_eq!(
-        problems(&yaml),
-        ["spec.containers[0].lifecycle: lifecycle hooks are not implemented yet"]
+        hooks.pre_stop,
+        Some(Hook::InGuest(ProbeHandler::HttpGet {
+            host: None,
+            port: 80,
+            path: "/shutdown".into(),
+            headers: vec![],
+        }))
+    );
+    let (pod, warnings) = parse_ok(&with_container_fields(
+        "      lifecycle:\n        preStop: {sleep: {seconds: 5}}\n        postStart: {tcpSocket: {port: 80}}\n",
+    ));
+    assert_eq!(
+        pod.containers[0].hooks.pre_stop,
+        Some(Hook::Sleep(Duration::from_secs(5)))
+    );
+    assert_eq!(pod.containers[0].hooks.post_start, Some(Hook::TcpSocket));
+    assert_eq!(warnings.len(), 1, "tcpSocket is deprecated: {warnings:?}");
+    assert_eq!(
+        warnings[0].path,
+        "spec.containers[0].lifecycle.postStart.tcpSocket"
+    );
+}
+
+#[test]
+fn invalid_hooks_are_refused_with_the_field_and_the_rule() {
+    let cases = [
+        (
+            "      lifecycle:\n        preStop: {exec: {command: [x]}, sleep: {seconds: 1}}\n",
+            "spec.containers[0].lifecycle.preStop.sleep: exec and sleep is not valid; expected exactly one handler",
+        ),
+        (
+            "      lifecycle:\n        postStart: {}\n",
+            "spec.containers[0].lifecycle.postStart.exec|httpGet|sleep",
+        ),
+        (
+            "      lifecycle:\n        preStop: {sleep: {seconds: 31}}\n",
+            "spec.containers[0].lifecycle.preStop.sleep.seconds: 31 is not valid; expected at most terminationGracePeriodSeconds (30)",
+        ),
+        (
+            "      lifecycle:\n        preStop: {httpGet: {port: admin}}\n",
+            "spec.containers[0].lifecycle.preStop.httpGet.port",
+        ),
+        (
+            "      restartPolicy: Always\n",
+            "spec.containers[0].restartPolicy: \"Always\" is not valid; expected no value",
+        ),
+    ];
+    for (fields, expected) in cases {
+        let found = problems(&with_container_fields(fields));
+        assert!(
+            found.len() == 1 && found[0].starts_with(expected),
+            "{fields}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn native_sidecars_parse_and_take_probes_and_hooks_unlike_other_init_containers() {
+    let (pod, _) = parse_ok(&format!(
+        "{MINIMAL}  initContainers:
+    - name: logshipper
+      image: busybox
+      restartPolicy: Always
+      readinessProbe: {{exec: {{command: [cat, /tmp/ready]}}}}
+      lifecycle: {{preStop: {{sleep: {{seconds: 1}}}}}}
+"
+    ));
+    let side = &pod.init_containers[0];
+    assert!(
+        side.sidecar && side.probes.probes.readiness.is_some() && side.hooks.pre_stop.is_some()
+    );
+    let found = problems(&format!(
+        "{MINIMAL}  initContainers:\n    - name: i\n      image: busybox\n      restartPolicy: Never\n      lifecycle: {{preStop: {{sleep: {{seconds: 1}}}}}}\n"
+    ));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "spec.initContainers[0].restartPolicy: \"Never\" is not valid; expected \"Always\""
+        ),
+        "{found:?}"
+    );
+    assert!(
+        found[1].starts_with("spec.initContainers[0].lifecycle"),
+        "{found:?}"
     );
 }
 

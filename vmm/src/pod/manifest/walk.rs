@@ -164,6 +164,8 @@ const CONTAINER_FIELDS: &[&str] = &[
     "livenessProbe",
     "readinessProbe",
     "startupProbe",
+    "lifecycle",
+    "restartPolicy",
 ];
 const CONTAINER_IGNORED: Ignored = &[
     (
@@ -187,7 +189,6 @@ const CONTAINER_IGNORED: Ignored = &[
 /// Fields unipod knows and refuses, with why; any other unknown field is
 /// reported as not supported.
 const REFUSED: Ignored = &[
-    ("lifecycle", "lifecycle hooks are not implemented yet"),
     (
         "grpc",
         "grpc probes are not supported yet; use an exec probe running grpc_health_probe",
@@ -277,6 +278,7 @@ const PORT_NAME: &str = "an IANA service name: at most 15 lowercase letters, dig
 const ABSOLUTE_PATH: &str = "an absolute path without \"..\", e.g. \"/data\"";
 
 mod config;
+mod hook;
 mod probe;
 mod security;
 
@@ -717,7 +719,9 @@ impl Walker {
             .unwrap_or_default();
         if let Some(containers) = &containers {
             self.check_resource_refs(&volumes, containers, &init_containers);
+            self.check_sleep_hooks("containers", containers, termination_grace_period);
         }
+        self.check_sleep_hooks("initContainers", &init_containers, termination_grace_period);
         // The kubelet mounts these read-only whatever the mount says.
         let files: Vec<&str> = volumes
             .iter()
@@ -887,7 +891,10 @@ impl Walker {
             .unwrap_or_default();
         let volume_mounts = self.volume_mounts(&obj, declared);
         let security_context = self.container_security_context(&obj);
-        let probes = self.probes(&obj, &ports);
+        let init = obj.path.starts_with("spec.initContainers");
+        let sidecar = self.container_restart_policy(&obj, init);
+        let probes = self.probes(&obj, &ports, !init || sidecar);
+        let hooks = self.hooks(&obj, &ports, !init || sidecar);
         Some(ContainerSpec {
             name: name?,
             image: image?,
@@ -901,6 +908,8 @@ impl Walker {
             volume_mounts,
             security_context,
             probes,
+            hooks,
+            sidecar,
         })
     }
 

@@ -8,7 +8,8 @@
 //! more, and 0 (or absent) takes the default (0, 10, 1, 1, 3); liveness and
 //! startup probes need `successThreshold: 1`; a probe-level
 //! `terminationGracePeriodSeconds` is more than 0, and not for readiness
-//! probes; probes belong to app containers, not init containers. A named
+//! probes; probes belong to app containers and native sidecars, not to
+//! init containers that run to completion. A named
 //! port must name one of the container's `ports` (the kubelet would fail
 //! every check), and is resolved here.
 //!
@@ -47,14 +48,16 @@ fn probe_number(n: i128) -> Option<u32> {
 }
 
 impl Walker {
-    /// The container's three probes; app containers only.
+    /// The container's three probes; `may_have` is false for an init
+    /// container that is not a sidecar.
     pub(super) fn probes(
         &mut self,
         container: &Obj<'_>,
         ports: &[ContainerPort],
+        may_have: bool,
     ) -> ContainerProbes {
         let mut out = ContainerProbes::default();
-        let init = container.path.starts_with("spec.initContainers");
+        let init = !may_have;
         for (key, kind) in [
             ("startupProbe", ProbeKind::Startup),
             ("livenessProbe", ProbeKind::Liveness),
@@ -68,8 +71,8 @@ impl Walker {
                 self.error(ManifestError::Invalid {
                     path,
                     value: "a probe".into(),
-                    expected: "no probe: init containers run to completion and are not probed \
-                               (native sidecars, restartPolicy: Always, are not supported yet)"
+                    expected: "no probe: init containers run to completion and are not probed, \
+                               unless they are native sidecars (restartPolicy: Always)"
                         .into(),
                 });
                 continue;
@@ -187,7 +190,7 @@ impl Walker {
         Some((spec, grace))
     }
 
-    fn exec_handler(&mut self, probe: &Obj<'_>) -> Option<ProbeHandler> {
+    pub(super) fn exec_handler(&mut self, probe: &Obj<'_>) -> Option<ProbeHandler> {
         let obj = self.object(probe.path("exec"), probe.get("exec")?, EXEC_FIELDS, &[])?;
         let command = self.string_list(&obj, "command");
         if command.is_empty() {
@@ -199,7 +202,7 @@ impl Walker {
         Some(ProbeHandler::Exec { command })
     }
 
-    fn http_get_handler(
+    pub(super) fn http_get_handler(
         &mut self,
         probe: &Obj<'_>,
         ports: &[ContainerPort],
@@ -279,7 +282,7 @@ impl Walker {
         })
     }
 
-    fn tcp_socket_handler(
+    pub(super) fn tcp_socket_handler(
         &mut self,
         probe: &Obj<'_>,
         ports: &[ContainerPort],
