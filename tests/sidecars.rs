@@ -146,6 +146,15 @@ fn native_sidecars_and_lifecycle_hooks_run_as_the_kubelet_runs_them() {
             "{sidecar}: {s:#}"
         );
     }
+    // kubectl counts started sidecars with the app containers.
+    let (get, _) = text(&unipod(&state, "get", &[]));
+    let row: Vec<&str> = get
+        .lines()
+        .find(|l| l.starts_with(POD))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(1..3), Some(&["3/3", "Running"][..]), "{get}");
 
     // postStart ran in the app's own root before it was Running.
     let out = unipod(

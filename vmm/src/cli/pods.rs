@@ -363,9 +363,9 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
             .map_or("<unknown>".into(), |t| human_duration(now - t));
         let mut row = vec![
             r.name.clone(),
-            kubectl_ready(&r.status),
-            kubectl_status(&r.status, r.shown_phase()),
-            kubectl_restarts(&r.status, now),
+            kubectl_ready(&r.status, &r.sidecars),
+            kubectl_status(&r.status, r.shown_phase(), &r.sidecars),
+            kubectl_restarts(&r.status, now, &r.sidecars),
             age,
         ];
         if wide {

@@ -312,7 +312,7 @@ pub fn describe_text(r: &PodRecord, manifest: Option<&PodManifest>, now: i64) ->
     line(
         &mut out,
         "Status:",
-        &kubectl_status(&r.status, r.shown_phase()),
+        &kubectl_status(&r.status, r.shown_phase(), &r.sidecars),
     );
     line(&mut out, "Phase:", &r.shown_phase().to_string());
     if let Some(reason) = &r.status.reason {

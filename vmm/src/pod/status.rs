@@ -70,6 +70,10 @@ pub struct PodRecord {
     /// How long each step of the pod's start took.
     #[serde(default, skip_serializing_if = "StartupTimeline::is_empty")]
     pub startup: StartupTimeline,
+    /// The init containers that are native sidecars (`restartPolicy:
+    /// Always`), which kubectl's columns count with the app containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<String>,
 }
 
 /// The steps of a pod's start, each with the time since `unipod run`
@@ -389,20 +393,29 @@ impl PodRecord {
     }
 }
 
-/// The READY column: ready app containers / app containers.
-pub fn kubectl_ready(status: &PodStatus) -> String {
-    let ready = status.container_statuses.iter().filter(|c| c.ready).count();
-    format!("{ready}/{}", status.container_statuses.len())
+/// The READY column: ready app containers and started sidecars / app
+/// containers and sidecars.
+pub fn kubectl_ready(status: &PodStatus, sidecars: &[String]) -> String {
+    let sidecar = |c: &&ContainerStatus| sidecars.contains(&c.name);
+    let ready = status.container_statuses.iter().filter(|c| c.ready).count()
+        + (status.init_container_statuses.iter())
+            .filter(sidecar)
+            .filter(|c| c.started && c.ready)
+            .count();
+    let total = status.container_statuses.len() + sidecars.len();
+    format!("{ready}/{total}")
 }
 
 /// The RESTARTS column: the restarts kubectl counts, and how long ago the
 /// last one ended (`3 (42s ago)`).
-pub fn kubectl_restarts(status: &PodStatus, now_unix: i64) -> String {
-    let initializing = first_unfinished_init(status).is_some();
+pub fn kubectl_restarts(status: &PodStatus, now_unix: i64, sidecars: &[String]) -> String {
+    let initializing = first_unfinished_init(status, sidecars).is_some();
     let counted: Vec<&ContainerStatus> = if initializing {
         status.init_container_statuses.iter().collect()
     } else {
-        status.container_statuses.iter().collect()
+        let sidecar = |c: &&ContainerStatus| sidecars.contains(&c.name);
+        let sidecars = status.init_container_statuses.iter().filter(sidecar);
+        sidecars.chain(&status.container_statuses).collect()
     };
     let restarts: u32 = counted.iter().map(|c| c.restart_count).sum();
     let last = counted
@@ -420,11 +433,13 @@ pub fn kubectl_restarts(status: &PodStatus, now_unix: i64) -> String {
     }
 }
 
-fn first_unfinished_init(status: &PodStatus) -> Option<usize> {
-    status
-        .init_container_statuses
-        .iter()
-        .position(|c| !matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }))
+/// The first init container that neither succeeded nor is a started
+/// sidecar.
+fn first_unfinished_init(status: &PodStatus, sidecars: &[String]) -> Option<usize> {
+    status.init_container_statuses.iter().position(|c| {
+        let done = matches!(c.state, ContainerState::Terminated { exit_code: 0, .. });
+        !done && !(sidecars.contains(&c.name) && c.started)
+    })
 }
 
 /// The STATUS column of `kubectl get pod`, computed as kubectl's printer
@@ -434,11 +449,11 @@ fn first_unfinished_init(status: &PodStatus) -> Option<usize> {
 /// container wins), back to Running while one still runs, and Terminating
 /// once a stop was requested. `phase` is the phase to show (see
 /// [`PodRecord::shown_phase`]).
-pub fn kubectl_status(status: &PodStatus, phase: PodPhase) -> String {
+pub fn kubectl_status(status: &PodStatus, phase: PodPhase, sidecars: &[String]) -> String {
     let mut reason = status.reason.clone().unwrap_or_else(|| phase.to_string());
     let total_init = status.init_container_statuses.len();
     let mut initializing = false;
-    if let Some(i) = first_unfinished_init(status) {
+    if let Some(i) = first_unfinished_init(status, sidecars) {
         initializing = true;
         let c = &status.init_container_statuses[i];
         reason = match &c.state {
@@ -731,7 +746,11 @@ mod tests {
             ),
         ];
         for (status, want) in cases {
-            assert_eq!(kubectl_status(&status, status.phase), want, "{status:#?}");
+            assert_eq!(
+                kubectl_status(&status, status.phase, &[]),
+                want,
+                "{status:#?}"
+            );
         }
     }
 
@@ -742,23 +761,26 @@ mod tests {
             vec![],
             vec![running(), terminated(0, "Completed")],
         );
-        assert_eq!(kubectl_status(&status, PodPhase::Running), "NotReady");
+        assert_eq!(kubectl_status(&status, PodPhase::Running, &[]), "NotReady");
         status.conditions.push(PodCondition {
             kind: "Ready".into(),
             status: "True".into(),
             last_transition_time: format_time(0),
             reason: None,
         });
-        assert_eq!(kubectl_status(&status, PodPhase::Running), "Running");
+        assert_eq!(kubectl_status(&status, PodPhase::Running, &[]), "Running");
     }
 
     #[test]
     fn a_stopping_pod_is_terminating_until_it_ends() {
         let mut status = pod(PodPhase::Running, vec![], vec![running()]);
         status.deletion_timestamp = Some(format_time(5));
-        assert_eq!(kubectl_status(&status, PodPhase::Running), "Terminating");
+        assert_eq!(
+            kubectl_status(&status, PodPhase::Running, &[]),
+            "Terminating"
+        );
         status.container_statuses[0].state = terminated(143, "Error");
-        assert_eq!(kubectl_status(&status, PodPhase::Failed), "Error");
+        assert_eq!(kubectl_status(&status, PodPhase::Failed, &[]), "Error");
     }
 
     #[test]
@@ -768,11 +790,47 @@ mod tests {
             vec![],
             vec![running(), waiting("CrashLoopBackOff")],
         );
-        assert_eq!(kubectl_ready(&status), "1/2");
-        assert_eq!(kubectl_restarts(&status, 100), "0");
+        assert_eq!(kubectl_ready(&status, &[]), "1/2");
+        assert_eq!(kubectl_restarts(&status, 100, &[]), "0");
         status.container_statuses[1].restart_count = 3;
         status.container_statuses[1].last_state = Some(terminated(1, "Error"));
-        assert_eq!(kubectl_restarts(&status, 52), "3 (42s ago)");
+        assert_eq!(kubectl_restarts(&status, 52, &[]), "3 (42s ago)");
+    }
+
+    #[test]
+    fn started_sidecars_count_as_kubectl_counts_them() {
+        let sidecars = ["init0".to_string()];
+        let mut status = pod(
+            PodPhase::Pending,
+            vec![running(), waiting("PodInitializing")],
+            vec![waiting("PodInitializing")],
+        );
+        status.init_container_statuses[0].started = false;
+        assert_eq!(
+            kubectl_status(&status, PodPhase::Pending, &sidecars),
+            "Init:0/2"
+        );
+        status.init_container_statuses[0].started = true;
+        assert_eq!(
+            kubectl_status(&status, PodPhase::Pending, &sidecars),
+            "Init:1/2"
+        );
+        status.init_container_statuses[1].state = terminated(0, "Completed");
+        status.container_statuses[0].state = running();
+        status.container_statuses[0].ready = true;
+        status.phase = PodPhase::Running;
+        assert_eq!(
+            kubectl_status(&status, PodPhase::Running, &sidecars),
+            "Running"
+        );
+        assert_eq!(kubectl_ready(&status, &sidecars), "2/2");
+        status.init_container_statuses[0].restart_count = 2;
+        assert_eq!(kubectl_restarts(&status, 100, &sidecars), "2");
+        assert_eq!(
+            kubectl_status(&status, PodPhase::Running, &[]),
+            "Init:0/2",
+            "as a plain init container"
+        );
     }
 
     #[test]
@@ -843,6 +901,7 @@ mod tests {
                 message: "Started container web".into(),
             }],
             startup: StartupTimeline::default(),
+            sidecars: vec![],
         };
         record
             .startup
@@ -904,6 +963,7 @@ mod tests {
             },
             events: vec![],
             startup: StartupTimeline::default(),
+            sidecars: vec![],
         };
         assert_eq!(
             record_phase(PodPhase::Running).shown_phase(),

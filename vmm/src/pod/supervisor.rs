@@ -446,6 +446,10 @@ fn initial_record(p: &Prepared) -> PodRecord {
         status: life.status(Instant::now()),
         events: life.events().to_vec(),
         startup: StartupTimeline::default(),
+        sidecars: (p.manifest.init_containers.iter())
+            .filter(|c| c.sidecar)
+            .map(|c| c.name.clone())
+            .collect(),
     }
 }
 

@@ -246,6 +246,10 @@ mod tests {
         assert!(run.tty(), "the task's terminal wins");
         let user = run.spec.process().as_ref().unwrap().user();
         assert_eq!((user.uid(), user.gid()), (1000, 10));
+        assert!(
+            run.probes.is_empty(),
+            "the kubelet probes shim containers itself; the agent must not"
+        );
         assert_eq!(run.rootfs.unwrap().device, "/dev/vda");
     }
 
