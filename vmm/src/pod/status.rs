@@ -438,7 +438,8 @@ pub fn kubectl_restarts(status: &PodStatus, now_unix: i64, sidecars: &[String]) 
 fn first_unfinished_init(status: &PodStatus, sidecars: &[String]) -> Option<usize> {
     status.init_container_statuses.iter().position(|c| {
         let done = matches!(c.state, ContainerState::Terminated { exit_code: 0, .. });
-        !done && !(sidecars.contains(&c.name) && c.started)
+        let started_sidecar = sidecars.contains(&c.name) && c.started;
+        !(done || started_sidecar)
     })
 }
 
