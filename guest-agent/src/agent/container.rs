@@ -562,8 +562,9 @@ fn spawn(l: Launch<'_>) -> Result<std::process::Child, ContainerError> {
     // SAFETY: the closure runs between fork and exec: `ChildSetup::run`
     // makes raw syscalls through nix on paths and fds the parent prepared,
     // and builds io::Errors from errno. The few allocations it makes
-    // (creating mount points) cannot deadlock: the agent is single-threaded,
-    // so no other thread can hold the allocator's lock at the fork.
+    // (creating mount points) cannot deadlock although the agent has threads
+    // (probe checks, port forwards): musl's fork (since 1.2.2) takes the
+    // allocator's lock around the fork, so the child may allocate.
     unsafe {
         cmd.pre_exec(move || setup.run(report_write.as_raw_fd()));
     }
