@@ -9,6 +9,9 @@
 //! - `"stop"`: the supervisor answers `"ok"` and starts a
 //!   graceful stop (SIGTERM, SIGKILL after `terminationGracePeriodSeconds`,
 //!   then the VM powers off); the client follows `status.json` to the end.
+//! - `{"stop_with_grace":{"seconds":1}}`: the same with that grace period in
+//!   place of the pod's (`unipod delete --grace-period`, `--now`); a stop
+//!   under way may only be shortened.
 //! - `{"exec":{"container":"web","argv":["ls"],"stdin":true,"tty":false}}`:
 //!   the supervisor forwards it to the agent as `Request::Exec` and answers
 //!   `{"started":{"id":"exec_1"}}` or `{"error":"..."}`; then streams
@@ -39,6 +42,11 @@ pub const MAX_LINE: usize = 1 << 20;
 pub enum ControlRequest {
     /// Stop the pod gracefully.
     Stop,
+    /// Stop the pod gracefully within this grace period.
+    StopWithGrace {
+        /// The grace period, in seconds.
+        seconds: u64,
+    },
     /// Run a process in a running container.
     Exec(ExecRequest),
 }
@@ -133,6 +141,7 @@ mod tests {
     fn lines_have_the_documented_shape_and_round_trip() {
         let mut wire = Vec::new();
         write_line(&mut wire, &ControlRequest::Stop).unwrap();
+        write_line(&mut wire, &ControlRequest::StopWithGrace { seconds: 1 }).unwrap();
         let exec = ControlRequest::Exec(ExecRequest {
             container: "web".into(),
             argv: vec!["ls".into()],
@@ -153,6 +162,7 @@ mod tests {
             text,
             concat!(
                 "\"stop\"\n",
+                "{\"stop_with_grace\":{\"seconds\":1}}\n",
                 "{\"exec\":{\"container\":\"web\",\"argv\":[\"ls\"],\"stdin\":true,\"tty\":false}}\n",
                 "{\"output\":{\"stream\":\"stdout\",\"data\":[104,105]}}\n"
             )
@@ -161,6 +171,10 @@ mod tests {
         assert_eq!(
             read_line::<_, ControlRequest>(&mut r).unwrap(),
             Some(ControlRequest::Stop)
+        );
+        assert_eq!(
+            read_line::<_, ControlRequest>(&mut r).unwrap(),
+            Some(ControlRequest::StopWithGrace { seconds: 1 })
         );
         assert_eq!(read_line::<_, ControlRequest>(&mut r).unwrap(), Some(exec));
         assert!(read_line::<_, ControlReply>(&mut r).unwrap().is_some());

@@ -892,6 +892,22 @@ impl Lifecycle {
         self.changed = true;
     }
 
+    /// A graceful stop with `grace` in place of
+    /// `terminationGracePeriodSeconds` (`unipod delete --grace-period`). A
+    /// stop under way keeps its start and may only be shortened, as the
+    /// kubelet shortens a pod's termination on a second, shorter delete.
+    pub fn stop_with_grace(&mut self, grace: Duration, now: Instant) {
+        if self.over.is_some() {
+            return;
+        }
+        if self.stopping.is_some() {
+            self.cfg.grace = self.cfg.grace.min(grace);
+            return;
+        }
+        self.cfg.grace = grace;
+        self.stop(now);
+    }
+
     /// Whether a stop was requested.
     pub fn stopping(&self) -> bool {
         self.stopping.is_some()
@@ -2051,6 +2067,47 @@ mod tests {
         assert_eq!(l.phase(), PodPhase::Failed);
         assert_eq!(l.due(t0 + 7 * S), vec![Action::Shutdown]);
         assert_eq!(reason(&state(&mut l, "b", t0)), "Error");
+    }
+
+    #[test]
+    fn a_stop_with_its_own_grace_kills_at_that_grace_and_may_only_shorten() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.stop_with_grace(S, t0);
+        assert_eq!(l.due(t0), vec![Action::Signal("a".into(), libc::SIGTERM)]);
+        assert_eq!(l.due(t0 + S / 2), vec![], "before the 1 s grace");
+        assert_eq!(
+            l.due(t0 + S),
+            vec![Action::Signal("a".into(), libc::SIGKILL)],
+            "at 1 s, not the pod's 5 s"
+        );
+
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.stop(t0);
+        l.due(t0);
+        l.stop_with_grace(60 * S, t0 + S);
+        assert_eq!(l.due(t0 + 4 * S), vec![], "a longer grace does not apply");
+        assert_eq!(
+            l.due(t0 + 5 * S),
+            vec![Action::Signal("a".into(), libc::SIGKILL)]
+        );
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.stop(t0);
+        l.due(t0);
+        l.stop_with_grace(2 * S, t0 + S);
+        assert_eq!(
+            l.due(t0 + 2 * S),
+            vec![Action::Signal("a".into(), libc::SIGKILL)],
+            "a shorter one counts from the first stop"
+        );
     }
 
     #[test]

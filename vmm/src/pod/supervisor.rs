@@ -1406,6 +1406,11 @@ impl<'a> Supervisor<'a> {
                 self.say("stop requested");
                 self.life.stop(now);
             }
+            ControlRequest::StopWithGrace { seconds } => {
+                let _ = control::write_line(&mut stream, &ControlReply::Ok);
+                self.say(&format!("stop requested, grace period {seconds} s"));
+                self.life.stop_with_grace(Duration::from_secs(seconds), now);
+            }
             ControlRequest::Exec(ExecRequest {
                 container,
                 argv,
