@@ -57,8 +57,12 @@ fn main() {
         }
         Command::Apply(args) => cli::objects::apply(args)
             .unwrap_or_else(|e| report_error(&e, cli::objects::EXIT_FAILED)),
-        Command::Delete(args) => cli::objects::delete(args)
-            .unwrap_or_else(|e| report_error(&e, cli::objects::EXIT_FAILED)),
+        Command::Delete(args) => {
+            cli::pods::delete(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
+        Command::Wait(args) => {
+            cli::wait::wait(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
+        }
         Command::Get(args) => {
             cli::pods::get(args).unwrap_or_else(|e| report_error(&e, cli::pods::EXIT_FAILED))
         }

@@ -21,10 +21,12 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod image;
+pub mod jsonpath;
 pub mod objects;
 pub mod pods;
 pub mod run;
 pub mod snapshot;
+pub mod wait;
 
 pub use image::ImageArgs;
 pub use run::RunArgs;
@@ -46,6 +48,30 @@ pub use crate::exit_code::{
 /// A directory where every VMM writes a guest profile (`--guest-profile`).
 const GUEST_PROFILE_ENV: &str = "UNIPOD_GUEST_PROFILE";
 
+/// Help after `unipod --help`: each command's exit codes in short.
+const TOP_AFTER_HELP: &str = "\
+Exit codes ('unipod COMMAND --help' has each command's table):
+  run MANIFEST    0 the pod Succeeded (with --detach: it runs), 1 it Failed,
+                  125 it could not be created, 130 interrupted
+  run -- CMD      the container's exit code; 125 when unipod failed, 130
+                  interrupted
+  exec            the command's exit code; 125 when unipod could not run it
+  wait            0 the condition was met, 1 timed out or no such pod
+  boot            0 clean guest shutdown, 1 setup failed, 3 guest crashed,
+                  4 snapshot refused, 130/143 stopped by SIGINT/SIGTERM
+  other commands  0 done, 1 failed (the message says why)
+  all commands    2 bad command-line usage
+
+Set RUST_LOG=debug for more detail.";
+
+/// Help after the commands that exit 0 or 1.
+const PLAIN_AFTER_HELP: &str = "\
+Exit codes:
+  0  done
+  1  failed (the message says why)
+  2  bad command-line usage";
+
+/// Help after `unipod boot --help`.
 const AFTER_HELP: &str = "\
 Exit codes:
   0  the guest shut down cleanly (e.g. 'reboot -f' in the guest)
@@ -60,7 +86,7 @@ Set RUST_LOG=debug for more detail.";
 
 /// Run Kubernetes-style pods in lightweight KVM microVMs.
 #[derive(Debug, Parser)]
-#[command(name = "unipod", version, after_help = AFTER_HELP)]
+#[command(name = "unipod", version, after_help = TOP_AFTER_HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -105,7 +131,7 @@ pub enum Command {
     /// Show a pod in detail: containers, states, conditions, events.
     #[command(after_help = pods::COMMON_AFTER_HELP)]
     Describe(pods::DescribeArgs),
-    /// Print a container's logs.
+    /// Print a container's logs, or every container's (--all-containers).
     #[command(after_help = pods::COMMON_AFTER_HELP)]
     Logs(pods::LogsArgs),
     /// Run a command in a running container.
@@ -118,12 +144,17 @@ pub enum Command {
     /// forwards, logs).
     #[command(after_help = pods::COMMON_AFTER_HELP)]
     Rm(pods::RmArgs),
+    /// Wait until pods are Ready, gone, or match a JSONPath, as 'kubectl
+    /// wait'.
+    #[command(after_help = wait::WAIT_AFTER_HELP)]
+    Wait(wait::WaitArgs),
     /// Manage the warm-start snapshots 'unipod run' restores pods from.
     ///
     /// The first 'unipod run' for a kernel, initramfs and memory size boots
     /// a template VM, saves it once its agent is ready, and every later run
     /// restores that snapshot instead of booting. Snapshots live in the
     /// state directory's snapshots/, keyed by a hash of those inputs.
+    #[command(after_help = PLAIN_AFTER_HELP)]
     Snapshot(SnapshotArgs),
     /// Import container images (OCI layouts, 'docker save' tars) and list
     /// or remove them.
@@ -141,9 +172,12 @@ pub enum Command {
     /// readable by root only and never printed.
     ///
     /// Example: unipod apply -f config.yaml
+    #[command(after_help = PLAIN_AFTER_HELP)]
     Apply(objects::ApplyArgs),
-    /// Delete a ConfigMap or Secret: unipod delete configmap NAME.
-    Delete(objects::DeleteArgs),
+    /// Delete pods as 'kubectl delete pod' does (a graceful stop, then
+    /// 'unipod rm'), or a ConfigMap or Secret.
+    #[command(after_help = pods::DELETE_AFTER_HELP)]
+    Delete(pods::DeleteArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -633,6 +667,48 @@ mod tests {
             ..inputs.vm_config(DEFAULT_MAC)
         };
         assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn kubectl_style_flags_parse_and_conflict_as_kubectls() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("unipod").chain(args.iter().copied()))
+        };
+        let Command::Wait(w) = parse(&["wait", "--for=condition=Ready", "web"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as wait")
+        };
+        assert_eq!(
+            w.timeout,
+            std::time::Duration::from_secs(30),
+            "kubectl's default"
+        );
+        assert!(parse(&["wait", "web"]).is_err(), "--for is required");
+        let Command::Delete(d) = parse(&["delete", "pod", "web", "--grace-period=0", "--force"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as delete")
+        };
+        assert_eq!((d.words.len(), d.grace_period, d.force), (2, 0, true));
+        let Command::Logs(l) = parse(&["logs", "web", "--tail=2", "--prefix"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as logs")
+        };
+        assert_eq!((l.tail, l.prefix, l.all_containers), (2, true, false));
+        for bad in [
+            &["logs", "web", "--all-containers", "-c", "a"][..],
+            &["logs", "web", "--all-containers", "-f"],
+            &["get", "-o", "jsonpath={.a"],
+            &["get", "-l", "app in (web)"],
+        ] {
+            let err = parse(bad).expect_err("refused");
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{bad:?}");
+        }
     }
 
     #[test]

@@ -33,20 +33,6 @@ pub struct ApplyArgs {
     pub state: StateArg,
 }
 
-/// `unipod delete` arguments.
-#[derive(Debug, clap::Args)]
-pub struct DeleteArgs {
-    /// What to delete: configmap (cm) or secret.
-    #[arg(value_name = "TYPE", value_parser = parse_kind)]
-    pub kind: Kind,
-    /// The object's name.
-    #[arg(value_name = "NAME")]
-    pub name: String,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub state: StateArg,
-}
-
 /// Why an object command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
@@ -117,7 +103,7 @@ pub fn apply(args: &ApplyArgs) -> Result<i32, ObjectsError> {
 pub fn get(
     kind: Kind,
     name: Option<&str>,
-    output: Option<Output>,
+    output: Option<&Output>,
     state: &StateArg,
 ) -> Result<i32, ObjectsError> {
     let store = store(state);
@@ -130,13 +116,23 @@ pub fn get(
             })?],
         None => store.list(kind)?,
     };
-    if let Some(format @ (Output::Json | Output::Yaml)) = output {
+    if let Some(Output::Name) = output {
+        for o in &objects {
+            println!("{}/{}", o.kind.lower(), o.name);
+        }
+        return Ok(0);
+    }
+    if let Some(format @ (Output::Json | Output::Yaml | Output::JsonPath(_))) = output {
         let docs: Vec<serde_json::Value> = objects.iter().map(document).collect();
         let doc = match name {
             Some(_) => docs.into_iter().next().expect("one object"),
             None => serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": docs }),
         };
-        if format == Output::Json {
+        if let Output::JsonPath(template) = format {
+            let template =
+                super::jsonpath::Template::parse(template).expect("checked when -o was parsed");
+            print!("{}", template.render(&doc));
+        } else if *format == Output::Json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&doc).expect("serializes")
@@ -219,14 +215,14 @@ fn document(o: &ConfigObject) -> serde_json::Value {
 }
 
 /// `unipod delete configmap|secret NAME`.
-pub fn delete(args: &DeleteArgs) -> Result<i32, ObjectsError> {
-    if store(&args.state).delete(args.kind, &args.name)? {
-        println!("{} \"{}\" deleted", args.kind.lower(), args.name);
+pub fn delete(kind: Kind, name: &str, state: &StateArg) -> Result<i32, ObjectsError> {
+    if store(state).delete(kind, name)? {
+        println!("{} \"{name}\" deleted", kind.lower());
         Ok(0)
     } else {
         Err(ObjectsError::NotFound {
-            kind: args.kind,
-            name: args.name.clone(),
+            kind,
+            name: name.to_string(),
         })
     }
 }

@@ -14,6 +14,7 @@
 //! `exec` exits with the command's exit code, or 125 when unipod could not
 //! run it.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use guest_agent::protocol::Stream;
 
+use super::jsonpath::{Selector, Template};
 use crate::error_chain::error_chain;
 use crate::file_error::FileError;
 use crate::pod::cleanup::{clean_up_orphan, wait_gone};
@@ -63,6 +65,22 @@ Exit codes:
   1  failed: the pod does not exist, or the message says why
   2  bad command-line usage";
 
+/// Help after `unipod delete --help`.
+pub const DELETE_AFTER_HELP: &str = "\
+A pod gets SIGTERM, SIGKILL after its grace period, and is removed once its
+VM is gone ('pod \"NAME\" deleted').
+
+Examples: unipod delete web
+          unipod delete pod web --grace-period=5
+          unipod delete web --now             (grace period 1 s)
+          unipod delete web --force           (kill the VM at once)
+          unipod delete configmap site
+
+Exit codes:
+  0  done
+  1  failed: no such pod or object, or the message says why
+  2  bad command-line usage";
+
 /// Help after `unipod exec --help`.
 pub const EXEC_AFTER_HELP: &str = "\
 Example: unipod exec -it web -- sh
@@ -83,7 +101,7 @@ pub struct StateArg {
 }
 
 /// `-o` formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// The table plus the pod IP.
     Wide,
@@ -91,6 +109,29 @@ pub enum Output {
     Json,
     /// The status documents as YAML.
     Yaml,
+    /// `pod/NAME`, one a line.
+    Name,
+    /// A JSONPath template evaluated against the JSON document.
+    JsonPath(String),
+}
+
+/// Parses `-o`: wide, json, yaml, name or jsonpath=TEMPLATE.
+pub fn parse_output(text: &str) -> Result<Output, String> {
+    match text {
+        "wide" => Ok(Output::Wide),
+        "json" => Ok(Output::Json),
+        "yaml" => Ok(Output::Yaml),
+        "name" => Ok(Output::Name),
+        _ => match text.split_once('=') {
+            Some(("jsonpath", template)) => {
+                Template::parse(template)?;
+                Ok(Output::JsonPath(template.to_string()))
+            }
+            _ => Err(format!(
+                "unknown output format {text:?}: give wide, json, yaml, name or jsonpath=TEMPLATE"
+            )),
+        },
+    }
 }
 
 /// `unipod get` arguments.
@@ -100,9 +141,18 @@ pub struct GetArgs {
     /// TYPE NAME shows one of them.
     #[arg(value_name = "[TYPE] [NAME]", num_args = 0..=2)]
     pub words: Vec<String>,
-    /// Output format (default: a table).
-    #[arg(short = 'o', long, value_enum)]
+    /// Output format (default: a table): wide, json, yaml, name (TYPE/NAME),
+    /// or jsonpath=TEMPLATE (e.g. jsonpath='{.status.podIP}'), evaluated
+    /// against the JSON document of -o json.
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = parse_output)]
     pub output: Option<Output>,
+    /// Only pods whose labels match: key=value, key==value, key!=value,
+    /// key, !key, joined by commas (all must hold).
+    #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = Selector::parse)]
+    pub selector: Option<Selector>,
+    /// Add a LABELS column to the table.
+    #[arg(long)]
+    pub show_labels: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub state: StateArg,
@@ -136,6 +186,16 @@ pub struct LogsArgs {
     /// The logs of the container's previous run (before its last restart).
     #[arg(short = 'p', long)]
     pub previous: bool,
+    /// Only the last N lines (-1: all).
+    #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
+    pub tail: i64,
+    /// The logs of every container that has started: the init containers,
+    /// then the app containers, in the manifest's order.
+    #[arg(long, conflicts_with_all = ["container", "follow"])]
+    pub all_containers: bool,
+    /// Begin each line with its source: [pod/NAME/CONTAINER].
+    #[arg(long)]
+    pub prefix: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub state: StateArg,
@@ -325,27 +385,50 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         Some(pod) => vec![load(&args.state, pod)?.1],
         None => all_pods(&args.state),
     };
-    if let Some(format @ (Output::Json | Output::Yaml)) = args.output {
-        // One pod prints as itself, several as a List, as kubectl does.
-        let doc = match &pod {
-            Some(_) => serde_json::to_value(&records[0]),
-            None => Ok(serde_json::json!({ "kind": "List", "items": records })),
+    let root = state_root(args.state.state_dir.as_deref()).join("pods");
+    let pods: Vec<(PodRecord, BTreeMap<String, String>)> = records
+        .into_iter()
+        .map(|r| {
+            let labels = pod_labels(&root.join(&r.name));
+            (r, labels)
+        })
+        .filter(|(_, labels)| args.selector.as_ref().is_none_or(|s| s.matches(labels)))
+        .collect();
+    let docs = || pods.iter().map(|(r, l)| pod_document(r, l));
+    // One pod prints as itself, several as a List, as kubectl does.
+    let doc = || match &pod {
+        Some(_) => docs().next().unwrap_or_default(),
+        None => serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": docs().collect::<Vec<_>>()
+        }),
+    };
+    match &args.output {
+        Some(Output::Json) => {
+            let text = serde_json::to_string_pretty(&doc()).expect("JSON values serialize");
+            println!("{text}");
+            return Ok(0);
         }
-        .expect("the status serializes");
-        if format == Output::Json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("JSON values serialize")
-            );
-        } else {
+        Some(Output::Yaml) => {
             print!(
                 "{}",
-                serde_norway::to_string(&doc).expect("JSON values serialize")
+                serde_norway::to_string(&doc()).expect("JSON values serialize")
             );
+            return Ok(0);
         }
-        return Ok(0);
+        Some(Output::Name) => {
+            for (r, _) in &pods {
+                println!("pod/{}", r.name);
+            }
+            return Ok(0);
+        }
+        Some(Output::JsonPath(template)) => {
+            let template = Template::parse(template).map_err(PodsError::Usage)?;
+            print!("{}", template.render(&doc()));
+            return Ok(0);
+        }
+        Some(Output::Wide) | None => {}
     }
-    if records.is_empty() {
+    if pods.is_empty() {
         eprintln!("No resources found");
         return Ok(0);
     }
@@ -358,7 +441,10 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
     if wide {
         rows[0].push("IP".into());
     }
-    for r in &records {
+    if args.show_labels {
+        rows[0].push("LABELS".into());
+    }
+    for (r, labels) in &pods {
         let age = parse_time(&r.creation_timestamp)
             .map_or("<unknown>".into(), |t| human_duration(now - t));
         let mut row = vec![
@@ -371,17 +457,58 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         if wide {
             row.push(r.status.pod_ip.clone().unwrap_or("<none>".into()));
         }
+        if args.show_labels {
+            row.push(labels_column(labels));
+        }
         rows.push(row);
     }
     print!("{}", table(&rows));
     Ok(0)
 }
 
+/// The LABELS column: `k=v,k2=v2`, or `<none>`.
+fn labels_column(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// The JSON document of a pod for `-o json|yaml|jsonpath` and `wait`: its
+/// status record, with a `metadata` object (name, uid, creationTimestamp,
+/// labels) and the phase `get` shows: a pod whose supervisor is gone is
+/// Unknown and not Ready, whatever its last record says.
+pub fn pod_document(record: &PodRecord, labels: &BTreeMap<String, String>) -> serde_json::Value {
+    let mut doc = serde_json::to_value(record).expect("the status serializes");
+    let mut metadata = serde_json::json!({
+        "name": record.name,
+        "uid": record.uid,
+        "creationTimestamp": record.creation_timestamp,
+    });
+    if !labels.is_empty() {
+        metadata["labels"] = serde_json::json!(labels);
+    }
+    doc["metadata"] = metadata;
+    let shown = record.shown_phase();
+    if shown != record.status.phase {
+        doc["status"]["phase"] = serde_json::json!(shown);
+        if let Some(conditions) = doc["status"]["conditions"].as_array_mut() {
+            for c in conditions {
+                if matches!(c["type"].as_str(), Some("Ready" | "ContainersReady")) {
+                    c["status"] = "False".into();
+                }
+            }
+        }
+    }
+    doc
+}
+
 /// `unipod get configmaps|secrets [NAME]`.
 fn get_objects(kind: &str, name: Option<&str>, args: &GetArgs) -> Result<i32, PodsError> {
     let kind = super::objects::parse_kind(kind)
         .map_err(|why| PodsError::Usage(format!("{why}, or pods")))?;
-    super::objects::get(kind, name, args.output, &args.state)
+    super::objects::get(kind, name, args.output.as_ref(), &args.state)
         .map_err(|e| PodsError::Usage(error_chain(&e, ": ")))
 }
 
@@ -390,6 +517,11 @@ fn get_objects(kind: &str, name: Option<&str>, args: &GetArgs) -> Result<i32, Po
 fn stored_manifest(dir: &Path) -> Option<manifest::PodManifest> {
     let documents = manifest::load_documents(&dir.join("pod.yaml")).ok()?;
     documents.pods.into_iter().next().map(|(m, _)| m)
+}
+
+/// The pod's `metadata.labels`, from its stored manifest.
+pub(super) fn pod_labels(dir: &Path) -> BTreeMap<String, String> {
+    stored_manifest(dir).map(|m| m.labels).unwrap_or_default()
 }
 
 /// `unipod describe`.
@@ -441,11 +573,42 @@ fn pick_container(record: &PodRecord, given: Option<&str>) -> Result<String, Pod
 /// `unipod logs`.
 pub fn logs(args: &LogsArgs) -> Result<i32, PodsError> {
     let (dir, record) = load(&args.state, &args.pod)?;
-    let container = pick_container(&record, args.container.as_deref())?;
-    let status = record
-        .container(&container)
-        .expect("picked from the status");
-    let logs = dir.join("logs").join(&container);
+    if !args.all_containers {
+        let container = pick_container(&record, args.container.as_deref())?;
+        return container_logs(&dir, &record, &container, args);
+    }
+    let s = &record.status;
+    for c in s
+        .init_container_statuses
+        .iter()
+        .chain(&s.container_statuses)
+    {
+        let run = if args.previous {
+            c.restart_count.checked_sub(1)
+        } else {
+            Some(c.restart_count)
+        };
+        let has_log = run.is_some_and(|n| log_file(&dir, &c.name, n).exists());
+        if has_log {
+            container_logs(&dir, &record, &c.name, args)?;
+        }
+    }
+    Ok(0)
+}
+
+/// `<pod dir>/logs/CONTAINER/N.log`: run N of the container.
+fn log_file(dir: &Path, container: &str, run: u32) -> PathBuf {
+    dir.join("logs").join(container).join(format!("{run}.log"))
+}
+
+/// Prints one container's log as `unipod logs` asks.
+fn container_logs(
+    dir: &Path,
+    record: &PodRecord,
+    container: &str,
+    args: &LogsArgs,
+) -> Result<i32, PodsError> {
+    let status = record.container(container).expect("picked from the status");
     let mut run = status.restart_count;
     if args.previous {
         if run == 0 {
@@ -456,7 +619,7 @@ pub fn logs(args: &LogsArgs) -> Result<i32, PodsError> {
         }
         run -= 1;
     }
-    let file = |n: u32| logs.join(format!("{n}.log"));
+    let file = |n: u32| log_file(dir, container, n);
     if !file(run).exists() && !args.follow {
         let state = match &status.state {
             ContainerState::Waiting { reason, .. } => reason.clone(),
@@ -467,8 +630,19 @@ pub fn logs(args: &LogsArgs) -> Result<i32, PodsError> {
             record.name
         )));
     }
-    let mut out = std::io::stdout().lock();
-    let mut offset = 0u64;
+    let stdout = std::io::stdout().lock();
+    let mut out: Box<dyn Write> = if args.prefix {
+        Box::new(LinePrefix::new(
+            stdout,
+            format!("[pod/{}/{container}] ", record.name),
+        ))
+    } else {
+        Box::new(stdout)
+    };
+    let mut offset = match u64::try_from(args.tail) {
+        Ok(lines) => tail_offset(&file(run), lines)?,
+        Err(_) => 0,
+    };
     loop {
         let path = file(run);
         offset += copy_from(&path, offset, &mut out)?;
@@ -476,10 +650,10 @@ pub fn logs(args: &LogsArgs) -> Result<i32, PodsError> {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(200));
-        let Ok(now) = PodRecord::read(&dir) else {
+        let Ok(now) = PodRecord::read(dir) else {
             return Ok(0);
         };
-        let Some(c) = now.container(&container) else {
+        let Some(c) = now.container(container) else {
             return Ok(0);
         };
         if c.restart_count > run && file(c.restart_count).exists() {
@@ -493,6 +667,70 @@ pub fn logs(args: &LogsArgs) -> Result<i32, PodsError> {
             copy_from(&path, offset, &mut out)?;
             return Ok(0);
         }
+    }
+}
+
+/// The offset in `path` where its last `lines` lines begin (a last line
+/// without a newline counts); 0 for a missing file.
+fn tail_offset(path: &Path, lines: u64) -> Result<u64, PodsError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(FileError::at("read", path)(source).into()),
+    };
+    Ok(u64::try_from(tail_start(&text, lines)).expect("usize fits in u64"))
+}
+
+/// Where the last `lines` lines of `text` begin.
+fn tail_start(text: &[u8], lines: u64) -> usize {
+    if lines == 0 {
+        return text.len();
+    }
+    // A final newline ends the last line; it does not start another.
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// A writer that begins every line with a prefix, across writes.
+struct LinePrefix<W: Write> {
+    inner: W,
+    prefix: String,
+    at_line_start: bool,
+}
+
+impl<W: Write> LinePrefix<W> {
+    fn new(inner: W, prefix: String) -> Self {
+        LinePrefix {
+            inner,
+            prefix,
+            at_line_start: true,
+        }
+    }
+}
+
+impl<W: Write> Write for LinePrefix<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            if self.at_line_start {
+                self.inner.write_all(self.prefix.as_bytes())?;
+            }
+            self.inner.write_all(line)?;
+            self.at_line_start = line.ends_with(b"\n");
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -638,16 +876,23 @@ pub fn exec(args: &ExecArgs) -> Result<i32, PodsError> {
 
 /// `unipod stop`.
 pub fn stop(args: &StopArgs) -> Result<i32, PodsError> {
-    let (dir, mut record) = load(&args.state, &args.pod)?;
+    let record = stop_pod(&args.state, &args.pod, None)?;
+    println!("pod {:?} stopped ({})", record.name, record.status.phase);
+    Ok(0)
+}
+
+/// Stops a pod gracefully, within `grace` when given, else its
+/// `terminationGracePeriodSeconds`; returns its final record.
+fn stop_pod(state: &StateArg, pod: &str, grace: Option<u64>) -> Result<PodRecord, PodsError> {
+    let (dir, mut record) = load(state, pod)?;
     if !record.supervisor_alive() {
         if !record.status.phase.is_terminal() || record.vmm.is_some_and(|v| v.alive()) {
             clean_up_orphan(&dir, &mut record).map_err(|source| PodsError::Network {
-                pod: args.pod.clone(),
+                pod: pod.to_string(),
                 source,
             })?;
         }
-        println!("pod {:?} stopped ({})", record.name, record.status.phase);
-        return Ok(0);
+        return Ok(record);
     }
     let mut stream = connect(&dir, &record.name)?;
     let control_err = |source| PodsError::Control {
@@ -655,7 +900,11 @@ pub fn stop(args: &StopArgs) -> Result<i32, PodsError> {
         path: dir.join(CONTROL_SOCKET),
         source,
     };
-    control::write_line(&mut stream, &ControlRequest::Stop).map_err(control_err)?;
+    let request = match grace {
+        Some(seconds) => ControlRequest::StopWithGrace { seconds },
+        None => ControlRequest::Stop,
+    };
+    control::write_line(&mut stream, &request).map_err(control_err)?;
     let mut reader = BufReader::new(stream);
     match control::read_line::<_, ControlReply>(&mut reader).map_err(control_err)? {
         Some(ControlReply::Ok) => {}
@@ -666,23 +915,32 @@ pub fn stop(args: &StopArgs) -> Result<i32, PodsError> {
             })
         }
     }
-    let grace = stored_manifest(&dir)
-        .map(|m| m.termination_grace_period)
-        .unwrap_or(manifest::DEFAULT_TERMINATION_GRACE_PERIOD);
+    let grace = match grace {
+        Some(seconds) => Duration::from_secs(seconds),
+        None => stored_manifest(&dir)
+            .map(|m| m.termination_grace_period)
+            .unwrap_or(manifest::DEFAULT_TERMINATION_GRACE_PERIOD),
+    };
     let supervisor = record.supervisor.expect("alive, hence recorded");
     if !wait_gone(|| supervisor.alive(), grace + Duration::from_secs(60)) {
         return Err(PodsError::StopTimeout(record.name.clone()));
     }
-    let record = PodRecord::read(&dir)?;
-    println!("pod {:?} stopped ({})", record.name, record.status.phase);
-    Ok(0)
+    Ok(PodRecord::read(&dir)?)
 }
 
 /// `unipod rm`.
 pub fn rm(args: &RmArgs) -> Result<i32, PodsError> {
-    let (dir, mut record) = load(&args.state, &args.pod)?;
+    let name = remove_pod(&args.state, &args.pod, args.force)?;
+    println!("pod {name:?} removed");
+    Ok(0)
+}
+
+/// Removes a pod that does not run, or (with `force`) kills it first;
+/// returns its name.
+fn remove_pod(state: &StateArg, pod: &str, force: bool) -> Result<String, PodsError> {
+    let (dir, mut record) = load(state, pod)?;
     if let Some(supervisor) = record.supervisor.filter(|s| s.alive()) {
-        if !args.force {
+        if !force {
             return Err(PodsError::Running(record.name.clone()));
         }
         let _ = nix::sys::signal::kill(
@@ -692,10 +950,222 @@ pub fn rm(args: &RmArgs) -> Result<i32, PodsError> {
         wait_gone(|| supervisor.alive(), Duration::from_secs(5));
     }
     clean_up_orphan(&dir, &mut record).map_err(|source| PodsError::Network {
-        pod: args.pod.clone(),
+        pod: pod.to_string(),
         source,
     })?;
     std::fs::remove_dir_all(&dir).map_err(FileError::at("remove", &dir))?;
-    println!("pod {:?} removed", record.name);
+    Ok(record.name)
+}
+
+/// How `unipod delete` ends a running pod, from kubectl's flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// A graceful stop within this grace period (`None`: the pod's own).
+    Graceful(Option<u64>),
+    /// `--force --grace-period=0`: kill it at once.
+    Immediate,
+}
+
+impl Deletion {
+    /// kubectl's rules: `--now` is a grace period of 1 and cannot be given
+    /// with `--grace-period`; 0 without `--force` becomes 1; `--force` alone
+    /// is 0, and `--force` with a period above 0 is refused.
+    pub fn from_flags(grace_period: i64, now: bool, force: bool) -> Result<Deletion, String> {
+        if force && grace_period > 0 {
+            return Err(
+                "--force removes the pod at once: give it with --grace-period=0 or none".into(),
+            );
+        }
+        let mut grace = grace_period;
+        if now {
+            if grace != -1 {
+                return Err("--now means --grace-period=1: give one or the other".into());
+            }
+            grace = 1;
+        }
+        if grace == 0 && !force {
+            grace = 1;
+        }
+        if force && grace < 0 {
+            grace = 0;
+        }
+        Ok(match grace {
+            0 => Deletion::Immediate,
+            g => Deletion::Graceful(u64::try_from(g).ok()),
+        })
+    }
+}
+
+/// `unipod delete` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// POD..., or TYPE NAME...: TYPE is pod (pods, po), configmap (cm) or
+    /// secret.
+    #[arg(value_name = "[TYPE] NAME", required = true, num_args = 1..)]
+    pub words: Vec<String>,
+    /// Seconds a pod gets to stop before SIGKILL, in place of its
+    /// terminationGracePeriodSeconds (-1: the pod's own). 0 only with
+    /// --force; without it 0 means 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = -1, allow_negative_numbers = true)]
+    pub grace_period: i64,
+    /// Stop at once: the same as --grace-period=1.
+    #[arg(long)]
+    pub now: bool,
+    /// Remove the pod at once without waiting for its containers to stop
+    /// (its VM is killed); with no --grace-period, or --grace-period=0.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub state: StateArg,
+}
+
+/// `unipod delete`: for pods, a graceful stop (as `unipod stop`, or within
+/// --grace-period) and then `unipod rm`; ConfigMaps and Secrets go to
+/// [`super::objects::delete`].
+pub fn delete(args: &DeleteArgs) -> Result<i32, PodsError> {
+    let deletion =
+        Deletion::from_flags(args.grace_period, args.now, args.force).map_err(PodsError::Usage)?;
+    let (kind, names) = match args.words.split_first() {
+        Some((first, rest)) if !rest.is_empty() => (Some(first.as_str()), rest),
+        _ => (None, &args.words[..]),
+    };
+    match kind {
+        None | Some("pod" | "pods" | "po") => {}
+        Some(kind) => {
+            let kind = super::objects::parse_kind(kind)
+                .map_err(|why| PodsError::Usage(format!("{why}, or pod")))?;
+            for name in names {
+                super::objects::delete(kind, name, &args.state)
+                    .map_err(|e| PodsError::Usage(error_chain(&e, ": ")))?;
+            }
+            return Ok(0);
+        }
+    }
+    if deletion == Deletion::Immediate {
+        eprintln!("warning: --force --grace-period=0 kills each pod's VM without waiting for its containers to stop");
+    }
+    for pod in names {
+        let force = match deletion {
+            Deletion::Immediate => true,
+            Deletion::Graceful(grace) => {
+                stop_pod(&args.state, pod, grace)?;
+                false
+            }
+        };
+        let name = remove_pod(&args.state, pod, force)?;
+        println!("pod {name:?} deleted");
+    }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::status::ProcessRef;
+
+    #[test]
+    fn tail_starts_at_the_last_n_lines_counting_an_unended_one() {
+        let text = b"one\ntwo\nthree\n";
+        assert_eq!(&text[tail_start(text, 1)..], b"three\n");
+        assert_eq!(&text[tail_start(text, 2)..], b"two\nthree\n");
+        assert_eq!(&text[tail_start(text, 9)..], text);
+        assert_eq!(&text[tail_start(text, 0)..], b"");
+        let partial = b"one\ntwo";
+        assert_eq!(&partial[tail_start(partial, 1)..], b"two");
+        assert_eq!(tail_start(b"", 3), 0);
+    }
+
+    #[test]
+    fn prefixes_begin_every_line_across_writes() {
+        let mut out = LinePrefix::new(Vec::new(), "[pod/p/c] ".into());
+        out.write_all(b"a\nb").unwrap();
+        out.write_all(b"c\n\nd\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.inner).unwrap(),
+            "[pod/p/c] a\n[pod/p/c] bc\n[pod/p/c] \n[pod/p/c] d\n"
+        );
+    }
+
+    #[test]
+    fn delete_flags_resolve_as_kubectls() {
+        let f = Deletion::from_flags;
+        assert_eq!(f(-1, false, false), Ok(Deletion::Graceful(None)));
+        assert_eq!(f(5, false, false), Ok(Deletion::Graceful(Some(5))));
+        assert_eq!(
+            f(0, false, false),
+            Ok(Deletion::Graceful(Some(1))),
+            "0 is 1"
+        );
+        assert_eq!(f(-1, true, false), Ok(Deletion::Graceful(Some(1))), "--now");
+        assert_eq!(f(0, false, true), Ok(Deletion::Immediate));
+        assert_eq!(f(-1, false, true), Ok(Deletion::Immediate), "--force alone");
+        assert!(f(3, false, true).is_err(), "--force with a grace period");
+        assert!(f(3, true, false).is_err(), "--now with a grace period");
+    }
+
+    #[test]
+    fn output_formats_parse_and_bad_templates_are_usage_errors() {
+        assert_eq!(parse_output("name"), Ok(Output::Name));
+        assert_eq!(parse_output("wide"), Ok(Output::Wide));
+        assert_eq!(
+            parse_output("jsonpath={.status.podIP}"),
+            Ok(Output::JsonPath("{.status.podIP}".into()))
+        );
+        assert!(parse_output("jsonpath={.status").is_err());
+        assert!(parse_output("custom-columns=A:.a").is_err());
+    }
+
+    fn record(phase: &str, supervisor: Option<ProcessRef>) -> PodRecord {
+        let mut doc = serde_json::json!({
+            "version": 1, "name": "web", "uid": "u-1",
+            "creationTimestamp": "2026-01-01T00:00:00Z", "manifest": "pod.yaml",
+            "status": {"phase": phase, "podIP": "10.88.0.2", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]}
+        });
+        if let Some(s) = supervisor {
+            doc["supervisor"] = serde_json::to_value(s).unwrap();
+        }
+        serde_json::from_value(doc).expect("a status record")
+    }
+
+    #[test]
+    fn the_pod_document_has_metadata_and_the_shown_phase() {
+        let labels: BTreeMap<String, String> = [("app".into(), "web".into())].into();
+        let live = record("Running", Some(ProcessRef::current()));
+        let doc = pod_document(&live, &labels);
+        let t = |text: &str| Template::parse(text).unwrap().render(&doc);
+        assert_eq!(t("{.metadata.name}/{.metadata.uid}"), "web/u-1");
+        assert_eq!(t("{.metadata.labels.app}"), "web");
+        assert_eq!(t("{.status.phase} {.status.podIP}"), "Running 10.88.0.2");
+        assert_eq!(
+            t(r#"{.status.conditions[?(@.type=="Ready")].status}"#),
+            "True"
+        );
+        let orphan = pod_document(&record("Running", None), &BTreeMap::new());
+        let t = |text: &str| Template::parse(text).unwrap().render(&orphan);
+        assert_eq!(t("{.status.phase}"), "Unknown", "no supervisor");
+        assert_eq!(
+            t(r#"{.status.conditions[?(@.type=="Ready")].status}"#),
+            "False"
+        );
+        assert_eq!(t("{.metadata.labels}"), "");
+        let done = pod_document(&record("Succeeded", None), &BTreeMap::new());
+        assert_eq!(
+            done["status"]["phase"], "Succeeded",
+            "a finished pod stays so"
+        );
+    }
+
+    #[test]
+    fn the_labels_column_joins_pairs_or_says_none() {
+        let labels: BTreeMap<String, String> = [
+            ("app".into(), "web".into()),
+            ("tier".into(), "front".into()),
+        ]
+        .into();
+        assert_eq!(labels_column(&labels), "app=web,tier=front");
+        assert_eq!(labels_column(&BTreeMap::new()), "<none>");
+    }
 }
