@@ -544,7 +544,7 @@ fn exec_runs_in_a_container_with_stdin_and_its_exit_code() {
     remove(&state, "pods-exec");
     let path = manifest(
         "pods-exec",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pods-exec\nspec:\n  containers:\n    - name: c\n      image: busybox\n      command: [sh, -c, 'while true; do sleep 1; done']\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pods-exec\n  labels:\n    app: exec\nspec:\n  containers:\n    - name: c\n      image: busybox\n      command: [sh, -c, 'echo one; echo two; while true; do sleep 1; done']\n",
     );
     let out = run_pod(&state, &path, &["-d"]).output().expect("runs");
     assert!(out.status.success(), "{:?}", text(&out));
@@ -580,7 +580,77 @@ fn exec_runs_in_a_container_with_stdin_and_its_exit_code() {
     std::thread::sleep(Duration::from_secs(12));
     let (desc, _) = text(&unipod(&state, "describe", &["pods-exec"]));
     assert!(!desc.contains("AgentUnresponsive"), "{desc}");
-    remove(&state, "pods-exec");
+    kubectl_flags_on_a_running_pod(&state);
+}
+
+/// kubectl's everyday flags on the running `pods-exec`: wait, get -o
+/// name/jsonpath, -l, logs --tail/--prefix, then delete.
+fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
+    let out = unipod(
+        state,
+        "wait",
+        &["--for=condition=Ready", "--timeout=60s", "pod/pods-exec"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(text(&out).0, "pod/pods-exec condition met\n");
+    let out = unipod(
+        state,
+        "wait",
+        &[
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "--timeout=1s",
+            "pods-exec",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(
+        text(&out)
+            .1
+            .contains("timed out waiting for the condition on pods/pods-exec"),
+        "{:?}",
+        text(&out)
+    );
+    let get = |args: &[&str]| {
+        let out = unipod(state, "get", args);
+        assert!(out.status.success(), "get {args:?}: {:?}", text(&out));
+        text(&out).0
+    };
+    assert_eq!(get(&["pods-exec", "-o", "name"]), "pod/pods-exec\n");
+    assert_eq!(
+        get(&["pods-exec", "-o", "jsonpath={.status.phase}"]),
+        "Running"
+    );
+    assert_eq!(
+        get(&[
+            "pod",
+            "pods-exec",
+            "-o",
+            "jsonpath={.metadata.name} {.status.containerStatuses[0].ready}"
+        ]),
+        "pods-exec true"
+    );
+    let listed = get(&["-l", "app=exec", "-o", "name"]);
+    assert!(listed.lines().any(|l| l == "pod/pods-exec"), "{listed}");
+    let listed = get(&["-l", "app!=exec", "-o", "name"]);
+    assert!(!listed.contains("pod/pods-exec"), "{listed}");
+    let (logs, _) = text(&unipod(state, "logs", &["pods-exec", "--tail=1"]));
+    assert_eq!(logs, "two\n");
+    let (logs, _) = text(&unipod(
+        state,
+        "logs",
+        &["pods-exec", "--prefix", "--all-containers"],
+    ));
+    assert_eq!(logs, "[pod/pods-exec/c] one\n[pod/pods-exec/c] two\n");
+    let out = unipod(state, "delete", &["pod", "pods-exec", "--grace-period=1"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out).0, "pod \"pods-exec\" deleted\n");
+    assert!(!state.join("pods/pods-exec").exists(), "deleted");
+    let out = unipod(
+        state,
+        "wait",
+        &["--for=delete", "pods-exec", "--timeout=5s"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 }
 
 #[test]
