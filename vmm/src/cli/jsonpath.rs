@@ -14,6 +14,10 @@
 //! missing key prints nothing; several results of one action are joined
 //! by a space; strings print bare and anything else as JSON.
 //!
+//! Hand-written: the JSONPath crates implement RFC 9535 queries, not
+//! kubectl's templates (literal text, `{range}...{end}`), and a query
+//! language alone would still need this template layer around it.
+//!
 //! # Limitations
 //! No slices (`[a:b]`), recursive descent (`..`), unions (`[a,b]`) or
 //! comparison operators other than `==` and `!=`; selectors have no
