@@ -21,8 +21,9 @@ all: build kernel images
 
 # Debian packages the build and tests need. Idempotent and quick when present.
 # protobuf-compiler: the CRI client of tests/shim.rs (k8s-cri) is generated
-# with protoc at build time.
-APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils protobuf-compiler
+# with protoc at build time. musl-tools: musl-gcc, which builds ring (the
+# agent's TLS for HTTPS probes) for the static agent (.cargo/config.toml).
+APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils protobuf-compiler musl-tools
 deps:
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -36,7 +36,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod probe;
-pub use probe::{HookKind, HookSpec, ProbeHandler, ProbeKind, ProbeSpec, Probes, MAX_PROBE_OUTPUT};
+pub use probe::{
+    HookKind, HookSpec, ProbeHandler, ProbeKind, ProbeSpec, Probes, MAX_GRPC_SERVICE,
+    MAX_PROBE_OUTPUT,
+};
 
 /// Version word carried by every frame; a peer with another version is refused.
 ///
@@ -1150,6 +1153,7 @@ mod tests {
                             port: 8080,
                             path: "/healthz".into(),
                             headers: vec![("X-Probe".into(), "1".into())],
+                            https: false,
                         },
                         initial_delay_secs: 3,
                         period_secs: 10,

@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 /// the failure message.
 pub const MAX_PROBE_OUTPUT: usize = 10 * 1024;
 
+/// The longest grpc `service` name the agent sends (it must fit one small
+/// HTTP/2 frame; Kubernetes sets no limit, real names are short).
+pub const MAX_GRPC_SERVICE: usize = 1024;
+
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +67,8 @@ pub enum ProbeHandler {
         /// Program and arguments; not run through a shell.
         command: Vec<String>,
     },
-    /// `GET path` over HTTP/1.1; a status from 200 to 399 is success.
+    /// `GET path` over HTTP/1.1, or HTTPS; a status from 200 to 399 is
+    /// success.
     HttpGet {
         /// The address to connect to. The host fills in the pod IP when the
         /// manifest names none, as the kubelet does ([`Probes::default_host`]);
@@ -76,6 +81,10 @@ pub enum ProbeHandler {
         /// Extra headers, in order; a `Host`, `User-Agent` or `Accept` here
         /// replaces the default one.
         headers: Vec<(String, String)>,
+        /// `scheme: HTTPS`: TLS without verifying the server's certificate,
+        /// as the kubelet does.
+        #[serde(default)]
+        https: bool,
     },
     /// Open a TCP connection; success when it connects.
     TcpSocket {
@@ -83,6 +92,18 @@ pub enum ProbeHandler {
         host: Option<String>,
         /// The TCP port.
         port: u16,
+    },
+    /// Call `grpc.health.v1.Health/Check` over plaintext HTTP/2; success
+    /// when the service is `SERVING`.
+    Grpc {
+        /// As for [`ProbeHandler::HttpGet::host`] (the manifest has no host
+        /// for grpc: it is always the pod IP, or loopback).
+        host: Option<String>,
+        /// The TCP port (a number: Kubernetes has no named port for grpc).
+        port: u16,
+        /// The `service` of the `HealthCheckRequest`; empty for the server
+        /// as a whole.
+        service: String,
     },
 }
 
@@ -165,7 +186,8 @@ impl Probes {
         {
             match &mut probe.handler {
                 ProbeHandler::HttpGet { host: h @ None, .. }
-                | ProbeHandler::TcpSocket { host: h @ None, .. } => *h = Some(host.to_owned()),
+                | ProbeHandler::TcpSocket { host: h @ None, .. }
+                | ProbeHandler::Grpc { host: h @ None, .. } => *h = Some(host.to_owned()),
                 _ => {}
             }
         }
@@ -203,8 +225,11 @@ impl Probes {
                 ProbeHandler::Exec { command } if command.is_empty() => {
                     return bad("exec needs a command")
                 }
-                ProbeHandler::HttpGet { port: 0, .. } | ProbeHandler::TcpSocket { port: 0, .. } => {
-                    return bad("port 0")
+                ProbeHandler::HttpGet { port: 0, .. }
+                | ProbeHandler::TcpSocket { port: 0, .. }
+                | ProbeHandler::Grpc { port: 0, .. } => return bad("port 0"),
+                ProbeHandler::Grpc { service, .. } if service.len() > MAX_GRPC_SERVICE => {
+                    return bad("the grpc service name is too long")
                 }
                 ProbeHandler::HttpGet { path, headers, .. } => {
                     let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
@@ -254,21 +279,25 @@ mod tests {
                 port: 80,
                 path: "/".into(),
                 headers: vec![],
+                https: false,
             }),
-            readiness: probe(ProbeHandler::Exec {
-                command: vec!["true".into()],
+            readiness: probe(ProbeHandler::Grpc {
+                host: None,
+                port: 9090,
+                service: String::new(),
             }),
         };
         let before = probes.clone();
         probes.default_host("10.211.0.2");
         let host = |p: &Option<ProbeSpec>| match &p.as_ref().unwrap().handler {
-            ProbeHandler::TcpSocket { host, .. } | ProbeHandler::HttpGet { host, .. } => {
-                host.clone()
-            }
+            ProbeHandler::TcpSocket { host, .. }
+            | ProbeHandler::HttpGet { host, .. }
+            | ProbeHandler::Grpc { host, .. } => host.clone(),
             ProbeHandler::Exec { .. } => None,
         };
         assert_eq!(host(&probes.startup).as_deref(), Some("10.211.0.2"));
         assert_eq!(host(&probes.liveness).as_deref(), Some("10.0.0.9"));
-        assert_eq!(probes.readiness, before.readiness);
+        assert_eq!(host(&probes.readiness).as_deref(), Some("10.211.0.2"));
+        assert_ne!(probes.readiness, before.readiness);
     }
 }

@@ -179,11 +179,20 @@ fn describe_probe(p: &guest_agent::protocol::ProbeSpec) -> String {
     let handler = match &p.handler {
         ProbeHandler::Exec { command } => format!("exec [{}]", command.join(" ")),
         ProbeHandler::HttpGet {
-            host, port, path, ..
+            host,
+            port,
+            path,
+            https,
+            ..
         } => format!(
-            "http-get http://{}:{port}{path}",
+            "http-get {}://{}:{port}{path}",
+            if *https { "https" } else { "http" },
             host.as_deref().unwrap_or("")
         ),
+        ProbeHandler::Grpc { port, service, .. } if service.is_empty() => {
+            format!("grpc <pod>:{port}")
+        }
+        ProbeHandler::Grpc { port, service, .. } => format!("grpc <pod>:{port} {service}"),
         ProbeHandler::TcpSocket { host, port } => {
             format!("tcp-socket {}:{port}", host.as_deref().unwrap_or(""))
         }
@@ -427,8 +436,23 @@ mod tests {
             port: 8080,
             path: "/healthz".into(),
             headers: Vec::new(),
+            https: false,
         });
         assert!(describe_probe(&http).starts_with("http-get http://:8080/healthz delay=5s"));
+        let https = spec(ProbeHandler::HttpGet {
+            host: Some("10.0.0.2".into()),
+            port: 8443,
+            path: "/".into(),
+            headers: Vec::new(),
+            https: true,
+        });
+        assert!(describe_probe(&https).starts_with("http-get https://10.0.0.2:8443/ delay=5s"));
+        let grpc = spec(ProbeHandler::Grpc {
+            host: Some("10.0.0.2".into()),
+            port: 9090,
+            service: "echo".into(),
+        });
+        assert!(describe_probe(&grpc).starts_with("grpc <pod>:9090 echo delay=5s"));
         let tcp = spec(ProbeHandler::TcpSocket {
             host: Some("10.0.0.1".into()),
             port: 53,

@@ -288,6 +288,7 @@ fn lifecycle_hooks_parse_from_the_kubernetes_docs_example() {
             port: 80,
             path: "/shutdown".into(),
             headers: vec![],
+            https: false,
         }))
     );
     let (pod, warnings) = parse_ok(&with_container_fields(
@@ -421,6 +422,7 @@ fn probes_parse_with_the_kubernetes_defaults_and_named_ports_resolved() {
                 port: 8080,
                 path: "/healthz".into(),
                 headers: vec![("X-Custom-Header".into(), "Awesome".into())],
+                https: false,
             },
             initial_delay_secs: 0,
             period_secs: 10,

@@ -279,6 +279,7 @@ impl Walker {
             port: port?,
             path,
             headers,
+            https: false,
         })
     }
 
