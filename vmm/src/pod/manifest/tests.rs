@@ -444,6 +444,47 @@ fn probes_parse_with_the_kubernetes_defaults_and_named_ports_resolved() {
 }
 
 #[test]
+fn grpc_and_https_probes_parse_as_the_kubelet_runs_them() {
+    use guest_agent::protocol::ProbeHandler;
+    let (pod, _) = parse_ok(&with_probes(
+        "      livenessProbe:
+        grpc: {port: 9090}
+      readinessProbe:
+        grpc: {port: 9090, service: echo.v1.Echo}
+      startupProbe:
+        httpGet: {port: http, scheme: HTTPS, path: /ready}
+",
+    ));
+    let p = &pod.containers[0].probes.probes;
+    assert_eq!(
+        p.liveness.as_ref().unwrap().handler,
+        ProbeHandler::Grpc {
+            host: None,
+            port: 9090,
+            service: String::new()
+        }
+    );
+    assert_eq!(
+        p.readiness.as_ref().unwrap().handler,
+        ProbeHandler::Grpc {
+            host: None,
+            port: 9090,
+            service: "echo.v1.Echo".into()
+        }
+    );
+    assert_eq!(
+        p.startup.as_ref().unwrap().handler,
+        ProbeHandler::HttpGet {
+            host: None,
+            port: 8080,
+            path: "/ready".into(),
+            headers: vec![],
+            https: true,
+        }
+    );
+}
+
+#[test]
 fn invalid_probes_are_refused_with_the_field_and_the_rule() {
     let cases = [
         (
@@ -452,7 +493,7 @@ fn invalid_probes_are_refused_with_the_field_and_the_rule() {
         ),
         (
             "      livenessProbe:\n        periodSeconds: 3\n",
-            "spec.containers[0].livenessProbe.exec|httpGet|tcpSocket: required field is missing",
+            "spec.containers[0].livenessProbe.exec|httpGet|tcpSocket|grpc: required field is missing",
         ),
         (
             "      readinessProbe:\n        exec: {command: [ls]}\n        periodSeconds: -1\n",
@@ -475,12 +516,28 @@ fn invalid_probes_are_refused_with_the_field_and_the_rule() {
             "spec.containers[0].livenessProbe.terminationGracePeriodSeconds: 0 is not valid; expected a whole number of seconds greater than 0",
         ),
         (
-            "      livenessProbe:\n        httpGet: {port: 8080, scheme: HTTPS}\n",
-            "spec.containers[0].livenessProbe.httpGet.scheme: HTTPS probes are not supported yet",
+            "      livenessProbe:\n        httpGet: {port: 8080, scheme: FTP}\n",
+            "spec.containers[0].livenessProbe.httpGet.scheme: \"FTP\" is not valid; expected \"HTTP\" or \"HTTPS\"",
         ),
         (
-            "      livenessProbe:\n        grpc: {port: 9090}\n",
-            "spec.containers[0].livenessProbe.grpc: grpc probes are not supported yet",
+            "      livenessProbe:\n        grpc: {port: 0}\n",
+            "spec.containers[0].livenessProbe.grpc.port: 0 is not valid; expected a port number from 1 to 65535",
+        ),
+        (
+            "      livenessProbe:\n        grpc: {port: 65536}\n",
+            "spec.containers[0].livenessProbe.grpc.port: 65536 is not valid; expected a port number from 1 to 65535",
+        ),
+        (
+            "      livenessProbe:\n        grpc: {port: http}\n",
+            "spec.containers[0].livenessProbe.grpc.port: \"http\" is not valid; expected a port number from 1 to 65535 (a grpc probe takes no named port)",
+        ),
+        (
+            "      readinessProbe:\n        grpc: {service: x}\n",
+            "spec.containers[0].readinessProbe.grpc.port: required field is missing",
+        ),
+        (
+            "      readinessProbe:\n        grpc: {port: 9090, host: 10.0.0.1}\n",
+            "spec.containers[0].readinessProbe.grpc.host",
         ),
         (
             "      livenessProbe:\n        exec: {command: []}\n",

@@ -189,10 +189,6 @@ const CONTAINER_IGNORED: Ignored = &[
 /// Fields unipod knows and refuses, with why; any other unknown field is
 /// reported as not supported.
 const REFUSED: Ignored = &[
-    (
-        "grpc",
-        "grpc probes are not supported yet; use an exec probe running grpc_health_probe",
-    ),
     ("hostPath", "host directories are not supported yet"),
     (
         "persistentVolumeClaim",

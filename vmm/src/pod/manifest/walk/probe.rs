@@ -11,10 +11,10 @@
 //! probes; probes belong to app containers and native sidecars, not to
 //! init containers that run to completion. A named
 //! port must name one of the container's `ports` (the kubelet would fail
-//! every check), and is resolved here.
-//!
-//! # Limitations
-//! `grpc` probes and `scheme: HTTPS` are refused (see docs/PODS.md).
+//! every check), and is resolved here. `httpGet.scheme` is `HTTP` or
+//! `HTTPS`; `grpc.port` is a number from 1 to 65535 (Kubernetes has no
+//! named port for grpc) and `grpc.service` is optional (empty: the server
+//! as a whole).
 
 use std::time::Duration;
 
@@ -23,12 +23,13 @@ use serde_norway::Value;
 use super::super::{ContainerPort, ContainerProbes, ManifestError};
 use super::{Obj, Walker, PORT_NAME};
 use crate::pod::manifest::names::is_port_name;
-use guest_agent::protocol::{ProbeHandler, ProbeKind, ProbeSpec};
+use guest_agent::protocol::{ProbeHandler, ProbeKind, ProbeSpec, MAX_GRPC_SERVICE};
 
 const PROBE_FIELDS: &[&str] = &[
     "exec",
     "httpGet",
     "tcpSocket",
+    "grpc",
     "initialDelaySeconds",
     "periodSeconds",
     "timeoutSeconds",
@@ -41,6 +42,7 @@ const EXEC_FIELDS: &[&str] = &["command"];
 const HTTP_GET_FIELDS: &[&str] = &["path", "port", "host", "scheme", "httpHeaders"];
 const HEADER_FIELDS: &[&str] = &["name", "value"];
 const TCP_SOCKET_FIELDS: &[&str] = &["port", "host"];
+const GRPC_FIELDS: &[&str] = &["port", "service"];
 
 /// A probe's number, 0 to 2^31-1 as Kubernetes' int32.
 fn probe_number(n: i128) -> Option<u32> {
@@ -115,12 +117,11 @@ impl Walker {
         let handler = match given.first() {
             None => {
                 self.error(ManifestError::Missing {
-                    path: format!("{}.exec|httpGet|tcpSocket", obj.path),
+                    path: format!("{}.exec|httpGet|tcpSocket|grpc", obj.path),
                 });
                 return None;
             }
-            // `object` has refused it already (REFUSED).
-            Some(&"grpc") => return None,
+            Some(&"grpc") => self.grpc_handler(&obj)?,
             Some(&"exec") => self.exec_handler(&obj)?,
             Some(&"httpGet") => self.http_get_handler(&obj, ports)?,
             Some(_) => self.tcp_socket_handler(&obj, ports)?,
@@ -215,22 +216,18 @@ impl Walker {
         )?;
         let port = self.probe_port(&obj, ports);
         let host = self.probe_host(&obj);
-        match self.string(&obj, "scheme").as_deref() {
-            None | Some("HTTP") => {}
-            Some("HTTPS") => self.error(ManifestError::Unsupported {
-                path: obj.path("scheme"),
-                reason: Some(
-                    "HTTPS probes are not supported yet (the guest agent has no TLS client); \
-                     use HTTP, a tcpSocket or an exec probe",
-                ),
-                suggestion: None,
-            }),
-            Some(other) => self.invalid(
-                obj.path("scheme"),
-                &Value::String(other.into()),
-                "\"HTTP\" or \"HTTPS\"",
-            ),
-        }
+        let https = match self.string(&obj, "scheme").as_deref() {
+            None | Some("HTTP") => Some(false),
+            Some("HTTPS") => Some(true),
+            Some(other) => {
+                self.invalid(
+                    obj.path("scheme"),
+                    &Value::String(other.into()),
+                    "\"HTTP\" or \"HTTPS\"",
+                );
+                None
+            }
+        };
         let path = match self.string(&obj, "path") {
             None => "/".to_string(),
             Some(p) if p.is_empty() => "/".to_string(),
@@ -279,7 +276,38 @@ impl Walker {
             port: port?,
             path,
             headers,
-            https: false,
+            https: https?,
+        })
+    }
+
+    /// `grpc`: a port number (no name, as Kubernetes has it) and an
+    /// optional service; the host is always the pod's own address.
+    fn grpc_handler(&mut self, probe: &Obj<'_>) -> Option<ProbeHandler> {
+        let obj = self.object(probe.path("grpc"), probe.get("grpc")?, GRPC_FIELDS, &[])?;
+        let value = self.required(&obj, "port")?;
+        let port = if matches!(value, Value::String(_)) {
+            self.invalid(
+                obj.path("port"),
+                value,
+                "a port number from 1 to 65535 (a grpc probe takes no named port)",
+            );
+            None
+        } else {
+            self.port(obj.path("port"), value)
+        };
+        let service = self.string(&obj, "service").unwrap_or_default();
+        if service.len() > MAX_GRPC_SERVICE {
+            self.invalid(
+                obj.path("service"),
+                &Value::String(service),
+                format!("a service name of at most {MAX_GRPC_SERVICE} bytes"),
+            );
+            return None;
+        }
+        Some(ProbeHandler::Grpc {
+            host: None,
+            port: port?,
+            service,
         })
     }
 
