@@ -52,6 +52,8 @@ agent: deps
 # busybox OCI test image for 'unipod image import' (target/guest/oci), with
 # the vecstress test program in it, and a stock Debian nginx image beside it
 # (mmdebstrap + umoci, cached in ~/.cache/unipod/nginx; half a minute the
+# first time), and a Debian python3 + grpcio image for the grpc and HTTPS
+# probe test (cached in ~/.cache/unipod/python-grpc; about a minute the
 # first time). initramfs-test-hooks.cpio is only for
 # the tests that inject faults; it is never installed.
 images: deps agent
@@ -60,6 +62,7 @@ images: deps agent
 	@bash images/build-initramfs.sh agent $(GUEST)/initramfs-test-hooks.cpio $(AGENT_TEST_HOOKS)
 	@bash images/build-oci.sh $(GUEST)/oci $(VECSTRESS)
 	@bash images/build-nginx.sh $(GUEST)/oci
+	@bash images/build-python-grpc.sh $(GUEST)/oci
 
 build: deps
 	@echo "[build] cargo build --release"
