@@ -6,6 +6,12 @@
 //! busybox httpd whose startup probe (tcpSocket) holds its httpGet
 //! liveness and readiness probes, and whose liveness probe restarts it
 //! once the page it checks is gone. The probes run in the guest agent.
+//!
+//! A second pod runs real gRPC and HTTPS servers (Python's grpcio and ssl,
+//! tests/fixtures/probe_servers.py, in the python-grpc image of
+//! images/build-python-grpc.sh): a grpc startup probe, a grpc readiness
+//! probe that flips READY as the server answers NOT_SERVING and SERVING
+//! again, and an HTTPS readiness probe against a self-signed certificate.
 
 mod common;
 
@@ -13,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::pod::{import_busybox, manifest, remove, run_pod, status, text, unipod, wait_for};
-use common::{shared_state_dir, skip_without_kvm, wait_until};
+use common::{guest_artifact, shared_state_dir, skip_without_kvm, wait_until};
 
 const POD: &str = "probes-demo";
 
@@ -255,5 +261,172 @@ fn liveness_readiness_and_startup_probes_run_as_the_kubelet_runs_them() {
     );
 
     let out = unipod(&state, "rm", &["-f", POD]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+const GRPC_POD: &str = "probes-grpc";
+
+/// How long the python-grpc container may take to start serving: Python
+/// and grpcio's C core take about two minutes to start on a nested-PVM
+/// host, where every page fault and system call is emulated.
+const GRPC_START_BUDGET: Duration = Duration::from_secs(600);
+
+/// The Python servers in a ConfigMap; a container running them whose grpc
+/// startup probe holds its grpc readiness probe, and a busybox container
+/// whose HTTPS readiness probe checks the HTTPS server across the pod's
+/// shared network (so that one slow Python start serves both checks).
+/// Timeouts are generous for a busy nested guest.
+fn grpc_manifest() -> String {
+    let script: String = include_str!("fixtures/probe_servers.py")
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: probe-servers
+data:
+  probe_servers.py: |
+{script}---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {GRPC_POD}
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes:
+  - name: app
+    configMap:
+      name: probe-servers
+  containers:
+  - name: grpc
+    image: python-grpc:latest
+    command: [python3, -u, /app/probe_servers.py]
+    volumeMounts:
+    - name: app
+      mountPath: /app
+    startupProbe:
+      grpc:
+        port: 9090
+        service: probe-test
+      periodSeconds: 2
+      timeoutSeconds: 10
+      failureThreshold: 300
+    readinessProbe:
+      grpc:
+        port: 9090
+      periodSeconds: 1
+      timeoutSeconds: 10
+      failureThreshold: 1
+  - name: https
+    image: busybox
+    command: [sleep, "3600"]
+    readinessProbe:
+      httpGet:
+        scheme: HTTPS
+        port: 8443
+        path: /healthz
+      periodSeconds: 2
+      timeoutSeconds: 10
+"#
+    )
+}
+
+/// Waits (up to `limit`) until `check` holds for the pod's status.
+fn wait_long(
+    state: &Path,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let held = wait_until(limit, || check(&status(state, GRPC_POD)));
+    assert!(
+        held,
+        "pod {GRPC_POD}: never {what}:\n{:#}",
+        status(state, GRPC_POD)
+    );
+}
+
+#[test]
+fn grpc_and_https_probes_check_real_servers() {
+    if skip_without_kvm("grpc_and_https_probes_check_real_servers") {
+        return;
+    }
+    let state = shared_state_dir();
+    import_busybox(&state);
+    let tar = guest_artifact("oci/python-grpc-oci.tar");
+    let out = unipod(&state, "image", &["import", tar.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "import python-grpc: {:?}", text(&out));
+    remove(&state, GRPC_POD);
+    let path = manifest(GRPC_POD, &grpc_manifest());
+    let out = run_pod(&state, &path, &["-d"]).output().expect("runs");
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // The grpc startup probe (service "probe-test") passes once the server
+    // is up, then its grpc readiness probe makes it ready; the HTTPS
+    // readiness probe (a self-signed certificate) makes `https` ready.
+    wait_long(
+        &state,
+        "ready over grpc and HTTPS",
+        GRPC_START_BUDGET,
+        |s| {
+            let grpc = container(s, "grpc");
+            grpc["started"] == true
+                && grpc["ready"] == true
+                && container(s, "https")["ready"] == true
+        },
+    );
+    let s = status(&state, GRPC_POD);
+    assert_eq!(condition(&s, "Ready"), "True", "{s:#}");
+
+    // NOT_SERVING fails the grpc readiness probe with the kubelet's words;
+    // SERVING again makes it ready again. HTTPS stays ready throughout.
+    let grpc_sh = |script: &str| {
+        let out = unipod(
+            &state,
+            "exec",
+            &[GRPC_POD, "-c", "grpc", "--", "sh", "-c", script],
+        );
+        assert!(out.status.success(), "exec {script:?}: {:?}", text(&out));
+    };
+    grpc_sh("touch /tmp/not-serving");
+    wait_long(
+        &state,
+        "not ready on NOT_SERVING",
+        Duration::from_secs(120),
+        |s| {
+            container(s, "grpc")["ready"] == false
+                && has_event(
+                    s,
+                    "Unhealthy",
+                    "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")",
+                )
+        },
+    );
+    let s = status(&state, GRPC_POD);
+    assert_eq!(condition(&s, "Ready"), "False", "{s:#}");
+    assert_eq!(container(&s, "https")["ready"], true, "{s:#}");
+    grpc_sh("rm /tmp/not-serving");
+    wait_long(
+        &state,
+        "ready again on SERVING",
+        Duration::from_secs(120),
+        |s| container(s, "grpc")["ready"] == true && condition(s, "Ready") == "True",
+    );
+    let s = status(&state, GRPC_POD);
+    assert_eq!(container(&s, "grpc")["restartCount"], 0, "{s:#}");
+    let (describe, _) = text(&unipod(&state, "describe", &[GRPC_POD]));
+    assert!(
+        describe
+            .contains("Startup:        grpc <pod>:9090 probe-test delay=0s timeout=10s period=2s"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("Readiness:      http-get https://:8443/healthz"),
+        "{describe}"
+    );
+
+    let out = unipod(&state, "rm", &["-f", GRPC_POD]);
     assert!(out.status.success(), "{:?}", text(&out));
 }
