@@ -1057,6 +1057,13 @@ impl<'a> Supervisor<'a> {
         self.send(link, Request::Run(spec), Pending::Run(name.to_string()));
     }
 
+    /// Container `name`'s hook of `kind`, as the manifest has it.
+    fn hook_of(&self, name: &str, kind: HookKind) -> Option<&Hook> {
+        let manifest = &self.p.manifest;
+        let mut containers = manifest.init_containers.iter().chain(&manifest.containers);
+        containers.find(|c| c.name == name)?.hooks.get(kind)
+    }
+
     /// Runs container `name`'s hook in the guest; a `tcpSocket` hook fails
     /// here, as the kubelet fails it.
     fn run_hook(
@@ -1067,14 +1074,7 @@ impl<'a> Supervisor<'a> {
         within: Option<Duration>,
         now: Instant,
     ) {
-        let hook = self
-            .p
-            .manifest
-            .init_containers
-            .iter()
-            .chain(&self.p.manifest.containers)
-            .find(|c| c.name == name)
-            .and_then(|c| c.hooks.get(kind));
+        let hook = self.hook_of(name, kind);
         let mut handler = match hook {
             Some(Hook::InGuest(handler)) => handler.clone(),
             _ => {
@@ -1102,14 +1102,7 @@ impl<'a> Supervisor<'a> {
     /// The kubelet's message for a failed hook of container `name`.
     fn hook_message(&self, name: &str, kind: HookKind, error: &str) -> String {
         let pod = &self.p.manifest.name;
-        let hook = self
-            .p
-            .manifest
-            .init_containers
-            .iter()
-            .chain(&self.p.manifest.containers)
-            .find(|c| c.name == name)
-            .and_then(|c| c.hooks.get(kind));
+        let hook = self.hook_of(name, kind);
         match hook {
             Some(Hook::InGuest(ProbeHandler::Exec { command })) => format!(
                 "Exec lifecycle hook ([{}]) for Container {name:?} in Pod {pod:?} failed - error: {error}",
