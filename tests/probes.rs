@@ -488,6 +488,13 @@ spec:
       periodSeconds: 1
       timeoutSeconds: 10
       failureThreshold: 60
+    livenessProbe:
+      tcpSocket:
+        host: 127.0.0.1
+        port: 8081
+      periodSeconds: 1
+      timeoutSeconds: 10
+      failureThreshold: 2
   containers:
   - name: myapp
     image: busybox
@@ -615,6 +622,45 @@ fn native_sidecars_and_lifecycle_hooks_run_as_the_kubelet_runs_them() {
         logs(&state, "myapp").contains("served by the sidecar"),
         "{}",
         logs(&state, "myapp")
+    );
+
+    // web's tcpSocket liveness probe fails once its server is gone: the
+    // sidecar is killed and restarted, and serves again.
+    let out = unipod(
+        &state,
+        "exec",
+        &[SIDECAR_POD, "-c", "web", "--", "killall", "httpd"],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    wait_for(
+        &state,
+        SIDECAR_POD,
+        "web restarted by its liveness probe",
+        |s| {
+            let web = s["status"]["initContainerStatuses"]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == "web"))
+                .cloned()
+                .unwrap_or_default();
+            web["restartCount"].as_u64() >= Some(1) && web["started"] == true
+        },
+    );
+    let s = status(&state, SIDECAR_POD);
+    assert!(
+        has_event(
+            &s,
+            "Killing",
+            "Container web failed liveness probe, will be restarted"
+        ),
+        "{s:#}"
+    );
+    assert!(
+        has_event(
+            &s,
+            "Unhealthy",
+            "Liveness probe failed: dial tcp 127.0.0.1:8081: connect: connection refused"
+        ),
+        "{s:#}"
     );
 
     // The app ends: the sidecars do not keep the pod from Succeeded. They
