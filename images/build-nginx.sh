@@ -26,19 +26,10 @@ set -euo pipefail
 umask 022
 out=$(realpath -m "${1:-target/guest/oci}")
 cache_root="${UNIPOD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/unipod}/nginx"
-say() { echo "[images] $*"; }
-
-missing=()
-for p in mmdebstrap umoci; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]} with apt-get"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-key=$( { dpkg-query -W -f='${Version}\n' mmdebstrap umoci; cat "$0"; } | sha256sum | cut -c1-16)
+# shellcheck source=images/lib/debian-oci.sh
+. "$(dirname "$0")/lib/debian-oci.sh"
+ensure_image_tools
+key=$(image_cache_key "$0")
 cached="$cache_root/$key"
 if [ -f "$cached/nginx-oci.tar" ] && [ -f "$cached/nginx/index.json" ]; then
   say "nginx OCI image: cached (key $key)"
@@ -49,11 +40,7 @@ else
   start=$(date +%s)
   say "nginx OCI image: mmdebstrap bookworm essential + nginx-light"
   mmdebstrap --quiet --variant=essential --include=usr-is-merged,nginx-light \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/info/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    "${DEBIAN_SLIM_DPKGOPTS[@]}" \
     --customize-hook='chroot "$1" dpkg --purge usrmerge libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl perl perl-modules-5.36 libperl5.36 libgdbm-compat4 libgdbm6 >/dev/null' \
     bookworm "$work/rootfs.tar"
   # grep -q would close the pipe early and fail tar under pipefail.
@@ -62,30 +49,11 @@ else
     exit 1
   fi
 
-  image="$work/nginx"
-  umoci init --layout "$image"
-  umoci new --image "$image:latest"
-  umoci unpack --image "$image:latest" "$work/bundle" >/dev/null
-  tar -C "$work/bundle/rootfs" --numeric-owner -xpf "$work/rootfs.tar"
-  rm "$work/rootfs.tar"
-  umoci repack --image "$image:latest" --history.created_by "images/build-nginx.sh: mmdebstrap bookworm essential + nginx-light" "$work/bundle"
-  umoci config --image "$image:latest" --os linux --architecture amd64 \
+  oci_image "$work" "$work/rootfs.tar" nginx "images/build-nginx.sh: mmdebstrap bookworm essential + nginx-light" \
     --config.cmd nginx --config.cmd -g --config.cmd 'daemon off;' \
     --config.stopsignal SIGQUIT --config.exposedports 80/tcp \
-    --clear config.env --no-history
-  umoci gc --layout "$image"
-  # umoci writes the bare tag; give the index the image's full name, as
-  # `docker save` and skopeo's oci-archive do.
-  python3 - "$image/index.json" <<'EOF'
-import json, sys
-path = sys.argv[1]
-index = json.load(open(path))
-(manifest,) = index["manifests"]
-manifest["annotations"]["org.opencontainers.image.ref.name"] = "nginx:latest"
-manifest["platform"] = {"architecture": "amd64", "os": "linux"}
-json.dump(index, open(path, "w"))
-EOF
-  tar --format=gnu --sort=name --numeric-owner --owner=0 --group=0 -C "$image" -cf "$work/nginx-oci.tar" .
+    --clear config.env
+  image="$work/nginx"
   rm -rf "$cached.tmp"
   mkdir -p "$cached.tmp"
   mv "$image" "$work/nginx-oci.tar" "$cached.tmp/"

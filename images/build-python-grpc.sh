@@ -21,19 +21,10 @@ set -euo pipefail
 umask 022
 out=$(realpath -m "${1:-target/guest/oci}")
 cache_root="${UNIPOD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/unipod}/python-grpc"
-say() { echo "[images] $*"; }
-
-missing=()
-for p in mmdebstrap umoci; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]} with apt-get"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-key=$( { dpkg-query -W -f='${Version}\n' mmdebstrap umoci; cat "$0"; } | sha256sum | cut -c1-16)
+# shellcheck source=images/lib/debian-oci.sh
+. "$(dirname "$0")/lib/debian-oci.sh"
+ensure_image_tools
+key=$(image_cache_key "$0")
 cached="$cache_root/$key"
 if [ -f "$cached/python-grpc-oci.tar" ]; then
   say "python-grpc OCI image: cached (key $key)"
@@ -44,37 +35,14 @@ else
   start=$(date +%s)
   say "python-grpc OCI image: mmdebstrap bookworm essential + python3-grpcio, openssl"
   mmdebstrap --quiet --variant=essential --include=usr-is-merged,python3-grpcio,openssl \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/info/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    "${DEBIAN_SLIM_DPKGOPTS[@]}" \
     --customize-hook='chroot "$1" sh -c "dpkg --purge usrmerge libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl >/dev/null 2>&1 || true"' \
     --customize-hook='chroot "$1" python3 -c "import grpc, ssl"' \
     bookworm "$work/rootfs.tar"
 
-  image="$work/python-grpc"
-  umoci init --layout "$image"
-  umoci new --image "$image:latest"
-  umoci unpack --image "$image:latest" "$work/bundle" >/dev/null
-  tar -C "$work/bundle/rootfs" --numeric-owner -xpf "$work/rootfs.tar"
-  rm "$work/rootfs.tar"
-  umoci repack --image "$image:latest" --history.created_by "images/build-python-grpc.sh: mmdebstrap bookworm essential + python3-grpcio, openssl" "$work/bundle"
-  umoci config --image "$image:latest" --os linux --architecture amd64 \
+  oci_image "$work" "$work/rootfs.tar" python-grpc "images/build-python-grpc.sh: mmdebstrap bookworm essential + python3-grpcio, openssl" \
     --config.cmd python3 \
-    --clear config.env --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --no-history
-  umoci gc --layout "$image"
-  python3 - "$image/index.json" <<'PY'
-import json, sys
-path = sys.argv[1]
-index = json.load(open(path))
-(manifest,) = index["manifests"]
-manifest["annotations"]["org.opencontainers.image.ref.name"] = "python-grpc:latest"
-manifest["platform"] = {"architecture": "amd64", "os": "linux"}
-json.dump(index, open(path, "w"))
-PY
-  tar --format=gnu --sort=name --numeric-owner --owner=0 --group=0 -C "$image" -cf "$work/python-grpc-oci.tar" .
+    --clear config.env --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   rm -rf "$cached.tmp"
   mkdir -p "$cached.tmp"
   mv "$work/python-grpc-oci.tar" "$cached.tmp/"
