@@ -85,6 +85,10 @@ fn main() {
             .unwrap_or_else(|e| report_error(&e, cli::snapshot::EXIT_SNAPSHOT_ERROR)),
         Command::Image(args) => cli::image::image(args)
             .unwrap_or_else(|e| report_error(&e, cli::image::EXIT_IMAGE_ERROR)),
+        Command::Login(args) => cli::login::login(args)
+            .unwrap_or_else(|e| report_error(&e, cli::login::EXIT_LOGIN_FAILED)),
+        Command::Logout(args) => cli::login::logout(args)
+            .unwrap_or_else(|e| report_error(&e, cli::login::EXIT_LOGIN_FAILED)),
     };
     std::process::exit(code);
 }

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 
+use crate::image::registry::{self, ProgressSink, PullOptions};
 use crate::image::{human_size, ImageError, ImageStore, StoredImage};
 use crate::pod::start::state_root;
 
@@ -20,8 +21,11 @@ images/names.json maps names to digests. Names are normalized the way
 Docker shows them: 'busybox', 'busybox:latest' and
 'docker.io/library/busybox:latest' are one name.
 
-unipod never contacts a registry. To get an image, export it on a machine
-that has one, e.g.:
+'unipod image pull REF' fetches an image from a registry (Docker Hub for
+short names, or the registries registries.conf lists). Layers downloaded
+are kept in images/blobs/sha256/ and shared between images; 'image rm'
+and 'image prune' drop those no image uses. An image can also come from a
+file, exported on a machine that has it:
   skopeo copy docker://busybox:latest oci:busybox:latest
   docker save -o busybox.tar busybox:latest
 
@@ -69,6 +73,36 @@ pub enum ImageCommand {
         #[arg(long, value_name = "REF")]
         name: Option<String>,
     },
+    /// Pull an image from a registry.
+    ///
+    /// REF is a name as Docker takes it: 'busybox' (docker.io/library/
+    /// busybox:latest), 'nginx:1.27', 'quay.io/org/app:v1',
+    /// '127.0.0.1:5000/app@sha256:...'. A short name is looked up on the
+    /// unqualified-search-registries of registries.conf, else Docker Hub.
+    /// Multi-platform images give their linux/amd64 image. The manifest,
+    /// config and every layer are checked against their digests and sizes
+    /// before use; layers download three at a time (a bar each on a
+    /// terminal, lines otherwise) and layers already downloaded are reused.
+    ///
+    /// Registries: $CONTAINERS_REGISTRIES_CONF, else
+    /// /etc/containers/registries.conf (containers-registries.conf(5)):
+    /// mirrors are tried first, 'insecure = true' allows plain HTTP and
+    /// unverified TLS, 'blocked = true' refuses. CA certificates:
+    /// /etc/containers/certs.d/HOST:PORT/*.crt or /etc/docker/certs.d/.
+    /// Credentials: --authfile, else $REGISTRY_AUTH_FILE, else
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json,
+    /// ~/.docker/config.json (write them with 'unipod login').
+    /// HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured.
+    ///
+    /// Example: unipod image pull busybox:1.36
+    Pull {
+        /// The image to pull.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// How to reach the registry.
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
     /// List imported images, one line per name, newest first.
     #[command(visible_alias = "list")]
     Ls,
@@ -82,6 +116,38 @@ pub enum ImageCommand {
         #[arg(value_name = "REF", required = true)]
         refs: Vec<String>,
     },
+    /// Remove images with no name, downloaded layers no image uses, and
+    /// what interrupted imports and pulls left behind.
+    Prune,
+}
+
+/// How to reach a registry: the flags podman and skopeo take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryFlags {
+    /// A directory of CA certificates (*.crt) for the registry, instead
+    /// of /etc/containers/certs.d/HOST:PORT/.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Require HTTPS and verified certificates (false: allow plain HTTP
+    /// and any certificate, as 'insecure = true' in registries.conf).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// The auth file to read (and for login, write) credentials in,
+    /// instead of $REGISTRY_AUTH_FILE and the default places.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+impl RegistryFlags {
+    /// The pull options these flags give.
+    pub fn pull_options(&self) -> PullOptions {
+        PullOptions {
+            cert_dir: self.cert_dir.clone(),
+            tls_verify: self.tls_verify,
+            auth_file: self.authfile.clone(),
+            credentials: Vec::new(),
+        }
+    }
 }
 
 /// Runs `unipod image`; returns the exit code.
@@ -100,6 +166,39 @@ pub fn image(args: &ImageArgs) -> Result<i32, ImageError> {
                 human_size(image.size_bytes)
             );
         }
+        ImageCommand::Pull {
+            reference,
+            registry,
+        } => {
+            let progress = ProgressSink::new("[pull] ");
+            let pulled = registry::pull(&store, reference, &registry.pull_options(), &progress)?;
+            let image = &pulled.image.image;
+            println!("digest: {}", image.digest);
+            println!("names:  {}", names_of(image));
+            println!(
+                "rootfs: {} ({})",
+                image.rootfs.display(),
+                human_size(image.size_bytes)
+            );
+            eprintln!(
+                "[pull] {} from {}: {} downloaded in {:.1} s",
+                reference,
+                pulled.source,
+                human_size(pulled.downloaded),
+                pulled.elapsed.as_secs_f64()
+            );
+        }
+        ImageCommand::Prune => {
+            let pruned = store.prune()?;
+            for digest in &pruned.images {
+                println!("deleted {digest}");
+            }
+            println!(
+                "removed {} image(s) and {} unused blob(s)",
+                pruned.images.len(),
+                pruned.blobs.len()
+            );
+        }
         ImageCommand::Ls => print_table(&store.list()?),
         ImageCommand::Rm { refs } => {
             for reference in refs {
@@ -109,6 +208,9 @@ pub fn image(args: &ImageArgs) -> Result<i32, ImageError> {
                 }
                 if let Some(digest) = removed.image {
                     println!("deleted {digest}");
+                }
+                if removed.blobs > 0 {
+                    println!("deleted {} unused layer blob(s)", removed.blobs);
                 }
             }
         }

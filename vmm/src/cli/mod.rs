@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod image;
 pub mod jsonpath;
+pub mod login;
 pub mod objects;
 pub mod pods;
 pub mod run;
@@ -164,6 +165,16 @@ pub enum Command {
     /// images/, named by its manifest digest and its names (busybox:latest).
     #[command(after_help = image::IMAGE_AFTER_HELP)]
     Image(ImageArgs),
+    /// Log in to a registry: check a user name and password with it and
+    /// store them for pulls, as 'podman login' does.
+    ///
+    /// Example: echo "$TOKEN" | unipod login -u me --password-stdin ghcr.io
+    #[command(after_help = login::LOGIN_AFTER_HELP)]
+    Login(login::LoginArgs),
+    /// Forget the credentials stored for a registry (or, with --all, for
+    /// every registry).
+    #[command(after_help = login::LOGIN_AFTER_HELP)]
+    Logout(login::LogoutArgs),
     /// Store ConfigMaps and Secrets for pods to use, as 'kubectl apply -f'.
     ///
     /// Pods read them when each container starts (env, envFrom) and, for

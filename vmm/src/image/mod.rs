@@ -57,10 +57,11 @@ mod erofs;
 pub mod fuzzing;
 mod layer;
 pub mod reference;
+pub mod registry;
 mod source;
 mod store;
 
-pub use store::{ImageConfig, ImageStore, ImportedImage, Removed, StoredImage};
+pub use store::{ImageConfig, ImageStore, ImportedImage, Pruned, Removed, StoredImage};
 
 /// Packs an unpacked root file system `dir` into the new read-only erofs
 /// image `out`, as image import does; `uuid_seed_hex` (hex digits) seeds the
@@ -270,6 +271,62 @@ pub enum ImageError {
         /// The matching digests, comma-separated.
         digests: String,
     },
+    /// A pull failed at every source; `reason` says why, per source.
+    #[error("cannot pull {reference}: {reason}")]
+    Pull {
+        /// The reference as given.
+        reference: String,
+        /// What went wrong, and the fix.
+        reason: String,
+        /// No source could even be reached (no network, unknown hosts).
+        unreachable: bool,
+    },
+    /// registries.conf is malformed.
+    #[error("{}: {reason}", path.display())]
+    RegistriesConf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// registries.conf blocks the registry.
+    #[error(
+        "cannot pull {reference}: registry {prefix} is blocked (blocked = true in {})",
+        path.display()
+    )]
+    Blocked {
+        /// The reference, normalized.
+        reference: String,
+        /// The prefix of the blocking entry.
+        prefix: String,
+        /// The registries.conf.
+        path: PathBuf,
+    },
+    /// `imagePullPolicy: Never` and the image is absent.
+    #[error(
+        "container image \"{reference}\" is not present with pull policy of Never; pull it \
+         with 'unipod image pull {reference}' (or import it), or change imagePullPolicy"
+    )]
+    NeverPull {
+        /// The image reference.
+        reference: String,
+    },
+    /// `unipod login` could not verify the credentials.
+    #[error("cannot log in to {registry}: {reason}")]
+    Login {
+        /// `host[:port]`.
+        registry: String,
+        /// Why.
+        reason: String,
+    },
+    /// An auth file is malformed.
+    #[error("{}: {reason}", path.display())]
+    AuthFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file of the image store is unreadable.
     #[error(
         "{}: unreadable image store file; remove it and import the image again",
@@ -285,6 +342,18 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// A pull failed without reaching any registry: no network, unknown
+    /// hosts, refused connections, or registries.conf blocks it.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ImageError::Pull {
+                unreachable: true,
+                ..
+            } | ImageError::Blocked { .. }
+        )
+    }
+
     fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
         let path = path.into();
         move |source| ImageError::Io {

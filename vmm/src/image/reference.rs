@@ -13,8 +13,93 @@ use super::{is_sha256_hex, ImageError};
 /// Docker Hub's names for itself.
 const HUB_DOMAINS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
 
+/// A reference taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// The registry host (and port) the reference names, `None` for a short
+    /// name (`busybox`, `org/app`). Docker Hub's aliases are `docker.io`.
+    pub domain: Option<String>,
+    /// The repository path on the registry; Docker Hub's official images
+    /// have their `library/` (`library/busybox`).
+    pub repository: String,
+    /// The tag, if one is given.
+    pub tag: Option<String>,
+    /// `sha256:<hex>`, if the reference is pinned.
+    pub digest: Option<String>,
+}
+
+impl Parsed {
+    /// The registry to ask: the reference's own, else Docker Hub.
+    pub fn registry(&self) -> &str {
+        self.domain.as_deref().unwrap_or(HUB_DOMAINS[0])
+    }
+
+    /// The tag to ask for: the given one, `latest` when neither a tag nor a
+    /// digest is given.
+    pub fn tag_or_latest(&self) -> Option<&str> {
+        match (&self.tag, &self.digest) {
+            (Some(tag), _) => Some(tag),
+            (None, None) => Some("latest"),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// The same image on `domain` (a search registry or a resolved short
+    /// name).
+    pub fn on(&self, domain: &str) -> Parsed {
+        let repository = match (HUB_DOMAINS.contains(&domain), self.repository.contains('/')) {
+            (true, false) => format!("library/{}", self.repository),
+            _ => self.repository.clone(),
+        };
+        Parsed {
+            domain: Some(canonical_domain(domain).to_string()),
+            repository,
+            ..self.clone()
+        }
+    }
+
+    /// The normalized name (see [`normalize`]).
+    pub fn normalized(&self) -> String {
+        let mut out = match self.domain.as_deref() {
+            Some(d) if d != HUB_DOMAINS[0] => format!("{d}/{}", self.repository),
+            // Docker Hub: official images live in library/, shown without it.
+            _ => self
+                .repository
+                .strip_prefix("library/")
+                .unwrap_or(&self.repository)
+                .to_string(),
+        };
+        if let Some(tag) = self.tag_or_latest() {
+            out.push(':');
+            out.push_str(tag);
+        }
+        if let Some(digest) = &self.digest {
+            out.push('@');
+            out.push_str(digest);
+        }
+        out
+    }
+}
+
+/// Docker Hub under its one name, other registries as they are.
+fn canonical_domain(domain: &str) -> &str {
+    if HUB_DOMAINS.contains(&domain) {
+        HUB_DOMAINS[0]
+    } else {
+        domain
+    }
+}
+
 /// The normalized form of `reference`, or why it is not a valid reference.
 pub fn normalize(reference: &str) -> Result<String, ImageError> {
+    parse(reference).map(|p| p.normalized())
+}
+
+/// Takes `reference` apart, or says why it is not a valid reference. A
+/// short name on Docker Hub (`busybox`) is qualified as Docker does
+/// (`docker.io`, `library/busybox`); [`Parsed::domain`] stays `None` so a
+/// pull can apply registries.conf's search list.
+pub fn parse(reference: &str) -> Result<Parsed, ImageError> {
     let invalid = |reason| ImageError::InvalidReference {
         reference: reference.to_string(),
         reason,
@@ -55,24 +140,16 @@ pub fn normalize(reference: &str) -> Result<String, ImageError> {
     for component in path.split('/') {
         check_path_component(component).map_err(invalid)?;
     }
-    let mut out = match domain {
-        Some(d) if !HUB_DOMAINS.contains(&d) => format!("{d}/{path}"),
-        // Docker Hub: official images live in library/, shown without it.
-        _ => path.strip_prefix("library/").unwrap_or(path).to_string(),
+    let parsed = Parsed {
+        domain: None,
+        repository: path.to_string(),
+        tag: tag.map(str::to_string),
+        digest: digest.map(str::to_string),
     };
-    match (tag, digest) {
-        (Some(tag), _) => {
-            out.push(':');
-            out.push_str(tag);
-        }
-        (None, None) => out.push_str(":latest"),
-        (None, Some(_)) => {}
-    }
-    if let Some(digest) = digest {
-        out.push('@');
-        out.push_str(digest);
-    }
-    Ok(out)
+    Ok(match domain {
+        Some(domain) => parsed.on(domain),
+        None => parsed,
+    })
 }
 
 fn check_tag(tag: &str) -> Result<(), &'static str> {
@@ -148,6 +225,28 @@ mod tests {
         );
         assert!(normalize("busybox@sha256:abc").is_err());
         assert!(normalize(&format!("busybox@md5:{}", "a".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn parsing_qualifies_docker_hub_names_and_keeps_short_names_open() {
+        let short = parse("busybox:1.28").unwrap();
+        assert_eq!(short.domain, None);
+        assert_eq!(short.registry(), "docker.io");
+        assert_eq!(short.on("docker.io").repository, "library/busybox");
+        assert_eq!(short.on("quay.io").normalized(), "quay.io/busybox:1.28");
+        let hub = parse("index.docker.io/busybox").unwrap();
+        assert_eq!(
+            (hub.domain.as_deref(), hub.repository.as_str()),
+            (Some("docker.io"), "library/busybox")
+        );
+        assert_eq!(hub.tag_or_latest(), Some("latest"));
+        let port = parse("127.0.0.1:5000/org/app:v1").unwrap();
+        assert_eq!(port.registry(), "127.0.0.1:5000");
+        assert_eq!(port.repository, "org/app");
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let pinned = parse(&format!("app@{digest}")).unwrap();
+        assert_eq!(pinned.tag_or_latest(), None);
+        assert_eq!(pinned.digest.as_deref(), Some(digest.as_str()));
     }
 
     #[test]

@@ -32,6 +32,8 @@ const MAX_INDEX_DEPTH: usize = 4;
 pub(super) struct Plan {
     /// `sha256:<hex>` of the manifest.
     pub manifest_digest: String,
+    /// `sha256:<hex>` of the config blob.
+    pub config_digest: String,
     /// The runtime config.
     pub config: ImageConfig,
     /// The layers, base first.
@@ -106,9 +108,27 @@ fn oci_plan(archive: &Archive, name: Option<&str>) -> Result<Plan, ImageError> {
     let mut candidates = Vec::new();
     collect_candidates(archive, &index, "index.json", &[], 0, &mut candidates)?;
     let chosen = choose(candidates, name, "index.json")?;
-    let digest = chosen.descriptor.digest().to_string();
-    let blob = blob_path(&digest, "index.json")?;
-    let data = read_blob(archive, &blob, &chosen.descriptor, "index.json")?;
+    manifest_plan(
+        archive,
+        &chosen.descriptor,
+        "index.json",
+        chosen.names,
+        "OCI image layout",
+    )
+}
+
+/// The plan of the image whose manifest `descriptor` (found in `referrer`)
+/// names, its blobs read from `archive`'s `blobs/sha256/`.
+pub(super) fn manifest_plan(
+    archive: &Archive,
+    descriptor: &Descriptor,
+    referrer: &str,
+    names: Vec<String>,
+    format: &'static str,
+) -> Result<Plan, ImageError> {
+    let digest = descriptor.digest().to_string();
+    let blob = blob_path(&digest, referrer)?;
+    let data = read_blob(archive, &blob, descriptor, referrer)?;
     let manifest: ImageManifest =
         serde_json::from_slice(&data).map_err(|source| ImageError::Json {
             file: blob.clone(),
@@ -146,10 +166,11 @@ fn oci_plan(archive: &Archive, name: Option<&str>) -> Result<Plan, ImageError> {
     }
     Ok(Plan {
         manifest_digest: digest,
+        config_digest: manifest.config().digest().to_string(),
         config: image_config(&config),
         layers,
-        names: chosen.names,
-        format: "OCI image layout",
+        names,
+        format,
     })
 }
 
@@ -225,6 +246,37 @@ fn annotated_names(descriptor: &Descriptor) -> Vec<String> {
         }
         None => Vec::new(),
     }
+}
+
+/// The linux/amd64 manifest a registry's index (`file`) lists, or the only
+/// manifest of an index that gives no platforms.
+pub(super) fn choose_platform(index: &ImageIndex, file: &str) -> Result<Descriptor, ImageError> {
+    let candidates: Vec<Candidate> = index
+        .manifests()
+        .iter()
+        .filter(|d| {
+            let media_type = d.media_type().to_string();
+            media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
+        })
+        .map(|d| Candidate {
+            descriptor: d.clone(),
+            names: Vec::new(),
+        })
+        .collect();
+    let has_platforms = candidates.iter().any(|c| c.descriptor.platform().is_some());
+    if has_platforms && candidates.len() == 1 {
+        // choose() takes a lone entry whatever its platform: a registry's
+        // arm64-only image must not run here.
+        let only = &candidates[0].descriptor;
+        let platform = only.platform().as_ref().expect("has a platform");
+        if platform.os().to_string() != "linux" || platform.architecture().to_string() != "amd64" {
+            return Err(ImageError::NoAmd64 {
+                file: file.to_string(),
+                platforms: format!("{}/{}", platform.os(), platform.architecture()),
+            });
+        }
+    }
+    choose(candidates, None, file).map(|c| c.descriptor)
 }
 
 /// Picks the manifest to import: the one `name` designates, else the only
@@ -503,6 +555,7 @@ fn docker_plan(archive: &Archive, name: Option<&str>) -> Result<Plan, ImageError
     let manifest = synthesize_manifest(&config_digest, config_data.len() as u64, &layers);
     Ok(Plan {
         manifest_digest: sha256_of(&manifest),
+        config_digest,
         config: image_config(&config),
         layers,
         names: names_of(&entry),

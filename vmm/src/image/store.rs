@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flate2::bufread::MultiGzDecoder;
 use nix::fcntl::{Flock, FlockArg};
+use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{compression_of, Archive};
@@ -35,6 +36,11 @@ const LOCK_FILE: &str = ".lock";
 const TEMP_PREFIX: &str = ".tmp-";
 const IMAGE_FILE: &str = "image.json";
 const ROOTFS_FILE: &str = "rootfs.erofs";
+/// Downloaded blobs, shared by the images pulled: `blobs/sha256/<hex>`, so
+/// that the store's root reads as an OCI layout's blob directory.
+const BLOBS_DIR: &str = "blobs/sha256";
+/// Held shared by pulls, exclusive by blob garbage collection.
+const PULL_LOCK_FILE: &str = ".pull-lock";
 
 /// What an image's config says about running it (the OCI config's
 /// `Entrypoint`, `Cmd`, `Env`, `WorkingDir` and `User`). Empty lists and
@@ -92,6 +98,17 @@ pub struct Removed {
     pub names: Vec<String>,
     /// The digest of the image removed, if it was (when no names remain).
     pub image: Option<String>,
+    /// How many downloaded blobs went with it (those no other image uses).
+    pub blobs: usize,
+}
+
+/// The result of [`ImageStore::prune`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The digests of the images removed (those with no name).
+    pub images: Vec<String>,
+    /// The digests of the blobs removed.
+    pub blobs: Vec<String>,
 }
 
 /// `image.json`.
@@ -105,9 +122,14 @@ struct ImageRecord {
     config: ImageConfig,
     /// "OCI image layout" or "docker save archive".
     format: String,
-    /// The path it was imported from.
+    /// The path it was imported from, or the registry reference it was
+    /// pulled from.
     source: PathBuf,
     layers: usize,
+    /// The blobs in `blobs/sha256/` it was built from (pulled images only):
+    /// they stay while an image uses them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    blobs: Vec<String>,
 }
 
 /// Normalized name to `sha256:<hex>`.
@@ -119,9 +141,9 @@ pub struct ImageStore {
     root: PathBuf,
 }
 
-/// A temporary import directory, removed on drop unless kept.
-struct TempDir {
-    path: PathBuf,
+/// A temporary import or download directory, removed on drop unless kept.
+pub(super) struct TempDir {
+    pub(super) path: PathBuf,
     keep: bool,
 }
 
@@ -159,22 +181,62 @@ impl ImageStore {
         &self,
         path: &Path,
         name: Option<&str>,
-        mut progress: impl FnMut(&str),
+        progress: impl FnMut(&str),
     ) -> Result<ImportedImage, ImageError> {
         let name = name.map(reference::normalize).transpose()?;
         let archive = Archive::open(path)?;
         let plan = source::plan(&archive, name.as_deref())?;
-        let digest = plan.manifest_digest.clone();
-        let hex = sha256_hex(&digest, "the manifest")?.to_string();
         let names = match name {
             Some(name) => vec![name],
             None => plan.names.clone(),
         };
+        let source = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.import_plan(&archive, plan, &names, source, Vec::new(), progress)
+    }
+
+    /// Imports the image whose manifest `manifest` names from the blobs a
+    /// pull put in `blobs/sha256/`, naming it `names`; `source` is the
+    /// reference it was pulled from.
+    pub(super) fn import_pulled(
+        &self,
+        manifest: &Descriptor,
+        names: &[String],
+        source: &str,
+        progress: impl FnMut(&str),
+    ) -> Result<ImportedImage, ImageError> {
+        let archive = Archive::open(&self.root)?;
+        let plan =
+            source::manifest_plan(&archive, manifest, source, names.to_vec(), "registry pull")?;
+        let mut blobs = vec![plan.manifest_digest.clone(), plan.config_digest.clone()];
+        blobs.extend(plan.layers.iter().filter_map(|l| l.digest.clone()));
+        self.import_plan(
+            &archive,
+            plan,
+            names,
+            PathBuf::from(source),
+            blobs,
+            progress,
+        )
+    }
+
+    /// Unpacks `plan`'s layers from `archive` and packs them, unless the
+    /// image is present already; then adds `names`.
+    fn import_plan(
+        &self,
+        archive: &Archive,
+        plan: source::Plan,
+        names: &[String],
+        source: PathBuf,
+        blobs: Vec<String>,
+        mut progress: impl FnMut(&str),
+    ) -> Result<ImportedImage, ImageError> {
+        let digest = plan.manifest_digest.clone();
+        let hex = sha256_hex(&digest, "the manifest")?.to_string();
         fs::create_dir_all(&self.root).map_err(ImageError::io("create", &self.root))?;
         let final_dir = self.root.join(&hex);
         if final_dir.join(IMAGE_FILE).is_file() {
             progress(&format!("{digest} is already present; nothing to unpack"));
-            return self.finish_import(&digest, &names, None);
+            return self.finish_import(&digest, names, None);
         }
         self.remove_stale_temps();
 
@@ -201,7 +263,7 @@ impl ImageStore {
                 name.index,
                 human_size(layer.size)
             ));
-            unpack_layer(&archive, layer, i, &name, &staging, chown)?;
+            unpack_layer(archive, layer, i, &name, &staging, chown)?;
         }
         let rootfs = tmp.path.join(ROOTFS_FILE);
         progress(&format!(
@@ -221,11 +283,124 @@ impl ImageStore {
                 .map_or(0, |d| d.as_secs()),
             config: plan.config,
             format: plan.format.to_string(),
-            source: fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            source,
             layers: count,
+            blobs,
         };
         write_json(&tmp.path.join(IMAGE_FILE), &record)?;
-        self.finish_import(&digest, &names, Some(tmp))
+        self.finish_import(&digest, names, Some(tmp))
+    }
+
+    /// Whether the image with manifest `digest` is in the store.
+    pub(super) fn has_image(&self, digest: &str) -> bool {
+        sha256_hex(digest, "the manifest")
+            .is_ok_and(|hex| self.root.join(hex).join(IMAGE_FILE).is_file())
+    }
+
+    /// Where the blob `digest` lives once downloaded (it may not exist).
+    pub(super) fn blob_file(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        Ok(self
+            .root
+            .join(BLOBS_DIR)
+            .join(sha256_hex(digest, "the blob")?))
+    }
+
+    /// A new temporary directory for a download of blob `digest`; moved
+    /// into place with [`ImageStore::keep_blob`].
+    pub(super) fn blob_download_dir(&self, digest: &str) -> Result<TempDir, ImageError> {
+        fs::create_dir_all(self.root.join(BLOBS_DIR))
+            .map_err(ImageError::io("create", self.root.join(BLOBS_DIR)))?;
+        self.temp_dir(sha256_hex(digest, "the blob")?)
+    }
+
+    /// Moves the verified download `file` (in `dir`) to blob `digest`'s
+    /// place.
+    pub(super) fn keep_blob(
+        &self,
+        digest: &str,
+        dir: TempDir,
+        file: &Path,
+    ) -> Result<(), ImageError> {
+        let dest = self.blob_file(digest)?;
+        fs::rename(file, &dest).map_err(ImageError::io("rename", file))?;
+        drop(dir);
+        Ok(())
+    }
+
+    /// Takes the lock that keeps blob garbage collection away while a pull
+    /// downloads and imports (shared: pulls run side by side).
+    pub(super) fn pull_lock(&self) -> Result<Flock<File>, ImageError> {
+        self.flock(PULL_LOCK_FILE, FlockArg::LockShared)
+    }
+
+    /// Removes images no name refers to, blobs no image uses, and what
+    /// interrupted imports and pulls left; returns the removed digests.
+    pub fn prune(&self) -> Result<Pruned, ImageError> {
+        let _lock = self.lock()?;
+        let index = self.read_names()?;
+        let mut pruned = Pruned::default();
+        for hex in self.image_dirs() {
+            let digest = format!("sha256:{hex}");
+            if !index.values().any(|d| *d == digest) {
+                self.remove_image_dir(&hex)?;
+                pruned.images.push(digest);
+            }
+        }
+        self.remove_stale_temps();
+        pruned.blobs = self.remove_unused_blobs()?;
+        Ok(pruned)
+    }
+
+    /// The hex digests of the images in the store.
+    fn image_dirs(&self) -> Vec<String> {
+        match fs::read_dir(&self.root) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| is_sha256_hex(n) && self.root.join(n).join(IMAGE_FILE).is_file())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Removes the image directory `hex`: renamed first, so the image
+    /// vanishes at once even if removing its files is interrupted.
+    fn remove_image_dir(&self, hex: &str) -> Result<(), ImageError> {
+        let dir = self.root.join(hex);
+        let doomed = self.temp_dir(hex)?;
+        fs::remove_dir(&doomed.path).map_err(ImageError::io("remove", &doomed.path))?;
+        fs::rename(&dir, &doomed.path).map_err(ImageError::io("remove", &dir))?;
+        Ok(())
+    }
+
+    /// Removes the blobs no image was built from, unless a pull is under
+    /// way (it holds [`ImageStore::pull_lock`]); returns their digests.
+    /// Hold the lock.
+    fn remove_unused_blobs(&self) -> Result<Vec<String>, ImageError> {
+        let dir = self.root.join(BLOBS_DIR);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let Ok(_no_pull) = self.flock(PULL_LOCK_FILE, FlockArg::LockExclusiveNonblock) else {
+            log::info!("a pull is under way: unused blobs are left for the next removal");
+            return Ok(Vec::new());
+        };
+        let mut used = BTreeSet::new();
+        for hex in self.image_dirs() {
+            let record: ImageRecord = read_json(&self.root.join(&hex).join(IMAGE_FILE))?;
+            used.extend(record.blobs);
+        }
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let Some(hex) = entry.file_name().into_string().ok() else {
+                continue;
+            };
+            let digest = format!("sha256:{hex}");
+            if !used.contains(&digest) {
+                fs::remove_file(entry.path()).map_err(ImageError::io("remove", entry.path()))?;
+                removed.push(digest);
+            }
+        }
+        Ok(removed)
     }
 
     /// Under the lock: moves `tmp` (a complete image directory) into place
@@ -337,19 +512,14 @@ impl ImageStore {
             }
         };
         let hex = sha256_hex(&digest, NAMES_FILE)?.to_string();
-        if !index.values().any(|d| *d == digest) {
-            let dir = self.root.join(&hex);
-            if dir.exists() {
-                // Renamed first, so the image vanishes at once even if
-                // removing its files is interrupted.
-                let doomed = self.temp_dir(&hex)?;
-                fs::remove_dir(&doomed.path).map_err(ImageError::io("remove", &doomed.path))?;
-                fs::rename(&dir, &doomed.path).map_err(ImageError::io("remove", &dir))?;
-                drop(doomed);
-                removed.image = Some(digest.clone());
-            }
+        if !index.values().any(|d| *d == digest) && self.root.join(&hex).exists() {
+            self.remove_image_dir(&hex)?;
+            removed.image = Some(digest.clone());
         }
         self.write_names(&index, &BTreeSet::from([digest]))?;
+        if removed.image.is_some() {
+            removed.blobs = self.remove_unused_blobs()?.len();
+        }
         Ok(removed)
     }
 
@@ -432,16 +602,19 @@ impl ImageStore {
     }
 
     fn lock(&self) -> Result<Flock<File>, ImageError> {
+        self.flock(LOCK_FILE, FlockArg::LockExclusive)
+    }
+
+    fn flock(&self, name: &str, how: FlockArg) -> Result<Flock<File>, ImageError> {
         fs::create_dir_all(&self.root).map_err(ImageError::io("create", &self.root))?;
-        let path = self.root.join(LOCK_FILE);
+        let path = self.root.join(name);
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(ImageError::io("open", &path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| ImageError::io("lock", &path)(e.into()))
+        Flock::lock(file, how).map_err(|(_, e)| ImageError::io("lock", &path)(e.into()))
     }
 
     fn read_names(&self) -> Result<Names, ImageError> {
@@ -562,7 +735,8 @@ fn unpack_layer(
             ));
         }
     }
-    let gzip = match compression_of(&magic[..n]) {
+    let compression = compression_of(&magic[..n]);
+    match compression {
         None => {
             if digest != layer.diff_id {
                 return Err(mismatch(
@@ -571,9 +745,8 @@ fn unpack_layer(
                     &digest,
                 ));
             }
-            false
         }
-        Some("gzip") => true,
+        Some("gzip" | "zstd") => {}
         Some(compression) => {
             return Err(ImageError::UnsupportedCompression {
                 layer: name.index.clone(),
@@ -584,10 +757,10 @@ fn unpack_layer(
     };
 
     let reader = open()?;
-    let stream: Box<dyn Read> = if gzip {
-        Box::new(MultiGzDecoder::new(BufReader::new(reader)))
-    } else {
-        reader
+    let stream: Box<dyn Read> = match compression {
+        Some("gzip") => Box::new(MultiGzDecoder::new(BufReader::new(reader))),
+        Some(_) => Box::new(zstd::stream::read::Decoder::new(reader).map_err(read_error)?),
+        None => reader,
     };
     let mut tar = HashingReader::new(stream);
     let stats = layer::apply(staging, &mut tar, name, chown)?;

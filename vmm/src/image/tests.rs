@@ -144,6 +144,17 @@ fn test_config(diff_ids: &[String]) -> Vec<u8> {
 /// Writes an OCI image layout at `dir` with `layers` (uncompressed tars,
 /// stored gzipped), named `name`; returns the manifest digest.
 fn oci_layout(dir: &Path, layers: &[Vec<u8>], name: &str) -> String {
+    oci_layout_with(dir, layers, name, Compression::Gzip)
+}
+
+#[derive(Clone, Copy)]
+enum Compression {
+    Gzip,
+    Zstd,
+}
+
+/// [`oci_layout`] with the layers compressed as `compression` says.
+fn oci_layout_with(dir: &Path, layers: &[Vec<u8>], name: &str, compression: Compression) -> String {
     let diff_ids: Vec<String> = layers.iter().map(|l| sha256_of(l)).collect();
     let config = put_blob(
         dir,
@@ -152,7 +163,16 @@ fn oci_layout(dir: &Path, layers: &[Vec<u8>], name: &str) -> String {
     );
     let layer_descriptors: Vec<_> = layers
         .iter()
-        .map(|l| put_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gzip(l)))
+        .map(|l| match compression {
+            Compression::Gzip => {
+                put_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gzip(l))
+            }
+            Compression::Zstd => put_blob(
+                dir,
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                &zstd::encode_all(&l[..], 3).unwrap(),
+            ),
+        })
         .collect();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
@@ -595,4 +615,137 @@ fn sizes_read_like_docker() {
     assert_eq!(human_size(812), "812 B");
     assert_eq!(human_size(1258291), "1.2 MiB");
     assert_eq!(human_size(5 << 30), "5.0 GiB");
+}
+
+#[test]
+fn zstd_layers_import_like_gzip_ones() {
+    if mkfs_missing("zstd_layers_import_like_gzip_ones") {
+        return;
+    }
+    let state = scratch_dir("zstd-state");
+    let gz = scratch_dir("zstd-gz-layout");
+    let zst = scratch_dir("zstd-zst-layout");
+    oci_layout_with(&gz, &two_layers(), "gz:1", Compression::Gzip);
+    oci_layout_with(&zst, &two_layers(), "zst:1", Compression::Zstd);
+    let store = ImageStore::open(&state);
+    let a = store.import(&gz, None, |_| {}).unwrap().image;
+    let b = store.import(&zst, None, |_| {}).unwrap().image;
+    assert_ne!(
+        a.digest, b.digest,
+        "different layer blobs, different manifests"
+    );
+    // The same tars give the same file system (the erofs UUID, seeded by
+    // the manifest digest, is all that differs).
+    let (fa, fb) = (fs::read(&a.rootfs).unwrap(), fs::read(&b.rootfs).unwrap());
+    assert_eq!(fa.len(), fb.len());
+    let differing = fa.iter().zip(&fb).filter(|(x, y)| x != y).count();
+    assert!(differing <= 32, "{differing} bytes differ");
+    for dir in [state, gz, zst] {
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Puts the blobs of an image with `layers` into `store`'s blob directory,
+/// as a pull does; returns its manifest descriptor.
+fn pulled_blobs(store: &ImageStore, layers: &[Vec<u8>]) -> oci_spec::image::Descriptor {
+    let root = store.root();
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256_of(l)).collect();
+    let config = put_blob(
+        root,
+        "application/vnd.oci.image.config.v1+json",
+        &test_config(&diff_ids),
+    );
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            put_blob(
+                root,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &gzip(l),
+            )
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": layers,
+    }))
+    .unwrap();
+    let descriptor = put_blob(
+        root,
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    serde_json::from_value(descriptor).unwrap()
+}
+
+fn blob_count(store: &ImageStore) -> usize {
+    fs::read_dir(store.root().join("blobs/sha256")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn pulled_images_share_layer_blobs_until_the_last_user_goes() {
+    if mkfs_missing("pulled_images_share_layer_blobs_until_the_last_user_goes") {
+        return;
+    }
+    let state = scratch_dir("pulled-state");
+    let store = ImageStore::open(&state);
+    let layers = two_layers();
+    let mut extra = TarBuilder::new();
+    extra.file("etc/extra", b"x", 0o644);
+    let first = pulled_blobs(&store, &layers);
+    let second = pulled_blobs(&store, &[layers[0].clone(), extra.finish()]);
+    // 2 manifests, 1 shared config? No: the configs differ by diff ids.
+    assert_eq!(
+        blob_count(&store),
+        2 + 2 + 3,
+        "manifests, configs, 3 layers"
+    );
+    let names = |n: &str| vec![n.to_string()];
+    store
+        .import_pulled(&first, &names("a:1"), "docker://r/a:1", |_| {})
+        .unwrap();
+    store
+        .import_pulled(&second, &names("b:1"), "docker://r/b:1", |_| {})
+        .unwrap();
+    let removed = store.remove("a:1").unwrap();
+    assert_eq!(removed.blobs, 3, "a's manifest, config and own layer");
+    assert_eq!(
+        blob_count(&store),
+        4,
+        "b's blobs, the shared layer among them"
+    );
+    assert!(store.resolve("b:1").is_ok());
+    // A blob no image uses (a pull that failed after it) goes with a prune.
+    put_blob(store.root(), "application/octet-stream", b"orphan");
+    let pruned = store.prune().unwrap();
+    assert_eq!((pruned.images.len(), pruned.blobs.len()), (0, 1));
+    store.remove("b:1").unwrap();
+    assert_eq!(blob_count(&store), 0);
+    fs::remove_dir_all(&state).unwrap();
+}
+
+#[test]
+fn a_registry_index_gives_its_amd64_entry_and_never_a_lone_foreign_one() {
+    let index = |manifests: Vec<serde_json::Value>| -> oci_spec::image::ImageIndex {
+        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+            .unwrap()
+    };
+    let mut amd64 = descriptor(Some("linux/amd64"));
+    amd64["digest"] = format!("sha256:{}", "a".repeat(64)).into();
+    let chosen = source::choose_platform(
+        &index(vec![descriptor(Some("linux/arm64")), amd64]),
+        "r/x index",
+    )
+    .unwrap();
+    assert_eq!(
+        chosen.digest().to_string(),
+        format!("sha256:{}", "a".repeat(64))
+    );
+    let err = source::choose_platform(&index(vec![descriptor(Some("linux/arm64"))]), "r/x index")
+        .expect_err("arm64 only");
+    assert!(err.to_string().contains("linux/arm64"), "{err}");
+    // No platforms at all: the only entry is the image.
+    assert!(source::choose_platform(&index(vec![descriptor(None)]), "r/x index").is_ok());
 }

@@ -478,6 +478,15 @@ impl Lifecycle {
         self.changed = true;
     }
 
+    /// Takes over `earlier`, the events a previous process recorded for
+    /// this pod, in place of the ones recorded so far (when there are any).
+    pub fn continue_events(&mut self, earlier: &[PodEvent]) {
+        if !earlier.is_empty() {
+            self.events = earlier.to_vec();
+            self.changed = true;
+        }
+    }
+
     /// The events so far.
     pub fn events(&self) -> &[PodEvent] {
         &self.events

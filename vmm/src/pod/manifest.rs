@@ -122,6 +122,38 @@ pub struct PodManifest {
     /// `spec.resources`: the whole pod's, which size its VM in place of the
     /// containers' sum when set.
     pub resources: Resources,
+    /// `spec.imagePullSecrets`: Secrets of type
+    /// `kubernetes.io/dockerconfigjson` whose credentials pulls use.
+    pub image_pull_secrets: Vec<String>,
+}
+
+/// `imagePullPolicy`: when the kubelet pulls a container's image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    /// Ask the registry at every start (the image is reused when the
+    /// registry's digest is the one present).
+    Always,
+    /// Pull only when the image is absent.
+    IfNotPresent,
+    /// Never pull: the image must be present.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The kubelet's default: `Always` for a `:latest` image or one with
+    /// neither tag nor digest, else `IfNotPresent`.
+    pub fn default_for(image: &str) -> ImagePullPolicy {
+        match crate::image::reference::parse(image) {
+            Ok(parsed) if parsed.tag_or_latest() == Some("latest") => ImagePullPolicy::Always,
+            _ => ImagePullPolicy::IfNotPresent,
+        }
+    }
+}
+
+impl fmt::Display for ImagePullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
 }
 
 /// The namespace of a pod whose manifest names none, as in Kubernetes.
@@ -152,6 +184,8 @@ pub struct ContainerSpec {
     pub name: String,
     /// The image reference, non-empty.
     pub image: String,
+    /// `imagePullPolicy`, defaulted as the kubelet does.
+    pub image_pull_policy: ImagePullPolicy,
     /// `command`: replaces the image's entrypoint when not empty.
     pub command: Vec<String>,
     /// `args`: replaces the image's cmd when not empty.

@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod config_sources;
 pub mod control;
 pub mod dry_run;
+pub mod images;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod manifest;

@@ -21,8 +21,8 @@ use guest_agent::protocol::RunSpec;
 
 use super::lifecycle::ContainerInfo;
 use super::manifest::{
-    ContainerSpec, EnvVar, PodManifest, Resources, RestartPolicy, DEFAULT_NAMESPACE,
-    DEFAULT_TERMINATION_GRACE_PERIOD,
+    ContainerSpec, EnvVar, ImagePullPolicy, PodManifest, Resources, RestartPolicy,
+    DEFAULT_NAMESPACE, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
 use super::options::{is_dns_label, RunOptions, Sidecar};
 use super::start::{guest_inputs, state_root};
@@ -134,6 +134,7 @@ fn prepare(args: &RunOptions) -> Result<Prepared, RunError> {
         ports: args.publish.clone(),
         unknown_after: args.unknown_after(),
         give_up_after: args.give_up_after(),
+        pull_events: Vec::new(),
         manifest,
     })
 }
@@ -154,6 +155,8 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
     let container = |name: &str, command: Vec<String>| ContainerSpec {
         name: name.to_string(),
         image: String::new(),
+        // The agent's own root: there is no image to pull.
+        image_pull_policy: ImagePullPolicy::Never,
         command,
         args: Vec::new(),
         env: env.clone(),
@@ -188,6 +191,7 @@ fn command_pod(args: &RunOptions) -> Result<PodManifest, RunError> {
         containers,
         volumes: Vec::new(),
         security_context: Default::default(),
+        image_pull_secrets: Vec::new(),
     })
 }
 

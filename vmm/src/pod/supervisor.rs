@@ -61,6 +61,7 @@ use crate::pod::config_sources::{self, ConfigError, PodFacts};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
+use crate::pod::images;
 use crate::pod::lifecycle::{
     parse_stop_signal, Action, ContainerInfo, HookInfo, HookRun, Lifecycle, LifecycleConfig,
     ProbeInfo,
@@ -188,6 +189,8 @@ pub(crate) struct Prepared {
     pub(crate) unknown_after: Duration,
     /// Unknown this long makes it Failed.
     pub(crate) give_up_after: Duration,
+    /// What getting the images did, as events after `Scheduled`.
+    pub(crate) pull_events: Vec<images::PullEvent>,
 }
 
 /// A container's image config and disk, to rebuild its spec when it
@@ -227,6 +230,14 @@ pub(crate) fn prepare(
         return Err(PodRunError::Exists(manifest.name.clone()));
     }
     let store = ImageStore::open(&state);
+    let catalog = Catalog::new(Some(ObjectStore::open(&state))).with(&objects);
+    // The supervisor a detached run starts adopts images the run got.
+    let mut pull_events = Vec::new();
+    let credentials = if adopt {
+        Vec::new()
+    } else {
+        images::pull_credentials(&manifest.image_pull_secrets, &catalog, &mut pull_events)
+    };
     let mut resolved: Vec<(String, String, StoredImage)> = Vec::new();
     let all = manifest
         .init_containers
@@ -241,14 +252,17 @@ pub(crate) fn prepare(
                 .enumerate(),
         );
     for (i, (list, c)) in all {
-        let image = store
-            .resolve(&c.image)
-            .map_err(|source| PodRunError::Image {
-                manifest: path.to_path_buf(),
-                field: format!("spec.{list}[{i}].image"),
-                image: c.image.clone(),
-                source: Box::new(source),
-            })?;
+        let image = if adopt {
+            store.resolve(&c.image)
+        } else {
+            images::ensure(&store, c, &credentials, &mut pull_events)
+        };
+        let image = image.map_err(|source| PodRunError::Image {
+            manifest: path.to_path_buf(),
+            field: format!("spec.{list}[{i}].image"),
+            image: c.image.clone(),
+            source: Box::new(source),
+        })?;
         resolved.push((c.name.clone(), c.image.clone(), image));
     }
     let spec_err = |source| PodRunError::Spec {
@@ -334,6 +348,7 @@ pub(crate) fn prepare(
     Ok((
         Prepared {
             catalog: Catalog::new(Some(ObjectStore::open(&state))),
+            pull_events,
             manifest,
             origin: Origin::Manifest(path.to_path_buf()),
             state,
@@ -460,7 +475,7 @@ fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
         p.unknown_after,
         p.give_up_after,
     );
-    let life = Lifecycle::new(
+    let mut life = Lifecycle::new(
         &p.manifest.name,
         cfg,
         p.init.iter().map(|(i, _)| i.clone()).collect(),
@@ -468,6 +483,9 @@ fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
         now,
         unix_now(),
     );
+    for (kind, reason, message) in &p.pull_events {
+        life.event(now, kind, reason, message.clone());
+    }
     match &p.origin {
         Origin::Command { main } => life.with_main(main),
         Origin::Manifest(_) => life,
@@ -706,11 +724,15 @@ impl<'a> Supervisor<'a> {
         let now = Instant::now();
         let mut record = PodRecord::read(&p.dir).unwrap_or_else(|_| initial_record(p));
         record.supervisor = Some(ProcessRef::current());
+        let mut life = lifecycle_for(p, now);
+        // The events the run recorded before this process took over (a
+        // detached run's image pulls).
+        life.continue_events(&record.events);
         let (tx, rx) = mpsc::channel();
         let mut sup = Supervisor {
             p,
             record,
-            life: lifecycle_for(p, now),
+            life,
             foreground,
             logs: HashMap::new(),
             partial: HashMap::new(),

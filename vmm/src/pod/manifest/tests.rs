@@ -32,6 +32,8 @@ fn container(name: &str) -> ContainerSpec {
     ContainerSpec {
         name: name.to_owned(),
         image: "busybox:latest".to_owned(),
+        // The kubelet's default for a :latest image.
+        image_pull_policy: ImagePullPolicy::Always,
         command: Vec::new(),
         args: Vec::new(),
         env: Vec::new(),
@@ -61,6 +63,8 @@ metadata:
     example.com/note: hello
 spec:
   hostname: box-1
+  imagePullSecrets:
+    - name: regcred
   restartPolicy: OnFailure
   shareProcessNamespace: true
   terminationGracePeriodSeconds: 0
@@ -148,6 +152,7 @@ spec:
         containers: vec![ContainerSpec {
             name: "web".to_owned(),
             image: "registry.example/web:1.2".to_owned(),
+            image_pull_policy: ImagePullPolicy::IfNotPresent,
             command: vec!["httpd".into()],
             args: vec!["-f".into(), "-p".into(), "8080".into()],
             env: vec![EnvVar::value("MODE", "prod"), EnvVar::value("EMPTY", "")],
@@ -216,6 +221,7 @@ spec:
             },
         ],
         security_context: PodSecurityContext::default(),
+        image_pull_secrets: vec!["regcred".to_owned()],
     };
     assert_eq!(pod, expected);
 }
@@ -240,6 +246,7 @@ fn minimal_manifest_gets_kubernetes_defaults() {
             containers: vec![container("c")],
             volumes: Vec::new(),
             security_context: Default::default(),
+            image_pull_secrets: Vec::new(),
         }
     );
 }
@@ -1172,7 +1179,13 @@ status:
   phase: Running
 "#;
     let (pod, warnings) = parse_ok(yaml);
-    assert_eq!(pod.containers, vec![container("c")]);
+    assert_eq!(
+        pod.containers,
+        vec![ContainerSpec {
+            image_pull_policy: ImagePullPolicy::IfNotPresent,
+            ..container("c")
+        }]
+    );
     let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -1185,13 +1198,39 @@ status:
             "spec.dnsPolicy",
             "spec.nodeName",
             "spec.tolerations",
-            "spec.containers[0].imagePullPolicy",
             "spec.containers[0].terminationMessagePolicy",
         ]
     );
     assert_eq!(
         warnings[1].to_string(),
         "metadata.uid: ignored: unipod gives every pod it runs a fresh UID"
+    );
+}
+
+#[test]
+fn image_pull_policy_defaults_as_the_kubelet_and_refuses_other_values() {
+    for (image, policy) in [
+        ("busybox", ImagePullPolicy::Always),
+        ("busybox:latest", ImagePullPolicy::Always),
+        ("busybox:1.28", ImagePullPolicy::IfNotPresent),
+        (
+            "busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ImagePullPolicy::IfNotPresent,
+        ),
+    ] {
+        assert_eq!(ImagePullPolicy::default_for(image), policy, "{image}");
+    }
+    let never = with_container_fields("      imagePullPolicy: Never\n");
+    assert_eq!(
+        parse_ok(&never).0.containers[0].image_pull_policy,
+        ImagePullPolicy::Never
+    );
+    let bad = with_container_fields("      imagePullPolicy: Sometimes\n");
+    let err = parse(&bad).expect_err("Sometimes is no policy").to_string();
+    assert!(
+        err.contains("spec.containers[0].imagePullPolicy")
+            && err.contains("\"Always\", \"IfNotPresent\" or \"Never\""),
+        "{err}"
     );
 }
 

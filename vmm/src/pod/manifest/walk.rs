@@ -21,9 +21,9 @@ use serde_norway::{Mapping, Number, Value};
 use super::names::{is_dns_label, is_port_name, suggest};
 use super::quantity::{self, QuantityError};
 use super::{
-    ContainerPort, ContainerSpec, EmptyDir, EnvSource, EnvVar, ManifestError, PodManifest,
-    Protocol, ResourceList, Resources, RestartPolicy, StorageMedium, Volume, VolumeMount,
-    VolumeSource, Warning, DEFAULT_TERMINATION_GRACE_PERIOD,
+    ContainerPort, ContainerSpec, EmptyDir, EnvSource, EnvVar, ImagePullPolicy, ManifestError,
+    PodManifest, Protocol, ResourceList, Resources, RestartPolicy, StorageMedium, Volume,
+    VolumeMount, VolumeSource, Warning, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
 
 /// Fields ignored with a warning, each with the reason it is safe to ignore
@@ -68,6 +68,7 @@ const SPEC_FIELDS: &[&str] = &[
     "hostIPC",
     "hostNetwork",
     "resources",
+    "imagePullSecrets",
 ];
 const SPEC_IGNORED: Ignored = &[
     (
@@ -142,16 +143,13 @@ const SPEC_IGNORED: Ignored = &[
         "serviceAccount",
         "there is no API server to issue the account's token",
     ),
-    (
-        "imagePullSecrets",
-        "images come from unipod's image store, not pulled with the pod's credentials",
-    ),
     ("os", "every pod VM runs Linux"),
 ];
 
 const CONTAINER_FIELDS: &[&str] = &[
     "name",
     "image",
+    "imagePullPolicy",
     "command",
     "args",
     "env",
@@ -168,10 +166,6 @@ const CONTAINER_FIELDS: &[&str] = &[
     "restartPolicy",
 ];
 const CONTAINER_IGNORED: Ignored = &[
-    (
-        "imagePullPolicy",
-        "unipod pulls no images from a registry, so there is no pull to tune",
-    ),
     (
         "terminationMessagePath",
         "unipod reports a container's exit code and reason from the agent, not from a file",
@@ -331,6 +325,7 @@ struct Spec {
     volumes: Vec<Volume>,
     security_context: crate::pod::security_context::PodSecurityContext,
     resources: Resources,
+    image_pull_secrets: Vec<String>,
 }
 
 #[derive(Default)]
@@ -612,6 +607,7 @@ impl Walker {
             volumes: spec.volumes,
             security_context: spec.security_context,
             resources: spec.resources,
+            image_pull_secrets: spec.image_pull_secrets,
         };
         // Sized here, not when the VM boots: a pod the VMM would refuse
         // must leave nothing behind.
@@ -713,6 +709,7 @@ impl Walker {
             .get("resources")
             .and_then(|v| self.resources(obj.path("resources"), v))
             .unwrap_or_default();
+        let image_pull_secrets = self.image_pull_secrets(&obj);
         if let Some(containers) = &containers {
             self.check_resource_refs(&volumes, containers, &init_containers);
             self.check_sleep_hooks("containers", containers, termination_grace_period);
@@ -738,6 +735,7 @@ impl Walker {
         let containers = containers.map(force_read_only);
         Some(Spec {
             resources,
+            image_pull_secrets,
             hostname,
             restart_policy: restart_policy?,
             share_process_namespace,
@@ -747,6 +745,20 @@ impl Walker {
             volumes,
             security_context,
         })
+    }
+
+    /// `imagePullSecrets`: the names of Secrets with registry credentials.
+    fn image_pull_secrets(&mut self, spec: &Obj<'_>) -> Vec<String> {
+        let mut names = Vec::new();
+        for (path, item) in self.list(spec, "imagePullSecrets") {
+            let Some(obj) = self.object(path, item, &["name"], &[]) else {
+                continue;
+            };
+            if let Some(name) = self.required_string(&obj, "name") {
+                names.push(name);
+            }
+        }
+        names
     }
 
     /// The volumes, and where each name was declared, invalid ones included
@@ -855,6 +867,20 @@ impl Walker {
                 Some(image)
             }
         });
+        let image_pull_policy = match self.string(&obj, "imagePullPolicy").as_deref() {
+            None => image.as_deref().map(ImagePullPolicy::default_for),
+            Some("Always") => Some(ImagePullPolicy::Always),
+            Some("IfNotPresent") => Some(ImagePullPolicy::IfNotPresent),
+            Some("Never") => Some(ImagePullPolicy::Never),
+            Some(other) => {
+                self.invalid(
+                    obj.path("imagePullPolicy"),
+                    &Value::String(other.to_owned()),
+                    "one of \"Always\", \"IfNotPresent\" or \"Never\"",
+                );
+                None
+            }
+        };
         let command = self.string_list(&obj, "command");
         let args = self.string_list(&obj, "args");
         let env = self.env(&obj);
@@ -894,6 +920,7 @@ impl Walker {
         Some(ContainerSpec {
             name: name?,
             image: image?,
+            image_pull_policy: image_pull_policy?,
             command,
             args,
             env,
