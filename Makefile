@@ -23,7 +23,10 @@ all: build kernel images
 # protobuf-compiler: the CRI client of tests/shim.rs (k8s-cri) is generated
 # with protoc at build time. musl-tools: musl-gcc, which builds ring (the
 # agent's TLS for HTTPS probes) for the static agent (.cargo/config.toml).
-APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils protobuf-compiler musl-tools
+# docker-registry, skopeo, apache2-utils (htpasswd) and openssl: the real
+# registry tests/registry.rs pulls from, pushes to it, its Basic auth users
+# and its certificates (tests/common/registry.rs).
+APT_PKGS := build-essential linux-source-6.1 bc flex bison libelf-dev busybox-static cpio nftables iproute2 erofs-utils protobuf-compiler musl-tools docker-registry skopeo apache2-utils openssl
 deps:
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -1,9 +1,11 @@
 //! Shared helpers for the end-to-end tests: finding the guest artifacts and
-//! the `unipod` binary, and skipping loudly when KVM is unavailable.
+//! the `unipod` binary, and skipping loudly when KVM is unavailable; a real
+//! registry on loopback for the pull tests (registry.rs).
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod pod;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
