@@ -364,7 +364,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("auth.json");
         fs::write(&file, r#"{"auths":{"r.io":{"auth":"bm9jb2xvbg=="}}}"#).unwrap();
-        let err = find(std::slice::from_ref(&file), "r.io/x").unwrap_err().to_string();
+        let err = find(std::slice::from_ref(&file), "r.io/x")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("auth.json") && err.contains("log in again"),
             "{err}"

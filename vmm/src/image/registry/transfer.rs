@@ -268,9 +268,12 @@ impl Session {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 let has = |c: OciErrorCode| codes.contains(&&c);
                 if has(OciErrorCode::ManifestUnknown) || has(OciErrorCode::NotFound) {
-                    format!("{} has no {what}{tag} (manifest unknown)", self.registry)
+                    format!(
+                        "{what}{tag} not found on {registry} (manifest unknown): check the \
+                         repository and tag"
+                    )
                 } else if has(OciErrorCode::NameUnknown) {
-                    format!("{} has no repository {what}", self.registry)
+                    format!("repository {what} not found on {registry} (name unknown)")
                 } else if has(OciErrorCode::Unauthorized) || has(OciErrorCode::Denied) {
                     format!("{} denied access to {what}: {login}", self.registry)
                 } else if has(OciErrorCode::BlobUnknown) {
@@ -282,7 +285,7 @@ impl Session {
             OciDistributionError::ServerError { code, message, .. } => match code {
                 401 => format!("{} refused access to {what} (401): {login}", self.registry),
                 403 => format!("{} denied access to {what} (403 Forbidden): {login}", self.registry),
-                404 => format!("{} has no {what}{tag} (404 Not Found)", self.registry),
+                404 => format!("{what}{tag} not found on {registry} (404)"),
                 _ => format!(
                     "cannot {doing} {registry}/{what}{tag}: the registry answered {code}: {}",
                     message.trim()
