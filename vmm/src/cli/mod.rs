@@ -107,7 +107,7 @@ pub enum Command {
     /// Run a Pod manifest, or one command, in a new pod VM.
     ///
     /// 'unipod run pod.yaml' runs a Kubernetes Pod manifest with Kubernetes
-    /// semantics: its images (imported with 'unipod image import'), init
+    /// semantics: its images (present, or pulled as imagePullPolicy says), init
     /// containers one by one, then the containers, restarts by
     /// restartPolicy with back-off. In the foreground it streams each
     /// container's output prefixed with the container's name in brackets and the pod's phases on
@@ -157,10 +157,10 @@ pub enum Command {
     /// state directory's snapshots/, keyed by a hash of those inputs.
     #[command(after_help = PLAIN_AFTER_HELP)]
     Snapshot(SnapshotArgs),
-    /// Import container images (OCI layouts, 'docker save' tars) and list
-    /// or remove them.
+    /// Pull container images from registries, import them from files (OCI
+    /// layouts, 'docker save' tars), and list or remove them.
     ///
-    /// An import checks every blob's digest, applies the layers and packs
+    /// A pull or an import checks every blob's digest, applies the layers and packs
     /// the result into a read-only erofs image in the state directory's
     /// images/, named by its manifest digest and its names (busybox:latest).
     #[command(after_help = image::IMAGE_AFTER_HELP)]
@@ -197,7 +197,8 @@ Exit codes of 'unipod run MANIFEST':
        with --detach: the pod is Running (or already Succeeded)
   1    the pod Failed: a container failed and will not restart, an init
        container failed under restartPolicy Never, or the VM or agent failed
-  125  the pod could not be created: invalid manifest, image not imported,
+  125  the pod could not be created: invalid manifest, image not present
+       and not pulled (the registry's reason is given),
        name taken, guest kernel or initramfs missing; nothing was left behind
   130  interrupted: Ctrl-C stopped the pod (a second one kills its VM)
   2    bad command-line usage

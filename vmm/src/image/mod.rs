@@ -1,10 +1,11 @@
-//! Container images: OCI image layouts and `docker save` archives imported
-//! into read-only erofs filesystems that a pod's guest mounts as its root.
+//! Container images: OCI image layouts, `docker save` archives and images
+//! pulled from registries ([`registry`]), turned into read-only erofs
+//! filesystems that a pod's guest mounts as its root.
 //!
-//! `unipod image import PATH` reads an image from disk (unipod never talks
-//! to a registry), checks every blob against its sha256 digest, applies the
-//! layers in order into a staging directory and packs that directory with
-//! `mkfs.erofs` into one file. [`ImageStore`] keeps the result under
+//! `unipod image import PATH` reads an image from disk (`unipod image pull`
+//! downloads one into `blobs/` first), checks every blob against its sha256
+//! digest, applies the layers in order into a staging directory and packs
+//! that directory with `mkfs.erofs` into one file. [`ImageStore`] keeps the result under
 //! `<state dir>/images/`, keyed by the image's manifest digest:
 //!
 //! ```text
@@ -12,7 +13,9 @@
 //!   names.json                  {"busybox:latest": "sha256:<hex>", ...}
 //!   .lock                       flock'd while names.json or an image dir changes
 //!   <hex>/rootfs.erofs          the image's filesystem, read-only
-//!   <hex>/image.json            digest, names, size, import time, config
+//!   <hex>/image.json            digest, names, size, import time, config, blobs
+//!   blobs/sha256/<hex>          blobs pulled from registries, shared by images
+//!   .pull-lock                  flock'd shared by pulls (blob GC waits)
 //!   .tmp-<hex12>-<pid>-<n>/     an import in progress (renamed to <hex>/)
 //! ```
 //!
@@ -39,8 +42,8 @@
 //!   lose each other's names.
 //!
 //! # Limitations
-//! - linux/amd64 images only; zstd, xz and bzip2 layers are refused with the
-//!   way to re-export them with gzip.
+//! - linux/amd64 images only; xz and bzip2 layers are refused with the way
+//!   to re-export them with gzip (gzip, zstd and plain tars are read).
 //! - Device nodes in layers are skipped (the guest's /dev is a devtmpfs);
 //!   extended attributes (file capabilities, for one) are not applied.
 //! - File ownership is kept only when importing as root: an unprivileged
