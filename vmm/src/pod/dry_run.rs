@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use super::config_sources::{self, PodFacts};
-use super::manifest::{self, FileSource, PodManifest, VolumeSource};
+use super::manifest::{self, FileSource, ImagePullPolicy, PodManifest, VolumeSource};
 use super::objects::{Applied, Catalog, ObjectStore};
 use super::options::RunOptions;
 use super::spec;
@@ -136,7 +136,16 @@ fn check_pod(
                 }
                 Err(e) => {
                     eprintln!("unipod: note: {path}.image: {}", error_chain(&e, ": "));
-                    format!("{} (not in the image store)", c.image)
+                    match c.image_pull_policy {
+                        ImagePullPolicy::Never => {
+                            problems.push(format!(
+                                "{path}.image: {} is absent and imagePullPolicy is Never",
+                                c.image
+                            ));
+                            format!("{} (absent; never pulled)", c.image)
+                        }
+                        _ => format!("{} (absent: would be pulled)", c.image),
+                    }
                 }
             };
             if let Err(e) = config_sources::container_env(pod, c, &facts, catalog) {
