@@ -27,6 +27,8 @@ const ACCEPTED_MANIFESTS: [&str; 4] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
+/// What a TLS handshake with a plain-HTTP server gives.
+const NOT_TLS: &str = "it does not answer in TLS";
 /// How long a connection may take to open, and a read may stall.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,8 +100,13 @@ impl Session {
         if insecure {
             protocols.push(ClientProtocol::Http);
         }
-        let mut first_error: Option<OpenError> = None;
+        let mut failure: Option<OpenError> = None;
         for protocol in protocols {
+            let scheme = if protocol == ClientProtocol::Http {
+                "HTTP"
+            } else {
+                "HTTPS"
+            };
             let client = Client::new(ClientConfig {
                 protocol,
                 accept_invalid_certificates: insecure,
@@ -125,8 +132,14 @@ impl Session {
                 Ok(_) => return Ok(session),
                 Err(e) => {
                     let transport = matches!(e, OciDistributionError::RequestError(_));
-                    let message = session.explain(&e, "reach");
-                    first_error.get_or_insert(if transport {
+                    let mut message = session.explain(&e, "reach");
+                    // An insecure source tried both ways: say how each failed.
+                    if let Some(https) = failure.take().map(OpenError::reason) {
+                        if !https.contains(NOT_TLS) {
+                            message = format!("over HTTPS: {https}; over {scheme}: {message}");
+                        }
+                    }
+                    failure = Some(if transport {
                         OpenError::Unreachable(message)
                     } else {
                         OpenError::Refused(message)
@@ -137,7 +150,7 @@ impl Session {
                 }
             }
         }
-        Err(first_error.expect("one protocol was tried"))
+        Err(failure.expect("one protocol was tried"))
     }
 
     /// The manifest (or index) `reference` names, with its digest, checked
@@ -322,9 +335,9 @@ fn transport(registry: &str, error: &(dyn std::error::Error + 'static)) -> Strin
     let lower = detail.to_lowercase();
     if lower.contains("invalidcontenttype") || lower.contains("wrong version number") {
         format!(
-            "cannot reach {registry} over TLS: it does not answer in TLS (a plain-HTTP \
-             registry?); if it is one you trust, mark it insecure = true in registries.conf \
-             or pass --tls-verify=false"
+            "cannot reach {registry} over TLS: {NOT_TLS} (a plain-HTTP registry?); if it is \
+             one you trust, mark it insecure = true in registries.conf or pass \
+             --tls-verify=false"
         )
     } else if lower.contains("certificate") || lower.contains("unknownissuer") {
         format!(
