@@ -25,6 +25,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::registry::http::http_get;
 use common::registry::layout::{
     multi_platform_layout, registries_conf_docker_io_mirror, registries_conf_insecure,
@@ -1118,18 +1119,35 @@ fn a_pod_pulls_its_image_from_the_mirror() {
     let dead = format!("127.0.0.1:{}", free_port());
     let conf_dir = fresh_dir("registry-pod");
     let conf = conf_dir.join("registries.conf");
+    // The private registry is plain HTTP on loopback: insecure.
+    let private = basic();
+    let private_host = private.registry.host();
     fs::write(
         &conf,
-        registries_conf_docker_io_mirror(shared.registry.host(), &dead),
+        format!(
+            "{}\n[[registry]]\nlocation = \"{private_host}\"\ninsecure = true\n",
+            registries_conf_docker_io_mirror(shared.registry.host(), &dead)
+        ),
     )
     .unwrap();
-    // The Kubernetes docs' busybox pod.
+    let private_image = format!("{private_host}/library/busybox:1.28");
+    let _ = unipod(&state, "image", &["rm", &private_image]);
+    // The Kubernetes docs' busybox pod, with a second container whose image
+    // needs the credentials of an imagePullSecrets Secret (the docs'
+    // "Pull an Image from a Private Registry"), in the same file.
+    let docker_config = base64::engine::general_purpose::STANDARD
+        .encode(private.registry.credentials().auth_json(private_host));
     let manifest = common::pod::manifest(
         pod,
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels:\n    app: myapp\n\
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: regcred\n\
+             type: kubernetes.io/dockerconfigjson\n\
+             data:\n  .dockerconfigjson: {docker_config}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels:\n    app: myapp\n\
              spec:\n  containers:\n  - name: myapp-container\n    image: busybox:1.28\n    \
-             command: ['sh', '-c', 'echo hello; sleep 3600']\n"
+             command: ['sh', '-c', 'echo hello; sleep 3600']\n  \
+             - name: private-reg-container\n    image: {private_image}\n    \
+             command: ['sleep', '3600']\n  imagePullSecrets:\n  - name: regcred\n"
         ),
     );
     let mut run = run_pod(&state, &manifest, &["--detach"]);
@@ -1140,14 +1158,19 @@ fn a_pod_pulls_its_image_from_the_mirror() {
     wait_for(&state, pod, "Running", |s| {
         s["status"]["phase"] == "Running"
     });
-    let logs_say_hello = common::wait_until(Duration::from_secs(60), || {
-        text(&unipod(&state, "logs", &[pod])).0 == "hello\n"
-    });
-    assert!(
-        logs_say_hello,
-        "logs: {:?}",
-        text(&unipod(&state, "logs", &[pod]))
-    );
+    let logs = || text(&unipod(&state, "logs", &[pod, "-c", "myapp-container"]));
+    let logs_say_hello = common::wait_until(Duration::from_secs(60), || logs().0 == "hello\n");
+    assert!(logs_say_hello, "logs: {:?}", logs());
+    // The kubelet's events: each image pulled, the private one with the
+    // Secret's credentials (the auth file the run was given does not exist).
+    let (described, _) = text(&unipod(&state, "describe", &[pod]));
+    for event in [
+        "Pulling image \"busybox:1.28\"".to_string(),
+        "Successfully pulled image \"busybox:1.28\"".to_string(),
+        format!("Successfully pulled image \"{private_image}\""),
+    ] {
+        assert!(described.contains(&event), "{event}:\n{described}");
+    }
     let (ls, _) = text(&unipod(&state, "image", &["ls"]));
     let row = ls
         .lines()
@@ -1157,6 +1180,7 @@ fn a_pod_pulls_its_image_from_the_mirror() {
     let out = unipod(&state, "delete", &["pod", pod, "--grace-period=1"]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(!state.join("pods").join(pod).exists(), "deleted");
-    let _ = unipod(&state, "image", &["rm", "busybox:1.28"]);
+    let _ = unipod(&state, "image", &["rm", "busybox:1.28", &private_image]);
+    let _ = unipod(&state, "delete", &["secret", "regcred"]);
     fs::remove_dir_all(&conf_dir).unwrap();
 }
