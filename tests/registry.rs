@@ -1135,8 +1135,13 @@ fn a_pod_pulls_its_image_from_the_mirror() {
     // The Kubernetes docs' busybox pod, with a second container whose image
     // needs the credentials of an imagePullSecrets Secret (the docs'
     // "Pull an Image from a Private Registry"), in the same file.
-    let docker_config = base64::engine::general_purpose::STANDARD
-        .encode(private.registry.credentials().auth_json(private_host));
+    let docker_config = base64::engine::general_purpose::STANDARD.encode(
+        private
+            .registry
+            .credentials()
+            .expect("the Basic auth registry has users")
+            .auth_json(private_host),
+    );
     let manifest = common::pod::manifest(
         pod,
         &format!(
