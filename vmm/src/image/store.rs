@@ -191,7 +191,7 @@ impl ImageStore {
             None => plan.names.clone(),
         };
         let source = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        self.import_plan(&archive, plan, &names, source, Vec::new(), progress)
+        self.import_plan(&archive, plan, &names, source, None, progress)
     }
 
     /// Imports the image whose manifest `manifest` names from the blobs a
@@ -214,22 +214,25 @@ impl ImageStore {
             plan,
             names,
             PathBuf::from(source),
-            blobs,
+            Some(blobs),
             progress,
         )
     }
 
     /// Unpacks `plan`'s layers from `archive` and packs them, unless the
-    /// image is present already; then adds `names`.
+    /// image is present already; then adds `names`. `pulled_blobs`: the
+    /// store's own blobs the image is made of, each checked against its
+    /// digest when it was downloaded (so not hashed again before unpacking).
     fn import_plan(
         &self,
         archive: &Archive,
         plan: source::Plan,
         names: &[String],
         source: PathBuf,
-        blobs: Vec<String>,
+        pulled_blobs: Option<Vec<String>>,
         mut progress: impl FnMut(&str),
     ) -> Result<ImportedImage, ImageError> {
+        let verified = pulled_blobs.is_some();
         let digest = plan.manifest_digest.clone();
         let hex = sha256_hex(&digest, "the manifest")?.to_string();
         fs::create_dir_all(&self.root).map_err(ImageError::io("create", &self.root))?;
@@ -263,7 +266,7 @@ impl ImageStore {
                 name.index,
                 human_size(layer.size)
             ));
-            unpack_layer(archive, layer, i, &name, &staging, chown)?;
+            unpack_layer(archive, layer, i, &name, &staging, chown, verified)?;
         }
         let rootfs = tmp.path.join(ROOTFS_FILE);
         progress(&format!(
@@ -285,7 +288,7 @@ impl ImageStore {
             format: plan.format.to_string(),
             source,
             layers: count,
-            blobs,
+            blobs: pulled_blobs.unwrap_or_default(),
         };
         write_json(&tmp.path.join(IMAGE_FILE), &record)?;
         self.finish_import(&digest, names, Some(tmp))
@@ -696,7 +699,9 @@ impl ImageStore {
 ///
 /// The blob is read twice: once to check its digest (and, for an
 /// uncompressed layer, its diff id) before anything in it is parsed, then
-/// to unpack it while hashing the uncompressed stream for the diff id.
+/// to unpack it while hashing the uncompressed stream for the diff id. A
+/// blob `verified` at download is read once, after its first bytes (its
+/// compression): the unpack still checks the diff id.
 fn unpack_layer(
     archive: &Archive,
     layer: &Layer,
@@ -704,6 +709,7 @@ fn unpack_layer(
     name: &LayerName,
     staging: &Path,
     chown: bool,
+    verified: bool,
 ) -> Result<(), ImageError> {
     let open = || {
         archive
@@ -725,19 +731,24 @@ fn unpack_layer(
     let mut blob = HashingReader::new(open()?);
     let mut magic = [0u8; 6];
     let n = super::archive::read_up_to(&mut blob, &mut magic).map_err(read_error)?;
-    let (digest, _) = blob.finish().map_err(read_error)?;
-    if let Some(expected) = &layer.digest {
-        if digest != *expected {
+    let compression = compression_of(&magic[..n]);
+    let digest = if verified {
+        layer.digest.clone()
+    } else {
+        Some(blob.finish().map_err(read_error)?.0)
+    };
+    if let (Some(expected), Some(digest)) = (&layer.digest, &digest) {
+        if digest != expected {
             return Err(mismatch(
                 format!("the manifest (layer {})", name.index),
                 expected,
-                &digest,
+                digest,
             ));
         }
     }
-    let compression = compression_of(&magic[..n]);
     match compression {
         None => {
+            let digest = digest.unwrap_or_default();
             if digest != layer.diff_id {
                 return Err(mismatch(
                     format!("the config (rootfs.diff_ids[{i}])"),
