@@ -340,6 +340,13 @@ impl Registry {
         args.extend(self.skopeo_flags("dest-", true));
         args.push(format!("oci:{}", layout.display()));
         args.push(format!("docker://{}", self.reference(repo_tag)));
+        self.skopeo_ok(&args);
+        self.manifest_digest(repo_tag)
+    }
+
+    /// Runs skopeo with `args`; panics, with its output and the registry's
+    /// log, when it fails.
+    fn skopeo_ok(&self, args: &[String]) -> Output {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.skopeo(&args);
         assert!(
@@ -348,7 +355,7 @@ impl Registry {
             output_text(&out),
             self.log()
         );
-        self.manifest_digest(repo_tag)
+        out
     }
 
     /// The manifest (or index) the registry serves for `reference`
@@ -357,15 +364,7 @@ impl Registry {
         let mut args = vec!["inspect".to_string(), "--raw".into()];
         args.extend(self.skopeo_flags("", true));
         args.push(format!("docker://{}", self.reference(reference)));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.skopeo(&args);
-        assert!(
-            out.status.success(),
-            "skopeo {args:?} failed:\n{}\nregistry log:\n{}",
-            output_text(&out),
-            self.log()
-        );
-        out.stdout
+        self.skopeo_ok(&args).stdout
     }
 
     /// `sha256:<hex>` of [`Registry::raw_manifest`]: the digest a client

@@ -157,14 +157,7 @@ pub fn image(args: &ImageArgs) -> Result<i32, ImageError> {
         ImageCommand::Import { path, name } => {
             let imported =
                 store.import(path, name.as_deref(), |line| eprintln!("[image] {line}"))?;
-            let image = &imported.image;
-            println!("digest: {}", image.digest);
-            println!("names:  {}", names_of(image));
-            println!(
-                "rootfs: {} ({})",
-                image.rootfs.display(),
-                human_size(image.size_bytes)
-            );
+            print_image(&imported.image);
         }
         ImageCommand::Pull {
             reference,
@@ -172,14 +165,7 @@ pub fn image(args: &ImageArgs) -> Result<i32, ImageError> {
         } => {
             let progress = ProgressSink::new("[pull] ");
             let pulled = registry::pull(&store, reference, &registry.pull_options(), &progress)?;
-            let image = &pulled.image.image;
-            println!("digest: {}", image.digest);
-            println!("names:  {}", names_of(image));
-            println!(
-                "rootfs: {} ({})",
-                image.rootfs.display(),
-                human_size(image.size_bytes)
-            );
+            print_image(&pulled.image.image);
             eprintln!(
                 "[pull] {} from {}: {} downloaded in {:.1} s",
                 reference,
@@ -216,6 +202,17 @@ pub fn image(args: &ImageArgs) -> Result<i32, ImageError> {
         }
     }
     Ok(0)
+}
+
+/// What an import or a pull gives: digest, names, root file system.
+fn print_image(image: &StoredImage) {
+    println!("digest: {}", image.digest);
+    println!("names:  {}", names_of(image));
+    println!(
+        "rootfs: {} ({})",
+        image.rootfs.display(),
+        human_size(image.size_bytes)
+    );
 }
 
 fn names_of(image: &StoredImage) -> String {

@@ -153,8 +153,9 @@ enum Compression {
     Zstd,
 }
 
-/// [`oci_layout`] with the layers compressed as `compression` says.
-fn oci_layout_with(dir: &Path, layers: &[Vec<u8>], name: &str, compression: Compression) -> String {
+/// Writes the config, layer and manifest blobs of an image with `layers`
+/// into `dir`'s `blobs/sha256/`; returns the manifest's descriptor.
+fn put_image_blobs(dir: &Path, layers: &[Vec<u8>], compression: Compression) -> serde_json::Value {
     let diff_ids: Vec<String> = layers.iter().map(|l| sha256_of(l)).collect();
     let config = put_blob(
         dir,
@@ -181,7 +182,12 @@ fn oci_layout_with(dir: &Path, layers: &[Vec<u8>], name: &str, compression: Comp
         "layers": layer_descriptors,
     }))
     .unwrap();
-    let mut descriptor = put_blob(dir, "application/vnd.oci.image.manifest.v1+json", &manifest);
+    put_blob(dir, "application/vnd.oci.image.manifest.v1+json", &manifest)
+}
+
+/// [`oci_layout`] with the layers compressed as `compression` says.
+fn oci_layout_with(dir: &Path, layers: &[Vec<u8>], name: &str, compression: Compression) -> String {
+    let mut descriptor = put_image_blobs(dir, layers, compression);
     descriptor["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": name});
     descriptor["platform"] = serde_json::json!({"architecture": "amd64", "os": "linux"});
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [descriptor]});
@@ -648,35 +654,7 @@ fn zstd_layers_import_like_gzip_ones() {
 /// Puts the blobs of an image with `layers` into `store`'s blob directory,
 /// as a pull does; returns its manifest descriptor.
 fn pulled_blobs(store: &ImageStore, layers: &[Vec<u8>]) -> oci_spec::image::Descriptor {
-    let root = store.root();
-    let diff_ids: Vec<String> = layers.iter().map(|l| sha256_of(l)).collect();
-    let config = put_blob(
-        root,
-        "application/vnd.oci.image.config.v1+json",
-        &test_config(&diff_ids),
-    );
-    let layers: Vec<_> = layers
-        .iter()
-        .map(|l| {
-            put_blob(
-                root,
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-                &gzip(l),
-            )
-        })
-        .collect();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": layers,
-    }))
-    .unwrap();
-    let descriptor = put_blob(
-        root,
-        "application/vnd.oci.image.manifest.v1+json",
-        &manifest,
-    );
+    let descriptor = put_image_blobs(store.root(), layers, Compression::Gzip);
     serde_json::from_value(descriptor).unwrap()
 }
 
