@@ -153,6 +153,7 @@ fn bad_manifests_are_refused_each_with_its_own_error_and_leave_nothing() {
     let (_, stderr) = text(&unipod(&state, "run", &[path.to_str().unwrap()]));
     assert!(
         stderr.contains("spec.containers[0].image")
+            && stderr.contains("\"nosuch:1\" is not imported; import it with: unipod image import")
             && stderr.contains("cannot pull nosuch:1: registry docker.io is blocked"),
         "{stderr}"
     );

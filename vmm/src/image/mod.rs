@@ -305,6 +305,17 @@ pub enum ImageError {
         /// The registries.conf.
         path: PathBuf,
     },
+    /// The image is absent and could not be pulled.
+    #[error(
+        "image \"{reference}\" is not imported; import it with: unipod image import PATH \
+         (an OCI layout or docker-save tar), or make it pullable: {pull}"
+    )]
+    NotPulled {
+        /// The reference as given.
+        reference: String,
+        /// Why the pull failed.
+        pull: Box<ImageError>,
+    },
     /// `imagePullPolicy: Never` and the image is absent.
     #[error(
         "container image \"{reference}\" is not present with pull policy of Never; pull it \
@@ -348,13 +359,12 @@ impl ImageError {
     /// A pull failed without reaching any registry: no network, unknown
     /// hosts, refused connections, or registries.conf blocks it.
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            ImageError::Pull {
-                unreachable: true,
-                ..
-            } | ImageError::Blocked { .. }
-        )
+        match self {
+            ImageError::Pull { unreachable, .. } => *unreachable,
+            ImageError::Blocked { .. } => true,
+            ImageError::NotPulled { pull, .. } => pull.is_unreachable(),
+            _ => false,
+        }
     }
 
     fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {

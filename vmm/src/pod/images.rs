@@ -134,7 +134,11 @@ pub(crate) fn ensure(
                             ));
                             Ok(found)
                         }
-                        _ => Err(e),
+                        Some(_) => Err(e),
+                        None => Err(ImageError::NotPulled {
+                            reference: image.clone(),
+                            pull: Box::new(e),
+                        }),
                     }
                 }
             }
