@@ -631,6 +631,24 @@ fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
         ]),
         "pods-exec true"
     );
+    // kubectl's custom-columns: a padded table, <none> for what is absent.
+    let columns = get(&[
+        "pods-exec",
+        "-o",
+        "custom-columns=NAME:.metadata.name,PHASE:status.phase,NODE_PORT:.spec.nope",
+    ]);
+    let lines: Vec<Vec<&str>> = columns
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["NAME", "PHASE", "NODE_PORT"],
+            vec!["pods-exec", "Running", "<none>"]
+        ],
+        "{columns}"
+    );
     let listed = get(&["-l", "app=exec", "-o", "name"]);
     assert!(listed.lines().any(|l| l == "pod/pods-exec"), "{listed}");
     let listed = get(&["-l", "app!=exec", "-o", "name"]);

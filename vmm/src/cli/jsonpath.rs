@@ -347,6 +347,59 @@ fn render_nodes(nodes: &[Node], root: &Value, current: &Value, out: &mut String)
     }
 }
 
+/// `-o custom-columns=HEADER:PATH,...`: a table with a column per path
+/// (kubectl's relaxed JSONPath, `.metadata.name` or `metadata.name`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomColumns(Vec<(String, Template)>);
+
+// Templates hold no floats: equality is total.
+impl Eq for CustomColumns {}
+
+impl CustomColumns {
+    /// Parses the text after `custom-columns=`.
+    pub fn parse(spec: &str) -> Result<CustomColumns, String> {
+        let columns = spec
+            .split(',')
+            .map(|column| {
+                let (header, path) = column.split_once(':').ok_or_else(|| {
+                    format!(
+                        "custom-columns: {column:?} is not HEADER:PATH \
+                         (e.g. custom-columns=NAME:.metadata.name,IP:.status.podIP)"
+                    )
+                })?;
+                if header.is_empty() || path.is_empty() {
+                    return Err(format!(
+                        "custom-columns: {column:?} lacks a header or a path"
+                    ));
+                }
+                Ok((header.to_string(), Template::parse_relaxed(path)?))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(CustomColumns(columns))
+    }
+
+    /// The column headers.
+    pub fn headers(&self) -> Vec<String> {
+        self.0.iter().map(|(h, _)| h.clone()).collect()
+    }
+
+    /// The row of `doc`: each path's values joined by commas, `<none>`
+    /// where it finds nothing, as kubectl prints them.
+    pub fn row(&self, doc: &Value) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(_, path)| {
+                let values = path.values(doc);
+                if values.is_empty() || values.iter().all(|v| v.is_null()) {
+                    "<none>".to_string()
+                } else {
+                    values.into_iter().map(show).collect::<Vec<_>>().join(",")
+                }
+            })
+            .collect()
+    }
+}
+
 /// A value as kubectl prints it: strings bare, anything else as JSON.
 pub fn show(v: &Value) -> String {
     match v {
@@ -542,6 +595,28 @@ mod tests {
         assert!(!matches("!app"));
         for bad in ["app in (web)", "", "=web", "a=b c"] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod custom_columns_tests {
+    use super::*;
+
+    #[test]
+    fn custom_columns_take_relaxed_paths_and_show_none_for_missing_values() {
+        let columns =
+            CustomColumns::parse("NAME:.metadata.name,IP:status.podIP,C:.spec.containers[*].name")
+                .unwrap();
+        assert_eq!(columns.headers(), ["NAME", "IP", "C"]);
+        let doc = serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {}
+        });
+        assert_eq!(columns.row(&doc), ["web", "<none>", "a,b"]);
+        for bad in ["NAME", "NAME:", ":.a"] {
+            assert!(CustomColumns::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -122,6 +122,10 @@ pub fn get(
         }
         return Ok(0);
     }
+    if let Some(Output::CustomColumns(columns)) = output {
+        super::pods::print_custom_columns(columns, objects.iter().map(document));
+        return Ok(0);
+    }
     if let Some(format @ (Output::Json | Output::Yaml | Output::JsonPath(_))) = output {
         let docs: Vec<serde_json::Value> = objects.iter().map(document).collect();
         let doc = match name {

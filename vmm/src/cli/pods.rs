@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use guest_agent::protocol::Stream;
 
-use super::jsonpath::{Selector, Template};
+use super::jsonpath::{CustomColumns, Selector, Template};
 use crate::error_chain::error_chain;
 use crate::file_error::FileError;
 use crate::pod::cleanup::{clean_up_orphan, wait_gone};
@@ -113,6 +113,8 @@ pub enum Output {
     Name,
     /// A JSONPath template evaluated against the JSON document.
     JsonPath(String),
+    /// A table of the columns given, each a JSONPath into the document.
+    CustomColumns(CustomColumns),
 }
 
 /// Parses `-o`: wide, json, yaml, name or jsonpath=TEMPLATE.
@@ -127,8 +129,10 @@ pub fn parse_output(text: &str) -> Result<Output, String> {
                 Template::parse(template)?;
                 Ok(Output::JsonPath(template.to_string()))
             }
+            Some(("custom-columns", spec)) => CustomColumns::parse(spec).map(Output::CustomColumns),
             _ => Err(format!(
-                "unknown output format {text:?}: give wide, json, yaml, name or jsonpath=TEMPLATE"
+                "unknown output format {text:?}: give wide, json, yaml, name, \
+                 jsonpath=TEMPLATE or custom-columns=HEADER:PATH,..."
             )),
         },
     }
@@ -142,8 +146,10 @@ pub struct GetArgs {
     #[arg(value_name = "[TYPE] [NAME]", num_args = 0..=2)]
     pub words: Vec<String>,
     /// Output format (default: a table): wide, json, yaml, name (TYPE/NAME),
-    /// or jsonpath=TEMPLATE (e.g. jsonpath='{.status.podIP}'), evaluated
-    /// against the JSON document of -o json.
+    /// jsonpath=TEMPLATE (e.g. jsonpath='{.status.podIP}'), or
+    /// custom-columns=HEADER:PATH,... (e.g.
+    /// custom-columns=NAME:.metadata.name,IP:.status.podIP); paths go into
+    /// the JSON document of -o json.
     #[arg(short = 'o', long, value_name = "FORMAT", value_parser = parse_output)]
     pub output: Option<Output>,
     /// Only pods whose labels match: key=value, key==value, key!=value,
@@ -426,6 +432,10 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
             print!("{}", template.render(&doc()));
             return Ok(0);
         }
+        Some(Output::CustomColumns(columns)) => {
+            print_custom_columns(columns, docs());
+            return Ok(0);
+        }
         Some(Output::Wide) | None => {}
     }
     if pods.is_empty() {
@@ -464,6 +474,17 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
     }
     print!("{}", table(&rows));
     Ok(0)
+}
+
+/// The table of `-o custom-columns`, a row per document (a header alone
+/// when there are none, as kubectl prints it).
+pub fn print_custom_columns(
+    columns: &CustomColumns,
+    docs: impl Iterator<Item = serde_json::Value>,
+) {
+    let mut rows = vec![columns.headers()];
+    rows.extend(docs.map(|doc| columns.row(&doc)));
+    print!("{}", table(&rows));
 }
 
 /// The LABELS column: `k=v,k2=v2`, or `<none>`.
@@ -1113,7 +1134,11 @@ mod tests {
             Ok(Output::JsonPath("{.status.podIP}".into()))
         );
         assert!(parse_output("jsonpath={.status").is_err());
-        assert!(parse_output("custom-columns=A:.a").is_err());
+        assert!(matches!(
+            parse_output("custom-columns=A:.a"),
+            Ok(Output::CustomColumns(_))
+        ));
+        assert!(parse_output("custom-columns=A").is_err());
     }
 
     fn record(phase: &str, supervisor: Option<ProcessRef>) -> PodRecord {
