@@ -268,8 +268,12 @@ def start_pod(name, env=None, probe=None):
 
 
 def pod_record(name):
-    out = unipod("get", "--state-dir", STATE, name, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else None
+    """The pod's status record (the pod dir's status.json), or None."""
+    try:
+        with open(os.path.join(STATE, "pods", name, "status.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def remove_pods(names):
@@ -299,7 +303,7 @@ def measure_timeline(runs):
     table.append(("`unipod run --detach` returns (pod Running)", spread(totals)))
     return {
         "title": "Pod ready: `unipod run --detach` of a busybox pod, step by step",
-        "command": "unipod run --network none --detach idle.yaml; unipod get -o json (`startup`); "
+        "command": "unipod run --network none --detach idle.yaml; the pod's status.json (`startup`); "
                    "`unipod describe` shows the same as 'Startup:'",
         "table": table,
         "note": "Steps: network (tap, IP lease), vmReady (VMM spawned, snapshot restored, agent Ready), "

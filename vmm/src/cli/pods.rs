@@ -400,13 +400,14 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         })
         .filter(|(_, labels)| args.selector.as_ref().is_none_or(|s| s.matches(labels)))
         .collect();
-    let docs = || pods.iter().map(|(r, l)| pod_document(r, l));
+    let docs = || {
+        pods.iter()
+            .map(|(r, _)| pod_document(r, stored_pod_object(&root.join(&r.name)).as_ref()))
+    };
     // One pod prints as itself, several as a List, as kubectl does.
     let doc = || match &pod {
         Some(_) => docs().next().unwrap_or_default(),
-        None => serde_json::json!({
-            "apiVersion": "v1", "kind": "List", "items": docs().collect::<Vec<_>>()
-        }),
+        None => pod_list(docs().collect()),
     };
     match &args.output {
         Some(Output::Json) => {
@@ -496,25 +497,40 @@ fn labels_column(labels: &BTreeMap<String, String>) -> String {
     pairs.join(",")
 }
 
-/// The JSON document of a pod for `-o json|yaml|jsonpath` and `wait`: its
-/// status record, with a `metadata` object (name, uid, creationTimestamp,
-/// labels) and the phase `get` shows: a pod whose supervisor is gone is
-/// Unknown and not Ready, whatever its last record says.
-pub fn pod_document(record: &PodRecord, labels: &BTreeMap<String, String>) -> serde_json::Value {
-    let mut doc = serde_json::to_value(record).expect("the status serializes");
+/// The pod as kubectl shows it (`get -o json`, `-o jsonpath`, `wait`): a
+/// v1 Pod, with the metadata and spec of the manifest it was run from (in
+/// `object`, its stored Pod document) and the status the supervisor keeps.
+/// A pod whose supervisor is gone shows `Unknown` and is not Ready.
+pub fn pod_document(record: &PodRecord, object: Option<&serde_json::Value>) -> serde_json::Value {
+    let null = serde_json::Value::Null;
+    let object = object.unwrap_or(&null);
+    let given = &object["metadata"];
     let mut metadata = serde_json::json!({
         "name": record.name,
+        "namespace": given["namespace"].as_str().unwrap_or(manifest::DEFAULT_NAMESPACE),
         "uid": record.uid,
         "creationTimestamp": record.creation_timestamp,
     });
-    if !labels.is_empty() {
-        metadata["labels"] = serde_json::json!(labels);
+    for key in ["labels", "annotations"] {
+        if given[key].as_object().is_some_and(|m| !m.is_empty()) {
+            metadata[key] = given[key].clone();
+        }
     }
-    doc["metadata"] = metadata;
+    let spec = match object.get("spec") {
+        Some(spec) => spec.clone(),
+        // A command pod has no manifest: its containers are all there is.
+        None => serde_json::json!({
+            "containers": record.status.container_statuses.iter()
+                .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
+                .collect::<Vec<_>>(),
+            "restartPolicy": "Never",
+        }),
+    };
+    let mut status = serde_json::to_value(&record.status).expect("the status serializes");
     let shown = record.shown_phase();
     if shown != record.status.phase {
-        doc["status"]["phase"] = serde_json::json!(shown);
-        if let Some(conditions) = doc["status"]["conditions"].as_array_mut() {
+        status["phase"] = serde_json::json!(shown);
+        if let Some(conditions) = status["conditions"].as_array_mut() {
             for c in conditions {
                 if matches!(c["type"].as_str(), Some("Ready" | "ContainersReady")) {
                     c["status"] = "False".into();
@@ -522,7 +538,34 @@ pub fn pod_document(record: &PodRecord, labels: &BTreeMap<String, String>) -> se
             }
         }
     }
-    doc
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": spec,
+        "status": status,
+    })
+}
+
+/// Several pods as kubectl prints them: a v1 List.
+fn pod_list(items: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": items,
+        "metadata": {"resourceVersion": ""},
+    })
+}
+
+/// The Pod document of the manifest file the pod was run from (its stored
+/// copy, which may hold ConfigMaps and Secrets too), as JSON; `None` for a
+/// command pod.
+pub(super) fn stored_pod_object(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("pod.yaml")).ok()?;
+    let pod = serde_norway::Deserializer::from_str(&text)
+        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
+        .find(|document: &serde_json::Value| document["kind"] == "Pod");
+    pod
 }
 
 /// `unipod get configmaps|secrets [NAME]`.
@@ -1155,11 +1198,58 @@ mod tests {
         serde_json::from_value(doc).expect("a status record")
     }
 
+    /// The Pod document of a stored manifest.
+    fn pod_object() -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pod.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  \
+             labels: {app: web}\n  annotations: {note: hi}\nspec:\n  containers:\n  \
+             - name: c\n    image: busybox:1.36\n    ports: [{containerPort: 80}]\n",
+        )
+        .unwrap();
+        stored_pod_object(dir.path()).expect("the Pod document")
+    }
+
+    #[test]
+    fn get_json_is_a_v1_pod_and_a_list_of_them_as_kubernetes_types_read_them() {
+        use k8s_openapi::api::core::v1::Pod;
+        let live = record("Running", Some(ProcessRef::current()));
+        let doc = pod_document(&live, Some(&pod_object()));
+        let pod: Pod = serde_json::from_value(doc.clone()).expect("a v1 Pod");
+        assert_eq!(pod.metadata.name.as_deref(), Some("web"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(pod.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(pod.metadata.labels.unwrap()["app"], "web");
+        assert_eq!(pod.metadata.annotations.unwrap()["note"], "hi");
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.containers[0].image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            80
+        );
+        let status = pod.status.expect("status");
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.88.0.2"));
+        // kubectl prints several as a v1 List (not a PodList) of Pods.
+        let list = pod_list(vec![doc]);
+        assert_eq!(
+            (&list["apiVersion"], &list["kind"]),
+            (&"v1".into(), &"List".into())
+        );
+        let items: Vec<Pod> = serde_json::from_value(list["items"].clone()).expect("v1 Pods");
+        assert_eq!(items.len(), 1);
+        // A command pod has no manifest: its spec lists its containers.
+        let command: Pod = serde_json::from_value(pod_document(&live, None)).expect("a v1 Pod");
+        assert_eq!(command.metadata.namespace.as_deref(), Some("default"));
+        assert!(command.spec.is_some());
+    }
+
     #[test]
     fn the_pod_document_has_metadata_and_the_shown_phase() {
-        let labels: BTreeMap<String, String> = [("app".into(), "web".into())].into();
         let live = record("Running", Some(ProcessRef::current()));
-        let doc = pod_document(&live, &labels);
+        let doc = pod_document(&live, Some(&pod_object()));
         let t = |text: &str| Template::parse(text).unwrap().render(&doc);
         assert_eq!(t("{.metadata.name}/{.metadata.uid}"), "web/u-1");
         assert_eq!(t("{.metadata.labels.app}"), "web");
@@ -1168,7 +1258,7 @@ mod tests {
             t(r#"{.status.conditions[?(@.type=="Ready")].status}"#),
             "True"
         );
-        let orphan = pod_document(&record("Running", None), &BTreeMap::new());
+        let orphan = pod_document(&record("Running", None), None);
         let t = |text: &str| Template::parse(text).unwrap().render(&orphan);
         assert_eq!(t("{.status.phase}"), "Unknown", "no supervisor");
         assert_eq!(
@@ -1176,7 +1266,7 @@ mod tests {
             "False"
         );
         assert_eq!(t("{.metadata.labels}"), "");
-        let done = pod_document(&record("Succeeded", None), &BTreeMap::new());
+        let done = pod_document(&record("Succeeded", None), None);
         assert_eq!(
             done["status"]["phase"], "Succeeded",
             "a finished pod stays so"

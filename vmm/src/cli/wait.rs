@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::jsonpath::{show, Template};
-use super::pods::{pod_document, pod_labels, PodsError, StateArg};
+use super::pods::{pod_document, stored_pod_object, PodsError, StateArg};
 use crate::pod::start::state_root;
 use crate::pod::status::{PodRecord, STATUS_FILE};
 
@@ -230,7 +230,7 @@ fn pod_doc(pods: &Path, name: &str) -> Option<Value> {
         return None;
     }
     let record = PodRecord::read(&dir).ok()?;
-    Some(pod_document(&record, &pod_labels(&dir)))
+    Some(pod_document(&record, stored_pod_object(&dir).as_ref()))
 }
 
 /// `unipod wait`.
