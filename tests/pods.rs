@@ -631,6 +631,18 @@ fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
         ]),
         "pods-exec true"
     );
+    // -o json is a v1 Pod with the manifest's spec.
+    let pod: serde_json::Value = serde_json::from_str(&get(&["pods-exec", "-o", "json"])).unwrap();
+    assert_eq!(
+        (
+            &pod["apiVersion"],
+            &pod["kind"],
+            &pod["metadata"]["namespace"]
+        ),
+        (&"v1".into(), &"Pod".into(), &"default".into()),
+        "{pod:#}"
+    );
+    assert_eq!(pod["spec"]["containers"][0]["name"], "c", "{pod:#}");
     // kubectl's custom-columns: a padded table, <none> for what is absent.
     let columns = get(&[
         "pods-exec",
