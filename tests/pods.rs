@@ -673,9 +673,30 @@ fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
         &["pods-exec", "--prefix", "--all-containers"],
     ));
     assert_eq!(logs, "[pod/pods-exec/c] one\n[pod/pods-exec/c] two\n");
+    // get -w: the table, then changes; watching one pod ends when it goes.
+    let mut watch = cmd(state, "get", &["pods-exec", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("get -w runs");
     let out = unipod(state, "delete", &["pod", "pods-exec", "--grace-period=1"]);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(text(&out).0, "pod \"pods-exec\" deleted\n");
+    let watched = common::wait_until(Duration::from_secs(30), || {
+        watch.try_wait().expect("wait for get -w").is_some()
+    });
+    if !watched {
+        let _ = watch.kill();
+    }
+    let watch = watch.wait_with_output().expect("get -w output");
+    assert!(watched, "get -w went on after the pod was deleted");
+    let lines = String::from_utf8_lossy(&watch.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = lines
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert!(rows.len() >= 2, "{lines}");
+    assert_eq!(rows[0], ["NAME", "READY", "STATUS"], "{lines}");
+    assert_eq!(rows[1], ["pods-exec", "1/1", "Running"], "{lines}");
     assert!(!state.join("pods/pods-exec").exists(), "deleted");
     let out = unipod(
         state,

@@ -29,7 +29,7 @@ use crate::pod::cleanup::{clean_up_orphan, wait_gone};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
-use crate::pod::kubectl::{describe_text, table};
+use crate::pod::kubectl::{describe_text, table, table_line, table_widths};
 use crate::pod::manifest;
 use crate::pod::phase::PodPhase;
 use crate::pod::start::state_root;
@@ -159,6 +159,13 @@ pub struct GetArgs {
     /// Add a LABELS column to the table.
     #[arg(long)]
     pub show_labels: bool,
+    /// After the table, print a pod's row again each time it changes,
+    /// until interrupted (Ctrl-C), as 'kubectl get -w'. Table output only.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// --watch without the first table: changes only.
+    #[arg(long)]
+    pub watch_only: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub state: StateArg,
@@ -375,10 +382,19 @@ fn all_pods(state: &StateArg) -> Vec<PodRecord> {
 
 /// `unipod get`.
 pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
+    let watching = args.watch || args.watch_only;
+    if watching && !matches!(args.output, None | Some(Output::Wide)) {
+        return Err(PodsError::Usage(
+            "--watch prints the table (or -o wide) only".into(),
+        ));
+    }
     let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
     let pod = match words[..] {
         [] | ["pods" | "pod" | "po"] => None,
         ["pods" | "pod" | "po", name] => Some(name),
+        [_, _] | [_] if watching && about_objects(&words) => {
+            return Err(PodsError::Usage("--watch watches pods only".into()))
+        }
         [kind, name] => return get_objects(kind, Some(name), args),
         [word] => match super::objects::parse_kind(word) {
             Ok(_) => return get_objects(word, None, args),
@@ -387,19 +403,8 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         _ => unreachable!("clap takes at most two words"),
     };
     let pod = pod.map(str::to_owned);
-    let records = match &pod {
-        Some(pod) => vec![load(&args.state, pod)?.1],
-        None => all_pods(&args.state),
-    };
     let root = state_root(args.state.state_dir.as_deref()).join("pods");
-    let pods: Vec<(PodRecord, BTreeMap<String, String>)> = records
-        .into_iter()
-        .map(|r| {
-            let labels = pod_labels(&root.join(&r.name));
-            (r, labels)
-        })
-        .filter(|(_, labels)| args.selector.as_ref().is_none_or(|s| s.matches(labels)))
-        .collect();
+    let pods = selected_pods(args, pod.as_deref())?;
     let docs = || {
         pods.iter()
             .map(|(r, _)| pod_document(r, stored_pod_object(&root.join(&r.name)).as_ref()))
@@ -439,10 +444,98 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         }
         Some(Output::Wide) | None => {}
     }
+    if watching {
+        return watch(args, pod.as_deref(), pods);
+    }
     if pods.is_empty() {
         eprintln!("No resources found");
         return Ok(0);
     }
+    print!("{}", table(&pod_rows(args, &pods)));
+    Ok(0)
+}
+
+/// Whether `get WORDS` is about ConfigMaps or Secrets (`get cm`, `get
+/// secret NAME`), not pods.
+fn about_objects(words: &[&str]) -> bool {
+    match words {
+        [kind, _] => !matches!(*kind, "pods" | "pod" | "po"),
+        [word] => super::objects::parse_kind(word).is_ok(),
+        _ => false,
+    }
+}
+
+/// A pod's record and its labels.
+type LabelledPod = (PodRecord, BTreeMap<String, String>);
+
+/// The pods `get` shows: the one named, or all those the selector takes.
+fn selected_pods(args: &GetArgs, pod: Option<&str>) -> Result<Vec<LabelledPod>, PodsError> {
+    let records = match pod {
+        Some(pod) => vec![load(&args.state, pod)?.1],
+        None => all_pods(&args.state),
+    };
+    let root = state_root(args.state.state_dir.as_deref()).join("pods");
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let labels = pod_labels(&root.join(&r.name));
+            (r, labels)
+        })
+        .filter(|(_, labels)| args.selector.as_ref().is_none_or(|s| s.matches(labels)))
+        .collect())
+}
+
+/// `get --watch`: the table, then a row each time a pod's row changes
+/// (its age aside), until interrupted, as `kubectl get -w` prints them.
+fn watch(args: &GetArgs, pod: Option<&str>, mut pods: Vec<LabelledPod>) -> Result<i32, PodsError> {
+    let rows = pod_rows(args, &pods);
+    let mut widths = table_widths(&rows);
+    let age = rows[0].iter().position(|h| h == "AGE").expect("a column");
+    let without_age = |row: &[String]| {
+        let mut row = row.to_vec();
+        row.remove(age);
+        row
+    };
+    let mut shown: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut out = std::io::stdout().lock();
+    let mut print = |line: String| {
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|_| PodsError::Usage("stdout is closed".into()))
+    };
+    let mut first = true;
+    loop {
+        let rows = pod_rows(args, &pods);
+        let (header, body) = rows.split_first().expect("a header");
+        if first && !args.watch_only {
+            print(table_line(header, &widths))?;
+        }
+        for row in body {
+            if shown.get(&row[0]) == Some(&without_age(row)) {
+                continue;
+            }
+            shown.insert(row[0].clone(), without_age(row));
+            if first && args.watch_only {
+                continue;
+            }
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+            print(table_line(row, &widths))?;
+        }
+        first = false;
+        std::thread::sleep(Duration::from_millis(500));
+        pods = match selected_pods(args, pod) {
+            Ok(pods) => pods,
+            // The pod watched is gone: nothing more to show.
+            Err(_) if pod.is_some() => return Ok(0),
+            Err(e) => return Err(e),
+        };
+    }
+}
+
+/// The table `get` prints: a header, then a row per pod.
+fn pod_rows(args: &GetArgs, pods: &[LabelledPod]) -> Vec<Vec<String>> {
     let wide = args.output == Some(Output::Wide);
     let now = unix_now();
     let mut rows = vec![vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
@@ -455,7 +548,7 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
     if args.show_labels {
         rows[0].push("LABELS".into());
     }
-    for (r, labels) in &pods {
+    for (r, labels) in pods {
         let age = parse_time(&r.creation_timestamp)
             .map_or("<unknown>".into(), |t| human_duration(now - t));
         let mut row = vec![
@@ -473,8 +566,7 @@ pub fn get(args: &GetArgs) -> Result<i32, PodsError> {
         }
         rows.push(row);
     }
-    print!("{}", table(&rows));
-    Ok(0)
+    rows
 }
 
 /// The table of `-o custom-columns`, a row per document (a header alone

@@ -89,24 +89,32 @@ fn resource_ref(r: &manifest::ResourceFieldRef) -> String {
 /// `rows` as kubectl prints them: each column padded to its widest cell
 /// and three spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
+    let widths = table_widths(rows);
+    rows.iter().map(|row| table_line(row, &widths)).collect()
+}
+
+/// The width of each column of `rows`: its widest cell.
+pub fn table_widths(rows: &[Vec<String>]) -> Vec<usize> {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
+    (0..cols)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == cols {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
-            }
+        .collect()
+}
+
+/// One row of a table whose columns are `widths` wide, with its newline.
+pub fn table_line(row: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (c, cell) in row.iter().enumerate() {
+        if c + 1 == row.len() {
+            line.push_str(cell);
+        } else {
+            let w = widths.get(c).copied().unwrap_or(0);
+            line.push_str(&format!("{cell:<w$}   "));
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
     }
-    out
+    let mut line = line.trim_end().to_string();
+    line.push('\n');
+    line
 }
 
 fn limits_of(c: &ContainerSpec) -> Vec<String> {
