@@ -678,6 +678,20 @@ fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("get -w runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first_rows: Vec<String> = (0..2)
+        .filter_map(|_| rx.recv_timeout(Duration::from_secs(30)).ok())
+        .collect();
     let out = unipod(state, "delete", &["pod", "pods-exec", "--grace-period=1"]);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(text(&out).0, "pod \"pods-exec\" deleted\n");
@@ -687,16 +701,25 @@ fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
     if !watched {
         let _ = watch.kill();
     }
-    let watch = watch.wait_with_output().expect("get -w output");
+    let _ = watch.wait();
+    reader.join().expect("the reader ends with get -w");
+    let later: Vec<String> = rx.try_iter().collect();
     assert!(watched, "get -w went on after the pod was deleted");
-    let lines = String::from_utf8_lossy(&watch.stdout).into_owned();
-    let rows: Vec<Vec<&str>> = lines
-        .lines()
-        .map(|l| l.split_whitespace().take(3).collect())
-        .collect();
-    assert!(rows.len() >= 2, "{lines}");
-    assert_eq!(rows[0], ["NAME", "READY", "STATUS"], "{lines}");
-    assert_eq!(rows[1], ["pods-exec", "1/1", "Running"], "{lines}");
+    let cells = |l: &String| {
+        l.split_whitespace()
+            .take(3)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let rows: Vec<Vec<String>> = first_rows.iter().map(cells).collect();
+    assert_eq!(rows.len(), 2, "{first_rows:?}");
+    assert_eq!(rows[0], ["NAME", "READY", "STATUS"], "{first_rows:?}");
+    assert_eq!(rows[1], ["pods-exec", "1/1", "Running"], "{first_rows:?}");
+    // Its later rows are the same pod's, changed (Terminating).
+    assert!(
+        later.iter().all(|l| l.starts_with("pods-exec ")),
+        "{later:?}"
+    );
     assert!(!state.join("pods/pods-exec").exists(), "deleted");
     let out = unipod(
         state,
