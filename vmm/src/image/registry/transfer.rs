@@ -47,6 +47,9 @@ pub struct Session {
     pub registry: String,
     /// The auth file the credentials came from, if any.
     credentials_file: Option<PathBuf>,
+    /// The registry gave a Bearer token (its token service took the
+    /// credentials, or granted anonymous access).
+    bearer: bool,
 }
 
 /// Why a session could not be opened.
@@ -123,13 +126,19 @@ impl Session {
                 reference: reference.clone(),
                 registry: registry.clone(),
                 credentials_file: connect.credentials.as_ref().map(|c| c.2.clone()),
+                bearer: false,
             };
             match session
                 .client
                 .auth(&reference, &auth, RegistryOperation::Pull)
                 .await
             {
-                Ok(_) => return Ok(session),
+                Ok(token) => {
+                    return Ok(Session {
+                        bearer: token.is_some(),
+                        ..session
+                    })
+                }
                 Err(e) => {
                     let transport = matches!(e, OciDistributionError::RequestError(_));
                     let mut message = session.explain(&e, "reach");
@@ -230,10 +239,16 @@ impl Session {
     }
 
     /// Whether the registry takes the session's credentials: a token
-    /// registry checked them in [`Session::open`]; a Basic one answers a
-    /// tag list (even of a repository it lacks) with 401 only when they
-    /// are wrong.
+    /// registry's token service checked them in [`Session::open`]; a Basic
+    /// one answers a tag list (even of a repository it lacks) with 401 only
+    /// when they are wrong.
     pub async fn check_credentials(&self) -> Result<(), String> {
+        if self.bearer {
+            // Its token service refuses wrong credentials (401), and
+            // registries such as Docker Hub answer 401 for a repository
+            // that does not exist, whatever the credentials.
+            return Ok(());
+        }
         match self
             .client
             .list_tags(&self.reference, &self.auth, Some(1), None)
