@@ -27,7 +27,7 @@ Exit codes:
 /// `unipod login` arguments.
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
-    /// The registry: host[:port], optionally with a namespace
+    /// The registry: a host, or host:port, optionally with a namespace
     /// (quay.io/org) for credentials that only apply there.
     #[arg(value_name = "REGISTRY")]
     pub registry: String,

@@ -4,7 +4,7 @@
 //! with registries.conf ([`conf`]: search registries for short names,
 //! mirrors, insecure registries, blocks), finds credentials in the auth
 //! files podman and docker write ([`auth`]), and talks to each candidate in
-//! turn with `oci-client` ([`transfer`]) until one serves the image:
+//! turn with `oci-client` (`transfer.rs`) until one serves the image:
 //!
 //! 1. the manifest, or an index resolved to its linux/amd64 manifest, is
 //!    fetched and checked against the digest that names it;
