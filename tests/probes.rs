@@ -695,6 +695,14 @@ fn native_sidecars_and_lifecycle_hooks_run_as_the_kubelet_runs_them() {
         let t = &state_of(&s, "initContainerStatuses", sidecar)["terminated"];
         assert!(t.is_object(), "{sidecar} ended: {s:#}");
     }
+    // The last output of a container can reach its log file just after
+    // its exit is recorded.
+    wait_for(
+        &state,
+        SIDECAR_POD,
+        "the shipper's last words logged",
+        |_| logs(&state, "logshipper").contains("shipper stopped after the app"),
+    );
     let shipper = logs(&state, "logshipper");
     let pre_stop = shipper.find("preStop hook ran");
     let term = shipper.find("web already stopped");
