@@ -440,6 +440,10 @@ fn grpc_and_https_probes_check_real_servers() {
 
 const SIDECAR_POD: &str = "sidecar-demo";
 
+// The pod's sidecars share one grace period when the app ends: on a loaded
+// nested host a sidecar's SIGTERM, preStop and trap can take tens of seconds
+// each, so the grace is long enough that the order, not the speed, is what
+// the test sees.
 const SIDECAR_MANIFEST: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -447,7 +451,7 @@ metadata:
   name: sidecar-demo
 spec:
   restartPolicy: Never
-  terminationGracePeriodSeconds: 30
+  terminationGracePeriodSeconds: 300
   volumes:
   - name: data
     emptyDir: {}
