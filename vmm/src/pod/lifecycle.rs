@@ -598,7 +598,9 @@ impl Lifecycle {
         message: &str,
         now: Instant,
     ) {
-        if self.stopping.is_some() || self.over.is_some() {
+        // The kubelet stops probing what it is terminating: a pod being
+        // stopped, or sidecars being stopped once the app ended.
+        if self.stopping.is_some() || self.over.is_some() || self.sidecars_stop.is_some() {
             return;
         }
         let pod_grace = self.cfg.grace;
@@ -2194,6 +2196,10 @@ mod tests {
             vec![Action::Signal("side2".into(), libc::SIGTERM)],
             "the last sidecar first"
         );
+        // A failing probe of a sidecar being stopped kills nothing more.
+        let events = l.events().len();
+        l.probe("side2", ProbeKind::Liveness, false, "gone", t0 + S);
+        assert_eq!(l.events().len(), events, "no Unhealthy, no Killing");
         l.exited("side2", 143, "Error", Some(15), t0 + 2 * S);
         assert_eq!(
             l.due(t0 + 2 * S),
