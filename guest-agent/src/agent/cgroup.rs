@@ -325,8 +325,10 @@ impl ContainerCgroup {
     }
 }
 
-/// How long [`ContainerCgroup::freeze`] waits for the kernel.
-pub const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long [`ContainerCgroup::freeze`] waits for the kernel. On a loaded
+/// nested-PVM host the guest kernel runs emulated and reaping an exiting
+/// task can take seconds: 2 s was seen to fail a pause.
+pub const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// [`ContainerStats`] from a cgroup's interface files, read by `read`
 /// (`None`: the file is missing).
