@@ -2,8 +2,8 @@
 //! with the agent initramfs (`make images`). The `unipod run` tests restore
 //! the shared warm-start snapshot (the first one to run makes it); the raw
 //! socket test boots cold, so both paths stay covered. The silent-agent test
-//! boots cold too, on `initramfs-test-hooks.cpio`: only an agent built with
-//! the `test-hooks` feature obeys the host's `Debug` request.
+//! runs on `initramfs-test-hooks.cpio`: only an agent built with the
+//! `test-hooks` feature obeys the host's `Debug` request.
 
 mod common;
 
@@ -90,11 +90,11 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
     let state = shared_state_dir();
     let started = Instant::now();
     // Only an agent built with test-hooks takes the Debug request; it has
-    // its own initramfs, booted cold rather than given a snapshot of its
-    // own.
+    // its own initramfs and snapshot (tests/faults.rs's panic test shares
+    // it).
     let mut run = unipod_command();
     let out = with_guest_initrd(run.arg("run"), "initramfs-test-hooks.cpio")
-        .args(["--network", "none", "--cold", "--state-dir"])
+        .args(["--network", "none", "--state-dir"])
         .arg(&state)
         .args([
             "--name",
@@ -103,7 +103,8 @@ fn a_silent_agent_makes_the_pod_unknown_then_failed() {
             "500",
             "--unknown-timeout-secs",
             "3",
-            "--debug-stop-heartbeat",
+            "--debug-agent",
+            "stop-heartbeat",
             "--",
             "sleep",
             "600",

@@ -1,7 +1,8 @@
 //! Fault injection on running pods: a container's process killed with
-//! SIGKILL, a container trying to reach the guest's PID 1, and a full state
-//! dir before and while a pod runs. Each test checks the pod's phase and
-//! reason, and that `unipod rm` leaves nothing on the host.
+//! SIGKILL, a guest kernel panic, a container trying to reach the guest's
+//! PID 1, and a full state dir before and while a pod runs. Each test
+//! checks the pod's phase and reason, and that `unipod rm` leaves nothing
+//! on the host.
 //!
 //! The pods restore the shared warm-start snapshot (tests/pods.rs's pods
 //! have the same size, so whichever runs first makes it).
@@ -13,10 +14,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pod::{
-    assert_nothing_left, import_busybox, manifest, remove, run_pod, status, text, unipod, wait_for,
-    HostState,
+    assert_nothing_left, cmd, import_busybox, manifest, remove, run_pod, status, text, unipod,
+    wait_for, HostState,
 };
-use common::{run_ok, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir};
+use common::{
+    guest_artifact, run_ok, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir,
+};
 
 /// A pod whose container runs a logging loop as a child of its shell and
 /// exits with the loop's status: killing the loop (the shell is the pid
@@ -99,6 +102,67 @@ fn sigkill_of_a_containers_process_is_exit_code_137_and_the_restart_policy_holds
         let out = unipod(&state, "rm", &["-f", pod]);
         assert!(out.status.success(), "{pod}: {:?}", text(&out));
     }
+    assert_nothing_left(&before, host);
+}
+
+/// A guest kernel panic (the test-hooks agent, PID 1, exits on request once
+/// the container runs) under `restartPolicy: Always`: the pod gets a new VM
+/// and its container runs again, counted as a restart, as the kubelet
+/// handles a dead sandbox. Both VMs restore the test-hooks agent's
+/// snapshot, which tests/agent.rs's silent-agent test shares.
+#[test]
+fn a_guest_kernel_panic_gets_the_pod_a_new_vm_and_a_counted_restart() {
+    if skip_without_kvm("a_guest_kernel_panic_gets_the_pod_a_new_vm_and_a_counted_restart") {
+        return;
+    }
+    let state = shared_state_dir();
+    import_busybox(&state);
+    let pod = "faults-panic";
+    remove(&state, pod);
+    let host = || HostState::of_pods(&state, None, &[pod]);
+    let before = host();
+    let path = manifest(
+        pod,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  containers:\n    - name: c\n      image: busybox\n      command: [sleep, '3600']\n"
+        ),
+    );
+    let out = cmd(&state, "run", &["-d", "--network", "none"])
+        .args(["--debug-agent", "panic", "--kernel"])
+        .arg(guest_artifact("vmlinux"))
+        .arg("--initrd")
+        .arg(guest_artifact("initramfs-test-hooks.cpio"))
+        .arg(&path)
+        .output()
+        .expect("unipod runs");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let s = loop {
+        let s = status(&state, pod);
+        let c = &s["status"]["containerStatuses"][0];
+        if c["restartCount"] == 1 && c["state"]["running"].is_object() {
+            break s;
+        }
+        assert_ne!(s["status"]["phase"], "Failed", "{s:#}");
+        assert!(Instant::now() < deadline, "never running again: {s:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let events: Vec<String> = (s["events"].as_array().unwrap().iter())
+        .map(|e| format!("{}: {}", e["reason"], e["message"]))
+        .collect();
+    let crashed = events
+        .iter()
+        .position(|e| e.contains("VMMExited") && e.contains("the guest crashed"));
+    let changed = events.iter().position(|e| e.contains("SandboxChanged"));
+    assert!(
+        crashed.is_some() && changed > crashed,
+        "the crash, then the new sandbox: {events:#?}"
+    );
+    let console = std::fs::read_to_string(state.join("pods").join(pod).join("console.log.1"))
+        .expect("the lost VM's console is kept");
+    assert!(console.contains("Kernel panic"), "{console}");
+    let out = unipod(&state, "rm", &["-f", pod]);
+    assert!(out.status.success(), "{:?}", text(&out));
     assert_nothing_left(&before, host);
 }
 

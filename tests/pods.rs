@@ -11,7 +11,9 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::pod::{cmd, import_busybox, manifest, remove, run_pod, status, text, unipod, wait_for};
+use common::pod::{
+    cmd, import_busybox, is_pod_tap, manifest, remove, run_pod, status, text, unipod, wait_for,
+};
 use common::{
     guest_artifact, shared_state_dir, skip_without_kvm, skip_without_root, temp_dir, Netns,
 };
@@ -418,9 +420,10 @@ fn a_second_pod_with_the_same_name_is_refused_and_stop_honours_the_grace_period(
     remove(&state, "pods-grace");
 }
 
+/// Sandbox recovery, then `rm -f`: one pod VM for both.
 #[test]
-fn rm_force_removes_a_running_pod_with_its_tap_lease_and_forwards() {
-    let name = "rm_force_removes_a_running_pod_with_its_tap_lease_and_forwards";
+fn a_killed_vmm_is_replaced_keeping_the_ip_then_rm_force_leaves_nothing() {
+    let name = "a_killed_vmm_is_replaced_keeping_the_ip_then_rm_force_leaves_nothing";
     if skip_without_kvm(name) || skip_without_root(name) {
         return;
     }
@@ -463,6 +466,42 @@ fn rm_force_removes_a_running_pod_with_its_tap_lease_and_forwards() {
             .unwrap_or_default()
     };
     assert!(leases().contains("pods-rm"));
+
+    // kill -9 of the VMM: the kubelet's answer is a new sandbox, with the
+    // container restarted and counted; the network stays.
+    let ip = s["status"]["podIP"].as_str().expect("an IP").to_string();
+    let vmm_pid =
+        |s: &serde_json::Value| (s["vmm"]["pid"].as_i64()).and_then(|p| i32::try_from(p).ok());
+    let first_vmm = vmm_pid(&s).expect("a VMM pid");
+    // SAFETY: plain kill(2) of the pod's VMM.
+    assert_eq!(unsafe { libc::kill(first_vmm, libc::SIGKILL) }, 0);
+    wait_for(&state, "pods-rm", "running again in a new VM", |s| {
+        s["status"]["containerStatuses"][0]["restartCount"] == 1
+            && s["status"]["containerStatuses"][0]["state"]["running"].is_object()
+            && vmm_pid(s).is_some_and(|p| p != first_vmm)
+    });
+    let s = status(&state, "pods-rm");
+    assert_eq!(s["status"]["phase"], "Running", "{s:#}");
+    assert_eq!(s["status"]["podIP"], ip.as_str(), "the same IP");
+    assert_eq!(s["network"]["tap"], tap.as_str(), "the same tap");
+    let last = &s["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["reason"], "ContainerStatusUnknown", "{s:#}");
+    let reasons: Vec<&str> = (s["events"].as_array().unwrap().iter())
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    let changed = reasons.iter().position(|r| *r == "SandboxChanged");
+    assert!(
+        changed.is_some_and(|i| reasons[..i].contains(&"VMMExited")),
+        "{reasons:?}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first_vmm}")).exists(),
+        "the old VMM is gone"
+    );
+    let pod_taps: Vec<String> = ns.links().into_iter().filter(|l| is_pod_tap(l)).collect();
+    assert_eq!(pod_taps, std::slice::from_ref(&tap), "one tap for the pod");
+    assert_eq!(leases().matches("pods-rm").count(), 1, "{}", leases());
+
     let out = unipod_ns(&["rm", "-f", "pods-rm"]);
     assert!(out.status.success(), "{:?}", text(&out));
     assert!(!state.join("pods/pods-rm").exists());

@@ -571,6 +571,8 @@ pub enum DebugCommand {
     /// Stop sending heartbeats for the rest of the agent's life, to simulate a
     /// hung agent.
     StopHeartbeat,
+    /// Reply, then end the agent, PID 1: the guest kernel panics.
+    Panic,
 }
 
 /// A message from the agent to the host.

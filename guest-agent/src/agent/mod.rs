@@ -85,10 +85,12 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "test-hooks")]
+use guest_agent::protocol::DebugCommand;
 use guest_agent::protocol::{
-    AgentMessage, DebugCommand, Event, ExecSpec, HostMessage, PodConfig, ProtocolError, Reply,
-    Request, RunSpec, Stream, VolumeFiles, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS,
-    PROTOCOL_VERSION, REASON_ERROR, REASON_OOM_KILLED,
+    AgentMessage, Event, ExecSpec, HostMessage, PodConfig, ProtocolError, Reply, Request, RunSpec,
+    Stream, VolumeFiles, AGENT_VSOCK_PORT, DEFAULT_HEARTBEAT_MS, PROTOCOL_VERSION, REASON_ERROR,
+    REASON_OOM_KILLED,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -852,9 +854,15 @@ impl Agent {
                 self.heartbeat.disarm();
                 self.reply(id, Ok(Reply::Ok));
             }
+            #[cfg(feature = "test-hooks")]
+            Request::Debug(DebugCommand::Panic) => {
+                log::info!("debug: PID 1 exits, the kernel panics");
+                self.reply(id, Ok(Reply::Ok));
+                std::process::exit(1);
+            }
             // A release agent takes no fault injection from the host.
             #[cfg(not(feature = "test-hooks"))]
-            Request::Debug(DebugCommand::StopHeartbeat) => {
+            Request::Debug(_) => {
                 let why = "debug requests are refused: this agent was built without test-hooks";
                 self.reply(id, Err(why.into()));
             }

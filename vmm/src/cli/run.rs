@@ -7,6 +7,16 @@ use std::path::PathBuf;
 use crate::net::{Ipv4Cidr, Ipv6Cidr, PublishedPort, DEFAULT_BRIDGE, DEFAULT_POD_CIDR};
 use crate::pod::options::{NetworkMode, RunOptions, Sidecar};
 
+/// `--debug-agent`: the faults a test can have the agent inject.
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DebugFault {
+    /// The agent stops its heartbeats (a hung agent).
+    StopHeartbeat,
+    /// The guest kernel panics.
+    Panic,
+}
+
 /// `unipod run` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -99,13 +109,14 @@ pub struct RunArgs {
     /// pod ends when the main container (CMD) does.
     #[arg(long, value_name = "NAME=COMMAND")]
     pub sidecar: Vec<Sidecar>,
-    /// Debug: ask the agent to stop its heartbeats once the container runs,
-    /// to exercise the Unknown phase.
+    /// Debug: a fault the agent injects once the first container runs (in
+    /// the pod's first VM only): stop-heartbeat (a hung agent, for the
+    /// Unknown phase) or panic (the guest kernel panics).
     /// (Only in builds with the `test-hooks` feature, and only an agent
     /// built with it obeys: target/guest/initramfs-test-hooks.cpio.)
     #[cfg(feature = "test-hooks")]
-    #[arg(long)]
-    pub debug_stop_heartbeat: bool,
+    #[arg(long, value_name = "FAULT")]
+    pub debug_agent: Option<DebugFault>,
     /// MANIFEST, or `--` then the container's command and arguments.
     ///
     /// MANIFEST is a Kubernetes Pod manifest (.yaml, .yml or .json) to run
@@ -208,8 +219,6 @@ impl RunArgs {
                 self.mem_mib.is_some(),
                 "--mem-mib (the VM is sized from the limits)",
             ),
-            #[cfg(feature = "test-hooks")]
-            (self.debug_stop_heartbeat, "--debug-stop-heartbeat"),
         ];
         match mixed.iter().find(|(given, _)| *given) {
             Some((_, flag)) => Err(format!("{flag} cannot be used with a MANIFEST")),
@@ -242,7 +251,10 @@ impl From<&RunArgs> for RunOptions {
             dns: args.dns.clone(),
             sidecar: args.sidecar.clone(),
             #[cfg(feature = "test-hooks")]
-            debug_stop_heartbeat: args.debug_stop_heartbeat,
+            debug_agent: args.debug_agent.map(|f| match f {
+                DebugFault::StopHeartbeat => guest_agent::protocol::DebugCommand::StopHeartbeat,
+                DebugFault::Panic => guest_agent::protocol::DebugCommand::Panic,
+            }),
             command: args.command.clone(),
         }
     }

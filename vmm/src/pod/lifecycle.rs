@@ -346,6 +346,8 @@ pub struct Lifecycle {
     /// Every app container ended for good: the sidecars are stopped.
     sidecars_stop: Option<Instant>,
     shutdown_sent: bool,
+    /// The sandbox was lost and the pod needs a new one.
+    new_sandbox: bool,
     /// Set once the phase is final and nothing runs.
     over: Option<PodPhase>,
     /// The container whose end ends the pod, if any.
@@ -385,6 +387,7 @@ impl Lifecycle {
             stopping: None,
             sidecars_stop: None,
             shutdown_sent: false,
+            new_sandbox: false,
             over: None,
             main: None,
             main_ended: None,
@@ -839,6 +842,77 @@ impl Lifecycle {
         self.check_main_ended(name);
     }
 
+    /// The VM or the agent link is gone (`reason` and `message` say how),
+    /// handled as the kubelet handles a dead sandbox. Unless the policy is
+    /// `Never`, the pod is being stopped or nothing is left to start, the
+    /// pod gets a new sandbox: its containers are lost
+    /// (`ContainerStatusUnknown`) and restart under the policy with their
+    /// back-off, the init containers from the first, once the new VM's
+    /// agent is ready. Otherwise the pod fails ([`Lifecycle::vm_failed`]).
+    /// `killing`: the VM still runs and is killed for it.
+    pub fn sandbox_lost(&mut self, reason: &str, message: String, killing: bool, now: Instant) {
+        if self.over.is_some() {
+            return;
+        }
+        let policy = self.cfg.restart_policy;
+        let initialized = self.next_init >= self.init.len();
+        // Under OnFailure a container that succeeded stays done.
+        let to_start = self.app.iter().any(|t| match &t.state {
+            State::Terminated { restart_at, .. } => restart_at.is_some(),
+            _ => true,
+        });
+        let recreate = policy != RestartPolicy::Never
+            && self.stopping.is_none()
+            && self.sidecars_stop.is_none()
+            && self.main_ended.is_none()
+            && (to_start || !initialized);
+        if !recreate {
+            self.vm_failed(reason, message, now);
+            return;
+        }
+        self.event(now, "Warning", reason, message);
+        self.event(
+            now,
+            "Normal",
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.".into(),
+        );
+        let lost: Vec<(String, Option<Instant>)> = (self.init.iter().chain(&self.app))
+            .filter(|t| t.is_active())
+            .map(|t| {
+                let since = match t.state {
+                    State::Running { since, .. } => Some(since),
+                    _ => None,
+                };
+                (t.info.name.clone(), since)
+            })
+            .collect();
+        for (name, started) in lost {
+            if killing {
+                let msg = format!("Stopping container {name}");
+                self.event(now, "Normal", "Killing", msg);
+            }
+            self.terminate(&name, lost_container(started, now), now);
+        }
+        // The new sandbox runs the init containers again, from the first.
+        for track in &mut self.init {
+            if let State::Terminated { restart_at, .. } = &mut track.state {
+                restart_at.get_or_insert(now);
+            }
+        }
+        self.next_init = 0;
+        self.agent_ready = false;
+        self.heartbeat = PhaseTracker::new(self.cfg.unknown_after, self.cfg.give_up_after);
+        self.new_sandbox = true;
+        self.changed = true;
+    }
+
+    /// Whether [`Lifecycle::sandbox_lost`] asked for a new sandbox since the
+    /// last call.
+    pub fn take_new_sandbox(&mut self) -> bool {
+        std::mem::take(&mut self.new_sandbox)
+    }
+
     /// The VM or the agent link is gone for good.
     pub fn vm_failed(&mut self, reason: &str, message: String, now: Instant) {
         if self.over.is_some() {
@@ -851,17 +925,7 @@ impl Lifecycle {
                     _ => None,
                 };
                 track.state = State::Terminated {
-                    t: Termination {
-                        exit_code: LOST_EXIT_CODE,
-                        signal: None,
-                        reason: "ContainerStatusUnknown".into(),
-                        message: Some(
-                            "The container could not be located when the pod was terminated".into(),
-                        ),
-                        started,
-                        finished: now,
-                        start_error: false,
-                    },
+                    t: lost_container(started, now),
                     restart_at: None,
                 };
             }
@@ -946,7 +1010,7 @@ impl Lifecycle {
                     }
                     PodPhase::Failed => {
                         let why = self.heartbeat.reason().unwrap_or_default().to_string();
-                        self.vm_failed("AgentUnresponsive", why, now);
+                        self.sandbox_lost("AgentUnresponsive", why, true, now);
                     }
                     _ => {}
                 }
@@ -1449,6 +1513,20 @@ fn begin_hook(
 
 /// Starts `track` if it waits for its first start, a due restart, or a
 /// retry of its configuration.
+/// The end of a container that went with its VM, as the kubelet reports
+/// one it can no longer find.
+fn lost_container(started: Option<Instant>, now: Instant) -> Termination {
+    Termination {
+        exit_code: LOST_EXIT_CODE,
+        signal: None,
+        reason: "ContainerStatusUnknown".into(),
+        message: Some("The container could not be located when the pod was terminated".into()),
+        started,
+        finished: now,
+        start_error: false,
+    }
+}
+
 fn start_if_due(track: &mut Track, now: Instant) -> bool {
     match &track.state {
         State::Initial => {
@@ -2028,7 +2106,7 @@ mod tests {
 
     #[test]
     fn unknown_for_too_long_fails_the_pod_and_loses_its_containers() {
-        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        let (mut l, t0) = pod(RestartPolicy::Never, &[], &["a"]);
         l.agent_ready(t0);
         l.due(t0);
         l.started("a", t0);
@@ -2037,6 +2115,154 @@ mod tests {
         assert_eq!(l.due(t0 + 200 * S), vec![Action::Shutdown]);
         assert_eq!(l.phase(), PodPhase::Failed);
         assert_eq!(reason(&state(&mut l, "a", t0)), "ContainerStatusUnknown");
+    }
+
+    fn events_of(l: &Lifecycle, reason: &str) -> Vec<String> {
+        (l.events().iter())
+            .filter(|e| e.reason == reason)
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_sandbox_is_recreated_with_the_init_containers_again_and_counted_restarts() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &["i"], &["a", "b"]);
+        l.agent_ready(t0);
+        assert_eq!(l.due(t0), vec![run("i")]);
+        l.started("i", t0);
+        l.exited("i", 0, "Completed", None, t0);
+        assert_eq!(l.due(t0), vec![run("a"), run("b")]);
+        l.started("a", t0);
+        l.started("b", t0);
+        let t1 = t0 + 700 * S;
+        l.sandbox_lost("VMMExited", "VMM exited (signal: 9)".into(), false, t1);
+        assert!(l.take_new_sandbox());
+        assert!(!l.take_new_sandbox(), "asked once");
+        assert_ne!(l.phase(), PodPhase::Failed);
+        assert_eq!(l.phase(), PodPhase::Pending, "initializing again");
+        let a = state(&mut l, "a", t1);
+        assert_eq!(reason(&a), "ContainerStatusUnknown");
+        assert_eq!(
+            events_of(&l, "SandboxChanged"),
+            ["Pod sandbox changed, it will be killed and re-created."]
+        );
+        assert_eq!(events_of(&l, "VMMExited"), ["VMM exited (signal: 9)"]);
+        assert!(
+            events_of(&l, "Killing").is_empty(),
+            "nothing was left to kill"
+        );
+        assert!(l.due(t1).is_empty(), "nothing before the new agent");
+        l.agent_ready(t1);
+        assert_eq!(l.due(t1), vec![run("i")]);
+        l.started("i", t1);
+        l.exited("i", 0, "Completed", None, t1);
+        // They had run long: no back-off.
+        assert_eq!(l.due(t1), vec![run("a"), run("b")]);
+        l.started("a", t1);
+        for name in ["i", "a", "b"] {
+            assert_eq!(l.restart_count(name), 1, "{name}");
+        }
+        let a = state(&mut l, "a", t1);
+        assert_eq!(a.restart_count, 1);
+        assert!(
+            matches!(&a.last_state, Some(ContainerState::Terminated { reason, exit_code: 137, .. })
+                if reason == "ContainerStatusUnknown"),
+            "{:?}",
+            a.last_state
+        );
+        assert_eq!(l.phase(), PodPhase::Running);
+    }
+
+    #[test]
+    fn a_sandbox_lost_again_soon_restarts_its_containers_after_the_back_off() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        for (i, t) in [t0 + S, t0 + 2 * S].into_iter().enumerate() {
+            l.sandbox_lost("VMMExited", "gone".into(), false, t);
+            assert!(l.take_new_sandbox());
+            l.agent_ready(t);
+            if i == 0 {
+                assert_eq!(l.due(t), vec![run("a")], "the first restart is at once");
+                l.started("a", t);
+            } else {
+                assert!(l.due(t).is_empty(), "backing off");
+                assert_eq!(l.due(t + 10 * S), vec![run("a")]);
+            }
+        }
+        assert_eq!(l.restart_count("a"), 2);
+        assert_eq!(events_of(&l, "BackOff").len(), 1);
+    }
+
+    #[test]
+    fn on_failure_recreates_the_sandbox_only_for_containers_that_did_not_succeed() {
+        let (mut l, t0) = pod(RestartPolicy::OnFailure, &[], &["done", "busy"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("done", t0);
+        l.started("busy", t0);
+        l.exited("done", 0, "Completed", None, t0);
+        l.sandbox_lost("VMMExited", "gone".into(), false, t0 + S);
+        assert!(l.take_new_sandbox());
+        l.agent_ready(t0 + S);
+        assert_eq!(l.due(t0 + S), vec![run("busy")]);
+
+        // Nothing left to start: no new sandbox, the pod is over.
+        let (mut l, t0) = pod(RestartPolicy::OnFailure, &[], &["done"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("done", t0);
+        l.exited("done", 0, "Completed", None, t0);
+        l.sandbox_lost("VMMExited", "gone".into(), false, t0);
+        assert!(!l.take_new_sandbox());
+        assert!(l.over().is_some());
+    }
+
+    #[test]
+    fn never_and_a_stop_fail_the_pod_when_its_sandbox_is_lost() {
+        for stop in [false, true] {
+            let policy = if stop {
+                RestartPolicy::Always
+            } else {
+                RestartPolicy::Never
+            };
+            let (mut l, t0) = pod(policy, &[], &["a"]);
+            l.agent_ready(t0);
+            l.due(t0);
+            l.started("a", t0);
+            if stop {
+                l.stop(t0);
+            }
+            l.sandbox_lost("VMMExited", "gone".into(), false, t0 + S);
+            assert!(!l.take_new_sandbox());
+            assert_eq!(l.phase(), PodPhase::Failed);
+            assert_eq!(l.status(t0 + S).reason.as_deref(), Some("VMMExited"));
+            assert!(events_of(&l, "SandboxChanged").is_empty());
+        }
+    }
+
+    #[test]
+    fn a_silent_agent_under_always_gets_its_vm_killed_and_replaced() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.due(t0 + 5 * S);
+        assert_eq!(l.phase(), PodPhase::Unknown);
+        assert!(l.due(t0 + 200 * S).is_empty());
+        assert!(l.take_new_sandbox());
+        assert_eq!(events_of(&l, "Killing"), ["Stopping container a"]);
+        assert_eq!(
+            events_of(&l, "AgentUnresponsive").len(),
+            2,
+            "Unknown, then lost"
+        );
+        assert_eq!(
+            l.phase(),
+            PodPhase::Running,
+            "not Unknown: a new sandbox comes"
+        );
     }
 
     #[test]

@@ -73,11 +73,11 @@ pub struct RunOptions {
     /// shares the pod's network (localhost), env and working directory; the
     /// pod ends when the main container (CMD) does.
     pub sidecar: Vec<Sidecar>,
-    /// Debug: ask the agent to stop its heartbeats once the first
-    /// container runs, to exercise the Unknown phase (an agent built with
-    /// its `test-hooks` feature obeys; others refuse).
+    /// Debug: a fault for the agent to inject once the first container
+    /// runs (an agent built with its `test-hooks` feature obeys; others
+    /// refuse).
     #[cfg(feature = "test-hooks")]
-    pub debug_stop_heartbeat: bool,
+    pub debug_agent: Option<guest_agent::protocol::DebugCommand>,
     /// The container's command and arguments (the words after `--`); set by
     /// the front end.
     pub command: Vec<String>,

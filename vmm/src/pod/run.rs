@@ -288,7 +288,7 @@ mod tests {
                 .map(|s| s.parse().expect("a sidecar"))
                 .collect(),
             #[cfg(feature = "test-hooks")]
-            debug_stop_heartbeat: false,
+            debug_agent: None,
             command: strings(command),
         }
     }

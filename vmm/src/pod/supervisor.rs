@@ -657,7 +657,8 @@ fn command_reason(status: &PodStatus, main: &str) -> Option<String> {
 
 /// What the loop waits on.
 enum Msg {
-    Agent(Result<AgentMessage, ProtocolError>),
+    /// From the agent of sandbox number `.0` (see [`Supervisor::sandbox`]).
+    Agent(u32, Result<AgentMessage, ProtocolError>),
     Control(ControlRequest, UnixStream),
     Stdin(String, Vec<u8>),
 }
@@ -712,10 +713,12 @@ pub(crate) struct Supervisor<'a> {
     volume_errors: HashMap<String, String>,
     /// The next time the files volumes are checked for changes.
     next_volume_sync: Option<Instant>,
-    /// `--debug-stop-heartbeat`, until it is sent (once the first
-    /// container started).
+    /// The number of the pod's current sandbox (VM), from 0.
+    sandbox: u32,
+    /// `--debug-agent`, until it is sent (once the first container
+    /// started).
     #[cfg(feature = "test-hooks")]
-    stop_heartbeat: bool,
+    debug_agent: Option<guest_agent::protocol::DebugCommand>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -747,8 +750,9 @@ impl<'a> Supervisor<'a> {
             volumes: HashMap::new(),
             volume_errors: HashMap::new(),
             next_volume_sync: None,
+            sandbox: 0,
             #[cfg(feature = "test-hooks")]
-            stop_heartbeat: args.debug_stop_heartbeat,
+            debug_agent: args.debug_agent.clone(),
         };
         let code = sup.run_pod(args, dir, &rx);
         sup.flush_partial();
@@ -769,47 +773,67 @@ impl<'a> Supervisor<'a> {
             }
         };
         self.mark(StartupTimeline::NETWORK);
-        let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
-        let backend = match &net {
-            Some(net) => NetBackend::Tap {
-                fd: net.tap_fd(),
-                mac: net.lease().mac,
-            },
-            None => NetBackend::Detached,
-        };
-        let started = start_vm(
-            &pod,
-            dir,
-            &self.p.inputs,
-            &self.p.state,
-            backend,
-            args.cold,
-            deadline,
-        );
-        let (mut vmm, link) = match started {
-            Ok(s) => s,
-            Err(failure) => {
-                dir.print_console_tail();
-                self.life
-                    .vm_failed("VMStartFailed", failure.reason, Instant::now());
-                let code = self.finish(Instant::now());
-                return if failure.code == EXIT_INTERRUPTED {
-                    EXIT_INTERRUPTED
-                } else {
-                    code
-                };
-            }
-        };
-        self.life.vm_started(Instant::now());
-        self.mark(StartupTimeline::VM_READY);
-        self.record.vmm = i32::try_from(vmm.id()).ok().and_then(ProcessRef::of);
         let network = net
             .as_ref()
             .map(|n| n.guest_config(dns_servers(args), host_dns_search()));
-        let code = self.supervise(args, &mut vmm, link, network, rx);
-        // Whatever happened, no VM outlives the supervisor.
-        vmm_process::wait_for_exit(&mut vmm, SHUTDOWN_GRACE);
-        vmm_process::stop(&mut vmm);
+        let listener = self.listen();
+        // One sandbox (VM) after another, while the lifecycle asks for a
+        // new one; the network attachment, and so the pod's IP, stays.
+        let code = loop {
+            let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
+            let backend = match &net {
+                Some(net) => NetBackend::Tap {
+                    fd: net.tap_fd(),
+                    mac: net.lease().mac,
+                },
+                None => NetBackend::Detached,
+            };
+            let started = start_vm(
+                &pod,
+                dir,
+                &self.p.inputs,
+                &self.p.state,
+                backend,
+                args.cold,
+                deadline,
+            );
+            let (mut vmm, link) = match started {
+                Ok(s) => s,
+                Err(failure) => {
+                    dir.print_console_tail();
+                    self.life
+                        .vm_failed("VMStartFailed", failure.reason, Instant::now());
+                    let code = self.finish(Instant::now());
+                    break if failure.code == EXIT_INTERRUPTED {
+                        EXIT_INTERRUPTED
+                    } else {
+                        code
+                    };
+                }
+            };
+            self.life.vm_started(Instant::now());
+            self.mark(StartupTimeline::VM_READY);
+            self.record.vmm = i32::try_from(vmm.id()).ok().and_then(ProcessRef::of);
+            let ended = self.supervise(args, &mut vmm, link, network.clone(), rx);
+            if ended.is_some() {
+                // Whatever happened, no VM outlives the supervisor.
+                vmm_process::wait_for_exit(&mut vmm, SHUTDOWN_GRACE);
+            }
+            vmm_process::stop(&mut vmm);
+            self.record.vmm = None;
+            match ended {
+                Some(code) => break code,
+                None => self.sandbox_gone(dir),
+            }
+        };
+        for (_, mut client) in self.execs.drain() {
+            let _ = control::write_line(
+                &mut client.stream,
+                &ControlReply::Error("the pod ended".into()),
+            );
+        }
+        drop(listener);
+        let _ = std::fs::remove_file(self.p.dir.join(CONTROL_SOCKET));
         if matches!(self.p.origin, Origin::Command { .. })
             && self.life.failure().is_some_and(|(r, _)| r != INTERRUPTED)
         {
@@ -817,9 +841,29 @@ impl<'a> Supervisor<'a> {
         }
         drop(net);
         dir.forget_network();
-        self.record.vmm = None;
         self.save(Instant::now());
         code
+    }
+
+    /// Forgets what the lost sandbox held, before the next one starts: its
+    /// requests and execs, the files sent to it, the containers' open
+    /// logs. Its console and VMM logs are kept as `*.log.1`.
+    fn sandbox_gone(&mut self, dir: &PodDir) {
+        self.say("the pod's VM was lost; starting a new one");
+        dir.print_console_tail();
+        for log in [dir.console_log(), dir.vmm_log()] {
+            let _ = std::fs::rename(&log, log.with_extension("log.1"));
+        }
+        for (_, mut client) in self.execs.drain() {
+            let reply = ControlReply::Error("the pod's VM was lost".into());
+            let _ = control::write_line(&mut client.stream, &reply);
+        }
+        self.pending.clear();
+        self.volumes.clear();
+        self.flush_partial();
+        self.logs.clear();
+        self.sandbox += 1;
+        self.save(Instant::now());
     }
 
     fn attach(&mut self, args: &RunOptions, dir: &PodDir) -> Result<Option<Attachment>, RunError> {
@@ -890,6 +934,8 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// Runs the pod on one VM: `Some(exit code)` when the pod is over,
+    /// `None` when the VM was lost and the pod needs a new one.
     fn supervise(
         &mut self,
         args: &RunOptions,
@@ -897,26 +943,27 @@ impl<'a> Supervisor<'a> {
         mut link: AgentLink,
         network: Option<guest_agent::protocol::NetworkConfig>,
         rx: &Receiver<Msg>,
-    ) -> i32 {
+    ) -> Option<i32> {
         let agent_rx = match link.subscribe() {
             Ok(rx) => rx,
             Err(e) => {
+                let now = Instant::now();
                 self.life
-                    .vm_failed("AgentLost", e.to_string(), Instant::now());
-                return self.finish(Instant::now());
+                    .sandbox_lost("AgentLost", e.to_string(), true, now);
+                return (!self.life.take_new_sandbox()).then(|| self.finish(now));
             }
         };
         let tx = self.tx.clone();
+        let sandbox = self.sandbox;
         let _ = std::thread::Builder::new()
             .name("agent-forward".into())
             .spawn(move || {
                 for msg in agent_rx {
-                    if tx.send(Msg::Agent(msg)).is_err() {
+                    if tx.send(Msg::Agent(sandbox, msg)).is_err() {
                         return;
                     }
                 }
             });
-        let listener = self.listen();
         let hostname = self
             .p
             .manifest
@@ -956,7 +1003,7 @@ impl<'a> Supervisor<'a> {
             let now = Instant::now();
             if self.life.over().is_none() {
                 if let Err(why) = vmm_process::alive(vmm) {
-                    self.life.vm_failed("VMMExited", why, now);
+                    self.life.sandbox_lost("VMMExited", why, false, now);
                 }
             }
             let signals = SIGNALS.load(Ordering::SeqCst);
@@ -995,18 +1042,12 @@ impl<'a> Supervisor<'a> {
             self.report_phase();
             if shutdown {
                 let _ = self.send_raw(&mut link, Request::Shutdown);
-                break;
+                return Some(self.exit_code(interrupted));
+            }
+            if self.life.take_new_sandbox() {
+                return None;
             }
         }
-        for (_, mut client) in self.execs.drain() {
-            let _ = control::write_line(
-                &mut client.stream,
-                &ControlReply::Error("the pod ended".into()),
-            );
-        }
-        drop(listener);
-        let _ = std::fs::remove_file(self.p.dir.join(CONTROL_SOCKET));
-        self.exit_code(interrupted)
     }
 
     fn listen(&self) -> Option<UnixListener> {
@@ -1249,20 +1290,23 @@ impl<'a> Supervisor<'a> {
 
     fn handle(&mut self, msg: Msg, link: &mut AgentLink, vmm: &mut Child, now: Instant) {
         match msg {
-            Msg::Agent(Ok(msg)) => {
+            // What the agent of a lost VM said last.
+            Msg::Agent(sandbox, _) if sandbox != self.sandbox => {}
+            Msg::Agent(_, Ok(msg)) => {
                 self.life.heard_from_agent(now);
                 match msg {
                     AgentMessage::Reply { id, result } => self.on_reply(id, result, link, now),
                     AgentMessage::Event(e) => self.on_event(e, now),
                 }
             }
-            Msg::Agent(Err(e)) => {
+            Msg::Agent(_, Err(e)) => {
                 if self.life.over().is_none() {
                     vmm_process::wait_for_exit(vmm, Duration::from_secs(2));
-                    let why = vmm_process::alive(vmm)
-                        .err()
-                        .unwrap_or_else(|| format!("agent link lost: {e}"));
-                    self.life.vm_failed("AgentLost", why, now);
+                    let (reason, why, killing) = match vmm_process::alive(vmm) {
+                        Err(why) => ("VMMExited", why, false),
+                        Ok(()) => ("AgentLost", format!("agent link lost: {e}"), true),
+                    };
+                    self.life.sandbox_lost(reason, why, killing, now);
                 }
             }
             Msg::Control(request, stream) => self.on_control(request, stream, link, now),
@@ -1312,9 +1356,8 @@ impl<'a> Supervisor<'a> {
             }
             (Some(Pending::Run(_)), Ok(_)) => {
                 #[cfg(feature = "test-hooks")]
-                if std::mem::take(&mut self.stop_heartbeat) {
-                    let debug = guest_agent::protocol::DebugCommand::StopHeartbeat;
-                    self.send(link, Request::Debug(debug), Pending::Other);
+                if let Some(fault) = self.debug_agent.take() {
+                    self.send(link, Request::Debug(fault), Pending::Other);
                 }
                 let _ = link;
             }
