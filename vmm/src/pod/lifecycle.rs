@@ -346,8 +346,10 @@ pub struct Lifecycle {
     /// Every app container ended for good: the sidecars are stopped.
     sidecars_stop: Option<Instant>,
     shutdown_sent: bool,
-    /// The sandbox was lost and the pod needs a new one.
-    new_sandbox: bool,
+    /// The sandbox was lost: when its successor may start.
+    new_sandbox: Option<Instant>,
+    /// Sandboxes lost soon after they started, for the back-off.
+    sandbox_crashes: u32,
     /// Set once the phase is final and nothing runs.
     over: Option<PodPhase>,
     /// The container whose end ends the pod, if any.
@@ -357,6 +359,8 @@ pub struct Lifecycle {
     mono0: Instant,
     unix0: i64,
     started: Option<Instant>,
+    /// When the current VM started.
+    sandbox_since: Option<Instant>,
     conditions: [(bool, Instant); 4],
     events: Vec<PodEvent>,
     changed: bool,
@@ -387,13 +391,15 @@ impl Lifecycle {
             stopping: None,
             sidecars_stop: None,
             shutdown_sent: false,
-            new_sandbox: false,
+            new_sandbox: None,
+            sandbox_crashes: 0,
             over: None,
             main: None,
             main_ended: None,
             mono0: now,
             unix0: unix_now,
             started: None,
+            sandbox_since: None,
             conditions: [(true, now), (false, now), (false, now), (false, now)],
             events: Vec::new(),
             changed: true,
@@ -500,9 +506,10 @@ impl Lifecycle {
         std::mem::take(&mut self.changed)
     }
 
-    /// The VM started (`status.startTime`).
+    /// A VM started: the first one's start is `status.startTime`.
     pub fn vm_started(&mut self, now: Instant) {
-        self.started = Some(now);
+        self.started.get_or_insert(now);
+        self.sandbox_since = Some(now);
         self.changed = true;
     }
 
@@ -903,14 +910,26 @@ impl Lifecycle {
         self.next_init = 0;
         self.agent_ready = false;
         self.heartbeat = PhaseTracker::new(self.cfg.unknown_after, self.cfg.give_up_after);
-        self.new_sandbox = true;
+        // A VM that keeps dying by itself is replaced ever more slowly, as
+        // its containers would be restarted.
+        let lived = self.sandbox_since.map_or(Duration::ZERO, |s| now - s);
+        if lived >= self.cfg.backoff_reset {
+            self.sandbox_crashes = 0;
+        }
+        self.sandbox_crashes += 1;
+        let wait = backoff(
+            self.sandbox_crashes,
+            self.cfg.backoff_base,
+            self.cfg.backoff_cap,
+        );
+        self.new_sandbox = Some(now + wait);
         self.changed = true;
     }
 
-    /// Whether [`Lifecycle::sandbox_lost`] asked for a new sandbox since the
-    /// last call.
-    pub fn take_new_sandbox(&mut self) -> bool {
-        std::mem::take(&mut self.new_sandbox)
+    /// When the new sandbox [`Lifecycle::sandbox_lost`] asked for may
+    /// start, once; `None` when none was asked for since the last call.
+    pub fn take_new_sandbox(&mut self) -> Option<Instant> {
+        self.new_sandbox.take()
     }
 
     /// The VM or the agent link is gone for good.
@@ -2136,8 +2155,8 @@ mod tests {
         l.started("b", t0);
         let t1 = t0 + 700 * S;
         l.sandbox_lost("VMMExited", "VMM exited (signal: 9)".into(), false, t1);
-        assert!(l.take_new_sandbox());
-        assert!(!l.take_new_sandbox(), "asked once");
+        assert_eq!(l.take_new_sandbox(), Some(t1), "at once");
+        assert_eq!(l.take_new_sandbox(), None, "asked once");
         assert_ne!(l.phase(), PodPhase::Failed);
         assert_eq!(l.phase(), PodPhase::Pending, "initializing again");
         let a = state(&mut l, "a", t1);
@@ -2152,6 +2171,12 @@ mod tests {
             "nothing was left to kill"
         );
         assert!(l.due(t1).is_empty(), "nothing before the new agent");
+        l.vm_started(t1);
+        assert_eq!(
+            l.status(t1).start_time,
+            l.status(t0).start_time,
+            "the pod's start"
+        );
         l.agent_ready(t1);
         assert_eq!(l.due(t1), vec![run("i")]);
         l.started("i", t1);
@@ -2181,7 +2206,13 @@ mod tests {
         l.started("a", t0);
         for (i, t) in [t0 + S, t0 + 2 * S].into_iter().enumerate() {
             l.sandbox_lost("VMMExited", "gone".into(), false, t);
-            assert!(l.take_new_sandbox());
+            let due = l.take_new_sandbox().expect("a new sandbox");
+            assert_eq!(
+                due - t,
+                [Duration::ZERO, 10 * S][i],
+                "the VM's own back-off"
+            );
+            l.vm_started(t);
             l.agent_ready(t);
             if i == 0 {
                 assert_eq!(l.due(t), vec![run("a")], "the first restart is at once");
@@ -2204,7 +2235,7 @@ mod tests {
         l.started("busy", t0);
         l.exited("done", 0, "Completed", None, t0);
         l.sandbox_lost("VMMExited", "gone".into(), false, t0 + S);
-        assert!(l.take_new_sandbox());
+        assert!(l.take_new_sandbox().is_some());
         l.agent_ready(t0 + S);
         assert_eq!(l.due(t0 + S), vec![run("busy")]);
 
@@ -2215,7 +2246,7 @@ mod tests {
         l.started("done", t0);
         l.exited("done", 0, "Completed", None, t0);
         l.sandbox_lost("VMMExited", "gone".into(), false, t0);
-        assert!(!l.take_new_sandbox());
+        assert!(l.take_new_sandbox().is_none());
         assert!(l.over().is_some());
     }
 
@@ -2235,7 +2266,7 @@ mod tests {
                 l.stop(t0);
             }
             l.sandbox_lost("VMMExited", "gone".into(), false, t0 + S);
-            assert!(!l.take_new_sandbox());
+            assert!(l.take_new_sandbox().is_none());
             assert_eq!(l.phase(), PodPhase::Failed);
             assert_eq!(l.status(t0 + S).reason.as_deref(), Some("VMMExited"));
             assert!(events_of(&l, "SandboxChanged").is_empty());
@@ -2251,7 +2282,7 @@ mod tests {
         l.due(t0 + 5 * S);
         assert_eq!(l.phase(), PodPhase::Unknown);
         assert!(l.due(t0 + 200 * S).is_empty());
-        assert!(l.take_new_sandbox());
+        assert!(l.take_new_sandbox().is_some());
         assert_eq!(events_of(&l, "Killing"), ["Stopping container a"]);
         assert_eq!(
             events_of(&l, "AgentUnresponsive").len(),

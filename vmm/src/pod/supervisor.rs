@@ -663,6 +663,14 @@ enum Msg {
     Stdin(String, Vec<u8>),
 }
 
+/// How the pod's time on one VM ended.
+enum VmEnd {
+    /// The pod is over, with this exit code.
+    PodOver(i32),
+    /// The VM was lost; the next may start at `next_at`.
+    Lost { next_at: Instant },
+}
+
 /// What an agent request was for.
 enum Pending {
     Configure,
@@ -815,15 +823,20 @@ impl<'a> Supervisor<'a> {
             self.mark(StartupTimeline::VM_READY);
             self.record.vmm = i32::try_from(vmm.id()).ok().and_then(ProcessRef::of);
             let ended = self.supervise(args, &mut vmm, link, network.clone(), rx);
-            if ended.is_some() {
+            if let VmEnd::PodOver(_) = ended {
                 // Whatever happened, no VM outlives the supervisor.
                 vmm_process::wait_for_exit(&mut vmm, SHUTDOWN_GRACE);
             }
             vmm_process::stop(&mut vmm);
             self.record.vmm = None;
             match ended {
-                Some(code) => break code,
-                None => self.sandbox_gone(dir),
+                VmEnd::PodOver(code) => break code,
+                VmEnd::Lost { next_at } => {
+                    self.sandbox_gone(dir);
+                    if let Some(code) = self.await_new_sandbox(next_at, rx) {
+                        break code;
+                    }
+                }
             }
         };
         for (_, mut client) in self.execs.drain() {
@@ -843,6 +856,34 @@ impl<'a> Supervisor<'a> {
         dir.forget_network();
         self.save(Instant::now());
         code
+    }
+
+    /// Waits until the next VM may start (the back-off of a VM lost soon
+    /// after it started), taking stop requests and signals meanwhile;
+    /// `Some(exit code)` when the pod ended instead.
+    fn await_new_sandbox(&mut self, at: Instant, rx: &Receiver<Msg>) -> Option<i32> {
+        let wait = at.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            let msg = format!("back-off: a new VM in {} s", wait.as_secs());
+            self.say(&msg);
+        }
+        loop {
+            let now = Instant::now();
+            if SIGNALS.load(Ordering::SeqCst) > 0 {
+                self.life.stop(now);
+            }
+            if self.life.due(now).contains(&Action::Shutdown) {
+                self.save(now);
+                self.report_phase();
+                return Some(self.exit_code(SIGNALS.load(Ordering::SeqCst) > 0));
+            }
+            if now >= at {
+                return None;
+            }
+            if let Ok(Msg::Control(request, stream)) = rx.recv_timeout(TICK.min(at - now)) {
+                self.on_control(request, stream, None, Instant::now());
+            }
+        }
     }
 
     /// Forgets what the lost sandbox held, before the next one starts: its
@@ -934,8 +975,7 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Runs the pod on one VM: `Some(exit code)` when the pod is over,
-    /// `None` when the VM was lost and the pod needs a new one.
+    /// Runs the pod on one VM, until the pod is over or the VM is lost.
     fn supervise(
         &mut self,
         args: &RunOptions,
@@ -943,14 +983,17 @@ impl<'a> Supervisor<'a> {
         mut link: AgentLink,
         network: Option<guest_agent::protocol::NetworkConfig>,
         rx: &Receiver<Msg>,
-    ) -> Option<i32> {
+    ) -> VmEnd {
         let agent_rx = match link.subscribe() {
             Ok(rx) => rx,
             Err(e) => {
                 let now = Instant::now();
                 self.life
                     .sandbox_lost("AgentLost", e.to_string(), true, now);
-                return (!self.life.take_new_sandbox()).then(|| self.finish(now));
+                return match self.life.take_new_sandbox() {
+                    Some(next_at) => VmEnd::Lost { next_at },
+                    None => VmEnd::PodOver(self.finish(now)),
+                };
             }
         };
         let tx = self.tx.clone();
@@ -1042,10 +1085,10 @@ impl<'a> Supervisor<'a> {
             self.report_phase();
             if shutdown {
                 let _ = self.send_raw(&mut link, Request::Shutdown);
-                return Some(self.exit_code(interrupted));
+                return VmEnd::PodOver(self.exit_code(interrupted));
             }
-            if self.life.take_new_sandbox() {
-                return None;
+            if let Some(next_at) = self.life.take_new_sandbox() {
+                return VmEnd::Lost { next_at };
             }
         }
     }
@@ -1309,7 +1352,7 @@ impl<'a> Supervisor<'a> {
                     self.life.sandbox_lost(reason, why, killing, now);
                 }
             }
-            Msg::Control(request, stream) => self.on_control(request, stream, link, now),
+            Msg::Control(request, stream) => self.on_control(request, stream, Some(link), now),
             Msg::Stdin(id, data) => {
                 if self.execs.contains_key(&id) {
                     self.send(link, Request::Stdin { name: id, data }, Pending::Other);
@@ -1454,7 +1497,7 @@ impl<'a> Supervisor<'a> {
         &mut self,
         request: ControlRequest,
         mut stream: UnixStream,
-        link: &mut AgentLink,
+        link: Option<&mut AgentLink>,
         now: Instant,
     ) {
         let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
@@ -1487,10 +1530,15 @@ impl<'a> Supervisor<'a> {
                 } else {
                     None
                 };
-                if let Some(why) = refuse {
-                    let _ = control::write_line(&mut stream, &ControlReply::Error(why));
-                    return;
-                }
+                let link = match (refuse, link) {
+                    (None, Some(link)) => link,
+                    (refused, _) => {
+                        let why =
+                            refused.unwrap_or_else(|| "the pod's VM is being replaced".into());
+                        let _ = control::write_line(&mut stream, &ControlReply::Error(why));
+                        return;
+                    }
+                };
                 // '_' never appears in a container name (a DNS label), so
                 // exec ids cannot clash with containers.
                 let id = format!("exec_{}", self.next_exec);
