@@ -1344,7 +1344,9 @@ impl<'a> Supervisor<'a> {
                 self.mark(StartupTimeline::FIRST_CONTAINER);
                 self.life.started(&name, now);
             }
-            Event::Output { name, stream, data } => {
+            Event::Output {
+                name, stream, data, ..
+            } => {
                 if self.execs.contains_key(&name) {
                     self.send_to_client(&name, &ControlReply::Output { stream, data });
                 } else if self.life.has_container(&name) {
