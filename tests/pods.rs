@@ -624,8 +624,68 @@ fn exec_runs_in_a_container_with_stdin_and_its_exit_code() {
     kubectl_flags_on_a_running_pod(&state);
 }
 
+/// `logs --timestamps` and `--since` on `pods-exec`, which wrote `one` and
+/// `two` when it started, more than 12 s ago.
+fn logs_timestamps_and_since(state: &std::path::Path) {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let (logs, _) = text(&unipod(
+        state,
+        "logs",
+        &["pods-exec", "--tail=2", "--timestamps"],
+    ));
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let host_now = Timestamp::new(
+        i64::try_from(since_epoch.as_secs()).unwrap(),
+        i32::try_from(since_epoch.subsec_nanos()).unwrap(),
+    )
+    .unwrap();
+    let lines: Vec<(Timestamp, &str)> = logs
+        .lines()
+        .map(|line| {
+            let (stamp, rest) = line.split_once(' ').expect("TIME LINE");
+            // kubectl's form: nanoseconds, UTC.
+            assert!(stamp.len() == 30 && stamp.ends_with('Z'), "{logs}");
+            let time: Timestamp = stamp.parse().expect("an RFC 3339 stamp");
+            (time, rest)
+        })
+        .collect();
+    let texts: Vec<&str> = lines.iter().map(|(_, text)| *text).collect();
+    assert_eq!(texts, ["one", "two"], "{logs}");
+    assert!(lines[0].0 <= lines[1].0, "in order: {logs}");
+    // The guest's clock is the host's (set at Configure): the lines were
+    // written after the pod started, at least 12 s before now.
+    for (time, _) in &lines {
+        let age = host_now.duration_since(*time);
+        assert!(
+            age >= SignedDuration::from_secs(10) && age < SignedDuration::from_secs(600),
+            "a stamp {age:?} before the host's clock ({host_now}): {logs}"
+        );
+    }
+    let since = |args: &[&str]| {
+        let out = unipod(state, "logs", &[&["pods-exec"], args].concat());
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).0
+    };
+    assert_eq!(since(&["--since=5s"]), "", "both lines are older");
+    assert_eq!(since(&["--since=1h"]), "one\ntwo\n");
+    // --since, then --tail; --prefix before the stamp.
+    let last = since(&["--since=1h", "--tail=1", "--prefix", "--timestamps"]);
+    let stamp = format!("{}", lines[1].0);
+    assert!(
+        last.strip_prefix("[pod/pods-exec/c] ")
+            .and_then(|rest| rest.split_once(' '))
+            .is_some_and(
+                |(t, line)| t.parse::<Timestamp>().ok() == Some(lines[1].0) && line == "two\n"
+            ),
+        "{last:?}, expected the stamp {stamp}"
+    );
+}
+
 /// kubectl's everyday flags on the running `pods-exec`: wait, get -o
-/// name/jsonpath, -l, logs --tail/--prefix, then delete.
+/// name/jsonpath, -l, logs --tail/--prefix/--timestamps/--since, then
+/// delete.
 fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
     let out = unipod(
         state,
@@ -706,6 +766,7 @@ fn kubectl_flags_on_a_running_pod(state: &std::path::Path) {
     assert!(!listed.contains("pod/pods-exec"), "{listed}");
     let (logs, _) = text(&unipod(state, "logs", &["pods-exec", "--tail=1"]));
     assert_eq!(logs, "two\n");
+    logs_timestamps_and_since(state);
     let (logs, _) = text(&unipod(
         state,
         "logs",

@@ -678,6 +678,12 @@ pub enum Event {
         stream: Stream,
         /// The raw bytes.
         data: Vec<u8>,
+        /// When the agent read them: nanoseconds since the Unix epoch on
+        /// the guest's wall clock (which the host sets at `Configure`).
+        /// Absent from an agent that does not stamp; the host then stamps
+        /// the chunk on arrival.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time: Option<u64>,
     },
     /// The container process exited and its output is fully forwarded: this
     /// follows the container's last [`Event::Output`].
@@ -1229,11 +1235,13 @@ mod tests {
                 name: "web".into(),
                 stream: Stream::Stdout,
                 data: b"hi\n".to_vec(),
+                time: Some(1_796_677_200_123_456_789),
             },
             Event::Output {
                 name: "web".into(),
                 stream: Stream::Stderr,
                 data: (0..=255).collect(),
+                time: None,
             },
             Event::ContainerExited {
                 name: "web".into(),
@@ -1474,11 +1482,38 @@ mod tests {
     }
 
     #[test]
+    fn output_without_a_time_decodes_as_unstamped_and_a_stamp_round_trips() {
+        let old = r#"{"output":{"name":"c","stream":"stdout","data":[104,105]}}"#;
+        let e: Event = serde_json::from_str(old).unwrap();
+        let unstamped = Event::Output {
+            name: "c".into(),
+            stream: Stream::Stdout,
+            data: b"hi".to_vec(),
+            time: None,
+        };
+        assert_eq!(e, unstamped);
+        assert_eq!(serde_json::to_string(&unstamped).unwrap(), old);
+        let stamped = r#"{"output":{"name":"c","stream":"stdout","data":[104,105],"time":1796677200123456789}}"#;
+        let e: Event = serde_json::from_str(stamped).unwrap();
+        assert!(
+            matches!(
+                e,
+                Event::Output {
+                    time: Some(1_796_677_200_123_456_789),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn encode_refuses_frames_over_the_limit() {
         let msg = Event::Output {
             name: "big".into(),
             stream: Stream::Stdout,
             data: vec![255; MAX_FRAME_LEN as usize / 4],
+            time: None,
         };
         assert!(matches!(
             encode_frame(&msg),

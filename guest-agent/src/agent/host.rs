@@ -433,6 +433,7 @@ mod tests {
             name: "c".into(),
             stream: guest_agent::protocol::Stream::Stdout,
             data: vec![7; 64 * 1024],
+            time: None,
         });
         for _ in 0..64 {
             ob.push(FrameKind::Event, &big).unwrap();

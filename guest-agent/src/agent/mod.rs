@@ -83,7 +83,7 @@ pub mod volume;
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 #[cfg(feature = "test-hooks")]
 use guest_agent::protocol::DebugCommand;
@@ -653,7 +653,16 @@ impl Agent {
                 return self.prober.exec_output(name, &data);
             }
             let name = name.to_string();
-            self.queue(FrameKind::Event, Event::Output { name, stream, data });
+            let time = Some(wall_clock_nanos());
+            self.queue(
+                FrameKind::Event,
+                Event::Output {
+                    name,
+                    stream,
+                    data,
+                    time,
+                },
+            );
         }
     }
 
@@ -1011,4 +1020,13 @@ impl Agent {
             .inspect_err(|e| log::warn!("dropping a message for the host: {}", Chain(e)))
             .is_ok()
     }
+}
+
+/// Now on the wall clock, in nanoseconds since the Unix epoch: the stamp of
+/// an output chunk (`unipod logs --timestamps`). 0 before 1970; saturates
+/// in the year 2554.
+fn wall_clock_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -133,7 +133,7 @@ pub enum Command {
     #[command(after_help = pods::COMMON_AFTER_HELP)]
     Describe(pods::DescribeArgs),
     /// Print a container's logs, or every container's (--all-containers).
-    #[command(after_help = pods::COMMON_AFTER_HELP)]
+    #[command(after_help = pods::LOGS_AFTER_HELP)]
     Logs(pods::LogsArgs),
     /// Run a command in a running container.
     #[command(after_help = pods::EXEC_AFTER_HELP)]
@@ -461,6 +461,7 @@ fn print_report(r: &RunReport) {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::time::Duration;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -712,9 +713,22 @@ mod tests {
             panic!("parsed as logs")
         };
         assert_eq!((l.tail, l.prefix, l.all_containers), (2, true, false));
+        assert_eq!((l.since, l.timestamps), (None, false));
+        let Command::Logs(l) = parse(&["logs", "web", "--since=1m30s", "--timestamps"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as logs")
+        };
+        assert_eq!(
+            (l.since, l.timestamps),
+            (Some(Duration::from_secs(90)), true)
+        );
         for bad in [
             &["logs", "web", "--all-containers", "-c", "a"][..],
             &["logs", "web", "--all-containers", "-f"],
+            &["logs", "web", "--since=-5s"],
+            &["logs", "web", "--since=5"],
             &["get", "-o", "jsonpath={.a"],
             &["get", "-l", "app in (web)"],
         ] {

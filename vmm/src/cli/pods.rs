@@ -23,9 +23,11 @@ use std::time::Duration;
 use guest_agent::protocol::Stream;
 
 use super::jsonpath::{CustomColumns, Selector, Template};
+use super::wait::parse_duration;
 use crate::error_chain::error_chain;
 use crate::file_error::FileError;
 use crate::pod::cleanup::{clean_up_orphan, wait_gone};
+use crate::pod::container_log::{self, Render};
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
@@ -46,6 +48,26 @@ pub const EXIT_EXEC_ERROR: i32 = 125;
 /// Help after the commands' own.
 pub const COMMON_AFTER_HELP: &str = "\
 Pods live in <state>/pods/NAME/ (status.json, logs/, pod.yaml).
+
+Exit codes:
+  0  done
+  1  failed: the pod does not exist, or the message says why
+  2  bad command-line usage";
+
+/// Help after `unipod logs --help`.
+pub const LOGS_AFTER_HELP: &str = "\
+Examples:
+  unipod logs web --tail=20 --timestamps
+  unipod logs web -c app --since=5m -f
+  unipod logs web --all-containers --prefix --timestamps
+
+As kubectl's: --since applies first, then --tail; a line reads
+[pod/NAME/CONTAINER] TIME CONTENT with --prefix and --timestamps. Without
+these two, the lines are the bytes the container wrote. TIME is when the
+guest agent read the line's first byte.
+
+Logs live in <state>/pods/NAME/logs/CONTAINER/RESTARTS.log, in the CRI log
+format kubelet reads (TIME stdout|stderr F|P CONTENT, a line per record).
 
 Exit codes:
   0  done
@@ -199,9 +221,18 @@ pub struct LogsArgs {
     /// The logs of the container's previous run (before its last restart).
     #[arg(short = 'p', long)]
     pub previous: bool,
-    /// Only the last N lines (-1: all).
+    /// Only the last N lines (-1: all); with --since, the last N of the
+    /// lines it keeps.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub tail: i64,
+    /// Only the lines newer than DURATION (e.g. 10s, 5m, 1h30m; 0: all),
+    /// by the time the agent read their first byte.
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<Duration>,
+    /// Begin each line with the time the agent read it, in RFC 3339 with
+    /// nanoseconds (2026-12-07T21:00:00.123456789Z), after any --prefix.
+    #[arg(long)]
+    pub timestamps: bool,
     /// The logs of every container that has started: the init containers,
     /// then the app containers, in the manifest's order.
     #[arg(long, conflicts_with_all = ["container", "follow"])]
@@ -795,13 +826,16 @@ fn container_logs(
     } else {
         Box::new(stdout)
     };
-    let mut offset = match u64::try_from(args.tail) {
-        Ok(lines) => tail_offset(&file(run), lines)?,
-        Err(_) => 0,
-    };
+    let since = args
+        .since
+        .filter(|d| !d.is_zero())
+        .map(container_log::since_cutoff);
+    let tail = u64::try_from(args.tail).ok();
+    let mut offset = start_offset(&file(run), since, tail)?;
+    let mut render = Render::new(args.timestamps);
     loop {
         let path = file(run);
-        offset += copy_from(&path, offset, &mut out)?;
+        offset += print_from(&path, offset, &mut render, &mut out)?;
         if !args.follow || args.previous {
             return Ok(0);
         }
@@ -813,47 +847,40 @@ fn container_logs(
             return Ok(0);
         };
         if c.restart_count > run && file(c.restart_count).exists() {
-            copy_from(&path, offset, &mut out)?;
+            print_from(&path, offset, &mut render, &mut out)?;
             run = c.restart_count;
             offset = 0;
             continue;
         }
         let ended = matches!(c.state, ContainerState::Terminated { .. });
         if (ended && c.restart_count == run) || !now.supervisor_alive() {
-            copy_from(&path, offset, &mut out)?;
+            print_from(&path, offset, &mut render, &mut out)?;
             return Ok(0);
         }
     }
 }
 
-/// The offset in `path` where its last `lines` lines begin (a last line
-/// without a newline counts); 0 for a missing file.
-fn tail_offset(path: &Path, lines: u64) -> Result<u64, PodsError> {
+/// `--since DURATION`: a duration as kubectl's flags take it, not negative.
+fn parse_since(text: &str) -> Result<Duration, String> {
+    if text.starts_with('-') {
+        return Err(format!("--since={text}: the duration must not be negative"));
+    }
+    parse_duration(text)
+}
+
+/// The offset in the log `path` where `unipod logs` starts: see
+/// [`container_log::select_start`]. 0 for a missing file.
+fn start_offset(path: &Path, since: Option<u64>, tail: Option<u64>) -> Result<u64, PodsError> {
+    if since.is_none() && tail.is_none() {
+        return Ok(0);
+    }
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(source) => return Err(FileError::at("read", path)(source).into()),
     };
-    Ok(u64::try_from(tail_start(&text, lines)).expect("usize fits in u64"))
-}
-
-/// Where the last `lines` lines of `text` begin.
-fn tail_start(text: &[u8], lines: u64) -> usize {
-    if lines == 0 {
-        return text.len();
-    }
-    // A final newline ends the last line; it does not start another.
-    let body = text.strip_suffix(b"\n").unwrap_or(text);
-    let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return i + 1;
-            }
-        }
-    }
-    0
+    let start = container_log::select_start(&text, since, tail);
+    Ok(u64::try_from(start).expect("usize fits in u64"))
 }
 
 /// A writer that begins every line with a prefix, across writes.
@@ -890,8 +917,15 @@ impl<W: Write> Write for LinePrefix<W> {
     }
 }
 
-/// Copies `path` from `offset` to `out`; returns the bytes copied.
-fn copy_from(path: &Path, offset: u64, out: &mut dyn Write) -> Result<u64, PodsError> {
+/// Prints the complete records of the log `path` from `offset` to `out`;
+/// returns the bytes they take (a record still being written is left for
+/// the next call).
+fn print_from(
+    path: &Path,
+    offset: u64,
+    render: &mut Render,
+    out: &mut dyn Write,
+) -> Result<u64, PodsError> {
     use std::io::{Seek, SeekFrom};
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -900,9 +934,25 @@ fn copy_from(path: &Path, offset: u64, out: &mut dyn Write) -> Result<u64, PodsE
     };
     f.seek(SeekFrom::Start(offset))
         .map_err(FileError::at("read", path))?;
-    let n = std::io::copy(&mut f, out).map_err(FileError::at("read", path))?;
+    // By blocks, not the whole log in memory; `text` holds the records
+    // not printed yet (the last may continue in the next block).
+    let mut block = vec![0; 64 * 1024];
+    let mut text = Vec::new();
+    let mut used = 0;
+    loop {
+        let n = f.read(&mut block).map_err(FileError::at("read", path))?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&block[..n]);
+        let printed = render
+            .write(&text, out)
+            .map_err(FileError::at("print", path))?;
+        text.drain(..printed);
+        used += printed;
+    }
     let _ = out.flush();
-    Ok(n)
+    Ok(u64::try_from(used).expect("usize fits in u64"))
 }
 
 fn connect(dir: &Path, pod: &str) -> Result<UnixStream, PodsError> {
@@ -1219,18 +1269,6 @@ pub fn delete(args: &DeleteArgs) -> Result<i32, PodsError> {
 mod tests {
     use super::*;
     use crate::pod::status::ProcessRef;
-
-    #[test]
-    fn tail_starts_at_the_last_n_lines_counting_an_unended_one() {
-        let text = b"one\ntwo\nthree\n";
-        assert_eq!(&text[tail_start(text, 1)..], b"three\n");
-        assert_eq!(&text[tail_start(text, 2)..], b"two\nthree\n");
-        assert_eq!(&text[tail_start(text, 9)..], text);
-        assert_eq!(&text[tail_start(text, 0)..], b"");
-        let partial = b"one\ntwo";
-        assert_eq!(&partial[tail_start(partial, 1)..], b"two");
-        assert_eq!(tail_start(b"", 3), 0);
-    }
 
     #[test]
     fn prefixes_begin_every_line_across_writes() {

@@ -13,6 +13,7 @@
 pub mod agent_client;
 pub mod cleanup;
 pub mod config_sources;
+pub mod container_log;
 pub mod control;
 pub mod dry_run;
 pub mod images;

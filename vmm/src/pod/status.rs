@@ -548,10 +548,10 @@ pub fn unix_now() -> i64 {
     i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
 }
 
-// Howard Hinnant's civil date -> days algorithm (proleptic Gregorian); the
-// other direction is `guest_agent::civil`, shared with the agent.
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+/// Days since 1970-01-01 of a proleptic Gregorian date: Howard Hinnant's
+/// algorithm; the other direction is `guest_agent::civil`, shared with the
+/// agent.
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);

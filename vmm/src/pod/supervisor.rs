@@ -13,7 +13,8 @@
 //! The supervisor (`Supervisor`) owns the agent connection and drives
 //! [`Lifecycle`]: it starts the containers the lifecycle says are due,
 //! feeds it what the agent reports, writes `status.json` on every change and
-//! each container's output to `logs/<container>/<restartCount>.log`, and
+//! each container's output to `logs/<container>/<restartCount>.log` (CRI log
+//! records, see [`crate::pod::container_log`]), and
 //! serves `control.sock` (see [`crate::pod::control`]) for `exec` and
 //! `stop`. In the foreground it also streams the logs (`[container] line`)
 //! and the phases; `--detach` re-executes `unipod run --supervisor` in a new
@@ -58,6 +59,7 @@ use crate::image::{ImageError, ImageStore, StoredImage};
 use crate::net::{Attachment, Proto, PublishedPort};
 use crate::pod::agent_client::AgentLink;
 use crate::pod::config_sources::{self, ConfigError, PodFacts};
+use crate::pod::container_log;
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
@@ -1430,11 +1432,16 @@ impl<'a> Supervisor<'a> {
                 self.mark(StartupTimeline::FIRST_CONTAINER);
                 self.life.started(&name, now);
             }
-            Event::Output { name, stream, data } => {
+            Event::Output {
+                name,
+                stream,
+                data,
+                time,
+            } => {
                 if self.execs.contains_key(&name) {
                     self.send_to_client(&name, &ControlReply::Output { stream, data });
                 } else if self.life.has_container(&name) {
-                    self.output(&name, stream, &data);
+                    self.output(&name, stream, &data, time);
                 }
             }
             Event::Oom { name } => {
@@ -1576,9 +1583,17 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn output(&mut self, name: &str, stream: Stream, data: &[u8]) {
+    /// Appends a chunk of a container's output to its log, stamped with
+    /// `time` (when the agent read it; now, from an agent that sent none),
+    /// and in the foreground prints its complete lines.
+    fn output(&mut self, name: &str, stream: Stream, data: &[u8], time: Option<u64>) {
         if let Some(log) = self.logs.get_mut(name) {
-            if let Err(e) = log.write_all(data) {
+            let time = time.unwrap_or_else(container_log::now_nanos);
+            let mut records = Vec::with_capacity(data.len() + 64);
+            container_log::encode(&mut records, time, stream, data);
+            // One write per chunk; a reader leaves a record it finds half
+            // written for later.
+            if let Err(e) = log.write_all(&records) {
                 log::debug!("container {name}: cannot write its log: {e}");
             }
         }

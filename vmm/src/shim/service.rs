@@ -261,7 +261,9 @@ impl Inner {
 
     fn on_vm_event(&self, event: VmEvent) {
         match event {
-            VmEvent::Agent(Event::Output { name, stream, data }) => {
+            VmEvent::Agent(Event::Output {
+                name, stream, data, ..
+            }) => {
                 let out = {
                     let pod = lock(&self.pod);
                     find(&pod, &name).and_then(|p| match stream {
