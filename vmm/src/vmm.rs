@@ -92,9 +92,6 @@ pub enum VmmError {
     /// The runtime API socket.
     #[error(transparent)]
     Api(#[from] ApiError),
-    /// SMP guests hang on this host.
-    #[error("--vcpus {0}: nested PVM hosts cannot start secondary vCPUs (the guest hangs at \"Booting SMP configuration\"; see docs/NESTED-KVM.md); use --vcpus 1")]
-    SmpOnNestedPvm(u8),
 }
 
 /// What a finished VM reports.
@@ -190,9 +187,6 @@ fn open_kvm(config: &VmConfig) -> Result<(Kvm, CpuTemplate), VmmError> {
     config.validate()?;
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let host = arch::detect_host();
-    if host == arch::HostKind::NestedPvm && config.vcpus > 1 {
-        return Err(VmmError::SmpOnNestedPvm(config.vcpus));
-    }
     let template = config.cpu_template.resolve(host);
     log::info!("host KVM: {host:?}; CPU template: {template:?}");
     Ok((kvm, template))

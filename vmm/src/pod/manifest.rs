@@ -576,10 +576,6 @@ impl PodManifest {
     ///   [`NO_LIMIT_MEM_MIB`] in all.
     /// - vCPUs: the CPU rounded up to whole cores (1500m is 2), at least 1 and
     ///   at most [`MAX_VCPUS`], or [`DEFAULT_VCPUS`].
-    ///
-    /// The size follows the manifest even though nested-KVM hosts such as
-    /// this project's test machine run only 1 vCPU reliably (see
-    /// docs/NESTED-KVM.md): the VMM refuses more there, with that reason.
     pub fn vm_size(&self) -> VmSize {
         let cpu = self.pod_amount(|l| l.cpu_millis);
         let memory = self.pod_amount(|l| l.memory_bytes);

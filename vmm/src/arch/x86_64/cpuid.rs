@@ -77,6 +77,20 @@ const EXT1_EDX_RDTSCP: u32 = 1 << 27;
 // Leaf 0x8000_0008 EBX: XSAVEERPTR. With it the kernel skips the
 // FXSAVE_LEAK workaround, whose `fnclex` the emulator cannot run.
 const EXT8_EBX_XSAVEERPTR: u32 = 1 << 2;
+// Leaf 0x4000_0001 EAX (KVM paravirtual features): the ones whose guest side
+// is a `vmcall` hypercall. Nested PVM hosts never complete a guest
+// `vmcall`: the vCPU stays on the instruction forever, spinning in the host
+// kernel (docs/NESTED-KVM.md, "SMP"). The guest kernel uses them
+// only with more than one CPU: PV_UNHALT (KVM_HC_KICK_CPU, for paravirtual
+// spinlocks), PV_SEND_IPI (KVM_HC_SEND_IPI) and PV_SCHED_YIELD
+// (KVM_HC_SCHED_YIELD). Without them it kicks, sends IPIs and yields
+// through the LAPIC.
+const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
+const NESTED_KVM_FEATURES_HIDE: u32 =
+    KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD;
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
 
 /// Filters KVM's supported CPUID for vCPU `cpu_index` of `cpu_count`.
 pub fn filter_cpuid(cpuid: &mut CpuId, template: CpuTemplate, cpu_index: u8, cpu_count: u8) {
@@ -134,6 +148,7 @@ fn hide_unemulated(entry: &mut kvm_cpuid_entry2) {
             entry.edx &= !(EXT1_EDX_PDPE1GB | EXT1_EDX_RDTSCP);
         }
         0x8000_0008 => entry.ebx = EXT8_EBX_XSAVEERPTR,
+        KVM_CPUID_FEATURES => entry.eax &= !NESTED_KVM_FEATURES_HIDE,
         _ => {}
     }
 }
@@ -222,6 +237,24 @@ mod tests {
         let mut cpuid = cpuid_of(&[e]);
         filter_cpuid(&mut cpuid, CpuTemplate::NestedPvm, 0, 1);
         assert_eq!(find(&cpuid, 0x8000_0008).ebx, EXT8_EBX_XSAVEERPTR);
+    }
+
+    #[test]
+    fn nested_template_hides_hypercall_features() {
+        let mut e = entry(KVM_CPUID_FEATURES, 0);
+        e.eax = 0x0100_7efb; // what this host's KVM offers
+        let mut cpuid = cpuid_of(&[e]);
+        filter_cpuid(&mut cpuid, CpuTemplate::NestedPvm, 1, 2);
+        let eax = find(&cpuid, KVM_CPUID_FEATURES).eax;
+        assert_eq!(eax & NESTED_KVM_FEATURES_HIDE, 0);
+        assert_eq!(
+            eax,
+            0x0100_7efb & !NESTED_KVM_FEATURES_HIDE,
+            "the rest stays"
+        );
+        let mut cpuid = cpuid_of(&[e]);
+        filter_cpuid(&mut cpuid, CpuTemplate::Host, 1, 2);
+        assert_eq!(find(&cpuid, KVM_CPUID_FEATURES).eax, 0x0100_7efb);
     }
 
     #[test]
