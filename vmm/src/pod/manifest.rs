@@ -84,9 +84,10 @@ pub const NO_LIMIT_MEM_MIB: u32 = 256;
 /// vCPUs when no container states a CPU limit or request.
 pub const DEFAULT_VCPUS: u8 = 1;
 
-/// Most vCPUs a pod gets, whatever its containers ask for: the VMM's own
-/// bound.
-pub const MAX_VCPUS: u8 = crate::config::MAX_VCPUS;
+/// Most vCPUs a pod gets, whatever its containers ask for: the guest
+/// kernel's `CONFIG_NR_CPUS` (kernel-config/unipod.config), which starts
+/// no more.
+pub const MAX_VCPUS: u8 = 2;
 
 const MIB: u64 = 1 << 20;
 

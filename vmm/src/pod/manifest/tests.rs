@@ -1495,11 +1495,11 @@ fn vm_size_sums_app_containers() {
 fn vm_size_takes_an_init_container_larger_than_the_sum() {
     assert_eq!(
         sized(
-            &[(Some(500), Some(64 * MI)), (Some(500), Some(64 * MI))],
-            &[(Some(3000), Some(512 * MI)), (Some(100), Some(MI))],
+            &[(Some(500), Some(64 * MI)), (Some(400), Some(64 * MI))],
+            &[(Some(2000), Some(512 * MI)), (Some(100), Some(MI))],
         ),
         VmSize {
-            vcpus: 3,
+            vcpus: 2,
             mem_mib: 512 + GUEST_OVERHEAD_MIB
         }
     );
@@ -1524,12 +1524,12 @@ fn vm_size_rounds_memory_up_to_mib_and_uses_requests_without_limits() {
         }
     );
     let yaml =
-        with_container_fields("      resources:\n        requests: {cpu: 2500m, memory: 200Mi}\n");
+        with_container_fields("      resources:\n        requests: {cpu: 1500m, memory: 200Mi}\n");
     let (pod, _) = parse_ok(&yaml);
     assert_eq!(
         pod.vm_size(),
         VmSize {
-            vcpus: 3,
+            vcpus: 2,
             mem_mib: 200 + GUEST_OVERHEAD_MIB
         }
     );
