@@ -970,6 +970,91 @@ fn missing_images_and_refused_connections_fail_clearly() {
     assert_eq!(client.image_rows(), Vec::<String>::new());
 }
 
+#[test]
+fn a_detached_pod_whose_image_cannot_be_pulled_backs_off_and_deletes_cleanly() {
+    use common::pod::{run_pod, status, text, unipod, wait_for};
+    let shared = shared();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let client = Client::new(
+        "back-off",
+        &registries_conf_docker_io_mirror(shared.registry.host(), &dead),
+    );
+    let pod = "pull-back-off";
+    // The docs' first Pod, with an image no registry has.
+    let manifest = common::pod::manifest(
+        pod,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  containers:\n  \
+             - name: nginx\n    image: nginx-nosuch:1.14.2\n    ports:\n    - containerPort: 80\n"
+        ),
+    );
+    let mut run = run_pod(&client.state, &manifest, &["--detach"]);
+    run.env("CONTAINERS_REGISTRIES_CONF", &client.registries_conf)
+        .env("REGISTRY_AUTH_FILE", &client.auth_file);
+    let out = run_bounded(run, None, UNIPOD_TIMEOUT);
+    let (stdout, stderr) = text(&out);
+    // As kubectl apply: the pod is created, and waits.
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(stdout.trim(), pod);
+    assert!(
+        (stderr.contains("container nginx is waiting: ErrImagePull")
+            || stderr.contains("container nginx is waiting: ImagePullBackOff"))
+            && stderr.contains("Failed to pull image \"nginx-nosuch:1.14.2\"")
+            && stderr.contains("library/nginx-nosuch")
+            && mentions(&stderr, "not found"),
+        "{stderr}"
+    );
+    let waiting = |s: &serde_json::Value| {
+        s["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let pulls = |s: &serde_json::Value| {
+        s["events"]
+            .as_array()
+            .map(|events| (events.iter()).filter(|e| e["reason"] == "Pulling").count())
+            .unwrap_or(0)
+    };
+    // The supervisor tries again with back-off (200 ms, doubling, here).
+    wait_for(
+        &client.state,
+        pod,
+        "in ImagePullBackOff after a retry",
+        |s| waiting(s) == "ImagePullBackOff" && pulls(s) >= 2,
+    );
+    let now = status(&client.state, pod);
+    assert_eq!(now["status"]["phase"], "Pending", "{now:#}");
+    let supervisor = now["supervisor"]["pid"]
+        .as_i64()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .expect("a supervisor");
+    let (get, _) = text(&unipod(&client.state, "get", &[pod]));
+    assert!(
+        get.contains("ImagePullBackOff") || get.contains("ErrImagePull"),
+        "{get}"
+    );
+    let (described, _) = text(&unipod(&client.state, "describe", &[pod]));
+    for event in [
+        "Pulling image \"nginx-nosuch:1.14.2\"",
+        "Failed to pull image \"nginx-nosuch:1.14.2\"",
+        "Error: ErrImagePull",
+        "Back-off pulling image \"nginx-nosuch:1.14.2\"",
+        "Error: ImagePullBackOff",
+    ] {
+        assert!(described.contains(event), "{event}:\n{described}");
+    }
+    // Delete ends the wait and leaves nothing: no pod, no supervisor.
+    let out = unipod(&client.state, "delete", &["pod", pod, "--grace-period=1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!client.state.join("pods").join(pod).exists(), "deleted");
+    let gone = common::wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), None).is_err()
+    });
+    assert!(gone, "the supervisor {supervisor} ended");
+    assert_eq!(client.image_rows(), Vec::<String>::new(), "nothing pulled");
+}
+
 /// What a failed pull may not leave in `state`/images/: files or
 /// directories whose names say they are temporary or partial, anything
 /// named after `bad_blob`, and files named after a sha256 digest whose
@@ -1132,6 +1217,9 @@ fn a_pod_pulls_its_image_from_the_mirror() {
     .unwrap();
     let private_image = format!("{private_host}/library/busybox:1.28");
     let _ = unipod(&state, "image", &["rm", &private_image]);
+    // An image the mirror gets only once the pod waits for it.
+    let late_image = "late-busybox:1";
+    let _ = unipod(&state, "image", &["rm", late_image]);
     // The Kubernetes docs' busybox pod, with a second container whose image
     // needs the credentials of an imagePullSecrets Secret (the docs'
     // "Pull an Image from a Private Registry"), in the same file.
@@ -1152,7 +1240,9 @@ fn a_pod_pulls_its_image_from_the_mirror() {
              spec:\n  containers:\n  - name: myapp-container\n    image: busybox:1.28\n    \
              command: ['sh', '-c', 'echo hello; sleep 3600']\n  \
              - name: private-reg-container\n    image: {private_image}\n    \
-             command: ['sleep', '3600']\n  imagePullSecrets:\n  - name: regcred\n"
+             command: ['sleep', '3600']\n  \
+             - name: late\n    image: {late_image}\n    command: ['sleep', '3600']\n  \
+             imagePullSecrets:\n  - name: regcred\n"
         ),
     );
     let mut run = run_pod(&state, &manifest, &["--detach"]);
@@ -1160,6 +1250,20 @@ fn a_pod_pulls_its_image_from_the_mirror() {
         .env("REGISTRY_AUTH_FILE", conf_dir.join("no-auth.json"));
     let out = run_bounded(run, None, UNIPOD_TIMEOUT);
     assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("container late is waiting: ")
+            && output_text(&out).contains("Failed to pull image \"late-busybox:1\""),
+        "{}",
+        output_text(&out)
+    );
+    // The pod waits in back-off until the registry has the image, then
+    // runs without being told.
+    wait_for(&state, pod, "waiting for its late image", |s| {
+        s["status"]["containerStatuses"][2]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    shared
+        .registry
+        .push(&busybox_layout(), &format!("library/{late_image}"));
     wait_for(&state, pod, "Running", |s| {
         s["status"]["phase"] == "Running"
     });
@@ -1173,6 +1277,8 @@ fn a_pod_pulls_its_image_from_the_mirror() {
         "Pulling image \"busybox:1.28\"".to_string(),
         "Successfully pulled image \"busybox:1.28\"".to_string(),
         format!("Successfully pulled image \"{private_image}\""),
+        format!("Back-off pulling image \"{late_image}\""),
+        format!("Successfully pulled image \"{late_image}\""),
     ] {
         assert!(described.contains(&event), "{event}:\n{described}");
     }
@@ -1185,7 +1291,11 @@ fn a_pod_pulls_its_image_from_the_mirror() {
     let out = unipod(&state, "delete", &["pod", pod, "--grace-period=1"]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(!state.join("pods").join(pod).exists(), "deleted");
-    let _ = unipod(&state, "image", &["rm", "busybox:1.28", &private_image]);
+    let _ = unipod(
+        &state,
+        "image",
+        &["rm", "busybox:1.28", &private_image, late_image],
+    );
     let _ = unipod(&state, "delete", &["secret", "regcred"]);
     fs::remove_dir_all(&conf_dir).unwrap();
 }

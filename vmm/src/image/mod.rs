@@ -367,6 +367,25 @@ impl ImageError {
         }
     }
 
+    /// A pull was tried and failed: the kubelet's `ErrImagePull`, which a
+    /// later pull may fix (not a malformed reference or `Never` policy).
+    pub fn is_pull_failure(&self) -> bool {
+        matches!(
+            self,
+            ImageError::Pull { .. } | ImageError::Blocked { .. } | ImageError::NotPulled { .. }
+        )
+    }
+
+    /// What a failed pull says, without the advice on importing that
+    /// [`ImageError::NotPulled`] wraps it in: the kubelet's `ErrImagePull`
+    /// message.
+    pub fn pull_reason(&self) -> String {
+        match self {
+            ImageError::NotPulled { pull, .. } => pull.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
         let path = path.into();
         move |source| ImageError::Io {

@@ -3,15 +3,14 @@
 //! credentials, and each step is an event with the kubelet's words
 //! (`Pulling`, `Pulled`, `Failed`, `ErrImageNeverPull`).
 //!
-//! Pulls happen before the pod VM starts; a failed pull fails `unipod run`
-//! (exit 125) with the registry's reason, leaving nothing behind. Two
-//! departures from the kubelet, which keeps such a pod Pending in
-//! `ImagePullBackOff` and retries:
-//! - unipod does not retry;
-//! - with `Always`, an image that is present runs when no registry can be
-//!   reached at all (offline hosts, imported images; podman's
-//!   `--pull=newer`), after a `Failed` warning event. A registry that
-//!   answers with an error still fails the pod.
+//! Pulls happen before the pod VM starts. A failed pull fails a
+//! foreground `unipod run` (exit 125) with the registry's reason, leaving
+//! nothing behind; a detached pod waits and retries, as the kubelet's does
+//! ([`super::image_wait`]). One departure from the kubelet: with `Always`,
+//! an image that is present runs when no registry can be reached at all
+//! (offline hosts, imported images; podman's `--pull=newer`), after a
+//! `Failed` warning event. A registry that answers with an error still
+//! fails the pull.
 
 use std::path::Path;
 use std::time::Instant;

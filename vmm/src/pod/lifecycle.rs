@@ -237,6 +237,9 @@ enum State {
     /// Its configuration cannot be resolved yet (a ConfigMap or Secret is
     /// missing); tried again at `retry_at`, without counting a restart.
     ConfigError { message: String, retry_at: Instant },
+    /// Its image could not be pulled (`ErrImagePull`), or the next pull
+    /// waits for the back-off (`ImagePullBackOff`); `message` says why.
+    ImagePull { backoff: bool, message: String },
     Running {
         since: Instant,
         signalled: Option<i32>,
@@ -733,6 +736,51 @@ impl Lifecycle {
             self.event(now, "Warning", "Failed", format!("Error: {message}"));
         }
         self.changed = true;
+    }
+
+    /// The container's image could not be pulled (`message`: the
+    /// registry's reason): it waits with `ErrImagePull` until
+    /// [`Lifecycle::image_pull_backoff`].
+    pub fn image_pull_failed(&mut self, name: &str, message: &str, now: Instant) {
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        track.state = State::ImagePull {
+            backoff: false,
+            message: message.to_owned(),
+        };
+        self.event(now, "Warning", "Failed", "Error: ErrImagePull".into());
+        self.changed = true;
+    }
+
+    /// The container's next pull waits for the back-off: it waits with
+    /// `ImagePullBackOff`, with the kubelet's events.
+    pub fn image_pull_backoff(&mut self, name: &str, now: Instant) {
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        if !matches!(track.state, State::ImagePull { backoff: false, .. }) {
+            return;
+        }
+        let message = format!("Back-off pulling image \"{}\"", track.info.image);
+        track.state = State::ImagePull {
+            backoff: true,
+            message: message.clone(),
+        };
+        self.event(now, "Normal", "BackOff", message);
+        self.event(now, "Warning", "Failed", "Error: ImagePullBackOff".into());
+        self.changed = true;
+    }
+
+    /// The container's image is there now: it waits to be created.
+    pub fn image_present(&mut self, name: &str) {
+        let Some((track, _)) = self.track_mut(name) else {
+            return;
+        };
+        if matches!(track.state, State::ImagePull { .. }) {
+            track.state = State::Initial;
+            self.changed = true;
+        }
     }
 
     /// The agent refused to start the container (`message` says why).
@@ -1293,12 +1341,18 @@ impl Lifecycle {
             match &t.state {
                 State::Running { .. } if !t.is_up() && t.last.is_none() => waiting += 1,
                 State::Running { .. } => running += 1,
-                State::Initial | State::Starting | State::ConfigError { .. }
+                State::Initial
+                | State::Starting
+                | State::ConfigError { .. }
+                | State::ImagePull { .. }
                     if t.last.is_none() =>
                 {
                     waiting += 1
                 }
-                State::Initial | State::Starting | State::ConfigError { .. } => stopped += 1,
+                State::Initial
+                | State::Starting
+                | State::ConfigError { .. }
+                | State::ImagePull { .. } => stopped += 1,
                 State::Terminated {
                     t: term,
                     restart_at,
@@ -1444,6 +1498,17 @@ impl Lifecycle {
             ),
             State::ConfigError { message, .. } => (
                 waiting("CreateContainerConfigError", Some(message.clone())),
+                t.last.as_ref().map(|l| self.termination_state(l)),
+            ),
+            State::ImagePull { backoff, message } => (
+                waiting(
+                    if *backoff {
+                        "ImagePullBackOff"
+                    } else {
+                        "ErrImagePull"
+                    },
+                    Some(message.clone()),
+                ),
                 t.last.as_ref().map(|l| self.termination_state(l)),
             ),
             // The kubelet shows no Running container before its postStart.
@@ -1876,6 +1941,47 @@ mod tests {
         l.started("a", t2);
         let c = state(&mut l, "a", t2);
         assert_eq!((reason(&c).as_str(), c.restart_count), ("Running", 0));
+    }
+
+    #[test]
+    fn a_failed_pull_shows_err_image_pull_then_back_off_until_the_image_is_there() {
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a", "b"]);
+        l.image_pull_failed("b", "cannot pull busybox:9: not found", t0);
+        let c = state(&mut l, "b", t0);
+        assert_eq!(reason(&c), "ErrImagePull");
+        let ContainerState::Waiting { message, .. } = &c.state else {
+            unreachable!("waiting")
+        };
+        assert_eq!(message.as_deref(), Some("cannot pull busybox:9: not found"));
+        assert_eq!(reason(&state(&mut l, "a", t0)), "ContainerCreating");
+        assert_eq!(l.phase(), PodPhase::Pending);
+        l.image_pull_backoff("b", t0 + S);
+        let c = state(&mut l, "b", t0 + S);
+        assert_eq!(reason(&c), "ImagePullBackOff");
+        let ContainerState::Waiting { message, .. } = &c.state else {
+            unreachable!("waiting")
+        };
+        assert_eq!(
+            message.as_deref(),
+            Some("Back-off pulling image \"busybox:latest\"")
+        );
+        l.image_pull_backoff("b", t0 + 2 * S);
+        let said: Vec<(&str, &str)> = (l.events().iter())
+            .map(|e| (e.reason.as_str(), e.message.as_str()))
+            .filter(|(r, _)| *r == "Failed" || *r == "BackOff")
+            .collect();
+        assert_eq!(
+            said,
+            vec![
+                ("Failed", "Error: ErrImagePull"),
+                ("BackOff", "Back-off pulling image \"busybox:latest\""),
+                ("Failed", "Error: ImagePullBackOff"),
+            ],
+            "one back-off per failure"
+        );
+        l.image_present("b");
+        assert_eq!(reason(&state(&mut l, "b", t0 + 3 * S)), "ContainerCreating");
+        assert_eq!(c.restart_count, 0);
     }
 
     #[test]

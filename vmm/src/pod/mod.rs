@@ -16,6 +16,7 @@ pub mod config_sources;
 pub mod container_log;
 pub mod control;
 pub mod dry_run;
+pub mod image_wait;
 pub mod images;
 pub mod kubectl;
 pub mod lifecycle;

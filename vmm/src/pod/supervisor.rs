@@ -8,7 +8,10 @@
 //! (`prepare`): the manifest, the name (not taken), every image (resolved
 //! in the image store), the commands (image config merged), the guest
 //! artifacts. Only then is the pod directory made, so a refused pod leaves
-//! no directory, VM, tap or lease.
+//! no directory, VM, tap or lease. The one exception is a detached pod
+//! whose image could not be pulled: it is made, Pending, and its
+//! supervisor retries the pull before it prepares the pod
+//! ([`super::image_wait`]).
 //!
 //! The supervisor (`Supervisor`) owns the agent connection and drives
 //! [`Lifecycle`]: it starts the containers the lifecycle says are due,
@@ -63,7 +66,6 @@ use crate::pod::container_log;
 use crate::pod::control::{
     self, ClientLine, ControlReply, ControlRequest, ExecRequest, CONTROL_SOCKET,
 };
-use crate::pod::images;
 use crate::pod::lifecycle::{
     parse_stop_signal, Action, ContainerInfo, HookInfo, HookRun, Lifecycle, LifecycleConfig,
     ProbeInfo,
@@ -80,6 +82,7 @@ use crate::pod::status::{
 };
 use crate::pod::vm_inputs::{GuestInputs, NetBackend, MAX_IMAGES_PER_POD};
 use crate::pod::vmm_process;
+use crate::pod::{image_wait, images};
 
 pub use crate::exit_code::EXIT_POD_FAILED;
 
@@ -112,6 +115,8 @@ pub enum PodRunError {
         manifest: PathBuf,
         /// `spec.containers[1].image`.
         field: String,
+        /// The container.
+        container: String,
         /// The reference.
         image: String,
         /// Why.
@@ -202,12 +207,17 @@ pub(crate) struct ContainerBuild {
     pub(crate) disk: usize,
 }
 
-/// Checks everything that can be checked without side effects.
-pub(crate) fn prepare(
-    args: &RunOptions,
-    files: &[PathBuf],
-    adopt: bool,
-) -> Result<(Prepared, Vec<Warning>), PodRunError> {
+/// What the manifest files hold: the one Pod, the file it is in, the
+/// ConfigMaps and Secrets, and the warnings about them all.
+pub(crate) struct Loaded {
+    pub(crate) path: PathBuf,
+    pub(crate) manifest: PodManifest,
+    pub(crate) objects: Vec<ConfigObject>,
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// Reads the manifest files.
+pub(crate) fn load(files: &[PathBuf]) -> Result<Loaded, PodRunError> {
     let mut pods = Vec::new();
     let mut objects = Vec::new();
     let mut warnings = Vec::new();
@@ -224,8 +234,32 @@ pub(crate) fn prepare(
         1 => pods.remove(0),
         n => return Err(PodRunError::PodCount(n)),
     };
-    let path = path.as_path();
     warnings.extend(pod_warnings);
+    Ok(Loaded {
+        path,
+        manifest,
+        objects,
+        warnings,
+    })
+}
+
+/// Checks everything that can be checked without side effects. Images are
+/// pulled as their policy says (`adopt`: only looked up, for the
+/// supervisor of a pod whose run got them); what that did goes to
+/// `pull_events`, also when it fails.
+pub(crate) fn prepare(
+    args: &RunOptions,
+    files: &[PathBuf],
+    adopt: bool,
+    pull_events: &mut Vec<images::PullEvent>,
+) -> Result<(Prepared, Vec<Warning>), PodRunError> {
+    let Loaded {
+        path,
+        manifest,
+        objects,
+        mut warnings,
+    } = load(files)?;
+    let path = path.as_path();
     let state = state_root(args.state_dir.as_deref());
     let dir = state.join("pods").join(&manifest.name);
     if !adopt && dir.exists() {
@@ -234,11 +268,10 @@ pub(crate) fn prepare(
     let store = ImageStore::open(&state);
     let catalog = Catalog::new(Some(ObjectStore::open(&state))).with(&objects);
     // The supervisor a detached run starts adopts images the run got.
-    let mut pull_events = Vec::new();
     let credentials = if adopt {
         Vec::new()
     } else {
-        images::pull_credentials(&manifest.image_pull_secrets, &catalog, &mut pull_events)
+        images::pull_credentials(&manifest.image_pull_secrets, &catalog, pull_events)
     };
     let mut resolved: Vec<(String, String, StoredImage)> = Vec::new();
     let all = manifest
@@ -257,11 +290,12 @@ pub(crate) fn prepare(
         let image = if adopt {
             store.resolve(&c.image)
         } else {
-            images::ensure(&store, c, &credentials, &mut pull_events)
+            images::ensure(&store, c, &credentials, pull_events)
         };
         let image = image.map_err(|source| PodRunError::Image {
             manifest: path.to_path_buf(),
             field: format!("spec.{list}[{i}].image"),
+            container: c.name.clone(),
             image: c.image.clone(),
             source: Box::new(source),
         })?;
@@ -306,23 +340,8 @@ pub(crate) fn prepare(
                 libc::SIGTERM
             }),
         };
-        let info = ContainerInfo {
-            name: c.name.clone(),
-            image: reference.clone(),
-            image_id: image.digest.clone(),
-            stop_signal,
-            probes: ProbeInfo {
-                readiness: c.probes.probes.readiness.is_some(),
-                startup: c.probes.probes.startup.is_some(),
-                liveness_grace: c.probes.liveness_grace,
-                startup_grace: c.probes.startup_grace,
-            },
-            hooks: HookInfo {
-                post_start: c.hooks.post_start.as_ref().map(hook_run),
-                pre_stop: c.hooks.pre_stop.as_ref().map(hook_run),
-            },
-            sidecar: c.sidecar,
-        };
+        let info = container_info(c, &image.digest, stop_signal);
+        debug_assert_eq!(&info.image, reference);
         entries.push((info, run));
     }
     let app = entries.split_off(manifest.init_containers.len());
@@ -350,7 +369,7 @@ pub(crate) fn prepare(
     Ok((
         Prepared {
             catalog: Catalog::new(Some(ObjectStore::open(&state))),
-            pull_events,
+            pull_events: std::mem::take(pull_events),
             manifest,
             origin: Origin::Manifest(path.to_path_buf()),
             state,
@@ -368,6 +387,32 @@ pub(crate) fn prepare(
     ))
 }
 
+/// What the lifecycle knows of manifest container `c`, whose image has
+/// digest `image_id` and stops with `stop_signal`.
+pub(crate) fn container_info(
+    c: &manifest::ContainerSpec,
+    image_id: &str,
+    stop_signal: i32,
+) -> ContainerInfo {
+    ContainerInfo {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: image_id.to_owned(),
+        stop_signal,
+        probes: ProbeInfo {
+            readiness: c.probes.probes.readiness.is_some(),
+            startup: c.probes.probes.startup.is_some(),
+            liveness_grace: c.probes.liveness_grace,
+            startup_grace: c.probes.startup_grace,
+        },
+        hooks: HookInfo {
+            post_start: c.hooks.post_start.as_ref().map(hook_run),
+            pre_stop: c.hooks.pre_stop.as_ref().map(hook_run),
+        },
+        sidecar: c.sidecar,
+    }
+}
+
 /// Runs `unipod run MANIFEST`; returns the exit code.
 ///
 /// `supervisor`: be the background supervisor of a pod whose directory
@@ -379,32 +424,77 @@ pub fn run_manifest(
     supervisor: bool,
     detach: bool,
 ) -> Result<i32, PodRunError> {
-    let (prepared, warnings) = prepare(args, files, supervisor)?;
+    install_signal_handlers();
+    if supervisor {
+        // A detached run that could not pull an image left it to us.
+        if let Some(code) = image_wait::await_images(args, files)? {
+            return Ok(code);
+        }
+    }
+    let mut pull_events = Vec::new();
+    let (prepared, warnings) = match prepare(args, files, supervisor, &mut pull_events) {
+        // Detached, the pod waits for the image as the kubelet's would.
+        Err(PodRunError::Image {
+            container, source, ..
+        }) if detach && !supervisor && source.is_pull_failure() => {
+            let loaded = load(files)?;
+            let state = state_root(args.state_dir.as_deref());
+            admit(&loaded, &state)?;
+            let record = image_wait::waiting_record(
+                &loaded.manifest,
+                &loaded.path,
+                args,
+                &pull_events,
+                &container,
+                &source.pull_reason(),
+            );
+            let dir = state.join("pods").join(&loaded.manifest.name);
+            create_pod_dir(&dir, &loaded.manifest.name, &loaded.path, &record)?;
+            return run_detached(&dir, &loaded.manifest.name);
+        }
+        other => other?,
+    };
     let Origin::Manifest(path) = &prepared.origin else {
         unreachable!("prepare makes manifest pods");
     };
     let path = path.clone();
-    if !supervisor {
-        for w in &warnings {
-            eprintln!("unipod: warning: {}: {w}", path.display());
-        }
-        // As 'kubectl apply -f' would, before the pod that uses them.
-        let store = ObjectStore::open(&prepared.state);
-        for object in &prepared.objects {
-            let applied = store.apply(object).map_err(PodRunError::Object)?;
-            eprintln!("unipod: {}/{} {applied}", object.kind.lower(), object.name);
-        }
-    }
-    install_signal_handlers();
     let dir = PodDir::adopt(prepared.dir.clone());
     if supervisor {
         return Ok(Supervisor::run(&prepared, args, &dir, false));
     }
-    create_pod_dir(&prepared, &path)?;
+    admit(
+        &Loaded {
+            path: path.clone(),
+            manifest: prepared.manifest.clone(),
+            objects: prepared.objects.clone(),
+            warnings,
+        },
+        &prepared.state,
+    )?;
+    create_pod_dir(
+        &prepared.dir,
+        &prepared.manifest.name,
+        &path,
+        &initial_record(&prepared),
+    )?;
     if detach {
-        return run_detached(&prepared);
+        return run_detached(&prepared.dir, &prepared.manifest.name);
     }
     Ok(Supervisor::run(&prepared, args, &dir, true))
+}
+
+/// Shows the warnings and applies the ConfigMaps and Secrets, as
+/// 'kubectl apply -f' would, before the pod that uses them.
+fn admit(loaded: &Loaded, state: &Path) -> Result<(), PodRunError> {
+    for w in &loaded.warnings {
+        eprintln!("unipod: warning: {}: {w}", loaded.path.display());
+    }
+    let store = ObjectStore::open(state);
+    for object in &loaded.objects {
+        let applied = store.apply(object).map_err(PodRunError::Object)?;
+        eprintln!("unipod: {}/{} {applied}", object.kind.lower(), object.name);
+    }
+    Ok(())
 }
 
 /// Runs a command pod (see [`super::run`]) in the foreground; returns the
@@ -416,54 +506,70 @@ pub(crate) fn run_command(p: &Prepared, args: &RunOptions) -> Result<i32, RunErr
     Ok(Supervisor::run(p, args, &dir, true))
 }
 
-/// Claims the name and writes the pod's first status.
-fn create_pod_dir(p: &Prepared, manifest: &Path) -> Result<(), PodRunError> {
-    let pods = p.dir.parent().expect("pods/NAME has a parent");
+/// Claims the name `name` with directory `dir` and writes the pod's
+/// manifest and first `record`.
+fn create_pod_dir(
+    dir: &Path,
+    name: &str,
+    manifest: &Path,
+    record: &PodRecord,
+) -> Result<(), PodRunError> {
+    let pods = dir.parent().expect("pods/NAME has a parent");
     std::fs::create_dir_all(pods).map_err(FileError::at("create", pods))?;
-    match std::fs::create_dir(&p.dir) {
+    match std::fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(PodRunError::Exists(p.manifest.name.clone()))
+            return Err(PodRunError::Exists(name.to_owned()))
         }
-        Err(e) => return Err(FileError::at("create", &p.dir)(e).into()),
+        Err(e) => return Err(FileError::at("create", dir)(e).into()),
     }
     let result = (|| {
-        let copy = p.dir.join("pod.yaml");
+        let copy = dir.join("pod.yaml");
         std::fs::copy(manifest, &copy).map_err(FileError::at("write", &copy))?;
-        let record = initial_record(p);
-        record.write(&p.dir).map_err(|e| {
-            FileError::at("write", p.dir.join("status.json"))(std::io::Error::other(e)).into()
+        record.write(dir).map_err(|e| {
+            FileError::at("write", dir.join("status.json"))(std::io::Error::other(e)).into()
         })
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&p.dir);
+        let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
 
 fn initial_record(p: &Prepared) -> PodRecord {
+    let manifest = match &p.origin {
+        Origin::Manifest(path) => Some(path.as_path()),
+        Origin::Command { .. } => None,
+    };
+    new_record(&p.manifest, manifest, &mut lifecycle_for(p, Instant::now()))
+}
+
+/// The first record of pod `pod` from manifest file `manifest`, with the
+/// status and events of `life`.
+pub(crate) fn new_record(
+    pod: &PodManifest,
+    manifest: Option<&Path>,
+    life: &mut Lifecycle,
+) -> PodRecord {
     let mut uid = [0u8; 16];
     if let Ok(mut f) = File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut uid);
     }
-    let manifest = match &p.origin {
-        Origin::Manifest(path) => std::fs::canonicalize(path).unwrap_or(path.clone()),
-        Origin::Command { .. } => PathBuf::new(),
-    };
-    let mut life = lifecycle_for(p, Instant::now());
     PodRecord {
         version: STATUS_VERSION,
-        name: p.manifest.name.clone(),
+        name: pod.name.clone(),
         uid: uuid_v4(uid),
         creation_timestamp: format_time(unix_now()),
-        manifest,
+        manifest: manifest
+            .map(|path| std::fs::canonicalize(path).unwrap_or(path.to_path_buf()))
+            .unwrap_or_default(),
         supervisor: None,
         vmm: None,
         network: None,
         status: life.status(Instant::now()),
         events: life.events().to_vec(),
         startup: StartupTimeline::default(),
-        sidecars: (p.manifest.init_containers.iter())
+        sidecars: (pod.init_containers.iter())
             .filter(|c| c.sidecar)
             .map(|c| c.name.clone())
             .collect(),
@@ -471,12 +577,7 @@ fn initial_record(p: &Prepared) -> PodRecord {
 }
 
 fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
-    let cfg = LifecycleConfig::new(
-        p.manifest.restart_policy,
-        p.manifest.termination_grace_period,
-        p.unknown_after,
-        p.give_up_after,
-    );
+    let cfg = lifecycle_config(&p.manifest, p.unknown_after, p.give_up_after);
     let mut life = Lifecycle::new(
         &p.manifest.name,
         cfg,
@@ -494,13 +595,28 @@ fn lifecycle_for(p: &Prepared, now: Instant) -> Lifecycle {
     }
 }
 
-/// `--detach`: starts the supervisor in its own session and waits until
-/// the pod runs (or fails).
-fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
-    let log_path = p.dir.join("supervisor.log");
+/// How pod `pod` behaves.
+pub(crate) fn lifecycle_config(
+    pod: &PodManifest,
+    unknown_after: Duration,
+    give_up_after: Duration,
+) -> LifecycleConfig {
+    LifecycleConfig::new(
+        pod.restart_policy,
+        pod.termination_grace_period,
+        unknown_after,
+        give_up_after,
+    )
+}
+
+/// `--detach`: starts the supervisor of pod `name` (directory `dir`) in its
+/// own session and waits until the pod runs (or fails, or waits for the
+/// user).
+fn run_detached(dir: &Path, name: &str) -> Result<i32, PodRunError> {
+    let log_path = dir.join("supervisor.log");
     let fail = |reason: String| {
         Err(PodRunError::Detached {
-            name: p.manifest.name.clone(),
+            name: name.to_owned(),
             reason,
             log: log_path.clone(),
         })
@@ -540,17 +656,17 @@ fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&p.dir);
+            let _ = std::fs::remove_dir_all(dir);
             return fail(format!("cannot start the supervisor: {e}"));
         }
     };
     loop {
         std::thread::sleep(TICK);
-        let record = PodRecord::read(&p.dir).ok();
+        let record = PodRecord::read(dir).ok();
         match record.as_ref().map(|r| r.status.phase) {
             Some(PodPhase::Running | PodPhase::Succeeded) => {
                 // The pod runs either way; a closed stdout is no failure.
-                let _ = writeln!(std::io::stdout(), "{}", p.manifest.name);
+                let _ = writeln!(std::io::stdout(), "{name}");
                 return Ok(0);
             }
             Some(PodPhase::Failed) => {
@@ -559,15 +675,31 @@ fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
             }
             _ => {}
         }
-        // A container waiting for a ConfigMap or Secret waits for the user:
-        // say so and return, as kubectl does, instead of waiting with it.
-        if let Some((name, message)) = record.as_ref().and_then(config_error) {
+        // A container waiting for a ConfigMap, a Secret or an image waits
+        // for the user or the registry: say so and return, as kubectl
+        // does, instead of waiting with it.
+        if let Some((container, reason, message)) = record.as_ref().and_then(waiting_on_user) {
+            let (why, fix) = if reason == "CreateContainerConfigError" {
+                (
+                    message,
+                    "it starts once that is fixed (unipod apply -f ...)".into(),
+                )
+            } else {
+                // The back-off's message does not say why the pull failed.
+                let failure = record.as_ref().and_then(|r| {
+                    (r.events.iter().rev())
+                        .find(|e| e.message.starts_with("Failed to pull image"))
+                        .map(|e| e.message.clone())
+                });
+                (
+                    failure.unwrap_or(message),
+                    format!("the pull is retried with back-off (see 'unipod describe pod {name}')"),
+                )
+            };
             eprintln!(
-                "unipod: pod {}: container {name} is waiting: CreateContainerConfigError: {message}; \
-                 it starts once that is fixed (unipod apply -f ...)",
-                p.manifest.name
+                "unipod: pod {name}: container {container} is waiting: {reason}: {why}; {fix}"
             );
-            let _ = writeln!(std::io::stdout(), "{}", p.manifest.name);
+            let _ = writeln!(std::io::stdout(), "{name}");
             return Ok(0);
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -576,16 +708,17 @@ fn run_detached(p: &Prepared) -> Result<i32, PodRunError> {
         }
         if SIGNALS.load(Ordering::SeqCst) > 0 {
             eprintln!(
-                "unipod: pod {} keeps starting in the background; 'unipod stop {}' stops it",
-                p.manifest.name, p.manifest.name
+                "unipod: pod {name} keeps starting in the background; 'unipod stop {name}' stops it"
             );
             return Ok(EXIT_INTERRUPTED);
         }
     }
 }
 
-/// The first container waiting with `CreateContainerConfigError`, and why.
-fn config_error(record: &PodRecord) -> Option<(String, String)> {
+/// The first container waiting on something only the user or a registry
+/// can fix (`CreateContainerConfigError`, `ErrImagePull`,
+/// `ImagePullBackOff`): its name, the reason and the message.
+fn waiting_on_user(record: &PodRecord) -> Option<(String, String, String)> {
     let status = &record.status;
     status
         .init_container_statuses
@@ -593,9 +726,16 @@ fn config_error(record: &PodRecord) -> Option<(String, String)> {
         .chain(&status.container_statuses)
         .find_map(|c| match &c.state {
             crate::pod::status::ContainerState::Waiting { reason, message }
-                if reason == "CreateContainerConfigError" =>
+                if matches!(
+                    reason.as_str(),
+                    "CreateContainerConfigError" | "ErrImagePull" | "ImagePullBackOff"
+                ) =>
             {
-                Some((c.name.clone(), message.clone().unwrap_or_default()))
+                Some((
+                    c.name.clone(),
+                    reason.clone(),
+                    message.clone().unwrap_or_default(),
+                ))
             }
             _ => None,
         })
@@ -658,7 +798,7 @@ fn command_reason(status: &PodStatus, main: &str) -> Option<String> {
 }
 
 /// What the loop waits on.
-enum Msg {
+pub(crate) enum Msg {
     /// From the agent of sandbox number `.0` (see [`Supervisor::sandbox`]).
     Agent(u32, Result<AgentMessage, ProtocolError>),
     Control(ControlRequest, UnixStream),
@@ -1096,32 +1236,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn listen(&self) -> Option<UnixListener> {
-        let path = self.p.dir.join(CONTROL_SOCKET);
-        let _ = std::fs::remove_file(&path);
-        let listener = match UnixListener::bind(&path) {
-            Ok(l) => l,
-            Err(e) => {
-                log::warn!(
-                    "cannot listen on {}: {e}; exec and stop will not work",
-                    path.display()
-                );
-                return None;
-            }
-        };
-        let accept = listener.try_clone().ok()?;
-        let tx = self.tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                for stream in accept.incoming() {
-                    let Ok(stream) = stream else { continue };
-                    let tx = tx.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("control-conn".into())
-                        .spawn(move || read_request(stream, &tx));
-                }
-            });
-        Some(listener)
+        listen(&self.p.dir, self.tx.clone())
     }
 
     fn send_raw(&mut self, link: &mut AgentLink, request: Request) -> Option<u64> {
@@ -1696,6 +1811,37 @@ impl<'a> Supervisor<'a> {
         }
         self.unsaved = result.is_err();
     }
+}
+
+/// Serves `control.sock` in pod directory `dir`: each client's request goes
+/// to `tx` as a [`Msg::Control`]. `None` when it cannot (exec and stop then
+/// do not work).
+pub(crate) fn listen(dir: &Path, tx: Sender<Msg>) -> Option<UnixListener> {
+    let path = dir.join(CONTROL_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!(
+                "cannot listen on {}: {e}; exec and stop will not work",
+                path.display()
+            );
+            return None;
+        }
+    };
+    let accept = listener.try_clone().ok()?;
+    let _ = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in accept.incoming() {
+                let Ok(stream) = stream else { continue };
+                let tx = tx.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || read_request(stream, &tx));
+            }
+        });
+    Some(listener)
 }
 
 /// Reads a control client's first line and hands the connection over.
