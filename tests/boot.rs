@@ -2,6 +2,9 @@
 //!
 //! The cold boots here are the suite's slowest steps (about a minute each on
 //! nested PVM hosts), so there are only two, and they run in parallel.
+//! Two vCPUs are tested by tests/cpu_state.rs: its pod has two, and its
+//! warm-start template cold-boots both whenever that snapshot is made (the
+//! first run, and after the kernel or initramfs changes).
 
 mod common;
 
@@ -278,39 +281,6 @@ fn invalid_sizes_are_rejected_naming_the_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--vcpus 0"));
     let out = unipod(&["boot", "--kernel", "/dev/null", "--mem-mib", "1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mem-mib 1"));
-}
-
-/// A guest with two vCPUs brings both up and reaches userspace. On nested
-/// PVM hosts this needs the CPUID template to hide KVM's hypercall-based
-/// paravirtual features (docs/NESTED-KVM.md, "SMP"); before that the
-/// secondary vCPU spun forever on a `vmcall`.
-#[test]
-fn two_vcpus_boot_to_userspace() {
-    if skip_without_kvm("two_vcpus_boot_to_userspace") {
-        return;
-    }
-    let kernel = guest_artifact("vmlinux");
-    let initrd = guest_artifact("boot-test.cpio");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("console.log");
-    let out = unipod(&[
-        "boot",
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
-        "--initrd",
-        initrd.to_str().expect("utf-8 path"),
-        "--vcpus",
-        "2",
-        "--cmdline",
-        "loglevel=7",
-        "--console-log",
-        log.to_str().expect("utf-8 path"),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{console}");
-    assert!(console.contains("Brought up 1 node, 2 CPUs"), "{console}");
-    assert!(console.contains("UNIPOD_GUEST_MARKER"), "{console}");
 }
 
 /// `unipod boot` of the boot-test guest with `env` set, stderr piped.

@@ -10,6 +10,16 @@
 //! `regs` holds a per-process pattern in every vector register across
 //! blocking syscalls, `memchr` checks library code that picks AVX2 at run
 //! time.
+//!
+//! The pod has two vCPUs (its containers' CPU limits, one core each), so
+//! the loops run in parallel and tasks move between vCPUs: the VMM's
+//! extended-state save (vmm/src/arch/x86_64/xstate.rs, the kernel's
+//! `vmm_xstate`) is served by both vCPU threads, and a task's state saved
+//! on one vCPU must come back on the other. Each container reports the
+//! CPUs it sees, which checks that both started. This is also the suite's
+//! test of SMP start-up: the pod's warm-start snapshot is made by a
+//! template VM that cold-boots with two vCPUs (the first run, and after the
+//! kernel or initramfs changes), and restored.
 
 mod common;
 
@@ -20,12 +30,16 @@ use common::{shared_state_dir, skip_without_kvm};
 
 /// Several copies at once in each container, so the guest switches
 /// between them with their registers loaded.
-const SCRIPT: &str = r#"vecstress probe
+const SCRIPT: &str = r#"echo "cpus $(grep -c ^processor /proc/cpuinfo)"
+vecstress probe
 pids=""
 for i in 1 2 3; do vecstress regs 3000 & pids="$pids $!"; done
 vecstress memchr 1500 & pids="$pids $!"
 for p in $pids; do wait $p; echo "vecstress exit $?"; done
 "#;
+
+/// vCPUs of the pod's VM: each container's CPU limit is one core.
+const VCPUS: usize = 2;
 
 /// How long the pod may take: six register loops of 3,000 syscalls each
 /// and two library loops, on a guest whose kernel may be emulated.
@@ -56,12 +70,26 @@ spec:
   containers:
     - name: a
       image: busybox:latest
+      resources:
+        requests:
+          memory: "64Mi"
+          cpu: "500m"
+        limits:
+          memory: "96Mi"
+          cpu: "1"
       command: ["sh", "-c"]
       args:
       - |
         {script}
     - name: b
       image: busybox:latest
+      resources:
+        requests:
+          memory: "64Mi"
+          cpu: "500m"
+        limits:
+          memory: "96Mi"
+          cpu: "1"
       command: ["sh", "-c"]
       args:
       - |
@@ -109,13 +137,29 @@ spec:
     }
 
     let mut logs = String::new();
+    let mut cpus = Vec::new();
     for container in ["a", "b"] {
         let (stdout, stderr) = text(&unipod(&state, "logs", &[pod, "-c", container]));
+        let seen: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("cpus "))
+            .map(str::to_owned)
+            .collect();
+        cpus.push((container, seen));
         logs.push_str(&stdout);
         logs.push_str(&stderr);
     }
     eprintln!("--- logs ({execs} execs beside the loops) ---\n{logs}");
     remove(&state, pod);
+    for (container, seen) in cpus {
+        assert_eq!(
+            seen,
+            [VCPUS.to_string()],
+            "container {container} sees the pod's {VCPUS} vCPUs (a host with fewer \
+             cores gives fewer: {:?})",
+            std::thread::available_parallelism()
+        );
+    }
     check_outcome(&logs);
 }
 

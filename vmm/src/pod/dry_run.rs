@@ -102,12 +102,21 @@ fn check_pod(
             pod.name, pod.name
         ));
     }
-    let size = pod.vm_size();
+    let size = pod.host_vm_size();
     if let Err(e) = guest_inputs(args.kernel.as_deref(), args.initrd.as_deref(), size.mem_mib) {
         problems.push(error_chain(&e, ": "));
     }
+    let asked = pod.vm_size().vcpus;
+    let capped = if asked > size.vcpus {
+        format!(
+            " (capped from {asked} at this host's available cores: {})",
+            manifest::host_cores()
+        )
+    } else {
+        String::new()
+    };
     plan.push(format!(
-        "pod {}: a VM of {} vCPU and {} MiB",
+        "pod {}: a VM of {} vCPU{capped} and {} MiB",
         pod.name, size.vcpus, size.mem_mib
     ));
     let images = ImageStore::open(state);

@@ -5,7 +5,8 @@
 //! `---`) into its Pods, each a [`PodManifest`] plus the [`Warning`]s about
 //! fields it ignored, and its ConfigMaps and Secrets; [`load_documents`]
 //! does the same for a file, and [`parse`] for the text of one Pod.
-//! [`PodManifest::vm_size`] sizes the microVM that runs the pod.
+//! [`PodManifest::vm_size`] sizes the microVM that runs the pod, and
+//! [`PodManifest::host_vm_size`] fits that size to this host's cores.
 //!
 //! # Design
 //! The text is parsed with `serde_norway`, the maintained fork of `serde_yaml`
@@ -562,6 +563,26 @@ pub struct VmSize {
     pub mem_mib: u32,
 }
 
+impl VmSize {
+    /// This size on a host whose VMs can use `host_cores` cores: at most
+    /// that many vCPUs, and at least 1. More vCPUs than cores would only
+    /// take turns on them, as a pod never gets more CPU than its node has.
+    pub fn capped_to_host(self, host_cores: usize) -> VmSize {
+        let cap = u8::try_from(host_cores).unwrap_or(u8::MAX).max(1);
+        VmSize {
+            vcpus: self.vcpus.min(cap),
+            ..self
+        }
+    }
+}
+
+/// The cores this process can use: [`std::thread::available_parallelism`],
+/// which counts its CPU affinity mask and cgroup CPU quota. When that cannot
+/// be told, [`MAX_VCPUS`], which caps nothing.
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(usize::from(MAX_VCPUS), usize::from)
+}
+
 impl PodManifest {
     /// Sizes the pod's VM from its containers' resources.
     ///
@@ -576,7 +597,8 @@ impl PodManifest {
     /// - Memory: that amount rounded up to MiB plus [`GUEST_OVERHEAD_MIB`], or
     ///   [`NO_LIMIT_MEM_MIB`] in all.
     /// - vCPUs: the CPU rounded up to whole cores (1500m is 2), at least 1 and
-    ///   at most [`MAX_VCPUS`], or [`DEFAULT_VCPUS`].
+    ///   at most [`MAX_VCPUS`], or [`DEFAULT_VCPUS`]; the host's cores cap it
+    ///   further in [`PodManifest::host_vm_size`].
     pub fn vm_size(&self) -> VmSize {
         let cpu = self.pod_amount(|l| l.cpu_millis);
         let memory = self.pod_amount(|l| l.memory_bytes);
@@ -594,6 +616,13 @@ impl PodManifest {
                 .saturating_add(GUEST_OVERHEAD_MIB),
         };
         VmSize { vcpus, mem_mib }
+    }
+
+    /// [`PodManifest::vm_size`] on this host: no more vCPUs than its cores
+    /// ([`host_cores`], [`VmSize::capped_to_host`]). This is the VM a pod
+    /// runs in.
+    pub fn host_vm_size(&self) -> VmSize {
+        self.vm_size().capped_to_host(host_cores())
     }
 
     /// The pod's need for one resource, picked from a [`ResourceList`]:

@@ -345,7 +345,7 @@ pub(crate) fn prepare(
         entries.push((info, run));
     }
     let app = entries.split_off(manifest.init_containers.len());
-    let size = manifest.vm_size();
+    let size = manifest.host_vm_size();
     let inputs = GuestInputs {
         vcpus: size.vcpus,
         images: image_files,

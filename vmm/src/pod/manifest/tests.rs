@@ -1514,6 +1514,21 @@ fn vm_size_rounds_cpu_up_to_whole_vcpus() {
 }
 
 #[test]
+fn vm_size_is_capped_by_the_host_cores() {
+    let two = sized(&[(Some(2000), Some(64 * MI))], &[]);
+    assert_eq!(two.vcpus, 2);
+    assert_eq!(two.capped_to_host(1), VmSize { vcpus: 1, ..two });
+    assert_eq!(two.capped_to_host(2), two);
+    assert_eq!(two.capped_to_host(64), two);
+    // A host that reports no cores still gets one vCPU.
+    assert_eq!(two.capped_to_host(0).vcpus, 1);
+    // More cores than a u8 counts cap nothing.
+    assert_eq!(two.capped_to_host(1000).vcpus, 2);
+    let one = sized(&[(Some(1000), None)], &[]);
+    assert_eq!(one.capped_to_host(8), one);
+}
+
+#[test]
 fn vm_size_rounds_memory_up_to_mib_and_uses_requests_without_limits() {
     // Memory but no CPU anywhere: the CPU default, the memory from the limit.
     assert_eq!(
