@@ -8,9 +8,9 @@
 //! In the foreground a failed pull fails `unipod run` at once (exit 125),
 //! as podman's does, so that a mistyped image does not hold a terminal.
 //!
-//! The detached run records the failure ([`waiting_record`]); the
+//! The detached run records the failure (`waiting_record`); the
 //! supervisor it starts sees the waiting container in the record and
-//! pulls from there on ([`await_images`]) before it prepares the pod.
+//! pulls from there on (`await_images`) before it prepares the pod.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
