@@ -974,6 +974,35 @@ impl Lifecycle {
         self.changed = true;
     }
 
+    /// A VM could not be started (`message` says why). The first one fails
+    /// the pod (a broken kernel or snapshot shows at once); one that
+    /// replaces a lost VM is tried again after the sandbox back-off, as the
+    /// kubelet retries a sandbox it fails to create.
+    pub fn sandbox_start_failed(&mut self, message: String, now: Instant) {
+        if self.over.is_some() {
+            return;
+        }
+        // No VM was lost yet: this is the pod's first.
+        if self.sandbox_crashes == 0 || self.stopping.is_some() {
+            self.vm_failed("VMStartFailed", message, now);
+            return;
+        }
+        self.event(
+            now,
+            "Warning",
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {message}"),
+        );
+        self.sandbox_crashes += 1;
+        let wait = backoff(
+            self.sandbox_crashes,
+            self.cfg.backoff_base,
+            self.cfg.backoff_cap,
+        );
+        self.new_sandbox = Some(now + wait);
+        self.changed = true;
+    }
+
     /// When the new sandbox [`Lifecycle::sandbox_lost`] asked for may
     /// start, once; `None` when none was asked for since the last call.
     pub fn take_new_sandbox(&mut self) -> Option<Instant> {
@@ -2330,6 +2359,38 @@ mod tests {
         }
         assert_eq!(l.restart_count("a"), 2);
         assert_eq!(events_of(&l, "BackOff").len(), 1);
+    }
+
+    #[test]
+    fn a_replacement_vm_that_fails_to_start_is_tried_again_after_the_back_off() {
+        let (mut first, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        first.sandbox_start_failed("no snapshot".into(), t0);
+        assert_eq!(
+            first.phase(),
+            PodPhase::Failed,
+            "the first VM fails the pod"
+        );
+        assert_eq!(first.failure().map(|f| f.0.as_str()), Some("VMStartFailed"));
+
+        let (mut l, t0) = pod(RestartPolicy::Always, &[], &["a"]);
+        l.vm_started(t0);
+        l.agent_ready(t0);
+        l.due(t0);
+        l.started("a", t0);
+        l.sandbox_lost("VMMExited", "gone".into(), false, t0 + S);
+        assert!(l.take_new_sandbox().is_some());
+        for (i, t) in [t0 + 2 * S, t0 + 3 * S].into_iter().enumerate() {
+            l.sandbox_start_failed("cannot restore".into(), t);
+            let due = l.take_new_sandbox().expect("another try");
+            assert_eq!(due - t, [10 * S, 20 * S][i], "the VM back-off doubles");
+            assert_ne!(l.phase(), PodPhase::Failed);
+        }
+        let failed = events_of(&l, "FailedCreatePodSandBox");
+        assert_eq!(failed.len(), 2);
+        assert_eq!(failed[0], "Failed to create pod sandbox: cannot restore");
+        l.stop(t0 + 4 * S);
+        l.sandbox_start_failed("cannot restore".into(), t0 + 4 * S);
+        assert_eq!(l.phase(), PodPhase::Failed, "no new try during a stop");
     }
 
     #[test]

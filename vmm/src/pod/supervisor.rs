@@ -949,16 +949,25 @@ impl<'a> Supervisor<'a> {
             );
             let (mut vmm, link) = match started {
                 Ok(s) => s,
+                Err(failure) if failure.code == EXIT_INTERRUPTED => {
+                    self.life
+                        .vm_failed("VMStartFailed", failure.reason, Instant::now());
+                    self.finish(Instant::now());
+                    break EXIT_INTERRUPTED;
+                }
                 Err(failure) => {
                     dir.print_console_tail();
                     self.life
-                        .vm_failed("VMStartFailed", failure.reason, Instant::now());
-                    let code = self.finish(Instant::now());
-                    break if failure.code == EXIT_INTERRUPTED {
-                        EXIT_INTERRUPTED
-                    } else {
-                        code
-                    };
+                        .sandbox_start_failed(failure.reason.clone(), Instant::now());
+                    if let Some(next_at) = self.life.take_new_sandbox() {
+                        self.say(&format!("the new VM did not start: {}", failure.reason));
+                        self.save(Instant::now());
+                        if let Some(code) = self.await_new_sandbox(next_at, rx) {
+                            break code;
+                        }
+                        continue;
+                    }
+                    break self.finish(Instant::now());
                 }
             };
             self.life.vm_started(Instant::now());
