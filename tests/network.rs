@@ -27,10 +27,9 @@ fn run_in_netns(ns: &Netns, bridge: &str, cidr: &str, name: &str, extra: &[&str]
         &shared_state_dir(),
     );
     cmd.args(["--name", name, "--bridge", bridge, "--pod-cidr", cidr])
-        // Heartbeats are tested in tests/agent.rs. Here a guest whose `nc`
-        // is connecting can go silent for seconds (docs/NESTED-KVM.md), for
-        // longer when these tests' VMs starve each other: don't fail a pod
-        // that is only slow.
+        // Heartbeats are tested in tests/agent.rs. Here these tests' VMs can
+        // starve each other for seconds (docs/NESTED-KVM.md): don't fail a
+        // pod that is only slow.
         .args(["--unknown-timeout-secs", "180"])
         .args(extra);
     cmd
