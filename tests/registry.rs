@@ -988,6 +988,14 @@ fn a_detached_pod_whose_image_cannot_be_pulled_backs_off_and_deletes_cleanly() {
              - name: nginx\n    image: nginx-nosuch:1.14.2\n    ports:\n    - containerPort: 80\n"
         ),
     );
+    // Even a failed test ends the pod: its supervisor would retry forever.
+    struct RemoveOnDrop<'a>(&'a Path, &'a str);
+    impl Drop for RemoveOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = unipod(self.0, "rm", &["-f", self.1]);
+        }
+    }
+    let _cleanup = RemoveOnDrop(&client.state, pod);
     let mut run = run_pod(&client.state, &manifest, &["--detach"]);
     run.env("CONTAINERS_REGISTRIES_CONF", &client.registries_conf)
         .env("REGISTRY_AUTH_FILE", &client.auth_file);
