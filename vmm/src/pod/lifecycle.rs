@@ -964,14 +964,7 @@ impl Lifecycle {
         if lived >= self.cfg.backoff_reset {
             self.sandbox_crashes = 0;
         }
-        self.sandbox_crashes += 1;
-        let wait = backoff(
-            self.sandbox_crashes,
-            self.cfg.backoff_base,
-            self.cfg.backoff_cap,
-        );
-        self.new_sandbox = Some(now + wait);
-        self.changed = true;
+        self.schedule_new_sandbox(now);
     }
 
     /// A VM could not be started (`message` says why). The first one fails
@@ -993,6 +986,12 @@ impl Lifecycle {
             "FailedCreatePodSandBox",
             format!("Failed to create pod sandbox: {message}"),
         );
+        self.schedule_new_sandbox(now);
+    }
+
+    /// Asks for a new sandbox after the VM back-off, one step longer than
+    /// the last.
+    fn schedule_new_sandbox(&mut self, now: Instant) {
         self.sandbox_crashes += 1;
         let wait = backoff(
             self.sandbox_crashes,
