@@ -996,6 +996,23 @@ fn a_detached_pod_whose_image_cannot_be_pulled_backs_off_and_deletes_cleanly() {
         }
     }
     let _cleanup = RemoveOnDrop(&client.state, pod);
+    // In the foreground the run fails at once. Its state has no snapshot,
+    // so the template VM boots while the image is pulled, and is stopped
+    // when the pull fails.
+    let mut run = run_pod(&client.state, &manifest, &[]);
+    run.env("CONTAINERS_REGISTRIES_CONF", &client.registries_conf)
+        .env("REGISTRY_AUTH_FILE", &client.auth_file);
+    let out = run_bounded(run, None, UNIPOD_TIMEOUT);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "{}", output_text(&out));
+    assert!(
+        stderr.contains("booting a template VM")
+            && stderr.contains("library/nginx-nosuch")
+            && mentions(&stderr, "not found"),
+        "{stderr}"
+    );
+    assert_no_template_left(&client.state);
+    assert!(!client.state.join("pods").join(pod).exists(), "no pod");
     let mut run = run_pod(&client.state, &manifest, &["--detach"]);
     run.env("CONTAINERS_REGISTRIES_CONF", &client.registries_conf)
         .env("REGISTRY_AUTH_FILE", &client.auth_file);
@@ -1024,6 +1041,7 @@ fn a_detached_pod_whose_image_cannot_be_pulled_backs_off_and_deletes_cleanly() {
             .map(|events| (events.iter()).filter(|e| e["reason"] == "Pulling").count())
             .unwrap_or(0)
     };
+    assert_no_template_left(&client.state);
     // The supervisor tries again with back-off (200 ms, doubling, here).
     wait_for(
         &client.state,
@@ -1061,6 +1079,28 @@ fn a_detached_pod_whose_image_cannot_be_pulled_backs_off_and_deletes_cleanly() {
     });
     assert!(gone, "the supervisor {supervisor} ended");
     assert_eq!(client.image_rows(), Vec::<String>::new(), "nothing pulled");
+}
+
+/// Asserts that no template VM (one whose command line names `state`'s
+/// snapshot cache) runs and that the cache holds no snapshot, finished or
+/// half-made.
+fn assert_no_template_left(state: &Path) {
+    let cache = state.join("snapshots");
+    let vmms = Command::new("pgrep")
+        .arg("-af")
+        .arg(cache.to_str().expect("utf-8 path"))
+        .output()
+        .expect("pgrep runs");
+    assert_eq!(String::from_utf8_lossy(&vmms.stdout), "", "template VMMs");
+    let entries: Vec<String> = fs::read_dir(&cache)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.ends_with(".lock") && name != ".hashes")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(entries, Vec::<String>::new(), "in {}", cache.display());
 }
 
 /// What a failed pull may not leave in `state`/images/: files or

@@ -24,7 +24,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent::protocol::{Limits, NetworkConfig, PodConfig, AGENT_VSOCK_PORT};
@@ -122,7 +122,7 @@ pub(crate) fn start_vm(
 ) -> Result<(Child, AgentLink), StartFailure> {
     let cache = SnapshotCache::new(state);
     if !cold {
-        match find_snapshot(&cache, inputs, deadline) {
+        match find_snapshot(&cache, inputs, deadline, &mut not_interrupted) {
             Ok((key, snapshot)) => {
                 pod.report(
                     PodPhase::Pending,
@@ -158,13 +158,53 @@ pub(crate) fn start_vm(
     launch(dir, inputs, BootMode::Cold, net, deadline)
 }
 
+/// Runs `work` (a pod's image pulls) while another thread makes sure the
+/// warm-start snapshot for `inputs` exists, so that a first pod's template
+/// boot overlaps its downloads instead of following them. When `work`
+/// fails, the template boot is abandoned and its VM stopped before this
+/// returns. A snapshot that cannot be made is left for [`start_vm`], which
+/// reports it and boots cold.
+pub(crate) fn while_snapshot_is_made<T, E>(
+    state: &Path,
+    inputs: &GuestInputs,
+    deadline: Instant,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let abandoned = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut check = || {
+                if abandoned.load(Ordering::SeqCst) {
+                    return Err("the pod could not be prepared".to_string());
+                }
+                not_interrupted()
+            };
+            let cache = SnapshotCache::new(state);
+            if let Err(e) = find_snapshot(&cache, inputs, deadline, &mut check) {
+                log::debug!(
+                    "no snapshot while pulling: {}",
+                    crate::error_chain::error_chain(&e, ": ")
+                );
+            }
+        });
+        let result = work();
+        if result.is_err() {
+            abandoned.store(true, Ordering::SeqCst);
+        }
+        result
+    })
+}
+
+/// The snapshot for `inputs` and its key, made first if needed; `check`
+/// aborts the making (see [`warm_start::snapshot_for`]).
 fn find_snapshot(
     cache: &SnapshotCache,
     inputs: &GuestInputs,
     deadline: Instant,
+    check: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<(String, PathBuf), WarmStartError> {
     let key = warm_start::key(inputs, cache)?;
-    let dir = warm_start::snapshot_for(cache, &key, inputs, deadline, &mut not_interrupted)?;
+    let dir = warm_start::snapshot_for(cache, &key, inputs, deadline, check)?;
     Ok((key, dir))
 }
 

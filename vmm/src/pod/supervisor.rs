@@ -52,12 +52,13 @@ use guest_agent::protocol::{
 use super::options::{NetworkMode, RunOptions};
 use super::run::RunError;
 use super::start::{
-    attach_network, dns_servers, guest_inputs, host_dns_search, install_signal_handlers,
-    pod_config, start_vm, state_root, uuid_v4, Pod, PodDir, SIGNALS,
+    self as start, attach_network, dns_servers, guest_inputs, host_dns_search,
+    install_signal_handlers, pod_config, start_vm, state_root, uuid_v4, Pod, PodDir, SIGNALS,
 };
 use crate::error_chain::error_chain;
 use crate::exit_code::{EXIT_INTERRUPTED, EXIT_RUN_ERROR};
 use crate::file_error::FileError;
+use crate::image::registry::auth::Credentials;
 use crate::image::{ImageError, ImageStore, StoredImage};
 use crate::net::{Attachment, Proto, PublishedPort};
 use crate::pod::agent_client::AgentLink;
@@ -273,34 +274,18 @@ pub(crate) fn prepare(
     } else {
         images::pull_credentials(&manifest.image_pull_secrets, &catalog, pull_events)
     };
-    let mut resolved: Vec<(String, String, StoredImage)> = Vec::new();
-    let all = manifest
-        .init_containers
-        .iter()
-        .map(|c| ("initContainers", c))
-        .enumerate()
-        .chain(
-            manifest
-                .containers
-                .iter()
-                .map(|c| ("containers", c))
-                .enumerate(),
-        );
-    for (i, (list, c)) in all {
-        let image = if adopt {
-            store.resolve(&c.image)
-        } else {
-            images::ensure(&store, c, &credentials, pull_events)
-        };
-        let image = image.map_err(|source| PodRunError::Image {
-            manifest: path.to_path_buf(),
-            field: format!("spec.{list}[{i}].image"),
-            container: c.name.clone(),
-            image: c.image.clone(),
-            source: Box::new(source),
-        })?;
-        resolved.push((c.name.clone(), c.image.clone(), image));
-    }
+    let size = manifest.host_vm_size();
+    let base_inputs = GuestInputs {
+        vcpus: size.vcpus,
+        ..guest_inputs(args.kernel.as_deref(), args.initrd.as_deref(), size.mem_mib)?
+    };
+    let mut pull = || resolve_images(&store, &manifest, path, adopt, &credentials, pull_events);
+    let resolved = if adopt || args.cold {
+        pull()?
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(args.agent_timeout_secs);
+        start::while_snapshot_is_made(&state, &base_inputs, deadline, pull)?
+    };
     let spec_err = |source| PodRunError::Spec {
         manifest: path.to_path_buf(),
         source,
@@ -345,11 +330,9 @@ pub(crate) fn prepare(
         entries.push((info, run));
     }
     let app = entries.split_off(manifest.init_containers.len());
-    let size = manifest.host_vm_size();
     let inputs = GuestInputs {
-        vcpus: size.vcpus,
         images: image_files,
-        ..guest_inputs(args.kernel.as_deref(), args.initrd.as_deref(), size.mem_mib)?
+        ..base_inputs
     };
     let ports = manifest
         .containers
@@ -385,6 +368,40 @@ pub(crate) fn prepare(
         },
         warnings,
     ))
+}
+
+/// Each container's name, image reference and image, init containers
+/// first: pulled as their policy says, or (`adopt`) only looked up.
+fn resolve_images(
+    store: &ImageStore,
+    manifest: &PodManifest,
+    path: &Path,
+    adopt: bool,
+    credentials: &[(String, Credentials)],
+    pull_events: &mut Vec<images::PullEvent>,
+) -> Result<Vec<(String, String, StoredImage)>, PodRunError> {
+    let init = manifest
+        .init_containers
+        .iter()
+        .map(|c| ("initContainers", c));
+    let app = manifest.containers.iter().map(|c| ("containers", c));
+    let mut resolved = Vec::new();
+    for (i, (list, c)) in init.enumerate().chain(app.enumerate()) {
+        let image = if adopt {
+            store.resolve(&c.image)
+        } else {
+            images::ensure(store, c, credentials, pull_events)
+        };
+        let image = image.map_err(|source| PodRunError::Image {
+            manifest: path.to_path_buf(),
+            field: format!("spec.{list}[{i}].image"),
+            container: c.name.clone(),
+            image: c.image.clone(),
+            source: Box::new(source),
+        })?;
+        resolved.push((c.name.clone(), c.image.clone(), image));
+    }
+    Ok(resolved)
 }
 
 /// What the lifecycle knows of manifest container `c`, whose image has
