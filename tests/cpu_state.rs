@@ -8,8 +8,9 @@
 //! The busybox test image carries `vecstress` (guest-agent/examples/
 //! vecstress.rs): `probe` reports what a process is told and allowed,
 //! `regs` holds a per-process pattern in every vector register across
-//! blocking syscalls, `memchr` checks library code that picks AVX2 at run
-//! time.
+//! blocking syscalls, `signals` across a signal whose handler overwrites
+//! them (the kernel must restore them from the signal frame), `memchr`
+//! checks library code that picks AVX2 at run time.
 //!
 //! The pod has two vCPUs (its containers' CPU limits, one core each), so
 //! the loops run in parallel and tasks move between vCPUs: the VMM's
@@ -34,6 +35,7 @@ const SCRIPT: &str = r#"echo "cpus $(grep -c ^processor /proc/cpuinfo)"
 vecstress probe
 pids=""
 for i in 1 2 3; do vecstress regs 3000 & pids="$pids $!"; done
+vecstress signals 500 & pids="$pids $!"
 vecstress memchr 1500 & pids="$pids $!"
 for p in $pids; do wait $p; echo "vecstress exit $?"; done
 "#;
@@ -42,8 +44,12 @@ for p in $pids; do wait $p; echo "vecstress exit $?"; done
 /// not a limit, so no CFS quota throttles the loops).
 const VCPUS: usize = 2;
 
-/// How long the pod may take: six register loops of 3,000 syscalls each
-/// and two library loops, on a guest whose kernel may be emulated.
+/// Register loops (`regs` and `signals`) per container.
+const REGISTER_LOOPS: usize = 4;
+
+/// How long the pod may take: six register loops of 3,000 syscalls each,
+/// two of 500 signals and two library loops, on a guest whose kernel may
+/// be emulated.
 const POD_BUDGET: Duration = Duration::from_secs(900);
 
 /// SIGILL, as the shell reports a child it killed.
@@ -197,8 +203,13 @@ fn check_outcome(logs: &str) {
         .lines()
         .filter_map(|l| l.strip_prefix("vecstress exit ")?.trim().parse().ok())
         .collect();
-    assert_eq!(exits.len(), 8, "every copy reported its exit");
-    let regs_ok = logs.matches("vecstress regs: ok").count();
+    assert_eq!(
+        exits.len(),
+        2 * (REGISTER_LOOPS + 1),
+        "every copy reported its exit"
+    );
+    let regs_ok =
+        logs.matches("vecstress regs: ok").count() + logs.matches("vecstress signals: ok").count();
     let memchr_ok = logs.matches("vecstress memchr: ok").count();
     assert_eq!(memchr_ok, 2, "library code got every answer right");
     if avx_faults {
@@ -206,12 +217,16 @@ fn check_outcome(logs: &str) {
         assert_eq!(regs_ok, 0, "AVX faults in the probe but ran in a loop");
         assert_eq!(
             exits.iter().filter(|&&e| e == EXIT_SIGILL).count(),
-            6,
+            2 * REGISTER_LOOPS,
             "each register loop ends with SIGILL: {exits:?}"
         );
     } else {
         // AVX runs: the kernel must keep every process's registers.
-        assert_eq!(regs_ok, 6, "each register loop kept its registers");
+        assert_eq!(
+            regs_ok,
+            2 * REGISTER_LOOPS,
+            "each register loop kept its registers"
+        );
         assert!(exits.iter().all(|&e| e == 0), "{exits:?}");
     }
 }
@@ -223,10 +238,16 @@ mod tests {
     const PROBE_KEPT_OFF: &str = "vecstress probe: cpuid.osxsave=1 cpuid.avx=1 cpuid.avx2=1 cpuid.avx512f=1 xcr0=0x3 detected.avx2=0 detected.avx512f=0 exec.avx=sigill exec.avx512=sigill";
     const PROBE_SAVED: &str = "vecstress probe: cpuid.osxsave=1 cpuid.avx=1 cpuid.avx2=1 cpuid.avx512f=0 xcr0=0x7 detected.avx2=1 detected.avx512f=0 exec.avx=ok exec.avx512=absent";
 
+    /// Two containers' logs: three `regs` lines and a `signals` line
+    /// (`regs` with the mode's name changed), each loop exiting with
+    /// `regs_exit`.
     fn logs(probe: &str, regs: &str, regs_exit: i32) -> String {
+        let signals = regs.replace("vecstress regs:", "vecstress signals:");
         let one = format!(
-            "{probe}\n{regs}\n{regs}\n{regs}\nvecstress memchr: ok rounds=1500 wrong=0 avx2_detected=0\n\
-             vecstress exit {regs_exit}\nvecstress exit {regs_exit}\nvecstress exit {regs_exit}\nvecstress exit 0\n"
+            "{probe}\n{regs}\n{regs}\n{regs}\n{signals}\n\
+             vecstress memchr: ok rounds=1500 wrong=0 avx2_detected=0\n\
+             vecstress exit {regs_exit}\nvecstress exit {regs_exit}\nvecstress exit {regs_exit}\n\
+             vecstress exit {regs_exit}\nvecstress exit 0\n"
         );
         one.repeat(2)
     }
@@ -253,6 +274,17 @@ mod tests {
             "vecstress regs: CORRUPTED width=zmm rounds=3000 corrupted_rounds=1203",
             1,
         ));
+    }
+
+    #[test]
+    #[should_panic(expected = "silently corrupted")]
+    fn corruption_across_a_signal_fails() {
+        let logs = logs(PROBE_SAVED, "vecstress regs: ok width=zmm rounds=3000", 0).replacen(
+            "vecstress signals: ok width=zmm rounds=3000",
+            "vecstress signals: CORRUPTED width=zmm rounds=500 corrupted_rounds=500",
+            1,
+        );
+        check_outcome(&logs);
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //!   compares the registers afterwards. It does not ask the OS first, as
 //!   hand-written or JIT code may not: where the OS has not enabled the
 //!   state, the first instruction raises SIGILL, which is loud, not silent.
+//! - `vecstress signals ROUNDS` does the same with a syscall that signals
+//!   the process itself, so a handler that overwrites every vector register
+//!   runs while the pattern is live: the kernel must bring the pattern back
+//!   from the signal frame at sigreturn, upper halves and masks included.
 //! - `vecstress memchr ROUNDS` exercises library code that picks AVX2 at run
 //!   time (the `memchr` crate) between blocking syscalls and checks every
 //!   answer.
@@ -25,6 +29,7 @@
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -32,9 +37,10 @@ fn main() -> ExitCode {
     match (args.get(1).map(String::as_str), rounds(2)) {
         (Some("probe"), _) => probe(),
         (Some("regs"), Some(n)) => regs(n),
+        (Some("signals"), Some(n)) => signals(n),
         (Some("memchr"), Some(n)) => memchr_checks(n),
         _ => {
-            eprintln!("usage: vecstress probe | regs ROUNDS | memchr ROUNDS");
+            eprintln!("usage: vecstress probe | regs ROUNDS | signals ROUNDS | memchr ROUNDS");
             ExitCode::from(2)
         }
     }
@@ -291,12 +297,6 @@ fn fill(buf: &mut [u8], pid: u32, round: u64) {
 }
 
 fn regs(rounds: u64) -> ExitCode {
-    let cpu = cpu();
-    let (width, bytes) = if cpu.avx512f {
-        ("zmm", ZMM_BYTES)
-    } else {
-        ("ymm", YMM_BYTES)
-    };
     let mut pipe = [0i32; 2];
     // SAFETY: `pipe` has room for the two descriptors.
     if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
@@ -307,14 +307,127 @@ fn regs(rounds: u64) -> ExitCode {
         tv_sec: 0,
         tv_nsec: 200_000,
     };
+    let mut byte = 0u8;
+    let (verdict, line) = check_rounds(rounds, |round| syscall_for(round, &pipe, &mut byte, &nap));
+    println!("vecstress regs: {line}");
+    verdict
+}
+
+/// Signals handled by [`clobber_vector_registers`].
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+/// Whether the handler overwrites ZMM and mask registers, not only YMM.
+static CLOBBER_ZMM: AtomicBool = AtomicBool::new(false);
+
+/// A SIGUSR1 handler that sets every vector register it can reach to all
+/// ones (and the mask registers to another value); vector registers are
+/// caller-saved, so nothing but the kernel's sigreturn puts them back.
+extern "C" fn clobber_vector_registers(_: libc::c_int) {
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the instructions only write registers the asm declares.
+    unsafe {
+        if CLOBBER_ZMM.load(Ordering::Relaxed) {
+            asm!(
+                "vpternlogd zmm0, zmm0, zmm0, 0xff", "vpternlogd zmm1, zmm1, zmm1, 0xff",
+                "vpternlogd zmm2, zmm2, zmm2, 0xff", "vpternlogd zmm3, zmm3, zmm3, 0xff",
+                "vpternlogd zmm4, zmm4, zmm4, 0xff", "vpternlogd zmm5, zmm5, zmm5, 0xff",
+                "vpternlogd zmm6, zmm6, zmm6, 0xff", "vpternlogd zmm7, zmm7, zmm7, 0xff",
+                "vpternlogd zmm8, zmm8, zmm8, 0xff", "vpternlogd zmm9, zmm9, zmm9, 0xff",
+                "vpternlogd zmm10, zmm10, zmm10, 0xff", "vpternlogd zmm11, zmm11, zmm11, 0xff",
+                "vpternlogd zmm12, zmm12, zmm12, 0xff", "vpternlogd zmm13, zmm13, zmm13, 0xff",
+                "vpternlogd zmm14, zmm14, zmm14, 0xff", "vpternlogd zmm15, zmm15, zmm15, 0xff",
+                "vpternlogd zmm16, zmm16, zmm16, 0xff", "vpternlogd zmm17, zmm17, zmm17, 0xff",
+                "vpternlogd zmm18, zmm18, zmm18, 0xff", "vpternlogd zmm19, zmm19, zmm19, 0xff",
+                "vpternlogd zmm20, zmm20, zmm20, 0xff", "vpternlogd zmm21, zmm21, zmm21, 0xff",
+                "vpternlogd zmm22, zmm22, zmm22, 0xff", "vpternlogd zmm23, zmm23, zmm23, 0xff",
+                "vpternlogd zmm24, zmm24, zmm24, 0xff", "vpternlogd zmm25, zmm25, zmm25, 0xff",
+                "vpternlogd zmm26, zmm26, zmm26, 0xff", "vpternlogd zmm27, zmm27, zmm27, 0xff",
+                "vpternlogd zmm28, zmm28, zmm28, 0xff", "vpternlogd zmm29, zmm29, zmm29, 0xff",
+                "vpternlogd zmm30, zmm30, zmm30, 0xff", "vpternlogd zmm31, zmm31, zmm31, 0xff",
+                "kxnorw k1, k0, k0", "kxnorw k2, k0, k0", "kxnorw k3, k0, k0",
+                "kxnorw k4, k0, k0", "kxnorw k5, k0, k0", "kxnorw k6, k0, k0",
+                "kxnorw k7, k0, k0",
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                out("k1") _, out("k2") _, out("k3") _, out("k4") _,
+                out("k5") _, out("k6") _, out("k7") _,
+                options(nomem, nostack),
+            );
+        } else {
+            asm!(
+                "vcmpps ymm0, ymm0, ymm0, 15", "vcmpps ymm1, ymm1, ymm1, 15",
+                "vcmpps ymm2, ymm2, ymm2, 15", "vcmpps ymm3, ymm3, ymm3, 15",
+                "vcmpps ymm4, ymm4, ymm4, 15", "vcmpps ymm5, ymm5, ymm5, 15",
+                "vcmpps ymm6, ymm6, ymm6, 15", "vcmpps ymm7, ymm7, ymm7, 15",
+                "vcmpps ymm8, ymm8, ymm8, 15", "vcmpps ymm9, ymm9, ymm9, 15",
+                "vcmpps ymm10, ymm10, ymm10, 15", "vcmpps ymm11, ymm11, ymm11, 15",
+                "vcmpps ymm12, ymm12, ymm12, 15", "vcmpps ymm13, ymm13, ymm13, 15",
+                "vcmpps ymm14, ymm14, ymm14, 15", "vcmpps ymm15, ymm15, ymm15, 15",
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                options(nomem, nostack),
+            );
+        }
+    }
+}
+
+fn signals(rounds: u64) -> ExitCode {
+    CLOBBER_ZMM.store(cpu().avx512f, Ordering::Relaxed);
+    // SAFETY: a zeroed sigaction with a handler that only touches atomics
+    // and registers.
+    let installed = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = clobber_vector_registers as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut())
+    };
+    if installed != 0 {
+        eprintln!(
+            "vecstress signals: sigaction: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    let me = usize::try_from(std::process::id()).unwrap_or(0);
+    let signal = usize::try_from(libc::SIGUSR1).unwrap_or(0);
+    // A signal to oneself is delivered before kill returns: inside the
+    // round, with its registers loaded.
+    let (verdict, line) = check_rounds(rounds, |_| Syscall {
+        nr: libc::SYS_kill,
+        args: [me, signal, 0],
+    });
+    let handled = HANDLED.load(Ordering::Relaxed);
+    println!("vecstress signals: {line} handled={handled}");
+    if handled != rounds {
+        eprintln!("vecstress signals: the handler ran {handled} times in {rounds} rounds");
+        return ExitCode::FAILURE;
+    }
+    verdict
+}
+
+/// Runs `rounds` rounds that fill every vector register with a pattern of
+/// this process and round, make `call(round)`'s syscall and compare; returns
+/// the verdict and the summary line.
+fn check_rounds(rounds: u64, mut call: impl FnMut(u64) -> Syscall) -> (ExitCode, String) {
+    let cpu = cpu();
+    let (width, bytes) = if cpu.avx512f {
+        ("zmm", ZMM_BYTES)
+    } else {
+        ("ymm", YMM_BYTES)
+    };
     let pid = std::process::id();
     let mut src = vec![0u8; bytes];
     let mut dst = vec![0u8; bytes];
-    let mut byte = 0u8;
     let (mut bad_rounds, mut bad_bytes, mut first) = (0u64, 0usize, None);
     for round in 0..rounds {
         fill(&mut src, pid, round);
-        let call = syscall_for(round, &pipe, &mut byte, &nap);
+        let call = call(round);
         // SAFETY: both buffers hold `bytes` bytes, the size this width
         // stores; the syscall's pointers point to live locals.
         unsafe {
@@ -335,16 +448,17 @@ fn regs(rounds: u64) -> ExitCode {
         }
     }
     let verdict = if bad_rounds == 0 { "ok" } else { "CORRUPTED" };
-    println!(
-        "vecstress regs: {verdict} width={width} rounds={rounds} corrupted_rounds={bad_rounds} \
+    let line = format!(
+        "{verdict} width={width} rounds={rounds} corrupted_rounds={bad_rounds} \
          corrupted_bytes={bad_bytes}{}",
         first.map(|f| format!(" first={f}")).unwrap_or_default()
     );
-    if bad_rounds == 0 {
+    let code = if bad_rounds == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    };
+    (code, line)
 }
 
 fn register_name(width: &str, byte: usize) -> String {

@@ -21,8 +21,9 @@
 //!
 //! # Limitations
 //! A guest-chosen address that is not RAM, or an area KVM refuses, fails
-//! that request only (rate-limited log). Signal frames still carry only the
-//! FXSAVE part (the kernel is `noxsave`).
+//! that request only (rate-limited log). Signal frames use the same two
+//! requests: kernel patch 0006 saves the area into the frame at delivery
+//! and loads it back at `sigreturn`, after checking it as XRSTOR would.
 
 use kvm_bindings::kvm_xsave;
 use kvm_ioctls::VcpuFd;
