@@ -269,7 +269,17 @@ impl Drop for SmallStateDir {
         {
             remove(&self.dir, &pod.file_name().to_string_lossy());
         }
-        let _ = Command::new("umount").arg(&self.dir).output();
+        // A removed pod's processes may still hold files here for a moment.
+        let unmounted = common::wait_until(Duration::from_secs(30), || {
+            Command::new("umount")
+                .arg(&self.dir)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        });
+        if !unmounted {
+            eprintln!("{} stays busy; detaching it lazily", self.dir.display());
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
