@@ -65,29 +65,12 @@ fn no_process_sees_its_vector_registers_changed_by_another() {
     let pod = "vecstress";
     remove(&state, pod);
     let script = SCRIPT.replace('\n', "\n        ");
-    let path = manifest(
-        pod,
-        &format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {pod}
-spec:
-  restartPolicy: Never
-  containers:
-    - name: a
-      image: busybox:latest
-      resources:
-        requests:
-          memory: "64Mi"
-          cpu: "1"
-        limits:
-          memory: "96Mi"
-      command: ["sh", "-c"]
-      args:
-      - |
-        {script}
-    - name: b
+    // The same container twice, so two sets of loops run at once.
+    let containers: String = ["a", "b"]
+        .iter()
+        .map(|name| {
+            format!(
+                r#"    - name: {name}
       image: busybox:latest
       resources:
         requests:
@@ -100,6 +83,14 @@ spec:
       - |
         {script}
 "#
+            )
+        })
+        .collect();
+    let path = manifest(
+        pod,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  \
+             restartPolicy: Never\n  containers:\n{containers}"
         ),
     );
     let out = run_pod(&state, &path, &["--detach"])
